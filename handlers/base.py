@@ -1,0 +1,98 @@
+"""The Handler record: what the profiler needs to know about one MoE architecture, as data.
+
+A handler never runs a model. It names config fields, attribute names and quirks; the engine in
+`runner/` reads them. Everything an architecture shares with the common transformers-5 layout is a
+default here, so an entry only lists how it differs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+# A config field spec: a field name ("intermediate_size"), a dotted path into a nested config
+# ("ffn_config.moe_top_k"), or a tuple of such names whose values multiply
+# (("moe_intermediate_size", "n_shared_experts") -> width of the shared experts).
+FieldSpec = Union[str, tuple[str, ...]]
+
+DIMENSIONS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")
+
+
+@dataclass(frozen=True)
+class Handler:
+    """Architecture knowledge for one or more transformers `model_type`s."""
+
+    model_types: tuple[str, ...]
+    # -- config fields, tried in order; the first present and not None wins ------------------------
+    num_experts: tuple[FieldSpec, ...] = ("num_experts", "num_local_experts", "n_routed_experts")
+    top_k: tuple[FieldSpec, ...] = ("num_experts_per_tok",)
+    hidden_dim: tuple[FieldSpec, ...] = ("hidden_size",)
+    expert_dim: tuple[FieldSpec, ...] = ("moe_intermediate_size",)
+    shared_expert_dim: tuple[FieldSpec, ...] = ()
+    # -- where things are --------------------------------------------------------------------------
+    router_attrs: tuple[str, ...] = ("gate", "router")  # child of the MoE block
+    experts_attr: str = "experts"  # child of the MoE block
+    shared_attrs: tuple[str, ...] = ("shared_experts", "shared_expert")  # children of the block
+    shared_gate_attr: str = "shared_expert_gate"  # Linear(H, 1) scaling the shared expert (Qwen2-MoE)
+    layer_shared_attrs: tuple[str, ...] = ()  # shared MLPs that live in the decoder layer, outside the block
+    # where the live top-k is read at run time: "router.top_k", "block.top_k" or "config.<field>"
+    top_k_attr: str = "router.top_k"
+    # -- routing semantics -------------------------------------------------------------------------
+    # The router's output: "triple" = (logits, weights, indices) that the block hands to the experts;
+    # "logits" = a logits tensor only (the block computes top-k itself; indices come from the experts' inputs).
+    router_output: str = "triple"
+    logits_index: int | None = 0  # position of the logits in the router's output tuple (None: a bare tensor)
+    experts_take_routing: bool = True  # experts.forward(hidden, top_k_index, top_k_weights)
+    # How router scores become a distribution over experts: "softmax" of logits, "sigmoid" (normalised),
+    # or "probs" (the router already returns probabilities).
+    scoring: str = "softmax"
+    # Config field saying whether the router renormalises its top-k weights; or a constant.
+    renormalize: Union[str, bool] = "norm_topk_prob"
+    gated: bool = True  # gated (SwiGLU-style) experts: 3 matmuls, else 2
+    shared_gated: bool = True
+    # -- honesty -----------------------------------------------------------------------------------
+    # False where the analytic count cannot equal what runs (e.g. every expert computed densely).
+    exact: bool = True
+    # False where routed experts cannot be skipped per token with the sentinel index.
+    can_skip: bool = True
+    # experts implementations whose sentinel handling breaks for this architecture
+    sentinel_breaks: tuple[str, ...] = ()
+    # False where top-k is hard-wired in code and cannot be changed at run time.
+    top_k_settable: bool = True
+    # Routers that limit choices to `topk_group` of `n_group` groups: k above topk_group*E/n_group
+    # silently picks experts outside the allowed groups.
+    group_limited: bool = False
+    note: str = ""
+
+    def with_(self, **changes) -> "Handler":
+        return replace(self, **changes)
+
+
+# Used for any model whose `model_type` has no entry: pure module introspection + defaults.
+GENERIC = Handler(
+    model_types=("<generic>",),
+    num_experts=("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
+    top_k=("num_experts_per_tok", "moe_topk", "moe_k", "top_k_experts", "top_k"),
+    expert_dim=("moe_intermediate_size", "intermediate_size"),
+    shared_expert_dim=("shared_expert_intermediate_size",),
+    note="no handler for this model_type: dimensions come from generic config names and module shapes",
+)
+
+
+@dataclass
+class Registry:
+    """`model_type` -> Handler, like transformers' auto-mappings."""
+
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def register(self, handler: Handler) -> Handler:
+        for model_type in handler.model_types:
+            if model_type in self.handlers:
+                raise ValueError(f"model_type {model_type!r} registered twice")
+            self.handlers[model_type] = handler
+        return handler
+
+    def get(self, model_type: str | None) -> Handler:
+        return self.handlers.get(model_type or "", GENERIC)
+
+    def __contains__(self, model_type: str) -> bool:
+        return model_type in self.handlers

@@ -1,0 +1,461 @@
+"""MOEProfiler: attach to any transformers MoE model with hooks (no module replacement) and report
+routing, exact FLOPs, latency and memory per MoE layer."""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from handlers.base import DIMENSIONS
+
+from .flops import count_flops, module_flops
+from .latency import LayerTimer
+from .metrics import RoutingRecorder, load_balance, router_probs
+from .scan import MoELayer, read_live_top_k, scan_model, text_config, write_live_top_k
+
+
+class ProfilerError(ValueError):
+    """A request the model or the profiler cannot honour; the message says why and what to do."""
+
+
+class MOEProfiler:
+    """Profile the MoE layers of `model`.
+
+    overrides / fallbacks: dimension values placed above / below `model.config` in the priority chain
+    (keys: num_experts, top_k, hidden_dim, expert_dim, shared_expert_dim).
+    selector: a dynamic-k policy name (see runner.selectors) or a function probs[T, E] -> keep mask [T, k_max].
+    latency: time each MoE block (CUDA events on GPU); adds hooks, off by default.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        overrides: Mapping[str, int] | None = None,
+        fallbacks: Mapping[str, int] | None = None,
+        selector: str | Callable | None = None,
+        selector_params: Mapping[str, Any] | None = None,
+        renormalize: str | bool = "auto",
+        metrics: bool = True,
+        latency: bool = False,
+        warmup: int = 1,
+        buffer_tokens: int | None = None,
+        verbose: bool = True,
+    ):
+        self.model = model
+        self.config = text_config(model)
+        self.model_type = getattr(self.config, "model_type", None)
+        self.layers: list[MoELayer] = scan_model(model, overrides=overrides, fallbacks=fallbacks)
+        self.handler = self.layers[0].handler
+        for layer in self.layers:
+            for message in layer.warnings:
+                warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
+        self._handles: list[Any] = []
+        self._saved: list[tuple[Any, str, Any]] = []  # (object, attribute, original value), undone by detach()
+        self._pending_logits: dict[int, torch.Tensor] = {}
+        self._measured = [0] * len(self.layers)
+        self._measured_taken = False
+        self._enabled = True
+        self._selector: Callable | None = None
+        self.selector_name: str | None = None
+        self.selector_params: dict[str, Any] = {}
+        self.renormalize = renormalize
+        observable = self.handler.router_output != "none"
+        self.recorder = (
+            RoutingRecorder(
+                len(self.layers), router_width=max(l.router_width for l in self.layers),
+                num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
+            )
+            if metrics and observable else None
+        )
+        self.timer = LayerTimer(len(self.layers), warmup=warmup) if latency else None
+        self.attach()
+        if selector is not None:
+            self.set_selector(selector, **dict(selector_params or {}))
+        if verbose:
+            print(self.scan_report())
+
+    # -- attach / detach ---------------------------------------------------------------------------
+    def attach(self) -> "MOEProfiler":
+        if self._handles:
+            return self
+        for layer in self.layers:
+            if layer.router is not None and layer.handler.router_output != "none":
+                self._handles.append(layer.router.register_forward_hook(self._router_hook(layer)))
+                if layer.handler.router_output == "logits" and layer.handler.experts_take_routing:
+                    self._handles.append(layer.experts.register_forward_pre_hook(self._experts_hook(layer)))
+            if self.timer is not None:
+                self._handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
+                self._handles.append(layer.block.register_forward_hook(self._timer_stop(layer)))
+        self.reset_memory_peaks()
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and restore every attribute changed (top-k, sentinel flags): the model is as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for obj, attr, value in reversed(self._saved):
+            setattr(obj, attr, value)
+        self._saved.clear()
+        self._selector = None
+        self.selector_name = None
+
+    def __enter__(self) -> "MOEProfiler":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def _save_once(self, obj: Any, attr: str) -> None:
+        if not any(o is obj and a == attr for o, a, _ in self._saved):
+            self._saved.append((obj, attr, getattr(obj, attr)))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run the model without recording or selecting (e.g. a reference pass)."""
+        previous, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = previous
+
+    @contextmanager
+    def default_routing(self) -> Iterator[None]:
+        """Run the model as it was before the profiler changed anything (original top-k, no selector, nothing
+        recorded) — the reference for quality comparisons. Changes made through the profiler come back after."""
+        current = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in self._saved]
+        for obj, attr, original in self._saved:
+            setattr(obj, attr, original)
+        try:
+            with self.paused():
+                yield
+        finally:
+            for obj, attr, value in current:
+                setattr(obj, attr, value)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _router_hook(self, layer: MoELayer):
+        handler, position = layer.handler, layer.position
+
+        def hook(module, args, output):
+            if not self._enabled:
+                return None
+            if handler.router_output == "triple":
+                logits, weights, index = output[handler.logits_index], output[1], output[2]
+                changed = False
+                if self._selector is not None:
+                    index, weights = self._select(layer, logits, index, weights)
+                    output = (output[0], weights, index, *output[3:])
+                    changed = True
+                self._record(position, logits, index, weights)
+                return output if changed else None
+            logits = output if handler.logits_index is None else output[handler.logits_index]
+            if handler.experts_take_routing:  # indices arrive at the experts' input
+                self._pending_logits[position] = logits
+                return None
+            probs = router_probs(logits.reshape(-1, logits.shape[-1]), handler.scoring)
+            weights, index = probs.topk(read_live_top_k(layer) or 1, dim=-1)
+            self._record(position, logits, index, weights)
+            return None
+
+        return hook
+
+    def _experts_hook(self, layer: MoELayer):
+        position = layer.position
+
+        def hook(module, args):
+            if not self._enabled:
+                return None
+            logits = self._pending_logits.pop(position, None)
+            hidden, index, weights = args[:3]
+            if logits is not None:
+                self._record(position, logits, index, weights)
+            return None
+
+        return hook
+
+    def _timer_start(self, layer: MoELayer):
+        def hook(module, args):
+            if self._enabled and args and isinstance(args[0], torch.Tensor):
+                self.timer.start(layer.position, args[0].device)
+
+        return hook
+
+    def _timer_stop(self, layer: MoELayer):
+        def hook(module, args, output):
+            if self._enabled:
+                self.timer.stop(layer.position)
+
+        return hook
+
+    def _record(self, position: int, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
+        if self.recorder is not None:
+            self.recorder.record(position, logits, index, weights)
+
+    # -- top-k and selectors -----------------------------------------------------------------------
+    def set_top_k(self, k: int) -> None:
+        """Change the routers' real top-k (compute changes with it); undone by detach()."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ProfilerError(f"top-k must be an integer, got {k!r}")
+        k = int(k)
+        for layer in self.layers:
+            if not layer.handler.top_k_settable:
+                raise ProfilerError(f"{self.model_type}: top-k cannot change at run time ({layer.handler.note})")
+            if not 1 <= k <= layer.num_experts:
+                raise ProfilerError(
+                    f"top-k must be between 1 and the number of experts ({layer.num_experts}) of layer "
+                    f"{layer.layer_id}, got {k}"
+                )
+        if self.handler.group_limited:
+            groups, keep = getattr(self.config, "n_group", None), getattr(self.config, "topk_group", None)
+            if groups and keep and k > keep * self.layers[0].num_experts // groups:
+                warnings.warn(
+                    f"top-k {k} exceeds the {keep} of {groups} expert groups this router allows "
+                    f"({keep * self.layers[0].num_experts // groups} experts): it will pick experts outside them",
+                    stacklevel=2,
+                )
+        for layer in self.layers:
+            owner_name, _, attr = layer.handler.top_k_attr.partition(".")
+            owner = {"router": layer.router, "block": layer.block}.get(owner_name)
+            if owner is None:
+                owner = getattr(layer.router, "config", None) or getattr(layer.block, "config", None)
+            self._save_once(owner, attr)
+            write_live_top_k(layer, k)
+
+    @property
+    def top_k(self) -> int | None:
+        return read_live_top_k(self.layers[0])
+
+    def set_selector(self, selector: str | Callable, **params: Any) -> None:
+        """Per-token dynamic k: the routers propose k_max candidates, `selector` keeps a prefix of them and
+        dropped slots get the sentinel index (num_experts) and weight 0, so their experts are not computed."""
+        from . import selectors
+
+        for layer in self.layers:
+            if not layer.handler.can_skip:
+                raise ProfilerError(f"{self.model_type} cannot skip experts per token: {layer.handler.note}")
+        implementation = getattr(self.config, "_experts_implementation", None)
+        if implementation in self.handler.sentinel_breaks:
+            raise ProfilerError(
+                f"{self.model_type}'s {implementation!r} experts reject the sentinel index; "
+                f"use experts_implementation='grouped_mm'"
+            )
+        name = selector if isinstance(selector, str) else getattr(selector, "__name__", "custom")
+        function = selectors.get_selector(selector)
+        k_max = int(params.pop("k_max", None) or self.top_k or self.layers[0].dims["top_k"].value)
+        if isinstance(selector, str):
+            selectors.validate_params(selector, {"k_max": k_max, **params}, self.layers[0].num_experts)
+        self.set_top_k(k_max)
+        for layer in self.layers:
+            self._save_once(layer.experts, "_is_expert_parallel")
+            layer.experts._is_expert_parallel = True  # clamps sentinel rows instead of reading uninitialised memory
+        self._selector = function
+        self.selector_name = name
+        self.selector_params = {"k_max": k_max, **params}
+
+    def _select(self, layer: MoELayer, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor):
+        params = dict(self.selector_params)
+        k_max = index.shape[-1]
+        params["k_max"] = k_max
+        keep = self._selector(router_probs(logits.reshape(-1, logits.shape[-1]), layer.handler.scoring), **params)
+        keep = keep.to(device=index.device, dtype=torch.bool)
+        new_index = index.masked_fill(~keep, layer.num_experts)
+        new_weights = weights.masked_fill(~keep, 0)
+        if self._renormalizes(layer):
+            # keep the router's own total weight (1, or its routed scaling factor) over the kept experts
+            total = weights.sum(-1, keepdim=True)
+            kept = new_weights.sum(-1, keepdim=True)
+            new_weights = new_weights * (total / kept.clamp_min(torch.finfo(kept.dtype).tiny))
+        return new_index, new_weights.to(weights.dtype)
+
+    def _renormalizes(self, layer: MoELayer) -> bool:
+        if self.renormalize != "auto":
+            return bool(self.renormalize)
+        rule = layer.handler.renormalize
+        if isinstance(rule, bool):
+            return rule
+        return bool(getattr(self.config, rule, False))
+
+    # -- FLOPs -------------------------------------------------------------------------------------
+    @contextmanager
+    def measure_flops(self) -> Iterator[Any]:
+        """Count the FLOPs that really run (FlopCounterMode + a formula for aten._grouped_mm) per MoE layer."""
+        with count_flops() as counter:
+            yield counter
+        root = type(self.model).__name__
+        for layer in self.layers:
+            self._measured[layer.position] += sum(module_flops(counter, root, p) for p in layer.module_paths)
+        self._measured_taken = True
+
+    def flops_per_token(self, k: float | None = None) -> pd.DataFrame:
+        """Analytic forward FLOPs per token of each MoE layer at top-k `k` (default: the live top-k). No forward pass
+        needed: works on a model built on the meta device."""
+        rows = []
+        for layer in self.layers:
+            kk = float(k if k is not None else (read_live_top_k(layer) or layer.dims["top_k"].value))
+            cost = layer.cost
+            rows.append(dict(
+                layer=layer.layer_id, k=kk, flops_router=cost.router, flops_experts=kk * cost.per_expert,
+                flops_shared=cost.shared, flops=cost.per_token(kk), exact=layer.handler.exact,
+            ))
+        return pd.DataFrame(rows)
+
+    def param_counts(self, k: float | None = None) -> dict[str, float]:
+        """Total parameters, routed-expert parameters, and parameters active per token at top-k `k`."""
+        total = sum(p.numel() for p in self.model.parameters())
+        experts = 0
+        active_experts = 0.0
+        for layer in self.layers:
+            n = sum(p.numel() for p in layer.experts.parameters())
+            kk = float(k if k is not None else (read_live_top_k(layer) or layer.dims["top_k"].value))
+            experts += n
+            active_experts += n * kk / layer.num_experts
+        return dict(params_total=total, params_experts=experts, params_active=total - experts + active_experts)
+
+    # -- frames ------------------------------------------------------------------------------------
+    def layers_df(self) -> pd.DataFrame:
+        """One row per MoE layer: tokens, k, analytic (and measured) FLOPs, routing and balance metrics,
+        latency when timed, and every resolved dimension with its source."""
+        snapshot = self.recorder.snapshot() if self.recorder is not None else None
+        rows = []
+        for layer in self.layers:
+            pos, experts = layer.position, layer.num_experts
+            tokens = self.recorder.tokens[pos] if self.recorder is not None else 0
+            row: dict[str, Any] = dict(layer=layer.layer_id, position=pos, module=layer.name,
+                                       block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=tokens)
+            if snapshot is not None:
+                counts = snapshot["counts"][pos]
+                assignments = int(counts[:experts].sum())
+                hist = snapshot["k_hist"][pos]
+                last = int(np.nonzero(hist)[0].max()) if hist.any() else 0
+                sums = snapshot["sums"][pos] / max(tokens, 1)
+                row.update(
+                    assignments=assignments, k_mean=assignments / tokens if tokens else float("nan"),
+                    k_hist=[int(v) for v in hist[: last + 1]],
+                    k_at_1=float(hist[1] / tokens) if tokens else float("nan"),
+                    k_at_max=float(hist[row["top_k"]] / tokens) if tokens and row["top_k"] and row["top_k"] < len(hist) else float("nan"),
+                )
+                row.update(layer.cost.flops(tokens, assignments))
+                row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
+                row["flops_per_token"] = row["flops"] / tokens if tokens else float("nan")
+                row.update(
+                    router_entropy=float(sums[0] / math.log(layer.router_width)) if layer.router_width > 1 else 0.0,
+                    top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
+                )
+                row.update(load_balance(counts, experts))
+            row["flops_measured"] = self._measured[pos] if self._measured_taken else None
+            if self.timer is not None:
+                row.update(self.timer.summary(pos))
+            row.update(exact=layer.handler.exact, note=layer.handler.note)
+            for dim in DIMENSIONS:
+                resolved = layer.dims[dim]
+                row[dim] = resolved.value
+                row[f"{dim}_source"] = resolved.source
+                row[f"{dim}_detail"] = resolved.detail
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def experts_df(self) -> pd.DataFrame:
+        """One row per (MoE layer, expert), zero-count experts included."""
+        snapshot = self.recorder.snapshot() if self.recorder is not None else None
+        frames = []
+        for layer in self.layers:
+            experts = layer.num_experts
+            if snapshot is None:
+                continue
+            counts = snapshot["counts"][layer.position][:experts]
+            tokens = max(self.recorder.tokens[layer.position], 1)
+            frames.append(pd.DataFrame(dict(
+                layer=layer.layer_id, expert=np.arange(experts), tokens=counts.astype(np.int64),
+                load_fraction=counts / max(counts.sum(), 1),
+                gate_mass=snapshot["gate_mass"][layer.position][:experts],
+                mean_prob=snapshot["importance"][layer.position][:experts] / tokens,
+            )))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            columns=["layer", "expert", "tokens", "load_fraction", "gate_mass", "mean_prob"])
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (hooks stay attached)."""
+        if self.recorder is not None:
+            self.recorder.reset()
+        self._measured = [0] * len(self.layers)
+        self._measured_taken = False
+        if self.timer is not None:
+            self.timer = LayerTimer(len(self.layers), warmup=self.timer.warmup)
+        self.reset_memory_peaks()
+
+    # -- memory ------------------------------------------------------------------------------------
+    def _cuda_devices(self) -> list[torch.device]:
+        devices = {p.device for p in self.model.parameters() if p.device.type == "cuda"}
+        return sorted(devices, key=lambda d: d.index or 0)
+
+    def reset_memory_peaks(self) -> None:
+        for device in self._cuda_devices():
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def memory_df(self) -> pd.DataFrame:
+        """Peak memory per CUDA device since attach/reset (empty on CPU)."""
+        rows = [dict(device=str(d), name=torch.cuda.get_device_name(d),
+                     peak_allocated_bytes=torch.cuda.max_memory_allocated(d),
+                     peak_reserved_bytes=torch.cuda.max_memory_reserved(d)) for d in self._cuda_devices()]
+        return pd.DataFrame(rows, columns=["device", "name", "peak_allocated_bytes", "peak_reserved_bytes"])
+
+    # -- reports -----------------------------------------------------------------------------------
+    def scan_report(self) -> str:
+        """What was found and where each dimension came from, once per group of identical layers."""
+        handler = self.handler
+        name = "generic (no handler for this model_type)" if handler.model_types == ("<generic>",) else handler.model_types[0]
+        lines = [f"MoE scan: {type(self.model).__name__} (model_type={self.model_type!r}, handler: {name}) — "
+                 f"{len(self.layers)} MoE layers"]
+        groups: list[tuple[tuple, list[MoELayer]]] = []
+        for layer in self.layers:
+            key = (type(layer.block).__name__, tuple((d, str(r)) for d, r in layer.dims.items()), layer.cost,
+                   tuple(n.replace(layer.name, "") for n, _ in layer.shared), tuple(layer.warnings))
+            if groups and groups[-1][0] == key:
+                groups[-1][1].append(layer)
+            else:
+                groups.append((key, [layer]))
+        for _, members in groups:
+            first = members[0]
+            ids = [m.layer_id for m in members]
+            span = f"{ids[0]}" if len(ids) == 1 else (f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids)))
+            pattern = re.sub(rf"(^|\.){first.layer_id}(?=\.|$)", r"\1{i}", first.name, count=1) if len(members) > 1 else first.name
+            lines.append(f"Layers {span} ({len(members)} x {type(first.block).__name__} @ {pattern})")
+            router = type(first.router).__name__ if first.router is not None else "none"
+            lines.append(f"  Router: {router}, {handler.scoring} scores, top-k at {handler.top_k_attr}, width {first.router_width}")
+            for dim in DIMENSIONS:
+                lines.append(f"  {dim.replace('_', ' ').capitalize()}: {first.dims[dim]}")
+            k = read_live_top_k(first) or first.dims["top_k"].value
+            cost = first.cost
+            lines.append(f"  FLOPs/token: router {cost.router:,} + k x {cost.per_expert:,} + shared {cost.shared:,} "
+                         f"= {int(cost.per_token(k)):,} at k={k}")
+            for name_, _ in first.shared:
+                lines.append(f"  Shared: {name_}")
+            for message in first.warnings:
+                lines.append(f"  WARNING: {message}")
+        if handler.note:
+            lines.append(f"Note: {handler.note}")
+        if not handler.exact:
+            lines.append("Note: FLOPs for this architecture are NOT exact (see note); frames carry exact=False")
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        """Scan report plus a per-layer summary of what was recorded."""
+        df = self.layers_df()
+        lines = [self.scan_report(), ""]
+        cols = [c for c in ("layer", "tokens", "k_mean", "flops_per_token", "flops", "flops_measured", "router_entropy",
+                            "top1_prob", "load_cv", "dead_experts", "latency_ms_p50") if c in df.columns]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            lines.append(df[cols].to_string(index=False))
+        if "flops" in df and df["tokens"].sum():
+            lines.append(f"Total MoE FLOPs: {int(df['flops'].sum()):,} over {int(df['tokens'].max()):,} tokens "
+                         f"({df['flops'].sum() / df['tokens'].max():,.0f} per token)")
+        return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""Find the MoE layers of a model and resolve their dimensions (handlers say where to look)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from handlers import Handler, Resolved, get_handler, resolve_dim
+from handlers.base import DIMENSIONS, GENERIC
+
+from .flops import LayerCost, layer_cost
+
+
+class NoMoEError(ValueError):
+    """The model has no module that looks like a Mixture-of-Experts block."""
+
+
+@dataclass
+class MoELayer:
+    position: int  # index among the MoE layers
+    layer_id: int  # the model's own layer index
+    name: str  # module path of the MoE block
+    block: nn.Module
+    router: nn.Module | None
+    experts: nn.Module
+    handler: Handler
+    shared: list[tuple[str, nn.Module]] = field(default_factory=list)  # counted with this layer
+    shared_gate: nn.Module | None = None
+    dims: dict[str, Resolved] = field(default_factory=dict)
+    router_width: int = 0
+    cost: LayerCost | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_experts(self) -> int:
+        return self.dims["num_experts"].value
+
+    @property
+    def module_paths(self) -> list[str]:
+        return [self.name] + [name for name, _ in self.shared if not name.startswith(self.name + ".")]
+
+
+_LAYER_ID = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
+
+
+def layer_id_of(path: str, fallback: int) -> int:
+    ids = _LAYER_ID.findall(path)
+    return int(ids[-1]) if ids else fallback
+
+
+def text_config(model: nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        return config.get_text_config()
+    return config
+
+
+def _router_of(block: nn.Module, handler: Handler) -> nn.Module | None:
+    for attr in handler.router_attrs:
+        child = getattr(block, attr, None)
+        if isinstance(child, nn.Module):
+            return child
+    return None
+
+
+def _is_block(module: nn.Module, handler: Handler) -> bool:
+    experts = getattr(module, handler.experts_attr, None)
+    return isinstance(experts, nn.Module) and _router_of(module, handler) is not None
+
+
+def _router_weight(router: nn.Module | None) -> torch.Tensor | None:
+    """The router's [E_router, H] projection: the first 2-D parameter (weight, layer.weight, wg.weight, ...)."""
+    if router is None:
+        return None
+    for _, param in router.named_parameters():
+        if param.dim() == 2:
+            return param
+    return None
+
+
+def _expert_param(experts: nn.Module) -> tuple[str, torch.Tensor] | None:
+    for name in ("down_proj", "w2", "mlp.w2", "output_linear.weight", "weight"):
+        node: Any = experts
+        for part in name.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.Tensor):
+            return name, node
+    return None
+
+
+def _introspect(layer: MoELayer) -> dict[str, tuple[int, str]]:
+    """Dimensions read off module attributes and parameter shapes."""
+    found: dict[str, tuple[int, str]] = {}
+    router_weight = _router_weight(layer.router)
+    if router_weight is not None:
+        found["hidden_dim"] = (router_weight.shape[1], "router weight shape[1]")
+    experts = layer.experts
+    if isinstance(getattr(experts, "num_experts", None), int):
+        found["num_experts"] = (experts.num_experts, "experts.num_experts")
+    if isinstance(getattr(experts, "intermediate_dim", None), int):
+        found["expert_dim"] = (experts.intermediate_dim, "experts.intermediate_dim")
+    param = _expert_param(experts)
+    if param is not None:
+        name, weight = param
+        if weight.dim() == 3:
+            found.setdefault("num_experts", (weight.shape[0], f"experts.{name}.shape[0]"))
+            inner_axis = 1 if getattr(experts, "is_transposed", False) else 2
+            found.setdefault("expert_dim", (weight.shape[inner_axis], f"experts.{name}.shape[{inner_axis}]"))
+        elif weight.dim() == 2 and "num_experts" in found:  # 2-D concatenated experts, [E * I, H]
+            found.setdefault("expert_dim", (weight.shape[0] // found["num_experts"][0], f"experts.{name}.shape[0] / E"))
+    if "num_experts" not in found and router_weight is not None:
+        found["num_experts"] = (router_weight.shape[0], "router weight shape[0]")
+    top_k = read_live_top_k(layer)
+    if top_k is not None:
+        found["top_k"] = (top_k, layer.handler.top_k_attr)
+    shared_width = 0
+    for _, module in layer.shared:
+        hidden = found.get("hidden_dim", (None,))[0]
+        for sub in module.modules():  # the projection back to H holds the intermediate width
+            if isinstance(sub, nn.Linear) and sub.out_features == hidden:
+                shared_width += sub.in_features
+                break
+    if layer.shared:
+        found["shared_expert_dim"] = (shared_width, "shared expert down projection in_features")
+    return found
+
+
+def read_live_top_k(layer: MoELayer) -> int | None:
+    owner, _, attr = layer.handler.top_k_attr.partition(".")
+    target = _top_k_owner(layer, owner)
+    value = getattr(target, attr, None) if target is not None else None
+    return value if isinstance(value, int) else None
+
+
+def write_live_top_k(layer: MoELayer, k: int) -> None:
+    owner, _, attr = layer.handler.top_k_attr.partition(".")
+    setattr(_top_k_owner(layer, owner), attr, k)
+
+
+def _top_k_owner(layer: MoELayer, owner: str) -> Any:
+    if owner == "router":
+        return layer.router
+    if owner == "block":
+        return layer.block
+    if owner == "config":
+        return getattr(layer.router, "config", None) or getattr(layer.block, "config", None)
+    raise ValueError(f"bad top_k_attr {layer.handler.top_k_attr!r}")
+
+
+def scan_model(
+    model: nn.Module,
+    *,
+    overrides: Mapping[str, int] | None = None,
+    fallbacks: Mapping[str, int] | None = None,
+) -> list[MoELayer]:
+    """All MoE layers of `model`, in forward order, with resolved dimensions."""
+    unknown = set(overrides or {}) | set(fallbacks or {})
+    unknown -= set(DIMENSIONS)
+    if unknown:
+        raise ValueError(f"unknown dimension(s) {sorted(unknown)}; valid: {', '.join(DIMENSIONS)}")
+    config = text_config(model)
+    model_type = getattr(config, "model_type", None)
+    handler = get_handler(model_type)
+    modules = dict(model.named_modules())
+    layers: list[MoELayer] = []
+    claimed: set[str] = set()
+    for name, module in modules.items():
+        if not name or any(name.startswith(c + ".") for c in claimed):
+            continue
+        if not _is_block(module, handler):
+            continue
+        claimed.add(name)
+        layer = MoELayer(
+            position=len(layers), layer_id=layer_id_of(name, len(layers)), name=name, block=module,
+            router=_router_of(module, handler), experts=getattr(module, handler.experts_attr), handler=handler,
+        )
+        for attr in handler.shared_attrs:
+            child = getattr(module, attr, None)
+            if isinstance(child, nn.Module):
+                layer.shared.append((f"{name}.{attr}", child))
+        parent = name.rpartition(".")[0]
+        for attr in handler.layer_shared_attrs:
+            child = getattr(modules.get(parent), attr, None) if parent in modules else None
+            if isinstance(child, nn.Module):
+                layer.shared.append((f"{parent}.{attr}", child))
+        gate = getattr(module, handler.shared_gate_attr, None)
+        layer.shared_gate = gate if isinstance(gate, nn.Module) else None
+        _resolve(layer, config, overrides, fallbacks)
+        layers.append(layer)
+    if not layers:
+        kinds = sorted({type(m).__name__ for m in modules.values()})
+        raise NoMoEError(
+            f"no MoE block found in {type(model).__name__} (model_type={model_type!r}, handler "
+            f"{'generic' if handler is GENERIC else handler.model_types[0]}): scanned {len(modules)} modules for a child "
+            f"'{handler.experts_attr}' beside a router in {handler.router_attrs}; module classes seen: "
+            f"{', '.join(kinds[:12])}{' ...' if len(kinds) > 12 else ''}"
+        )
+    return layers
+
+
+def _resolve(layer: MoELayer, config: Any, overrides, fallbacks) -> None:
+    handler = layer.handler
+    module_values = _introspect(layer)
+    for dim in DIMENSIONS:
+        resolved, warning = resolve_dim(
+            dim, config=config, config_fields=getattr(handler, dim), module_value=module_values.get(dim),
+            overrides=overrides, fallbacks=fallbacks,
+        )
+        if dim == "shared_expert_dim" and not layer.shared and resolved.source == "config":
+            # the config names a width but this layer has no shared expert (e.g. a size of 0 / absent module)
+            resolved = Resolved(dim, 0, "module", "no shared expert module")
+            warning = None
+        layer.dims[dim] = resolved
+        if warning and dim != "top_k":
+            layer.warnings.append(warning)
+    router_weight = _router_weight(layer.router)
+    layer.router_width = router_weight.shape[0] if router_weight is not None else layer.num_experts
+    layer.cost = layer_cost(
+        hidden_dim=layer.dims["hidden_dim"].value, router_width=layer.router_width,
+        expert_dim=layer.dims["expert_dim"].value, gated=handler.gated,
+        shared_expert_dim=layer.dims["shared_expert_dim"].value, shared_gated=handler.shared_gated,
+        shared_gate=layer.shared_gate is not None,
+    )

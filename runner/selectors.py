@@ -1,0 +1,321 @@
+"""Dynamic-k expert selectors.
+
+A selector maps router probabilities to a keep-mask over *rank positions*:
+
+    mask = selector(probs, k_max, k_min=1, **params)
+
+* ``probs``: ``Tensor[T, E]`` of any float dtype; each row is a probability
+  distribution over the E routed experts (rows sum to ~1). Computation is done
+  in fp32 whatever the input dtype.
+* ``k_max``: ``1 <= k_max <= E``; ``k_min``: ``1 <= k_min <= k_max``.
+* returns ``bool Tensor[T, k_max]`` on ``probs.device``: column ``j`` means
+  "keep the (j+1)-th most probable expert" (descending order). Every row is a
+  prefix mask (True...True False...False) with between ``k_min`` and ``k_max``
+  Trues. ``k = mask.sum(-1)``.
+
+Each selector first computes an unclamped k per token from the sorted
+probabilities ``p_(1) >= p_(2) >= ... >= p_(E)``, then clamps it to
+``[k_min, k_max]``. The mask depends only on the sorted *values*, so ties
+between experts cannot change it; the caller picks which expert fills a rank
+(use ``torch.sort(..., descending=True, stable=True)`` or ``torch.topk``).
+
+All selectors are vectorised on the input's device: no Python loop over tokens
+and no host sync (no ``.item()``/``.tolist()``); the only host-side work is the
+validation of Python ints/floats and of tensor shapes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import operator
+from typing import Any, Callable, Mapping
+
+import torch
+
+__all__ = [
+    "SelectorFn",
+    "SelectorError",
+    "SELECTORS",
+    "topk",
+    "kneedle",
+    "cumsum",
+    "entropy",
+    "gap_ratio",
+    "min_p",
+    "get_selector",
+    "validate_params",
+    "mask_from_k",
+]
+
+SelectorFn = Callable[..., torch.Tensor]
+
+# Absolute tolerance on the cumulative mass in ``cumsum`` (fp32 sums of
+# probabilities rarely land exactly on 1.0).
+CUMSUM_TOL = 1e-6
+# A row counts as uniform for ``kneedle`` when p_(1) - p_(E) <= this.
+KNEEDLE_FLAT_TOL = 1e-7
+# Relative slack on the perplexity in ``entropy``, so that a distribution that is
+# uniform over n experts gives n, not n + 1, despite fp32 rounding in exp(H).
+ENTROPY_REL_TOL = 1e-5
+
+
+class SelectorError(ValueError):
+    """Bad selector name, parameter or input (the message is one line)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise SelectorError(f"{what} must be an int, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise SelectorError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
+
+
+def _as_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SelectorError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
+    out = float(value)
+    if math.isnan(out):
+        raise SelectorError(f"{what} must not be NaN")
+    return out
+
+
+def _check_bounds(k_max: Any, k_min: Any, num_experts: int, where: str) -> tuple[int, int]:
+    k_max = _as_int(k_max, f"{where}: k_max")
+    k_min = _as_int(k_min, f"{where}: k_min")
+    if k_max < 1:
+        raise SelectorError(f"{where}: k_max must be >= 1, got {k_max}")
+    if k_max > num_experts:
+        raise SelectorError(f"{where}: k_max={k_max} exceeds the number of experts E={num_experts}")
+    if k_min < 1:
+        raise SelectorError(f"{where}: k_min must be >= 1, got {k_min}")
+    if k_min > k_max:
+        raise SelectorError(f"{where}: k_min={k_min} is greater than k_max={k_max}")
+    return k_max, k_min
+
+
+def _check_unit(value: Any, name: str, where: str) -> float:
+    v = _as_float(value, f"{where}: {name}")
+    if not 0.0 <= v <= 1.0:
+        raise SelectorError(f"{where}: {name} must be in [0, 1], got {v}")
+    return v
+
+
+def _check_ratio(value: Any, where: str) -> float:
+    v = _as_float(value, f"{where}: ratio")
+    if v < 1.0:
+        raise SelectorError(f"{where}: ratio must be >= 1, got {v}")
+    return v
+
+
+def _prepare(probs: Any, k_max: Any, k_min: Any, where: str) -> tuple[torch.Tensor, int, int]:
+    """Validate inputs (host-side only) and return (fp32 probs, k_max, k_min)."""
+    if not isinstance(probs, torch.Tensor):
+        raise SelectorError(f"{where}: probs must be a torch.Tensor, got {type(probs).__name__}")
+    if probs.dim() != 2:
+        raise SelectorError(f"{where}: probs must be 2-D [T, E], got shape {tuple(probs.shape)}")
+    if not probs.is_floating_point():
+        raise SelectorError(f"{where}: probs must be a float tensor, got {probs.dtype}")
+    k_max, k_min = _check_bounds(k_max, k_min, probs.shape[1], where)
+    return probs.to(torch.float32), k_max, k_min
+
+
+def _sorted_desc(p: torch.Tensor, n: int) -> torch.Tensor:
+    """The n largest values of each row, in descending order (values only)."""
+    if n == p.shape[1]:
+        return torch.sort(p, dim=1, descending=True, stable=True).values
+    return torch.topk(p, n, dim=1, largest=True, sorted=True).values
+
+
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
+    """0-based index of the first True in each row, or n (= width) if none."""
+    n = mask.shape[1]
+    idx = torch.arange(n, device=mask.device, dtype=torch.long)
+    return torch.where(mask, idx, torch.full_like(idx, n)).amin(dim=1)
+
+
+def _finish(k: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+    return mask_from_k(k.to(torch.long).clamp(k_min, k_max), k_max)
+
+
+def mask_from_k(k: torch.Tensor, k_max: int) -> torch.Tensor:
+    """Prefix mask: ``mask[t, j] = j < k[t]`` for j in 0..k_max-1 (bool ``[T, k_max]``)."""
+    k_max = _as_int(k_max, "mask_from_k: k_max")
+    if k_max < 0:
+        raise SelectorError(f"mask_from_k: k_max must be >= 0, got {k_max}")
+    if not isinstance(k, torch.Tensor):
+        raise SelectorError(f"mask_from_k: k must be a torch.Tensor, got {type(k).__name__}")
+    cols = torch.arange(k_max, device=k.device)
+    return cols < k.unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+def topk(probs: torch.Tensor, k_max: int, k_min: int = 1, k: int | None = None) -> torch.Tensor:
+    """Static top-k (baseline): keep the k most probable experts, k = ``k`` (default k_max).
+
+    ``k`` must lie in [k_min, k_max].
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "topk")
+    kk = k_max if k is None else _as_int(k, "topk: k")
+    if not k_min <= kk <= k_max:
+        raise SelectorError(f"topk: k={kk} must be in [k_min={k_min}, k_max={k_max}]")
+    return mask_from_k(torch.full((p.shape[0],), kk, dtype=torch.long, device=p.device), k_max)
+
+
+def kneedle(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
+    """Kneedle elbow of the sorted curve: k = argmax_i (y_i - x_i) + 1 over i = 0..E-1,
+    x_i = i/(E-1), y_i = (p_(1) - p_(i+1)) / (p_(1) - p_(E)); first maximum on ties.
+
+    Uniform rows (p_(1) - p_(E) <= 1e-7) give k_max; E == 1 gives 1. A curve with
+    no convex bend (e.g. a plateau of equal top experts) gives argmax at i=0, so k=1.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "kneedle")
+    T, E = p.shape
+    if E == 1:
+        return mask_from_k(torch.ones(T, dtype=torch.long, device=p.device), k_max)
+    s = _sorted_desc(p, E)
+    top, bottom = s[:, :1], s[:, -1:]
+    span = top - bottom
+    flat = span[:, 0] <= KNEEDLE_FLAT_TOL
+    y = (top - s) / torch.where(span > KNEEDLE_FLAT_TOL, span, torch.ones_like(span))
+    x = torch.arange(E, device=p.device, dtype=torch.float32) / (E - 1)
+    d = y - x
+    best = d.amax(dim=1, keepdim=True)
+    k = _first_true(d >= best) + 1  # first argmax, deterministic on ties
+    k = torch.where(flat, torch.full_like(k, k_max), k)
+    return _finish(k, k_min, k_max)
+
+
+def cumsum(probs: torch.Tensor, k_max: int, k_min: int = 1, threshold: float = 0.9) -> torch.Tensor:
+    """Top-p: smallest k with sum_{j<=k} p_(j) >= threshold - 1e-6; k_max if not reached
+    within k_max experts.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "cumsum")
+    thr = _check_unit(threshold, "threshold", "cumsum")
+    cs = torch.cumsum(_sorted_desc(p, k_max), dim=1)
+    k = _first_true(cs >= thr - CUMSUM_TOL) + 1  # k_max + 1 when never reached -> clamped to k_max
+    return _finish(k, k_min, k_max)
+
+
+def entropy(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
+    """Perplexity: k = ceil(exp(H(p))), H = -sum_e p_e ln p_e in nats (0 ln 0 = 0).
+
+    A relative slack of 1e-5 absorbs fp32 rounding (uniform over n experts -> n).
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "entropy")
+    h = -torch.special.xlogy(p, p).sum(dim=1)
+    perp = torch.exp(h) * (1.0 - ENTROPY_REL_TOL)
+    perp = torch.nan_to_num(perp, nan=float(k_max), posinf=float(k_max), neginf=1.0)
+    k = torch.ceil(perp.clamp(0.0, float(k_max)))
+    return _finish(k, k_min, k_max)
+
+
+def gap_ratio(probs: torch.Tensor, k_max: int, k_min: int = 1, ratio: float = 2.0) -> torch.Tensor:
+    """First j (1-based, j < k_max) with p_(j) / p_(j+1) >= ratio gives k = j; none gives k_max.
+
+    p_(j+1) == 0 counts as an infinite ratio.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "gap_ratio")
+    r = _check_ratio(ratio, "gap_ratio")
+    if k_max == 1:
+        return mask_from_k(torch.ones(p.shape[0], dtype=torch.long, device=p.device), k_max)
+    s = _sorted_desc(p, k_max)
+    hi, lo = s[:, :-1], s[:, 1:]
+    zero = lo <= 0
+    big = torch.where(zero, torch.ones_like(hi), hi / torch.where(zero, torch.ones_like(lo), lo)) >= r
+    k = _first_true(zero | big) + 1  # k_max when no gap among j = 1..k_max-1
+    return _finish(k, k_min, k_max)
+
+
+def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -> torch.Tensor:
+    """Min-p: keep the experts with p_e >= alpha * p_(1), i.e. k = #{e : p_e >= alpha * p_(1)}."""
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "min_p")
+    a = _check_unit(alpha, "alpha", "min_p")
+    top = p.amax(dim=1, keepdim=True)
+    k = (p >= a * top).sum(dim=1)
+    return _finish(k, k_min, k_max)
+
+
+SELECTORS: dict[str, SelectorFn] = {
+    "topk": topk,
+    "kneedle": kneedle,
+    "cumsum": cumsum,
+    "entropy": entropy,
+    "gap_ratio": gap_ratio,
+    "min_p": min_p,
+}
+
+# Extra (non-k) parameters and their checks, per selector.
+_PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "threshold": lambda v, where: _check_unit(v, "threshold", where),
+    "alpha": lambda v, where: _check_unit(v, "alpha", where),
+    "ratio": lambda v, where: _check_ratio(v, where),
+}
+
+
+def _valid_names() -> str:
+    return ", ".join(sorted(SELECTORS))
+
+
+def _param_names(fn: SelectorFn) -> list[str]:
+    return [n for n in inspect.signature(fn).parameters if n != "probs"]
+
+
+def get_selector(name_or_fn: str | SelectorFn) -> SelectorFn:
+    """Look a selector up by name in SELECTORS, or pass a callable through unchanged."""
+    if isinstance(name_or_fn, str):
+        try:
+            return SELECTORS[name_or_fn]
+        except KeyError:
+            raise SelectorError(
+                f"unknown selector {name_or_fn!r}; valid selectors: {_valid_names()}"
+            ) from None
+    if callable(name_or_fn):
+        return name_or_fn
+    raise SelectorError(
+        f"selector must be a name ({_valid_names()}) or a callable, got {type(name_or_fn).__name__}"
+    )
+
+
+def validate_params(name: str, params: Mapping[str, Any], num_experts: int) -> None:
+    """Check a selector's params before a run; raise SelectorError (one line) on the first problem.
+
+    ``params`` may hold ``k_max``, ``k_min`` and the selector's own keywords (``k``,
+    ``threshold``, ``ratio`` or ``alpha``). A missing ``k_max`` is checked as if it were
+    ``num_experts``.
+    """
+    if not isinstance(name, str):
+        raise SelectorError(f"validate_params expects a selector name, got {type(name).__name__}")
+    fn = get_selector(name)
+    where = f"selector {name!r}"
+    num_experts = _as_int(num_experts, f"{where}: num_experts")
+    if num_experts < 1:
+        raise SelectorError(f"{where}: num_experts must be >= 1, got {num_experts}")
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise SelectorError(f"{where}: params must be a mapping, got {type(params).__name__}")
+    valid = _param_names(fn)
+    unknown = sorted(str(p) for p in params if p not in valid)
+    if unknown:
+        raise SelectorError(
+            f"{where}: unknown parameter(s) {', '.join(unknown)}; valid parameters: {', '.join(valid)}"
+        )
+    k_max, k_min = _check_bounds(params.get("k_max", num_experts), params.get("k_min", 1), num_experts, where)
+    if params.get("k") is not None:
+        k = _as_int(params["k"], f"{where}: k")
+        if k < 1:
+            raise SelectorError(f"{where}: k must be >= 1, got {k}")
+        if not k_min <= k <= k_max:
+            raise SelectorError(f"{where}: k={k} must be in [k_min={k_min}, k_max={k_max}]")
+    for pname, check in _PARAM_CHECKS.items():
+        if pname in params:
+            check(params[pname], where)
