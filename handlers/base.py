@@ -29,11 +29,15 @@ class Handler:
     expert_dim: tuple[FieldSpec, ...] = ("moe_intermediate_size",)
     shared_expert_dim: tuple[FieldSpec, ...] = ()
     # -- where things are --------------------------------------------------------------------------
+    block_attrs: tuple[str, ...] = ()  # attribute name(s) the MoE block must have in its parent; () = any
     router_attrs: tuple[str, ...] = ("gate", "router")  # child of the MoE block
     experts_attr: str = "experts"  # child of the MoE block
     shared_attrs: tuple[str, ...] = ("shared_experts", "shared_expert")  # children of the block
     shared_gate_attr: str = "shared_expert_gate"  # Linear(H, 1) scaling the shared expert (Qwen2-MoE)
     layer_shared_attrs: tuple[str, ...] = ()  # shared MLPs that live in the decoder layer, outside the block
+    # the block's submodules whose FLOPs belong to the MoE layer ("" = the whole block); a decoder layer that
+    # is itself the block (gemma4) counts only its router and experts
+    measured_parts: tuple[str, ...] = ("",)
     # where the live top-k is read at run time: "router.top_k", "block.top_k" or "config.<field>"
     top_k_attr: str = "router.top_k"
     # -- routing semantics -------------------------------------------------------------------------

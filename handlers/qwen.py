@@ -19,6 +19,7 @@ ENTRIES = [
     Handler(("inkling2_text", "inkling2_loop_text"), num_experts=("n_routed_experts",), scoring="sigmoid", renormalize=True),
     Handler(
         ("gemma4_text",), top_k=("top_k_experts",), top_k_attr="config.top_k_experts", scoring="probs",
-        renormalize=True, note="router and experts sit in the decoder layer, beside a dense MLP that is not counted",
+        renormalize=True, measured_parts=("router", "experts"),
+        note="router and experts sit in the decoder layer, beside a dense MLP that is not counted",
     ),
 ]

@@ -9,7 +9,7 @@ ENTRIES = [
         note="experts run as a dense bmm over all E experts: executed FLOPs are E/k times the active FLOPs reported",
     ),
     Handler(
-        ("jetmoe",), expert_dim=("intermediate_size",), experts_attr="input_linear",
+        ("jetmoe",), expert_dim=("intermediate_size",), experts_attr="input_linear", block_attrs=("mlp",),
         router_output="logits", logits_index=4, experts_take_routing=False, can_skip=False, exact=False,
         note="attention experts (MoA) are not counted; parallel experts take no (index, weight) pair",
     ),

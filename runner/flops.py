@@ -75,15 +75,22 @@ def _custom_mapping() -> dict:
     return mapping
 
 
+class _GlobalOnly:
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 @contextmanager
 def count_flops() -> Iterator[FlopCounterMode]:
-    """FlopCounterMode that also counts grouped experts. `get_flop_counts()` is keyed by module path."""
+    """FlopCounterMode that also counts grouped experts (and transformers' grouped_mm fallback op)."""
     counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
+    # Attribution is done by the profiler's own hooks; FlopCounterMode's module tracker is not needed and
+    # raises under no_grad when a submodule receives a view of a Parameter (dbrx's expert GLU).
+    counter.mod_tracker = _GlobalOnly()
     with counter:
         yield counter
-
-
-def module_flops(counter: FlopCounterMode, root_name: str, module_path: str) -> int:
-    """Total FLOPs recorded under one module (`module_path` as in named_modules(), '' for the root)."""
-    key = f"{root_name}.{module_path}" if module_path else root_name
-    return int(sum(counter.get_flop_counts().get(key, {}).values()))

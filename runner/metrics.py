@@ -65,6 +65,7 @@ class RoutingRecorder:
     # -- allocation ------------------------------------------------------------------------------
     def _allocate(self, logits: torch.Tensor, slots: int) -> None:
         device = logits.device
+        self.router_width = logits.shape[-1]  # what the router scores (may differ from its weight's rows)
         L, E = self.num_layers, self.router_width
         if self.capacity is None:
             per_token = L * (E * logits.element_size() + slots * 8)
@@ -85,6 +86,7 @@ class RoutingRecorder:
             self._real = torch.tensor(self.num_experts, device=device).view(L, 1, 1)
 
     # -- hot path --------------------------------------------------------------------------------
+    @torch.no_grad()
     def record(self, layer: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:
         logits = logits.reshape(-1, logits.shape[-1])
         tokens = logits.shape[0]
@@ -106,6 +108,7 @@ class RoutingRecorder:
         self._fill[layer] = start + tokens
 
     # -- bulk reduction --------------------------------------------------------------------------
+    @torch.no_grad()
     def flush(self) -> None:
         if self._logits is None or not any(self._fill):
             return
@@ -146,15 +149,15 @@ class RoutingRecorder:
         gate_mass.scatter_add_(1, flat, (weight.double() * valid).flatten(1))
         k_hist = acc["k_hist"][rows]
         k_hist.scatter_add_(1, k, torch.ones_like(k))
-        sums = torch.stack([entropy.sum(1), top1.sum(1), margin.sum(1), selected_mass.sum(1)], dim=-1).double()
+        sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).double().sum(1)  # fp64: order-independent
         if isinstance(rows, slice):
-            acc["importance"] += probs.sum(1).double()
+            acc["importance"] += probs.double().sum(1)
             acc["sums"] += sums
         else:  # advanced indexing returned copies: write them back
             acc["counts"][rows] = counts
             acc["gate_mass"][rows] = gate_mass
             acc["k_hist"][rows] = k_hist
-            acc["importance"][rows] += probs.sum(1).double()
+            acc["importance"][rows] += probs.double().sum(1)
             acc["sums"][rows] += sums
 
     # -- read-out --------------------------------------------------------------------------------

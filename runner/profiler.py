@@ -15,7 +15,7 @@ from torch import nn
 
 from handlers.base import DIMENSIONS
 
-from .flops import count_flops, module_flops
+from .flops import count_flops
 from .latency import LayerTimer
 from .metrics import RoutingRecorder, load_balance, router_probs
 from .scan import MoELayer, read_live_top_k, scan_model, text_config, write_live_top_k
@@ -287,13 +287,34 @@ class MOEProfiler:
     # -- FLOPs -------------------------------------------------------------------------------------
     @contextmanager
     def measure_flops(self) -> Iterator[Any]:
-        """Count the FLOPs that really run (FlopCounterMode + a formula for aten._grouped_mm) per MoE layer."""
+        """Count the FLOPs that really run (FlopCounterMode + a formula for aten._grouped_mm) per MoE layer.
+
+        Attribution uses hooks on each layer's own modules, so it holds however the model is called."""
+        handles = []
         with count_flops() as counter:
-            yield counter
-        root = type(self.model).__name__
-        for layer in self.layers:
-            self._measured[layer.position] += sum(module_flops(counter, root, p) for p in layer.module_paths)
+            for layer in self.layers:
+                for module in layer.measured_modules():
+                    handles += self._flop_hooks(counter, layer.position, module)
+            try:
+                yield counter
+            finally:
+                for handle in handles:
+                    handle.remove()
         self._measured_taken = True
+
+    def _flop_hooks(self, counter, position: int, module: nn.Module) -> list:
+        starts: list[int] = []
+
+        def total() -> int:
+            return int(sum(counter.flop_counts["Global"].values()))
+
+        def pre(mod, args):
+            starts.append(total())
+
+        def post(mod, args, output):
+            self._measured[position] += total() - starts.pop()
+
+        return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
     def flops_per_token(self, k: float | None = None) -> pd.DataFrame:
         """Analytic forward FLOPs per token of each MoE layer at top-k `k` (default: the live top-k). No forward pass

@@ -38,9 +38,11 @@ class MoELayer:
     def num_experts(self) -> int:
         return self.dims["num_experts"].value
 
-    @property
-    def module_paths(self) -> list[str]:
-        return [self.name] + [name for name, _ in self.shared if not name.startswith(self.name + ".")]
+    def measured_modules(self) -> list[nn.Module]:
+        """The modules whose executed FLOPs make up this MoE layer (no module counted twice)."""
+        parts = [self.block.get_submodule(part) if part else self.block for part in self.handler.measured_parts]
+        outside = [m for n, m in self.shared if not n.startswith(self.name + ".")]
+        return parts + outside
 
 
 _LAYER_ID = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
@@ -117,15 +119,23 @@ def _introspect(layer: MoELayer) -> dict[str, tuple[int, str]]:
     if top_k is not None:
         found["top_k"] = (top_k, layer.handler.top_k_attr)
     shared_width = 0
+    hidden = found.get("hidden_dim", (None,))[0]
     for _, module in layer.shared:
-        hidden = found.get("hidden_dim", (None,))[0]
-        for sub in module.modules():  # the projection back to H holds the intermediate width
-            if isinstance(sub, nn.Linear) and sub.out_features == hidden:
-                shared_width += sub.in_features
-                break
+        shared_width += _shared_width(module, hidden)
     if layer.shared:
         found["shared_expert_dim"] = (shared_width, "shared expert down projection in_features")
     return found
+
+
+def _shared_width(module: nn.Module, hidden: int | None) -> int:
+    """Intermediate width of a shared MLP: the in_features of its projection back to H (summed over fused experts)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear) and sub.out_features == hidden:
+            return sub.in_features
+    down = getattr(module, "down_proj", None)
+    if isinstance(down, torch.Tensor) and down.dim() == 3 and down.shape[1] == hidden:  # fused [S, H, I]
+        return down.shape[0] * down.shape[2]
+    return 0
 
 
 def read_live_top_k(layer: MoELayer) -> int | None:
@@ -171,6 +181,8 @@ def scan_model(
         if not name or any(name.startswith(c + ".") for c in claimed):
             continue
         if not _is_block(module, handler):
+            continue
+        if handler.block_attrs and name.rpartition(".")[2] not in handler.block_attrs:
             continue
         claimed.add(name)
         layer = MoELayer(

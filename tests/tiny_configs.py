@@ -6,8 +6,10 @@ hidden 64, 4 layers, 4 heads / 2 kv heads, head_dim 16, vocab 128, E=8 routed ex
 ``moe_intermediate_size=32``, shared-expert sizes 48, one leading dense layer where the arch has such a knob.
 
 ``_BASE`` is applied only for fields the config class actually declares (so aliases in ``attribute_map`` such as
-deepseek_v4's ``intermediate_size -> moe_intermediate_size`` are never hit by accident); ``_PER_TYPE`` entries and
-``**overrides`` are passed verbatim (aliases allowed).
+deepseek_v4's ``intermediate_size -> moe_intermediate_size`` are never hit by accident); ``_PER_TYPE`` entries are
+passed verbatim (aliases allowed). ``**overrides`` are applied last; the canonical names ``num_experts_per_tok`` /
+``num_experts`` / ``num_local_experts`` are translated to the arch's own field where the config has no such name
+or alias (aria_text, gemma4_text, dbrx's ``ffn_config``, deepseek-style ``n_routed_experts``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import inspect
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 MOE_MODEL_TYPES: list[str] = [
     "olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe",
@@ -81,9 +83,10 @@ _BASE: dict = dict(
     use_mamba_kernels=False,
 )
 
-# Multi-head latent attention (DeepSeek-V2/V3 family).
-# Multi-head latent attention has no GQA: kv heads == heads (the eager/sdpa path would repeat_kv otherwise).
-_MLA = dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, num_key_value_heads=4)
+# Multi-head latent attention (DeepSeek-V2/V3 family). No GQA: kv heads == heads (eager/sdpa would repeat_kv).
+_MLA = dict(
+    kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, num_key_value_heads=4
+)
 # DeepSeek sparse-attention indexer.
 _INDEXER = dict(index_n_heads=2, index_head_dim=16, index_topk=8)
 # Gated-DeltaNet linear attention (Qwen3-Next family).
@@ -111,8 +114,7 @@ _PER_TYPE: dict[str, dict] = {
     "beam": dict(mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
     "cohere2_moe": dict(prefix_dense_intermediate_size=96),
     "deepseek_v32": dict(**_MLA, **_INDEXER),
-    "deepseek_v4": dict(head_dim=16, q_lora_rank=32, o_groups=2, o_lora_rank=16, **_INDEXER, hc_mult=2,
-                        hc_sinkhorn_iters=3),
+    "deepseek_v4": dict(q_lora_rank=32, o_groups=2, o_lora_rank=16, **_INDEXER, hc_mult=2, hc_sinkhorn_iters=3),
     # product-key experts: E must be a perfect square (num_keys = sqrt(E))
     "doge": dict(is_moe=True, num_experts=16, keep_window_size=8),
     "dots3_note_text": dict(**_MLA, **_INDEXER),
@@ -150,7 +152,7 @@ _PER_TYPE: dict[str, dict] = {
         num_layers=2, ffn_hidden_size=96, expert_ffn_hidden_size=32, zero_expert_num=2, **_MLA,
         head_dim=8,  # rotary dim == qk_rope_head_dim
     ),
-    "mimo_v2_flash": dict(head_dim=16, v_head_dim=16),
+    "mimo_v2_flash": dict(v_head_dim=16),
     "minimax_m3_vl_text": dict(
         dense_intermediate_size=96, rotary_dim=8,
         index_n_heads=2, index_head_dim=16, index_block_size=4, index_topk_blocks=2,
@@ -228,12 +230,20 @@ def tiny_config(model_type: str, **overrides) -> transformers.PretrainedConfig:
     return AutoConfig.for_model(model_type, **kwargs)
 
 
-def _causal_lm_class(model_type: str, config):
+def _causal_lm_class(model_type: str, config) -> type:
     name = _CAUSAL_LM_CLASS.get(model_type)
     if name is None:
-        return AutoModelForCausalLM
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
     return getattr(module, name)
+
+
+def supports_experts_implementation(model_type: str) -> bool:
+    """False for archs whose experts are not ``@use_experts_implementation``-decorated (eager only)."""
+    cfg = tiny_config(model_type)
+    return _causal_lm_class(model_type, cfg)._can_set_experts_implementation()
 
 
 @torch.no_grad()
@@ -252,15 +262,14 @@ def _sanitize(model: torch.nn.Module, seed: int) -> None:
 def build_tiny_model(
     model_type: str, seed: int = 0, experts_implementation: str | None = None, **overrides
 ) -> torch.nn.Module:
+    """Random-init tiny CausalLM in eval mode, float32. ``experts_implementation`` is ignored (model stays on
+    ``"eager"``) for archs whose experts cannot switch implementation, see ``supports_experts_implementation``."""
     cfg = tiny_config(model_type, **overrides)
     cls = _causal_lm_class(model_type, cfg)
     kwargs = {"dtype": torch.float32}
-    if experts_implementation is not None:
+    if experts_implementation is not None and cls._can_set_experts_implementation():
         kwargs["experts_implementation"] = experts_implementation
     torch.manual_seed(seed)
-    if cls is AutoModelForCausalLM:
-        model = AutoModelForCausalLM.from_config(cfg, **kwargs)
-    else:
-        model = cls._from_config(cfg, **kwargs)
+    model = cls._from_config(cfg, **kwargs)
     _sanitize(model, seed)
     return model.float().eval()
