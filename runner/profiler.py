@@ -378,9 +378,10 @@ class MOEProfiler:
             row.update(exact=layer.handler.exact, note=layer.handler.note)
             for dim in DIMENSIONS:
                 resolved = layer.dims[dim]
-                row[dim] = resolved.value
-                row[f"{dim}_source"] = resolved.source
-                row[f"{dim}_detail"] = resolved.detail
+                column = "default_top_k" if dim == "top_k" else dim  # `top_k` is the live value that ran
+                row[column] = resolved.value
+                row[f"{column}_source"] = resolved.source
+                row[f"{column}_detail"] = resolved.detail
             rows.append(row)
         return pd.DataFrame(rows)
 
