@@ -454,7 +454,8 @@ class MOEProfiler:
             router = type(first.router).__name__ if first.router is not None else "none"
             lines.append(f"  Router: {router}, {handler.scoring} scores, top-k at {handler.top_k_attr}, width {first.router_width}")
             for dim in DIMENSIONS:
-                lines.append(f"  {dim.replace('_', ' ').capitalize()}: {first.dims[dim]}")
+                label = "Top-k" if dim == "top_k" else dim.replace("_", " ").capitalize()
+                lines.append(f"  {label}: {first.dims[dim]}")
             k = read_live_top_k(first) or first.dims["top_k"].value
             cost = first.cost
             lines.append(f"  FLOPs/token: router {cost.router:,} + k x {cost.per_expert:,} + shared {cost.shared:,} "

@@ -122,8 +122,9 @@ def _introspect(layer: MoELayer) -> dict[str, tuple[int, str]]:
     hidden = found.get("hidden_dim", (None,))[0]
     for _, module in layer.shared:
         shared_width += _shared_width(module, hidden)
-    if layer.shared:
-        found["shared_expert_dim"] = (shared_width, "shared expert down projection in_features")
+    found["shared_expert_dim"] = (
+        (shared_width, "shared expert down projection in_features") if layer.shared else (0, "no shared expert module")
+    )
     return found
 
 

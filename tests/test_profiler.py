@@ -68,11 +68,10 @@ def test_scan_report_groups_identical_layers_and_names_sources():
 
 def test_priority_chain_override_fallback_and_mismatch_warning():
     model = olmoe()
-    p = MOEProfiler(model, overrides={"expert_dim": 50}, fallbacks={"shared_expert_dim": 7}, verbose=False)
+    p = MOEProfiler(model, overrides={"expert_dim": 50}, fallbacks={"expert_dim": 7, "num_experts": 3}, verbose=False)
     dims = p.layers[0].dims
     assert (dims["expert_dim"].value, dims["expert_dim"].source) == (50, "override")
-    assert (dims["shared_expert_dim"].value, dims["shared_expert_dim"].source) == (7, "fallback")
-    assert dims["num_experts"].source == "config"
+    assert (dims["num_experts"].value, dims["num_experts"].source) == (E, "config")  # fallback sits below config
     # a config that contradicts the weights is reported with both values
     model.config.intermediate_size = 128
     with pytest.warns(UserWarning, match=r"expert_dim: model.config.intermediate_size = 128 but the module says 96"):
@@ -198,7 +197,7 @@ def test_custom_model_without_handler_uses_introspection_and_defaults():
     dims = p.layers[0].dims
     assert (dims["num_experts"].value, dims["num_experts"].source) == (4, "module")
     assert (dims["hidden_dim"].value, dims["expert_dim"].value, dims["top_k"].value) == (16, 24, 2)
-    assert dims["shared_expert_dim"].source == "default"
+    assert (dims["shared_expert_dim"].value, dims["shared_expert_dim"].detail) == (0, "no shared expert module")
     assert "generic" in p.scan_report()
     x = torch.randn(10, 16)
     with p.measure_flops():
@@ -207,6 +206,18 @@ def test_custom_model_without_handler_uses_introspection_and_defaults():
     df = p.layers_df()
     assert (df["flops"] == df["flops_measured"]).all()
     assert (df["flops_per_token"] == 2 * 16 * 4 + 2 * 6 * 16 * 24).all()
+
+
+def test_fallback_sits_below_module_and_above_default():
+    model = nn.Sequential()
+    model.layers = nn.ModuleList([ToyBlock()])
+    model.layers[0].gate.k = model.layers[0].gate.__dict__.pop("top_k")  # top-k no longer discoverable
+    assert MOEProfiler(model, verbose=False).layers[0].dims["top_k"].source == "default"
+    dims = MOEProfiler(model, fallbacks={"top_k": 3, "num_experts": 99}, verbose=False).layers[0].dims
+    assert (dims["top_k"].value, dims["top_k"].source) == (3, "fallback")
+    assert (dims["num_experts"].value, dims["num_experts"].source) == (4, "module")
+    with pytest.raises(ValueError, match="unknown dimension"):
+        MOEProfiler(model, overrides={"experts": 3}, verbose=False)
 
 
 def test_meta_device_analytic_flops_and_params():
