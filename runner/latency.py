@@ -17,13 +17,17 @@ class LayerTimer:
         self.samples_ms = [deque(maxlen=keep) for _ in range(num_layers)]  # bounded: memory stays fixed
         self._pending: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
         self._open: dict[int, object] = {}
+        self._free_events: list[torch.cuda.Event] = []  # reused: no new Event objects per call
+
+    def _event(self) -> "torch.cuda.Event":
+        return self._free_events.pop() if self._free_events else torch.cuda.Event(enable_timing=True)
 
     def start(self, layer: int, device: torch.device) -> None:
         self.calls[layer] += 1
         if self.calls[layer] <= self.warmup:
             return
         if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
+            event = self._event()
             event.record()
             self._open[layer] = event
         else:
@@ -36,7 +40,7 @@ class LayerTimer:
         if isinstance(begin, float):
             self.samples_ms[layer].append((time.perf_counter() - begin) * 1e3)
             return
-        end = torch.cuda.Event(enable_timing=True)
+        end = self._event()
         end.record()
         self._pending.append((layer, begin, end))
         if len(self._pending) >= 4096:  # resolve in bulk: one sync per 4096 timed calls
@@ -48,6 +52,7 @@ class LayerTimer:
         self._pending[-1][2].synchronize()
         for layer, begin, end in self._pending:
             self.samples_ms[layer].append(begin.elapsed_time(end))
+            self._free_events += (begin, end)
         self._pending.clear()
 
     def summary(self, layer: int) -> dict[str, float]:

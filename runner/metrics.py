@@ -1,8 +1,8 @@
 """Routing metrics: fixed-size on-device accumulators, filled in bulk, read once when a frame is asked for.
 
-Hot path: a router hook copies the raw routing of one call (logits, indices, weights) into a
-preallocated device buffer (one copy kernel each, no host sync). When a buffer fills up, or a frame is
-requested, all layers are reduced together in a handful of kernels. Memory is fixed: the buffers plus
+Hot path: a router hook keeps a reference to the raw routing of one call (logits, indices, weights): no
+kernel, no host sync. Every `capacity` tokens, or when a frame is requested, all layers are reduced
+together in a handful of kernels. Memory is bounded: at most `capacity` tokens of pending routing plus
 O(E) accumulators per layer, whatever the number of tokens seen.
 
 Definitions (p = the router's distribution over experts for one token, in fp32; S = the selected set):
@@ -45,36 +45,31 @@ def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
 
 
 class RoutingRecorder:
-    """Per-layer routing statistics of `num_layers` MoE layers, accumulated on one device."""
+    """Per-layer routing statistics of `num_layers` MoE layers, accumulated on one device.
+
+    The hot path launches no kernel: `record()` keeps a reference to the router's own output tensors. When the
+    first MoE layer of a forward would take a layer past `capacity` pending tokens, every layer's pending routing
+    is concatenated and reduced at once (a fixed handful of kernels for the whole model). Memory is bounded by
+    `capacity` tokens of pending routing (or one forward, if larger) plus O(E) accumulators per layer.
+    """
 
     def __init__(self, num_layers: int, router_width: int, num_experts: list[int], scoring: str,
-                 capacity: int | None = None, memory_budget_bytes: int = 256 * 2**20):
+                 capacity: int | None = None):
         self.num_layers = num_layers
         self.router_width = router_width
         self.num_experts = num_experts  # real (computing) experts per layer; indices >= this are not computed
         self.scoring = scoring
-        self.capacity = capacity
-        self.memory_budget_bytes = memory_budget_bytes
+        self.capacity = capacity or 8192
         self.tokens = [0] * num_layers  # host-side: known from shapes, no sync
-        self._fill = [0] * num_layers
-        self._logits: torch.Tensor | None = None
-        self._index: torch.Tensor | None = None
-        self._weight: torch.Tensor | None = None
+        self._pending: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_layers)]
+        self._pending_tokens = [0] * num_layers
         self.acc: dict[str, torch.Tensor] | None = None
 
-    # -- allocation ------------------------------------------------------------------------------
-    def _allocate(self, logits: torch.Tensor, slots: int) -> None:
+    def _allocate(self, logits: torch.Tensor) -> None:
         device = logits.device
         self.router_width = logits.shape[-1]  # what the router scores (may differ from its weight's rows)
         L, E = self.num_layers, self.router_width
-        if self.capacity is None:
-            per_token = L * (E * logits.element_size() + slots * 8)
-            self.capacity = int(max(256, min(8192, self.memory_budget_bytes // max(per_token, 1))))
-        cap = self.capacity
-        self._logits = torch.empty(L, cap, E, dtype=logits.dtype, device=device)
-        self._index = torch.full((L, cap, slots), -1, dtype=torch.int32, device=device)
-        self._weight = torch.zeros(L, cap, slots, dtype=torch.float32, device=device)
-        if self.acc is None:
+        with torch.inference_mode(False):  # normal tensors, updatable in and out of inference mode
             f64 = dict(dtype=torch.float64, device=device)
             self.acc = {
                 "counts": torch.zeros(L, E, dtype=torch.int64, device=device),
@@ -86,44 +81,46 @@ class RoutingRecorder:
             self._real = torch.tensor(self.num_experts, device=device).view(L, 1, 1)
 
     # -- hot path --------------------------------------------------------------------------------
-    @torch.no_grad()
     def record(self, layer: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:
-        logits = logits.reshape(-1, logits.shape[-1])
-        tokens = logits.shape[0]
-        slots = index.shape[-1]
-        if self._logits is None or slots > self._index.shape[-1]:
+        if logits.requires_grad:
+            logits, weight = logits.detach(), weight.detach()
+        tokens = index.numel() // index.shape[-1]
+        if layer == 0 and self._pending_tokens[0] and self._pending_tokens[0] + tokens > self.capacity:
             self.flush()
-            self._allocate(logits, slots)
+        pending = self._pending[layer]
+        if pending and pending[-1][1].shape[-1] != index.shape[-1]:  # top-k changed mid-stream
+            self.flush()
+        pending.append((logits, index, weight))
+        self._pending_tokens[layer] += tokens
         self.tokens[layer] += tokens
-        if tokens > self.capacity:  # larger than the buffer: reduce this call directly
-            self.flush()
-            self._reduce(logits.unsqueeze(0), index.reshape(1, tokens, slots), weight.reshape(1, tokens, slots), [layer])
-            return
-        if self._fill[layer] + tokens > self.capacity:
-            self.flush()
-        start = self._fill[layer]
-        self._logits[layer, start:start + tokens].copy_(logits)
-        self._index[layer, start:start + tokens, :slots].copy_(index.reshape(tokens, slots))
-        self._weight[layer, start:start + tokens, :slots].copy_(weight.reshape(tokens, slots))
-        self._fill[layer] = start + tokens
 
     # -- bulk reduction --------------------------------------------------------------------------
     @torch.no_grad()
     def flush(self) -> None:
-        if self._logits is None or not any(self._fill):
+        if not any(self._pending_tokens):
             return
-        fills = self._fill
-        if len(set(fills)) == 1:
-            n = fills[0]
-            self._reduce(self._logits[:, :n], self._index[:, :n], self._weight[:, :n], list(range(self.num_layers)))
+        first = next(p for p in self._pending if p)[0][0]
+        if self.acc is None:
+            self._allocate(first)
+        E = self.router_width
+        counts = self._pending_tokens
+        widths = {entry[1].shape[-1] for layer in self._pending for entry in layer}
+        if len(set(counts)) == 1 and len(widths) == 1:
+            n = counts[0]
+            flat = [entry for layer in self._pending for entry in layer]
+            logits = torch.cat([e[0].reshape(-1, E) for e in flat]).view(self.num_layers, n, E)
+            index = torch.cat([e[1].reshape(-1, e[1].shape[-1]) for e in flat]).view(self.num_layers, n, -1)
+            weight = torch.cat([e[2].reshape(-1, e[2].shape[-1]) for e in flat]).view(self.num_layers, n, -1)
+            self._reduce(logits, index, weight, list(range(self.num_layers)))
         else:
-            for layer, n in enumerate(fills):
-                if n:
-                    sl = slice(layer, layer + 1)
-                    self._reduce(self._logits[sl, :n], self._index[sl, :n], self._weight[sl, :n], [layer])
-        self._index.fill_(-1)
-        self._weight.zero_()
-        self._fill = [0] * self.num_layers
+            for layer, entries in enumerate(self._pending):
+                if entries:
+                    logits = torch.cat([e[0].reshape(-1, E) for e in entries]).unsqueeze(0)
+                    index = torch.cat([e[1].reshape(-1, e[1].shape[-1]) for e in entries]).unsqueeze(0)
+                    weight = torch.cat([e[2].reshape(-1, e[2].shape[-1]) for e in entries]).unsqueeze(0)
+                    self._reduce(logits, index, weight, [layer])
+        self._pending = [[] for _ in range(self.num_layers)]
+        self._pending_tokens = [0] * self.num_layers
 
     def _reduce(self, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, layers: list[int]) -> None:
         """Accumulate [L', n, E] logits and [L', n, slots] routing into the accumulators of `layers`."""
@@ -143,22 +140,21 @@ class RoutingRecorder:
         selected_mass = (probs.gather(-1, safe) * valid).sum(-1)
         k = valid.sum(-1)  # [L', n]
         flat = safe.flatten(1)
-        counts = acc["counts"][rows]
-        counts.scatter_add_(1, flat, valid.flatten(1).long())
-        gate_mass = acc["gate_mass"][rows]
-        gate_mass.scatter_add_(1, flat, (weight.double() * valid).flatten(1))
-        k_hist = acc["k_hist"][rows]
-        k_hist.scatter_add_(1, k, torch.ones_like(k))
         sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).double().sum(1)  # fp64: order-independent
+        importance = probs.double().sum(1)
         if isinstance(rows, slice):
-            acc["importance"] += probs.double().sum(1)
+            acc["counts"].scatter_add_(1, flat, valid.flatten(1).long())
+            acc["gate_mass"].scatter_add_(1, flat, (weight.double() * valid).flatten(1))
+            acc["k_hist"].scatter_add_(1, k, torch.ones_like(k))
+            acc["importance"] += importance
             acc["sums"] += sums
-        else:  # advanced indexing returned copies: write them back
-            acc["counts"][rows] = counts
-            acc["gate_mass"][rows] = gate_mass
-            acc["k_hist"][rows] = k_hist
-            acc["importance"][rows] += probs.double().sum(1)
-            acc["sums"][rows] += sums
+        else:
+            (layer,) = rows
+            acc["counts"][layer].scatter_add_(0, flat[0], valid.flatten(1)[0].long())
+            acc["gate_mass"][layer].scatter_add_(0, flat[0], (weight.double() * valid).flatten(1)[0])
+            acc["k_hist"][layer].scatter_add_(0, k[0], torch.ones_like(k[0]))
+            acc["importance"][layer] += importance[0]
+            acc["sums"][layer] += sums[0]
 
     # -- read-out --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray] | None:
@@ -177,8 +173,9 @@ class RoutingRecorder:
 
     @property
     def buffer_bytes(self) -> int:
-        tensors = [self._logits, self._index, self._weight] + list((self.acc or {}).values())
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        """Device bytes the recorder holds: accumulators plus the routing tensors kept for the next reduction."""
+        held = [t for layer in self._pending for entry in layer for t in entry] + list((self.acc or {}).values())
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:

@@ -234,10 +234,15 @@ class MOEProfiler:
     def top_k(self) -> int | None:
         return read_live_top_k(self.layers[0])
 
-    def set_selector(self, selector: str | Callable, **params: Any) -> None:
+    def set_selector(self, selector: str | Callable, *, fast_skip: bool = True, **params: Any) -> None:
         """Per-token dynamic k: the routers propose k_max candidates, `selector` keeps a prefix of them and
-        dropped slots get the sentinel index (num_experts) and weight 0, so their experts are not computed."""
-        from . import selectors
+        dropped slots get the sentinel index (num_experts) and weight 0, so their experts are not computed.
+
+        fast_skip: under transformers' `grouped_mm`, run the experts through runner.experts' forward-only variant
+        (the same computation with one sentinel mask instead of training-time masks)."""
+        from . import experts, selectors
+
+        experts.register()
 
         for layer in self.layers:
             if not layer.handler.can_skip:
@@ -257,6 +262,10 @@ class MOEProfiler:
         for layer in self.layers:
             self._save_once(layer.experts, "_is_expert_parallel")
             layer.experts._is_expert_parallel = True  # clamps sentinel rows instead of reading uninitialised memory
+            config = getattr(layer.experts, "config", None)
+            if fast_skip and getattr(config, "_experts_implementation", None) == "grouped_mm":
+                self._save_once(config, "_experts_implementation")
+                config._experts_implementation = experts.NAME  # grouped_mm with one inference-time mask
         self._selector = function
         self.selector_name = name
         self.selector_params = {"k_max": k_max, **params}

@@ -136,3 +136,23 @@ def test_default_routing_context_is_the_reference():
         model(input_ids=x)
     torch.testing.assert_close(reference, native)
     assert profiler.layers_df()["tokens"].iloc[0] == 24  # the reference pass was not recorded
+
+
+@pytest.mark.parametrize("model_type", ["olmoe", "gpt_oss", "qwen2_moe", "nemotron_h"])
+def test_fast_skip_experts_equal_transformers_expert_parallel_path(model_type):
+    """runner.experts' one-mask forward computes exactly what transformers' grouped_mm does with sentinels."""
+    model = build_tiny_model(model_type, experts_implementation="grouped_mm")
+    x = inputs()
+    outputs = {}
+    for fast in (False, True):
+        p = profile(model)
+        p.set_selector("cumsum", k_max=4, threshold=0.4, fast_skip=fast)
+        implementation = model.config.get_text_config()._experts_implementation
+        assert implementation == ("moe_profiler_grouped_mm" if fast else "grouped_mm")
+        with torch.no_grad(), p.measure_flops():
+            outputs[fast] = model(input_ids=x).logits
+        df = p.layers_df()
+        assert (df["flops"] == df["flops_measured"]).all() and (df["k_mean"] < 4).any()
+        p.detach()
+        assert model.config.get_text_config()._experts_implementation == "grouped_mm"
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=0)
