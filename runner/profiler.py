@@ -276,13 +276,12 @@ class MOEProfiler:
         params["k_max"] = k_max
         keep = self._selector(router_probs(logits.reshape(-1, logits.shape[-1]), layer.handler.scoring), **params)
         keep = keep.to(device=index.device, dtype=torch.bool)
-        new_index = index.masked_fill(~keep, layer.num_experts)
-        new_weights = weights.masked_fill(~keep, 0)
+        new_index = torch.where(keep, index, layer.num_experts)  # sentinel: not computed
+        new_weights = weights * keep
         if self._renormalizes(layer):
             # keep the router's own total weight (1, or its routed scaling factor) over the kept experts
-            total = weights.sum(-1, keepdim=True)
-            kept = new_weights.sum(-1, keepdim=True)
-            new_weights = new_weights * (total / kept.clamp_min(torch.finfo(kept.dtype).tiny))
+            scale = weights.sum(-1, keepdim=True) / new_weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+            new_weights = new_weights * scale
         return new_index, new_weights.to(weights.dtype)
 
     def _renormalizes(self, layer: MoELayer) -> bool:

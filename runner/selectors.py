@@ -26,6 +26,7 @@ validation of Python ints/floats and of tensor shapes.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -140,6 +141,17 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, idx, torch.full_like(idx, n)).amin(dim=1)
 
 
+@functools.lru_cache(maxsize=64)
+def _ramp(n: int, device: torch.device) -> torch.Tensor:
+    """x_i = i / (n - 1), cached per (n, device): no arange kernel per call."""
+    return torch.arange(n, device=device, dtype=torch.float32) / (n - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _columns(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device).unsqueeze(0)
+
+
 def _finish(k: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return mask_from_k(k.to(torch.long).clamp(k_min, k_max), k_max)
 
@@ -181,17 +193,14 @@ def kneedle(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
     T, E = p.shape
     if E == 1:
         return mask_from_k(torch.ones(T, dtype=torch.long, device=p.device), k_max)
-    s = _sorted_desc(p, E)
-    top, bottom = s[:, :1], s[:, -1:]
-    span = top - bottom
-    flat = span[:, 0] <= KNEEDLE_FLAT_TOL
-    y = (top - s) / torch.where(span > KNEEDLE_FLAT_TOL, span, torch.ones_like(span))
-    x = torch.arange(E, device=p.device, dtype=torch.float32) / (E - 1)
-    d = y - x
-    best = d.amax(dim=1, keepdim=True)
-    k = _first_true(d >= best) + 1  # first argmax, deterministic on ties
-    k = torch.where(flat, torch.full_like(k, k_max), k)
-    return _finish(k, k_min, k_max)
+    # few kernels: this runs once per MoE layer per forward
+    s = torch.sort(p, dim=1, descending=True).values
+    top = s[:, :1]
+    span = top - s[:, -1:]
+    d = (top - s) / span.clamp_min(KNEEDLE_FLAT_TOL) - _ramp(E, p.device)  # y_i - x_i
+    k = d.argmax(dim=1, keepdim=True) + 1  # torch.argmax returns the first maximum
+    k = k.masked_fill(span <= KNEEDLE_FLAT_TOL, k_max)  # uniform rows: nothing to cut on
+    return _columns(k_max, p.device) < k.clamp(k_min, k_max)
 
 
 def cumsum(probs: torch.Tensor, k_max: int, k_min: int = 1, threshold: float = 0.9) -> torch.Tensor:
