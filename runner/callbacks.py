@@ -1,0 +1,232 @@
+"""Hydra callback: at the end of a multirun, one combined table and a one-screen summary per sweep.
+
+on_multirun_start (launching process): works out the planned job list (basic sweeper), writes <sweep>/sweep.json.
+on_multirun_end: rows of this sweep from results_dir/table=runs -> <sweep>/summary.parquet; prints k vs FLOPs/token vs
+loss per model and the failed jobs; a planned job with no row (its process died: os._exit, OOM kill, timeout) gets a
+`failed` row; exits 1 when anything failed. When a launcher raises (Hydra 1.3 then skips on_multirun_end) the same
+work runs from an atexit hook, so the summary and the failure rows are never lost.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+LOST = "job process ended without recording a result (hard crash, OOM kill or timeout?)"
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The job override lists the basic sweeper will launch, in job-number order (None for other sweepers)."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_") or ""
+    if not target.endswith("BasicSweeper"):
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+        batches = BasicSweeper.split_arguments(parsed, OmegaConf.select(config, "hydra.sweeper.max_batch_size"))
+        return [list(job) for batch in batches for job in batch]
+    except Exception as exc:  # noqa: BLE001 - the plan is a convenience; job dirs are the fallback
+        log.warning("could not work out the planned jobs: %s", exc)
+        return None
+
+
+class SweepSummary(Callback):
+    def __init__(self, print_summary: bool = True, exit_on_failure: bool = True) -> None:
+        self.print_summary = print_summary
+        self.exit_on_failure = exit_on_failure
+        self._state: dict[str, Any] | None = None
+
+    # -- Hydra hooks ---------------------------------------------------------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # import now what finish() needs: it may run from atexit, when new imports can no longer register exit hooks
+        import pandas  # noqa: F401
+        import pyarrow.dataset  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+        from . import provenance, results  # noqa: F401
+        from .job import sweep_id_for
+
+        provenance.provenance()
+
+        cwd = OmegaConf.select(config, "hydra.runtime.cwd") or str(Path.cwd())
+        sweep_dir = _absolute(str(config.hydra.sweep.dir), cwd)
+        state = dict(sweep_dir=sweep_dir, sweep_id=sweep_id_for(sweep_dir),
+                     results_dir=_absolute(str(config.results_dir), cwd), planned=planned_jobs(config),
+                     model=str(OmegaConf.select(config, "model.name") or "unknown"),
+                     defaults={k: _select(config, path) for k, path in (("selector", "selector.name"),
+                                                                         ("dataset", "dataset.name"), ("topk", "topk"))},
+                     done=False,
+                     started=dt.datetime.now(dt.timezone.utc).isoformat())
+        self._state = state
+        try:
+            Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+            (Path(sweep_dir) / "sweep.json").write_text(json.dumps(
+                {k: state[k] for k in ("sweep_id", "sweep_dir", "results_dir", "planned", "started")}, indent=1))
+        except OSError as exc:
+            log.warning("could not write sweep.json: %s", exc)
+        atexit.register(self._at_exit, state)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._state is None or self._state["done"]:
+            return
+        failed = self.finish(self._state)
+        if failed and self.exit_on_failure:
+            sys.exit(1)
+
+    def _at_exit(self, state: dict[str, Any]) -> None:
+        if not state["done"]:  # the launcher raised: Hydra 1.3 skipped on_multirun_end
+            try:
+                self.finish(state)
+            except Exception as exc:  # noqa: BLE001
+                print(f"runner: sweep summary failed: {exc}", file=sys.stderr)
+
+    # -- work ------------------------------------------------------------------------------------------------------------
+    def finish(self, state: dict[str, Any]) -> int:
+        """Record lost jobs, write summary.parquet, print the summary. Returns the number of failed jobs."""
+        state["done"] = True
+        runs = sweep_runs(state["results_dir"], state["sweep_id"])
+        lost = self._record_lost(state, runs)
+        if lost:
+            runs = sweep_runs(state["results_dir"], state["sweep_id"])
+        summary = combine(runs, state["results_dir"])
+        path = Path(state["sweep_dir"]) / "summary.parquet"
+        try:
+            summary.to_parquet(path, index=False)
+        except OSError as exc:
+            log.error("could not write %s: %s", path, exc)
+        failed = int((summary["status"] == "failed").sum()) if len(summary) else 0
+        if self.print_summary:
+            print(render(summary, state, path), flush=True)
+        return failed
+
+    def _record_lost(self, state: dict[str, Any], runs) -> int:
+        from . import results
+        from .provenance import provenance
+
+        seen = {int(n) for n in runs["job_num"].dropna()} if len(runs) else set()
+        jobs: dict[int, list[str]] = {}
+        for num, overrides in enumerate(state["planned"] or []):
+            jobs[num] = overrides
+        sweep_dir = Path(state["sweep_dir"])
+        if sweep_dir.is_dir():  # jobs Hydra started (their .hydra/ exists), in case the plan is unknown
+            for child in sweep_dir.iterdir():
+                if child.name.isdigit() and (child / ".hydra" / "overrides.yaml").is_file() and int(child.name) not in jobs:
+                    jobs[int(child.name)] = list(OmegaConf.load(child / ".hydra" / "overrides.yaml"))
+        lost = 0
+        for num, overrides in sorted(jobs.items()):
+            if num in seen:
+                continue
+            values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
+            model = values.get("model", state["model"]).split(",")[0]
+            topk = values.get("topk", str(state["defaults"].get("topk")))
+            row = dict(schema_version=results.SCHEMA_VERSION, run_id=results.new_run_id(), sweep_id=state["sweep_id"],
+                       sweep_dir=state["sweep_dir"], job_num=num, job_dir=str(sweep_dir / str(num)),
+                       timestamp=dt.datetime.now(dt.timezone.utc), status="failed", error=LOST, error_type="LostJob",
+                       overrides=json.dumps(overrides), topk=int(topk) if topk and topk.isdigit() else None,
+                       selector=values.get("selector", values.get("selector.name", state["defaults"].get("selector"))),
+                       dataset=values.get("dataset", values.get("dataset.name", state["defaults"].get("dataset"))))
+            row.update(provenance())
+            try:
+                results.write_part(state["results_dir"], "runs", model, [row], None, row["run_id"])
+                lost += 1
+            except Exception as exc:  # noqa: BLE001
+                log.error("could not record lost job %d: %s", num, exc)
+        return lost
+
+
+def _select(config: DictConfig, path: str) -> Any:
+    try:
+        return OmegaConf.select(config, path)
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve here
+        return None
+
+
+def _absolute(path: str, cwd: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else Path(cwd) / p)
+
+
+def sweep_runs(results_dir: str, sweep_id: str):
+    import pyarrow.dataset as ds
+
+    from .results import read_table
+
+    return read_table(results_dir, "runs", filter=ds.field("sweep_id") == sweep_id)
+
+
+def combine(runs, results_dir: str):
+    """Latest row per job; a `skipped` (resumed) job shows the metrics of the run it reused."""
+    import pandas as pd
+
+    from .results import read_table
+
+    if not len(runs):
+        return runs
+    runs = runs.sort_values("timestamp").groupby("job_num", dropna=False, sort=False).tail(1)
+    skipped = runs[runs["status"] == "skipped"]
+    if len(skipped):
+        import pyarrow.dataset as ds
+
+        prior = read_table(results_dir, "runs", filter=ds.field("run_id").isin(list(skipped["resumed_from"].dropna())))
+        prior = prior.set_index("run_id")
+        keep = ["status", "run_id", "resumed_from", "sweep_id", "sweep_dir", "job_num", "job_dir", "timestamp", "overrides"]
+        filled = []
+        for _, row in runs.iterrows():
+            if row["status"] == "skipped" and row["resumed_from"] in prior.index:
+                old = prior.loc[row["resumed_from"]].copy()
+                for key in keep:
+                    old[key] = row[key]
+                filled.append(old)
+            else:
+                filled.append(row)
+        runs = pd.DataFrame(filled)
+    runs = runs.copy()
+    runs["model"] = runs["model"].astype(str)
+    return runs.sort_values(["model", "selector", "topk", "job_num"], na_position="last").reset_index(drop=True)
+
+
+def render(summary, state: dict[str, Any], path: Path) -> str:
+    import pandas as pd
+
+    n = len(summary)
+    planned = len(state["planned"]) if state["planned"] is not None else None
+    head = f"sweep {state['sweep_id']}: {n} job(s)" + (f" of {planned} planned" if planned is not None else "")
+    if not n:
+        return head + " - no results recorded"
+    counts = summary["status"].value_counts().to_dict()
+    head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+    columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
+               "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
+               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "status": "status"}
+    table = summary[list(columns)].rename(columns=columns)
+    for col in ("MoE FLOPs/tok", "measured"):
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
+    for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f")):
+        table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
+    table["k"] = table["k"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    lines = [head, table.to_string(index=False)]
+    failed = summary[summary["status"] == "failed"]
+    if len(failed):
+        lines.append(f"FAILED ({len(failed)}):")
+        for _, row in failed.iterrows():
+            job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
+            overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
+            lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Dataset slices -> documents -> token blocks of exactly `seq_len` tokens (packed, no padding).
+
+Documents are joined as <bos> doc <eos> <bos> doc <eos> ... (tokenizer's specials where it has them) and the stream is
+cut into blocks of seq_len; the incomplete tail is dropped. Every target in a block is a real next token, so the loss
+is the mean NLL over all B * (seq_len - 1) positions of a batch.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .schema import DatasetConfig, DatasetKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Blocks:
+    ids: Any  # LongTensor [num_blocks, seq_len]
+    documents: int
+    characters: int
+    tokens_total: int  # tokens before the tail was dropped
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def apply_slice(items: list, spec: str | None, what: str) -> list:
+    """Python / datasets slice syntax on a list: "[:64]", "[10:20]", "[-5:]", "[:10%]"."""
+    if spec is None:
+        return items
+    match = re.match(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$", spec)
+    if match is None:
+        raise DataError(f"dataset.slice {spec!r} is not a slice such as '[:64]' or '[:10%]'")
+
+    def bound(text: str | None) -> int | None:
+        if text is None:
+            return None
+        if text.endswith("%"):
+            return round(len(items) * int(text[:-1]) / 100)
+        return int(text)
+
+    start, stop = bound(match.group(1)), bound(match.group(2))
+    picked = items[start:stop]
+    if not picked:
+        raise DataError(f"dataset slice {spec} of {what} is empty ({len(items)} documents available)")
+    return picked
+
+
+def load_documents(cfg: DatasetConfig) -> list[str]:
+    if cfg.kind is DatasetKind.builtin:
+        from .corpus import TEXT
+
+        docs = [p.strip() for p in TEXT.split("\n\n") if p.strip()]
+        return apply_slice(docs, cfg.slice, "the built-in text")
+    if cfg.kind is DatasetKind.local:
+        return apply_slice(_local_documents(cfg), cfg.slice, cfg.path)
+    return _hf_documents(cfg)
+
+
+def _local_documents(cfg: DatasetConfig) -> list[str]:
+    pattern = str(Path(cfg.path).expanduser())
+    paths = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    if not paths:
+        raise DataError(f"dataset.path {cfg.path!r} matches no files")
+    docs: list[str] = []
+    for path in paths:
+        docs.extend(_read_file(Path(path), cfg))
+    return docs
+
+
+def _format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".json", ".parquet"):
+        return suffix[1:]
+    if suffix in (".txt", ".md", ".text", ""):
+        return "text"
+    raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set dataset.format")
+
+
+def _field(record: Any, field: str, where: str) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object with a {field!r} field, got {type(record).__name__}")
+    if field not in record:
+        keys = ", ".join(sorted(map(str, record))[:8])
+        raise DataError(f"{where}: no field {field!r} (fields: {keys}); set dataset.field")
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+    return value
+
+
+def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
+    if not path.exists():
+        raise DataError(f"dataset file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"dataset path {path} is not a file")
+    fmt = _format(path, cfg.format)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(path)
+            except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on corrupt files
+                raise DataError(f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
+            if cfg.field not in table.column_names:
+                raise DataError(f"{path}: no column {cfg.field!r} (columns: {', '.join(table.column_names[:8])}); "
+                                "set dataset.field")
+            return [v for v in table.column(cfg.field).to_pylist() if isinstance(v, str) and v.strip()]
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if fmt == "text":
+        return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if fmt == "jsonl":
+        docs = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: malformed JSON line ({exc.msg})") from None
+            docs.append(_field(record, cfg.field, f"{path}:{number}"))
+        return [d for d in docs if d.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get(cfg.field), list):  # {"text": [...]} columns
+        data = [{cfg.field: v} for v in data[cfg.field]]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects with a {cfg.field!r} field")
+    return [d for d in (_field(r, cfg.field, f"{path}[{i}]") for i, r in enumerate(data)) if d.strip()]
+
+
+def _hf_documents(cfg: DatasetConfig) -> list[str]:
+    import datasets
+
+    split = f"{cfg.split}{cfg.slice or ''}"
+    where = f"dataset {cfg.path!r}" + (f" ({cfg.config_name})" if cfg.config_name else "") + f" split {split!r}"
+    try:
+        local = Path(cfg.path).expanduser()
+        if local.is_dir() and any((local / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(str(local))  # a save_to_disk directory
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[cfg.split]
+            ds = _slice_dataset(ds, cfg.slice, where)
+        else:
+            kwargs: dict[str, Any] = {}
+            if cfg.data_files is not None:
+                from omegaconf import OmegaConf
+
+                files = cfg.data_files
+                kwargs["data_files"] = OmegaConf.to_container(files) if OmegaConf.is_config(files) else files
+            ds = datasets.load_dataset(cfg.path, cfg.config_name, split=split, **kwargs)
+    except DataError:
+        raise
+    except (FileNotFoundError, ConnectionError) as exc:
+        raise DataError(f"{where} is not available offline or locally: {_short(exc)}; cache it first, or use "
+                        "dataset=local / dataset=builtin") from None
+    except (ValueError, KeyError, OSError, IndexError) as exc:
+        raise DataError(f"{where}: {_short(exc)}") from None
+    except Exception as exc:  # datasets wraps builder failures in its own exception types (DatasetGenerationError, ...)
+        raise DataError(f"{where}: {type(exc).__name__}: {_short(exc)}") from None
+    if cfg.field not in ds.column_names:
+        raise DataError(f"{where}: no column {cfg.field!r} (columns: {', '.join(ds.column_names[:8])}); set dataset.field")
+    docs = [d for d in ds[cfg.field] if isinstance(d, str) and d.strip()]
+    if not docs:
+        raise DataError(f"{where} is empty (no non-blank {cfg.field!r} values)")
+    return docs
+
+
+def _slice_dataset(ds, spec: str | None, where: str):
+    if spec is None:
+        return ds
+    rows = apply_slice(list(range(len(ds))), spec, where)
+    return ds.select(rows)
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def tokenize(docs: list[str], tokenizer, seq_len: int, where: str) -> Blocks:
+    import torch
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    stream: list[int] = []
+    for ids in encoded:
+        if bos is not None:
+            stream.append(bos)
+        stream.extend(ids)
+        if eos is not None:
+            stream.append(eos)
+    n = len(stream) // seq_len
+    if n == 0:
+        raise DataError(f"{where}: {len(stream)} tokens is less than one block of seq_len={seq_len}; "
+                        "use a larger slice or a smaller seq_len")
+    ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return Blocks(ids=ids, documents=len(docs), characters=sum(map(len, docs)), tokens_total=len(stream))
+
+
+def describe(cfg: DatasetConfig) -> str:
+    if cfg.kind is DatasetKind.hf:
+        return f"{cfg.path}" + (f"/{cfg.config_name}" if cfg.config_name else "") + f":{cfg.split}{cfg.slice or ''}"
+    if cfg.kind is DatasetKind.local:
+        return f"{cfg.path}{cfg.slice or ''}"
+    return f"builtin{cfg.slice or ''}"

@@ -1,0 +1,60 @@
+"""Errors the runner reports as one line (no traceback) unless `debug=true` or HYDRA_FULL_ERROR=1."""
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """A problem with the user's request or environment; the message says what and how to fix it."""
+
+
+class ConfigError(RunnerError, ValueError):
+    """A config value that cannot be used (named by its key)."""
+
+
+class ModelUnavailable(RunnerError):
+    """Pretrained weights or tokenizer not found (offline cache miss, bad directory)."""
+
+
+class DataError(RunnerError):
+    """A dataset that cannot be read or yields no tokens."""
+
+
+class DeviceError(RunnerError):
+    """The requested device does not exist here."""
+
+
+class OutputError(RunnerError):
+    """The results directory cannot be written."""
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is enough: the runner's own, the engine's and OmegaConf's validation errors."""
+    types: list[type[BaseException]] = [RunnerError]
+    try:
+        from .profiler import ProfilerError
+        from .scan import NoMoEError
+        from .selectors import SelectorError
+
+        types += [ProfilerError, NoMoEError, SelectorError]
+    except ImportError:  # pragma: no cover - engine modules missing
+        pass
+    try:
+        import torch
+
+        types.append(torch.OutOfMemoryError)
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    from omegaconf.errors import ValidationError
+
+    types.append(ValidationError)
+    return tuple(types)
+
+
+def describe(exc: BaseException) -> str:
+    """One line: '<Kind>: message' for engine errors, the message alone for the runner's."""
+    from .schema import one_line
+
+    message = one_line(exc) if not isinstance(exc, RunnerError) else " ".join(str(exc).split())
+    kind = type(exc).__name__
+    if isinstance(exc, RunnerError) or not message:
+        return message or kind
+    return f"{kind}: {message}"

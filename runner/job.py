@@ -1,0 +1,426 @@
+"""One job of `python -m runner`: validate the config, load data + model, profile, evaluate, write parquet.
+
+`run(cfg)` is the Hydra task function's body. It never lets a known error escape as a traceback: in a single run it
+exits with one line on stderr (SystemExit), in a multirun (on_error=record, the default there) it writes a `failed`
+row and returns so the other jobs and the end-of-sweep summary still run.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import results
+from .errors import ConfigError, RunnerError, describe, known_errors
+from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
+
+log = logging.getLogger("runner")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where the job runs (Hydra context)
+@dataclass
+class JobContext:
+    multirun: bool = False
+    sweep_id: str | None = None
+    sweep_dir: str | None = None
+    job_num: int | None = None
+    job_dir: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)
+    cwd: str = field(default_factory=os.getcwd)
+
+    def absolute(self, path: str) -> str:
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else Path(self.cwd) / p)
+
+
+def sweep_id_for(sweep_dir: str) -> str:
+    """Stable id of a sweep: a hash of its absolute directory (known to the launcher and to every job)."""
+    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def hydra_context() -> JobContext:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return JobContext()
+    hc = HydraConfig.get()
+    cwd = OmegaConf.select(hc, "runtime.cwd") or os.getcwd()
+    job_num = OmegaConf.select(hc, "job.num")
+    multirun = hc.mode == RunMode.MULTIRUN or job_num is not None
+    ctx = JobContext(multirun=multirun, job_num=job_num if multirun else None, cwd=cwd,
+                     overrides=list(OmegaConf.select(hc, "overrides.task") or []),
+                     choices={k: v for k, v in (OmegaConf.to_container(hc.runtime.choices) or {}).items()
+                              if not k.startswith("hydra/") and k != "runner_schema"})
+    ctx.job_dir = OmegaConf.select(hc, "runtime.output_dir")
+    if multirun:
+        ctx.sweep_dir = ctx.absolute(hc.sweep.dir)
+        ctx.sweep_id = sweep_id_for(ctx.sweep_dir)
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved job config minus hydra and output/reporting keys: equal hash <=> same measurement."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in ("hydra", *NON_RESULT_KEYS):
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _on_error(cfg: DictConfig, ctx: JobContext) -> str:
+    mode = cfg.get("on_error", "auto") if isinstance(cfg, DictConfig) else "auto"
+    if mode not in ("raise", "record"):
+        mode = "record" if ctx.multirun else "raise"
+    return mode
+
+
+def _full_errors(cfg: DictConfig) -> bool:
+    debug = False
+    with contextlib.suppress(Exception):
+        debug = bool(cfg.get("debug", False))
+    return debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _raw(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    with contextlib.suppress(Exception):
+        value = OmegaConf.select(cfg, key, default=default)
+        return value.value if hasattr(value, "value") and not isinstance(value, (str, int)) else value
+    return default
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job; returns a small dict (status, run_id, ...) that Hydra keeps as the job's return value."""
+    ctx = hydra_context()
+    start = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = results.new_run_id()
+    row: dict[str, Any] = dict(
+        schema_version=results.SCHEMA_VERSION, run_id=run_id, sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir,
+        job_num=ctx.job_num, job_dir=ctx.job_dir, timestamp=started, overrides=json.dumps(ctx.overrides),
+        experiment=ctx.choices.get("experiment"), tag=_raw(cfg, "tag"), topk_requested=_raw(cfg, "topk"),
+        topk=_raw(cfg, "topk"), selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"),
+        weights=_raw(cfg, "model.weights"), hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
+    )
+    model_slug = str(_raw(cfg, "model.name") or "unknown")
+    results_dir: str | None = None
+    try:
+        conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
+        row["config_hash"] = config_hash(cfg)
+        row["config_yaml"] = OmegaConf.to_yaml(cfg, resolve=True)
+        results_dir = ctx.absolute(conf.results_dir)
+        results.check_writable(results_dir)
+        if conf.resume:
+            prior = results.find_ok(results_dir, row["config_hash"])
+            if prior is not None:
+                return _skip(conf, ctx, row, prior, results_dir, start)
+        frames = execute(conf, ctx, row)
+        row["status"] = "ok"
+        row["wall_s"] = time.perf_counter() - start
+        keys = {name: row.get(name) for name, _ in results.KEY_FIELDS}
+        results.write_part(results_dir, "layers", conf.model.name, list(results.rows_from_frame(frames[0], keys)),
+                           row["config_hash"], run_id)
+        if frames[1] is not None:
+            results.write_part(results_dir, "experts", conf.model.name,
+                               list(results.rows_from_frame(frames[1], keys)), row["config_hash"], run_id)
+        results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], run_id)
+        print_summary(row, ctx, results_dir, conf.model.name)
+        return dict(status="ok", run_id=run_id, config_hash=row["config_hash"], loss=row.get("loss"),
+                    flops_per_token=row.get("flops_per_token_analytic"))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row or one line
+        return _failed(exc, cfg, ctx, row, model_slug, results_dir, start)
+
+
+def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: str, start: float) -> dict[str, Any]:
+    row.update(status="skipped", resumed_from=prior["run_id"], wall_s=time.perf_counter() - start,
+               topk=prior["topk"], selector=prior["selector"])
+    from .provenance import provenance
+
+    row.update(provenance())
+    results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], row["run_id"])
+    job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
+    print(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
+          f"result of run {prior['run_id'][:12]} from {prior['timestamp']}")
+    return dict(status="skipped", run_id=row["run_id"], resumed_from=prior["run_id"], config_hash=row["config_hash"])
+
+
+def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_slug: str, results_dir: str | None,
+            start: float) -> dict[str, Any]:
+    mode = _on_error(cfg, ctx)
+    known = isinstance(exc, known_errors())
+    message = describe(exc) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    if mode == "record" or not known or _full_errors(cfg):  # a single run's known error is the stderr line alone
+        log.error("job failed: %s", message, exc_info=not known or _full_errors(cfg))
+    if mode == "record" and results_dir is None:  # failed before validation finished: best effort from the raw config
+        raw_dir = _raw(cfg, "results_dir")
+        if isinstance(raw_dir, str):
+            with contextlib.suppress(RunnerError):
+                results_dir = str(results.check_writable(ctx.absolute(raw_dir)))
+    if mode == "record" and results_dir is not None:
+        row.update(status="failed", error=message, error_type=type(exc).__name__, wall_s=time.perf_counter() - start)
+        with contextlib.suppress(Exception):
+            from .provenance import provenance
+
+            row.update(provenance())
+        try:
+            results.write_part(results_dir, "runs", model_slug, [row], row.get("config_hash"), row["run_id"])
+        except RunnerError as write_error:
+            log.error("could not record the failure: %s", write_error)
+    job = f"job {ctx.job_num} " if ctx.job_num is not None else ""
+    if mode == "record" and ctx.multirun:
+        return dict(status="failed", run_id=row["run_id"], error=message)
+    if _full_errors(cfg) or (ctx.multirun and not known):
+        raise exc
+    if not known:  # a bug, not a user error: keep the traceback
+        raise exc
+    raise SystemExit(f"runner: error: {message}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
+    """Load, profile and evaluate; fills `row`; returns (layers frame, experts frame or None)."""
+    import torch
+
+    from . import data, models
+    from .profiler import MOEProfiler
+    from .provenance import provenance
+
+    m, d = conf.model, conf.dataset
+    row.update(provenance())
+    row.update(revision=m.revision, dataset_kind=d.kind.value, dataset_source=data.describe(d), seq_len=conf.seq_len,
+               batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name, seed=conf.seed,
+               measure_flops=conf.measure_flops, selector_params=json.dumps(dict(conf.selector.params), sort_keys=True),
+               dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
+               dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
+    models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
+
+    documents = None
+    t = time.perf_counter()
+    if m.weights is not Weights.meta:
+        documents = data.load_documents(d)  # DataError before the model loads
+    data_s = time.perf_counter() - t
+
+    loaded = models.load(m, conf.device, conf.seed)
+    row.update(model_load_s=loaded.load_s, model_reused=loaded.reused, device_name=loaded.device_name,
+               dtype=loaded.dtype, tokenizer=loaded.tokenizer_name, experts_implementation=loaded.experts_implementation)
+    profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
+                           fallbacks=conf.dims.fallback.given() or None, latency=conf.latency, verbose=False)
+    try:
+        _write_scan_report(ctx, profiler)
+        default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
+        k = conf.topk if conf.topk is not None else default_k
+        if conf.selector.name == "topk":
+            if k != default_k:
+                profiler.set_top_k(k)
+        else:
+            params = {key: v for key, v in conf.selector.params.items() if v is not None}
+            params.setdefault("k_max", k)
+            profiler.set_selector(conf.selector.name, **params)
+        live_k = profiler.top_k or k
+        routing_changed = conf.selector.name != "topk" or live_k != default_k
+        row.update(topk=live_k, default_topk=default_k, k_max=live_k if conf.selector.name != "topk" else None,
+                   moe_layers=len(profiler.layers))
+        if conf.selector.name != "topk":
+            row["selector_params"] = json.dumps(profiler.selector_params, sort_keys=True, default=str)
+
+        analytic = profiler.flops_per_token()
+        params = profiler.param_counts()
+        row.update(flops_per_token_analytic=float(analytic["flops"].sum()), flops_exact=bool(analytic["exact"].all()),
+                   params_total=int(params["params_total"]), params_active=float(params["params_active"]))
+        if m.weights is Weights.meta:
+            layers = profiler.layers_df()
+            layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
+                                  on="layer", how="left")
+            row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
+            return layers, None
+
+        t = time.perf_counter()
+        blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d))
+        row["data_s"] = data_s + time.perf_counter() - t
+        need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
+        with _cpu_threads(conf, loaded, row["params_total"]):
+            stats = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
+        profiler_layers = profiler.layers_df()
+        layers = profiler_layers.merge(
+            analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
+        measured_tokens = stats["measured_tokens"]
+        if "flops_measured" in layers and measured_tokens:
+            layers["flops_measured_per_token"] = layers["flops_measured"].astype(float) / measured_tokens
+            row["flops_per_token_measured"] = float(layers["flops_measured"].astype(float).sum()) / measured_tokens
+            row["flops_measured_tokens"] = measured_tokens
+        if "flops" in layers and "tokens" in layers and layers["tokens"].gt(0).all():
+            row["flops_per_token_routed"] = float((layers["flops"] / layers["tokens"]).sum())
+        if "k_mean" in layers:
+            row["k_mean"] = float(layers["k_mean"].mean())
+        memory = profiler.memory_df()
+        if len(memory):
+            row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
+                       peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
+        row["peak_rss_bytes"] = _peak_rss()
+        return layers, profiler.experts_df()
+    finally:
+        profiler.detach()  # the cached model goes back pristine for the next job
+
+
+TINY_PARAMS = 100_000_000
+
+
+@contextlib.contextmanager
+def _cpu_threads(conf: RunnerConfig, loaded, params_total: int):
+    """Intra-op threads on CPU: device.num_threads, or 1 for tiny models (at that size extra threads only add
+    synchronisation, and on a busy machine they make each op 100x slower). Restored afterwards."""
+    import torch
+
+    wanted = conf.device.num_threads
+    if wanted is None and loaded.device.type == "cpu" and params_total < TINY_PARAMS:
+        wanted = 1
+    if wanted is None or loaded.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _peak_rss() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _write_scan_report(ctx: JobContext, profiler) -> None:
+    if ctx.job_dir:
+        with contextlib.suppress(OSError):
+            Path(ctx.job_dir).mkdir(parents=True, exist_ok=True)
+            (Path(ctx.job_dir) / "scan.txt").write_text(profiler.scan_report() + "\n")
+    log.info("%s", profiler.scan_report().splitlines()[0])
+
+
+def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: dict[str, Any]) -> dict:
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .quality import batch_sums
+
+    model, device = loaded.model, loaded.device
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None
+    ids = blocks.ids
+    batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
+    if conf.max_batches is not None:
+        batches = batches[: conf.max_batches]
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    progress = conf.progress if conf.progress is not None else sys.stderr.isatty()
+    totals = dict(targets=0, nll=0.0, ref_nll=0.0, kl=0.0, agree=0)
+    forward_s = reference_s = timed_s = 0.0
+    tokens = measured_tokens = timed_tokens = 0
+    profiler.reset()
+    desc = f"{conf.model.name} k={row.get('topk')} {conf.selector.name}"
+    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+        x = batch.to(device)
+        reference = None
+        if need_reference:
+            t = time.perf_counter()
+            with torch.no_grad(), profiler.default_routing():
+                reference = model(input_ids=x, use_cache=False).logits
+            sync()
+            reference_s += time.perf_counter() - t
+        measure = conf.measure_flops or i == 0
+        sync()
+        t = time.perf_counter()
+        with torch.no_grad(), (profiler.measure_flops() if measure else contextlib.nullcontext()):
+            logits = model(input_ids=x, use_cache=False).logits
+        sync()
+        elapsed = time.perf_counter() - t
+        forward_s += elapsed
+        tokens += x.numel()
+        if measure:
+            measured_tokens += x.numel()
+        else:
+            timed_tokens += x.numel()
+            timed_s += elapsed
+        sums = batch_sums(logits, x, reference, pad)
+        for key, value in sums.items():
+            totals[key] += value
+        del logits, reference
+    n = max(totals["targets"], 1)
+    loss = totals["nll"] / n
+    row.update(documents=blocks.documents, blocks=sum(b.shape[0] for b in batches), batches=len(batches),
+               tokens=tokens, targets=totals["targets"], loss=loss, ppl=math.exp(min(loss, 700.0)),
+               reference=need_reference, forward_s=forward_s, reference_s=reference_s if need_reference else None,
+               tokens_per_s=(timed_tokens / timed_s) if timed_s > 0 else (tokens / forward_s if forward_s else None))
+    if need_reference:
+        ref_loss = totals["ref_nll"] / n
+        row.update(ref_loss=ref_loss, ref_ppl=math.exp(min(ref_loss, 700.0)), kl=totals["kl"] / n,
+                   top1_agreement=totals["agree"] / n)
+    return dict(measured_tokens=measured_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model: str) -> None:
+    def num(v: Any, fmt: str = ",.0f") -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+    job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
+    name = Path(results_dir)
+    selector = row.get("selector") or "topk"
+    routing = "own routing" if selector == "topk" else f"{selector} {row.get('selector_params')}"
+    lines = [f"runner: {job}{model} ({_model_label(row)}) k={row.get('topk')} ({routing}) "
+             f"on {row.get('dataset_source')} [{row.get('device_name')}, {row.get('dtype')}]"]
+    if row.get("tokens"):
+        quality = f"loss {num(row.get('loss'), '.4f')}  ppl {num(row.get('ppl'), ',.2f')}"
+        if row.get("reference"):
+            quality += (f"  | default routing: loss {num(row.get('ref_loss'), '.4f')}, KL {num(row.get('kl'), '.4g')}, "
+                        f"top-1 agreement {num(row.get('top1_agreement'), '.3f')}")
+        lines.append(f"  {row['tokens']:,} tokens ({row['blocks']} blocks x {row['seq_len']}): {quality}")
+    flops = f"analytic {num(row.get('flops_per_token_analytic'))}"
+    if row.get("flops_per_token_measured") is not None:
+        flops += f", measured {num(row.get('flops_per_token_measured'))}"
+    if row.get("k_mean") is not None and row.get("selector") != "topk":
+        flops += f", routed {num(row.get('flops_per_token_routed'))} (mean k {num(row.get('k_mean'), '.2f')})"
+    lines.append(f"  MoE FLOPs/token over {row.get('moe_layers')} MoE layers: {flops}; params "
+                 f"{_count(row.get('params_total'))} total, {_count(row.get('params_active'))} active")
+    if row.get("tokens"):
+        lines.append(f"  {num(row.get('tokens_per_s'))} tokens/s, wall {num(row.get('wall_s'), '.2f')} s "
+                     f"(model load {num(row.get('model_load_s'), '.2f')} s{', reused' if row.get('model_reused') else ''})"
+                     f", peak RSS {_count(row.get('peak_rss_bytes'), 'B')}")
+    lines.append(f"  results: {name} (run_id {row['run_id'][:12]}, config {row.get('config_hash')})"
+                 + (f"; job dir: {ctx.job_dir}" if ctx.job_dir and not ctx.multirun else ""))
+    print("\n".join(lines), flush=True)
+
+
+def _model_label(row: dict[str, Any]) -> str:
+    label = row.get("hf_id") or row.get("model_type")
+    return f"{label} [{row.get('weights')}]"
+
+
+def _count(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}{unit}"
+    return f"{value:.0f}{unit}"

@@ -1,0 +1,210 @@
+"""Tidy parquet results: explicit pyarrow schemas, one hive-partitioned dataset per results dir, atomic part files.
+
+Layout (partition keys live only in directory names, never inside the files):
+
+    <results_dir>/table=runs/model=<slug>/part-<config_hash>-<run_id>-<host>-<pid>.parquet
+    <results_dir>/table=layers/model=<slug>/part-....parquet
+    <results_dir>/table=experts/model=<slug>/part-....parquet
+
+Read with `pandas.read_parquet(results_dir / "table=runs")`, `runner.results.read_table(results_dir, "runs")` or DuckDB
+`read_parquet('<results_dir>/table=runs/**/*.parquet', hive_partitioning=true, union_by_name=true)`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from .errors import OutputError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TABLES = ("runs", "layers", "experts")
+PARTITION = pa.schema([("model", pa.string())])
+
+_s, _i32, _i64, _f64, _b = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
+_ts = pa.timestamp("us", tz="UTC")
+
+# Columns every table carries to join back to its run.
+KEY_FIELDS = [
+    ("schema_version", _i32), ("run_id", _s), ("sweep_id", _s), ("job_num", _i32), ("config_hash", _s),
+    ("timestamp", _ts), ("topk", _i32), ("selector", _s), ("dataset", _s), ("weights", _s),
+]
+
+RUNS = pa.schema(KEY_FIELDS + [
+    # identity and bookkeeping
+    ("status", _s), ("error", _s), ("error_type", _s), ("resumed_from", _s), ("sweep_dir", _s), ("job_dir", _s),
+    ("overrides", _s), ("experiment", _s), ("tag", _s),
+    # what ran
+    ("hf_id", _s), ("model_type", _s), ("revision", _s), ("topk_requested", _i32), ("default_topk", _i32),
+    ("selector_params", _s), ("k_max", _i32), ("dataset_kind", _s), ("dataset_source", _s), ("seq_len", _i32),
+    ("batch_size", _i32), ("max_batches", _i32), ("device", _s), ("device_name", _s), ("dtype", _s),
+    ("experts_implementation", _s), ("tokenizer", _s), ("seed", _i64), ("measure_flops", _b),
+    ("dims_override", _s), ("dims_fallback", _s),
+    # data
+    ("documents", _i64), ("blocks", _i64), ("batches", _i64), ("tokens", _i64), ("targets", _i64),
+    # quality
+    ("loss", _f64), ("ppl", _f64), ("reference", _b), ("ref_loss", _f64), ("ref_ppl", _f64), ("kl", _f64),
+    ("top1_agreement", _f64),
+    # routing and FLOPs (MoE layers only)
+    ("moe_layers", _i32), ("k_mean", _f64), ("flops_per_token_analytic", _f64), ("flops_per_token_routed", _f64),
+    ("flops_per_token_measured", _f64), ("flops_measured_tokens", _i64), ("flops_exact", _b),
+    ("params_total", _i64), ("params_active", _f64),
+    # time and memory
+    ("model_load_s", _f64), ("model_reused", _b), ("data_s", _f64), ("forward_s", _f64), ("reference_s", _f64),
+    ("tokens_per_s", _f64), ("wall_s", _f64), ("peak_rss_bytes", _i64), ("peak_allocated_bytes", _i64),
+    ("peak_reserved_bytes", _i64),
+    # provenance
+    ("runner_version", _s), ("torch_version", _s), ("transformers_version", _s), ("python_version", _s),
+    ("git_sha", _s), ("git_dirty", _b), ("host", _s), ("pid", _i64), ("config_yaml", _s),
+])
+
+try:  # the profiler's resolved dimensions (value, source, detail each); handlers.base is torch-free
+    from handlers.base import DIMENSIONS as _DIMS
+except ImportError:  # pragma: no cover
+    _DIMS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")
+# `top_k` is the live k that ran; the resolved top-k dimension (the model's own) is `default_top_k`
+_DIM_COLUMNS = tuple("default_top_k" if d == "top_k" else d for d in _DIMS)
+LAYERS = pa.schema(KEY_FIELDS + [
+    ("layer", _i32), ("position", _i32), ("module", _s), ("block_class", _s), ("top_k", _i64), ("tokens", _i64),
+    ("assignments", _i64), ("k_mean", _f64), ("k_hist", pa.list_(_i64)), ("k_at_1", _f64), ("k_at_max", _f64),
+    ("flops_router", _f64), ("flops_experts", _f64), ("flops_shared", _f64), ("flops", _f64),
+    ("flops_per_token", _f64), ("flops_per_token_analytic", _f64), ("flops_measured", _f64),
+    ("flops_measured_per_token", _f64),
+    ("router_entropy", _f64), ("top1_prob", _f64), ("top1_margin", _f64), ("selected_mass", _f64),
+    ("load_cv", _f64), ("load_gini", _f64), ("load_entropy", _f64), ("load_max_mean", _f64), ("dead_experts", _i64),
+    ("latency_ms_mean", _f64), ("latency_ms_p50", _f64), ("latency_calls", _i64), ("exact", _b), ("note", _s),
+] + [f for d in _DIM_COLUMNS for f in ((d, _i64), (f"{d}_source", _s), (f"{d}_detail", _s))])
+
+EXPERTS = pa.schema(KEY_FIELDS + [
+    ("layer", _i32), ("expert", _i32), ("tokens", _i64), ("load_fraction", _f64), ("gate_mass", _f64),
+    ("mean_prob", _f64),
+])
+
+SCHEMAS = {"runs": RUNS, "layers": LAYERS, "experts": EXPERTS}
+_warned: set[tuple[str, str]] = set()
+
+
+def full_schema(table: str) -> pa.Schema:
+    """The file schema plus the `model` partition column (what readers see)."""
+    return SCHEMAS[table].append(pa.field("model", pa.string()))
+
+
+def _coerce(value: Any, typ: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, tuple)) and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    try:
+        import pandas as pd
+
+        if value is pd.NA or value is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    if pa.types.is_integer(typ):
+        if isinstance(value, float):
+            return int(value) if value.is_integer() else None
+        return int(value)
+    if pa.types.is_floating(typ):
+        return float(value)
+    if pa.types.is_boolean(typ):
+        return bool(value)
+    if pa.types.is_string(typ):
+        return str(value)
+    if pa.types.is_list(typ):
+        return [int(v) for v in value] if value is not None else None
+    return value
+
+
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    schema = SCHEMAS[table]
+    names = set(schema.names)
+    for row in rows:
+        for key in row:
+            if key not in names and key != "model" and (table, key) not in _warned:
+                _warned.add((table, key))
+                log.warning("results: column %r of table %s is not in the schema (v%d); dropped", key, table,
+                            SCHEMA_VERSION)
+    arrays = [pa.array([_coerce(row.get(f.name), f.type) for row in rows], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:40] or "x"
+
+
+def check_writable(results_dir: str | os.PathLike) -> Path:
+    """Create the results dir and prove a file can be written there; OutputError (one line) otherwise."""
+    root = Path(results_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"results_dir {str(root)!r} is not writable ({exc.strerror or exc}); "
+                          "set results_dir=<a writable directory>") from None
+    return root
+
+
+def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: list[dict[str, Any]],
+               config_hash: str | None, run_id: str) -> Path | None:
+    """Write one part file atomically (dot-prefixed temp file + os.replace). Returns its path (None when no rows)."""
+    if not rows:
+        return None
+    import pyarrow.parquet as pq
+
+    data = to_arrow(table, rows)
+    directory = Path(results_dir) / f"table={table}" / f"model={_safe(model)}"
+    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{name}.tmp"
+        pq.write_table(data, tmp)
+        os.replace(tmp, directory / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write results to {directory} ({exc.strerror or exc})") from None
+    return directory / name
+
+
+def read_table(results_dir: str | os.PathLike, table: str, filter: Any = None):
+    """One table of a results dir as a pandas DataFrame (explicit schema; `model` from the partition)."""
+    import pyarrow.dataset as ds
+
+    root = Path(results_dir) / f"table={table}"
+    schema = full_schema(table)
+    if not root.is_dir():
+        return schema.empty_table().to_pandas()
+    dataset = ds.dataset(root, format="parquet", schema=schema, ignore_prefixes=[".", "_"],
+                         partitioning=ds.partitioning(PARTITION, flavor="hive"))
+    return dataset.to_table(filter=filter).to_pandas()
+
+
+def find_ok(results_dir: str | os.PathLike, config_hash: str):
+    """The latest ok run of this resolved config, or None (resume)."""
+    import pyarrow.dataset as ds
+
+    df = read_table(results_dir, "runs", filter=(ds.field("config_hash") == config_hash) & (ds.field("status") == "ok"))
+    if df.empty:
+        return None
+    return df.sort_values("timestamp").iloc[-1]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def rows_from_frame(frame, keys: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    for record in frame.to_dict("records"):
+        yield {**keys, **record}

@@ -1,0 +1,267 @@
+"""Single jobs in-process on tiny models: parquet schemas and values, FLOPs, quality, meta, pretrained, datasets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from runner import job, results
+from runner.schema import CONFIG_DIR, register_configs
+
+register_configs()
+
+H, I, E = 64, 32, 8  # olmoe_tiny / mixtral_tiny
+
+
+def moe_flops(k: int, layers: int = 2, shared: int = 0) -> int:
+    """Survey §7: router 2HE + k * 6HI (+ shared 6H*I_s) per MoE layer."""
+    return layers * (2 * H * E + k * 6 * H * I + shared)
+
+
+def compose_job(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
+        cfg = compose("config", overrides=[f"out_root={tmp_path}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_job(tmp_path: Path, *overrides: str) -> dict:
+    return job.run(compose_job(tmp_path, *overrides))
+
+
+def table(tmp_path: Path, name: str) -> pd.DataFrame:
+    return results.read_table(tmp_path / "results", name)
+
+
+def latest_run(tmp_path: Path) -> pd.Series:
+    return table(tmp_path, "runs").sort_values("timestamp").iloc[-1]
+
+
+SMALL = ("max_batches=2", "seq_len=64")
+
+
+def test_default_job_writes_three_tidy_tables(tmp_path):
+    out = run_job(tmp_path)
+    assert out["status"] == "ok"
+    root = tmp_path / "results"
+    for name, schema in results.SCHEMAS.items():
+        parts = list((root / f"table={name}" / "model=olmoe_tiny").glob("part-*.parquet"))
+        assert len(parts) == 1, name
+        file_schema = pq.read_schema(parts[0])
+        assert file_schema.names == schema.names and "model" not in file_schema.names  # partition key only in the path
+        assert file_schema.equals(schema, check_metadata=False)
+    # only parquet parts and their partition dirs in the results tree: no logs, no .hydra, no temp files
+    assert all(p.is_dir() or p.name.startswith("part-") for p in root.rglob("*"))
+    # plain pandas reads of a table root work (hive partition `model` comes back as a column)
+    runs = pd.read_parquet(root / "table=runs")
+    assert list(runs["model"].astype(str)) == ["olmoe_tiny"]
+    row = latest_run(tmp_path)
+    assert row["status"] == "ok" and row["schema_version"] == results.SCHEMA_VERSION
+    assert row["topk"] == 2 and row["default_topk"] == 2 and row["selector"] == "topk"
+    assert row["tokens"] == row["blocks"] * 128 and row["targets"] == row["blocks"] * 127
+    assert math.isclose(row["ppl"], math.exp(row["loss"]))
+    assert 4.0 < row["loss"] < 7.0  # random init near log(259) = 5.56
+    assert pd.isna(row["kl"]) and not row["reference"]  # default routing: no reference pass
+    assert row["flops_per_token_analytic"] == row["flops_per_token_measured"] == moe_flops(2)
+    assert row["flops_measured_tokens"] == 8 * 128  # first batch only
+    assert row["moe_layers"] == 2 and row["k_mean"] == 2.0
+    assert row["tokens_per_s"] > 0 and row["wall_s"] > 0 and row["peak_rss_bytes"] > 0
+    assert row["tokenizer"] == "byte" and row["dtype"] == "float32" and row["device"] == "cpu"
+    assert row["torch_version"] and row["transformers_version"] and row["runner_version"]
+    assert row["config_hash"] and "model:" in row["config_yaml"] and row["run_id"]
+    layers = table(tmp_path, "layers")
+    assert list(layers["layer"]) == [0, 1]
+    assert (layers["flops_per_token_analytic"] == moe_flops(2) / 2).all()
+    assert (layers["flops_measured_per_token"] == moe_flops(2) / 2).all()
+    assert set(layers["expert_dim_source"]) == {"config"} and (layers["expert_dim"] == I).all()
+    experts = table(tmp_path, "experts")
+    assert len(experts) == 2 * E and experts.groupby("layer")["load_fraction"].sum().round(6).eq(1).all()
+    assert (experts.groupby("layer")["tokens"].sum() == 2 * row["tokens"]).all()  # k=2 assignments per token
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_topk_changes_flops_and_triggers_quality_reference(tmp_path, k):
+    run_job(tmp_path, f"topk={k}", "measure_flops=true", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["topk"] == k and row["default_topk"] == 2
+    assert row["flops_per_token_analytic"] == row["flops_per_token_measured"] == moe_flops(k)
+    assert row["flops_measured_tokens"] == row["tokens"]  # measure_flops=true: every batch
+    assert row["reference"] and row["kl"] >= 0 and 0 <= row["top1_agreement"] <= 1
+    assert math.isclose(row["ref_ppl"], math.exp(row["ref_loss"]))
+    layers = table(tmp_path, "layers")
+    assert (layers["top_k"] == k).all() and (layers["default_top_k"] == 2).all() and (layers["topk"] == k).all()
+
+
+def test_selector_job_records_params_and_dynamic_k(tmp_path):
+    run_job(tmp_path, "selector=cumsum", "selector.params.threshold=0.2", "topk=4", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["selector"] == "cumsum" and row["k_max"] == 4
+    params = json.loads(row["selector_params"])
+    assert params["k_max"] == 4 and params["threshold"] == 0.2
+    assert 1 <= row["k_mean"] < 4 and row["reference"] and row["kl"] >= 0
+    assert row["flops_per_token_routed"] <= row["flops_per_token_analytic"] == moe_flops(4)
+    # measured FLOPs follow the experts that really ran (dynamic k), not k_max
+    assert row["flops_per_token_measured"] < moe_flops(4)
+
+
+def test_quality_always_on_default_routing_is_exact(tmp_path):
+    run_job(tmp_path, "quality=always", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["reference"] and row["kl"] == pytest.approx(0, abs=1e-6) and row["top1_agreement"] == 1.0
+    assert row["loss"] == pytest.approx(row["ref_loss"])
+
+
+def test_meta_weights_give_analytic_numbers_without_a_forward(tmp_path):
+    run_job(tmp_path, "model=olmoe", "model.weights=meta", "topk=4")
+    row = latest_run(tmp_path)
+    assert row["status"] == "ok" and row["weights"] == "meta" and row["tokens"] == 0
+    assert row["flops_per_token_analytic"] == 16 * (2 * 2048 * 64 + 4 * 6 * 2048 * 1024)
+    assert row["params_total"] == 6_919_161_856 and pd.isna(row["loss"])
+    layers = table(tmp_path, "layers")
+    assert len(layers) == 16 and (layers["flops_per_token_analytic"] == 2 * 2048 * 64 + 4 * 6 * 2048 * 1024).all()
+    assert table(tmp_path, "experts").empty
+
+
+def test_dimension_overrides_and_fallbacks_carry_provenance(tmp_path):
+    # override sits above model.config: the analytic FLOPs follow it, the measured ones follow the real weights
+    run_job(tmp_path, "dims.override.expert_dim=16", "dims.fallback.hidden_dim=999", *SMALL)
+    layers = table(tmp_path, "layers")
+    assert set(layers["expert_dim_source"]) == {"override"} and (layers["expert_dim"] == 16).all()
+    # a fallback sits below model.config (and module introspection): the config's hidden size wins
+    assert set(layers["hidden_dim_source"]) == {"config"} and (layers["hidden_dim"] == H).all()
+    assert layers["hidden_dim_detail"].str.contains("hidden_size").all()
+    row = latest_run(tmp_path)
+    assert row["flops_per_token_analytic"] == 2 * (2 * H * E + 2 * 6 * H * 16)
+    assert row["flops_per_token_measured"] == moe_flops(2)
+    assert json.loads(row["dims_override"]) == {"expert_dim": 16}
+    assert json.loads(row["dims_fallback"]) == {"hidden_dim": 999}
+
+
+def test_model_is_reused_between_jobs_and_left_pristine(tmp_path):
+    from runner.models import clear_cache
+
+    clear_cache()
+    first = run_job(tmp_path, "model=qwen2_moe_tiny", "topk=1", *SMALL)
+    second = run_job(tmp_path, "model=qwen2_moe_tiny", *SMALL)
+    runs = table(tmp_path, "runs").sort_values("timestamp")
+    assert first["status"] == second["status"] == "ok"
+    assert list(runs["model_reused"]) == [False, True] and runs["model_load_s"].iloc[1] == 0
+    # the second job sees the model's own top-k again (the first job's profiler was detached)
+    assert runs["topk"].iloc[1] == runs["default_topk"].iloc[1] == 2 and not runs["reference"].iloc[1]
+    shared = 6 * H * 48 + 2 * H
+    assert list(runs["flops_per_token_analytic"]) == [moe_flops(1, shared=shared), moe_flops(2, shared=shared)]
+
+
+def test_resume_skips_a_config_with_an_ok_result(tmp_path):
+    first = run_job(tmp_path, *SMALL)
+    again = run_job(tmp_path, "resume=true", *SMALL)
+    assert again["status"] == "skipped" and again["resumed_from"] == first["run_id"]
+    other = run_job(tmp_path, "resume=true", "topk=1", *SMALL)
+    assert other["status"] == "ok"
+    runs = table(tmp_path, "runs")
+    assert sorted(runs["status"]) == ["ok", "ok", "skipped"] and runs["run_id"].is_unique
+
+
+# -- pretrained through the real from_pretrained path, hf datasets through the real load_dataset path -------------------
+@pytest.fixture(scope="module")
+def saved_tiny_model(tmp_path_factory):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from runner.tokenizer import byte_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-olmoe")
+    spec = compose_job(directory, "model=olmoe_tiny").model
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("olmoe", **spec.config))
+    model.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def test_pretrained_from_a_local_directory(tmp_path, saved_tiny_model):
+    out = run_job(tmp_path, "model=olmoe_tiny", "model.weights=pretrained", f"model.hf_id={saved_tiny_model}",
+                  "model.tokenizer=null", "topk=1", *SMALL)
+    assert out["status"] == "ok"
+    row = latest_run(tmp_path)
+    assert row["weights"] == "pretrained" and row["hf_id"] == str(saved_tiny_model)
+    assert row["tokenizer"] == str(saved_tiny_model) and row["flops_per_token_analytic"] == moe_flops(1)
+
+
+def test_missing_pretrained_weights_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        run_job(tmp_path, "model=olmoe")
+    message = str(info.value)
+    assert message.startswith("runner: error: ") and "\n" not in message
+    assert "allenai/OLMoE-1B-7B-0924" in message and "model.weights=random" in message
+
+
+def test_missing_local_model_directory(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        run_job(tmp_path, "model.weights=pretrained", f"model.hf_id={tmp_path / 'nope'}")
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    from runner.corpus import TEXT
+
+    path = tmp_path / "docs.jsonl"
+    docs = [p for p in TEXT.split("\n\n") if p.strip()]
+    path.write_text("\n".join(json.dumps({"body": d, "id": i}) for i, d in enumerate(docs)))
+    return path
+
+
+def test_hf_dataset_through_load_dataset_json_builder(tmp_path, jsonl, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    run_job(tmp_path, "dataset=hf", "dataset.path=json", f"dataset.data_files={jsonl}", "dataset.config_name=null",
+            "dataset.split=train", "dataset.slice=\"[:6]\"", "dataset.field=body", "dataset.name=jsonl6", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["status"] == "ok" and row["dataset"] == "jsonl6" and row["documents"] == 6
+    assert row["dataset_source"] == "json:train[:6]"
+
+
+def test_hf_dataset_from_save_to_disk(tmp_path, jsonl):
+    import datasets
+
+    from runner.corpus import TEXT
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": [p for p in TEXT.split("\n\n") if p.strip()]}).save_to_disk(str(saved))
+    run_job(tmp_path, "dataset=hf", f"dataset.path={saved}", "dataset.config_name=null", "dataset.slice=\"[2:5]\"",
+            *SMALL)
+    assert latest_run(tmp_path)["documents"] == 3
+
+
+@pytest.mark.parametrize("name,content,extra", [
+    ("docs.txt", "first paragraph of text.\n\nsecond paragraph here.\n" * 40, []),
+    ("docs.json", json.dumps([{"text": "a document with words. " * 20}] * 8), []),
+])
+def test_local_text_and_json_files(tmp_path, name, content, extra):
+    path = tmp_path / name
+    path.write_text(content)
+    run_job(tmp_path, "dataset=local", f"dataset.path={path}", *extra, *SMALL)
+    assert latest_run(tmp_path)["status"] == "ok"
+
+
+def test_local_parquet_with_custom_field(tmp_path):
+    import pyarrow as pa
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"content": ["some text for the model. " * 30] * 4}), path)
+    run_job(tmp_path, "dataset=local", f"dataset.path={path}", "dataset.field=content", *SMALL)
+    assert latest_run(tmp_path)["documents"] == 4
+
+
+def test_fixture_files_in_tests_data(tmp_path):
+    data = Path(__file__).parent / "data"
+    run_job(tmp_path, "dataset=local", f"dataset.path={data / 'tiny.jsonl'}", *SMALL)
+    assert latest_run(tmp_path)["status"] == "ok"
