@@ -1,0 +1,1 @@
+"""Benchmarks of the MoE profiler (run as scripts: ``python benchmarks/overhead.py``)."""

@@ -1,0 +1,618 @@
+"""Profiler overhead on the full OLMoE-1B-7B architecture (random bf16 weights, one GPU).
+
+    python benchmarks/overhead.py                 # GPU, full size (hidden 2048, 16 layers, 64 experts, top-8)
+    python benchmarks/overhead.py --smoke         # CPU, tiny OLMoE (hidden 64, 2 layers, 8 experts, top-2)
+
+One model is built once and reused by every variant:
+
+  bare        no profiler, experts_implementation="grouped_mm" (the runner's default) — the reference
+  routing     MOEProfiler(model, verbose=False): routing metrics recorded
+  latency     MOEProfiler(model, latency=True, verbose=False): routing metrics + per-MoE-block timing
+  kneedle     MOEProfiler(model, selector="kneedle", selector_params={"k_max": 8}, verbose=False)
+  bare_eager  no profiler, experts_implementation="eager" (justifies grouped_mm as the default)
+
+Phases: prefill (one forward of batch x len tokens; a timed sample is ``--prefill-iters`` forwards so the
+recorder's periodic bulk reduction is included at its steady-state rate) and decode (batch 1: a prompt, untimed,
+then ``--decode-tokens`` forward calls of one token each on the KV cache, timed together, reported per token).
+
+Rounds interleave the variants (A B C D E, then E D C B A, ...) so slow drift (clocks, heat) cancels; the first
+``--warmup`` rounds are dropped, and every variant also gets one untimed call of each phase after attaching (the
+recorder allocates its buffers on the first call). Each timed region is bracketed by a device synchronisation,
+never synchronised inside. Reported: the median of each (variant, phase) and its ratio to bare's median.
+
+Also measured: host-device syncs in a profiled forward (torch.cuda.set_sync_debug_mode "error" -> pass/fail, for the
+whole forward and for the MoE blocks alone, and
+'warn' -> count of syncing calls, next to bare's count), and the profiler's memory after 1k vs 100k tokens seen
+(recorder.buffer_bytes and the torch.cuda.memory_allocated delta; through recorder.record with random routing,
+and on CUDA through the model as well).
+
+Writes ``<out>/overhead.json`` (everything) and ``<out>/overhead.parquet`` (one row per variant x phase),
+each atomically, and prints a table of ratios to bare.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import inspect
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+OLMOE_1B_7B = dict(
+    hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
+    num_experts=64, num_experts_per_tok=8, vocab_size=50304, norm_topk_prob=False, max_position_embeddings=4096,
+)
+TINY_OLMOE = dict(
+    hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    num_experts=8, num_experts_per_tok=2, vocab_size=256, norm_topk_prob=False, max_position_embeddings=4096,
+    pad_token_id=1, bos_token_id=None, eos_token_id=2,
+)
+
+# mode presets; any option given on the command line wins
+PRESETS = {
+    "full": dict(device="cuda", reps=20, warmup=2, prefill_batch=8, prefill_len=512, prefill_iters=2,
+                 decode_tokens=64, decode_prompt=128, memory_chunk=1000, threads=0),
+    "smoke": dict(device="cpu", reps=2, warmup=1, prefill_batch=2, prefill_len=32, prefill_iters=1,
+                  decode_tokens=4, decode_prompt=8, memory_chunk=1000, threads=1),
+}
+
+KNEEDLE_PARAMS = {"k_max": 8}
+# name -> (profiler kwargs or None for no profiler, experts implementation)
+VARIANTS: dict[str, tuple[dict[str, Any] | None, str]] = {
+    "bare": (None, "grouped_mm"),
+    "routing": (dict(), "grouped_mm"),
+    "latency": (dict(latency=True), "grouped_mm"),
+    "kneedle": (dict(selector="kneedle", selector_params=KNEEDLE_PARAMS), "grouped_mm"),
+    "bare_eager": (None, "eager"),
+}
+PHASES = ("prefill", "decode")
+# (variant, phase) -> maximal ratio to bare, from the issue
+TARGETS = {("routing", "prefill"): 1.02, ("routing", "decode"): 1.05, ("kneedle", "prefill"): 1.10}
+MEMORY_TOKENS = (1_000, 100_000)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of fn() in ms, the device synchronised before and after (never inside)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    return value
+
+
+def build_model(config_kwargs: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """Random-weight OlmoeForCausalLM built directly on `device`, eval mode, grouped_mm experts."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    config = OlmoeConfig(**config_kwargs)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = OlmoeForCausalLM._from_config(config, dtype=dtype, experts_implementation="grouped_mm")
+    model.eval()
+    with torch.no_grad():  # never leave uninitialised (torch.empty) memory in a timed model
+        for p in model.parameters():
+            if not torch.isfinite(p).all():
+                p.normal_(0.0, 0.02)
+    return model
+
+
+def set_experts_implementation(model, name: str) -> None:
+    if model.config._experts_implementation != name:
+        model.set_experts_implementation(name)
+    assert model.config._experts_implementation == name, model.config._experts_implementation
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed past_key_values -> cache (5.2x); accept both."""
+    params = inspect.signature(type(model.model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+class Workload:
+    """The two timed phases, on fixed random inputs."""
+
+    def __init__(self, model, device: torch.device, args: argparse.Namespace):
+        self.model, self.device = model, device
+        vocab = model.config.vocab_size
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        self.prefill_ids = torch.randint(0, vocab, (args.prefill_batch, args.prefill_len), generator=gen).to(device)
+        self.prompt_ids = torch.randint(0, vocab, (1, args.decode_prompt), generator=gen).to(device)
+        self.prefill_iters = args.prefill_iters
+        self.decode_tokens = args.decode_tokens
+        self.cache_kw = _cache_kwarg(model)
+
+    def prefill(self, iters: int | None = None) -> None:
+        for _ in range(iters or self.prefill_iters):
+            self.model(input_ids=self.prefill_ids, use_cache=False, logits_to_keep=1)
+
+    def decode_start(self):
+        out = self.model(input_ids=self.prompt_ids, use_cache=True, logits_to_keep=1)
+        return _out_cache(out), out.logits[:, -1:].argmax(-1)
+
+    def decode_steps(self, state, tokens: int) -> None:
+        cache, token = state
+        for _ in range(tokens):  # one forward per new token on the KV cache; greedy pick stays on device
+            out = self.model(input_ids=token, use_cache=True, **{self.cache_kw: cache})
+            cache, token = _out_cache(out), out.logits[:, -1:].argmax(-1)
+
+    def timed_prefill_ms(self) -> float:
+        return _timed_ms(self.prefill, self.device) / self.prefill_iters
+
+    def timed_decode_ms_per_token(self) -> float:
+        state = self.decode_start()  # prompt: untimed
+        return _timed_ms(lambda: self.decode_steps(state, self.decode_tokens), self.device) / self.decode_tokens
+
+
+def make_profiler(model, variant: str):
+    from runner.profiler import MOEProfiler
+
+    kwargs, _ = VARIANTS[variant]
+    if kwargs is None:
+        return None
+    kwargs = dict(kwargs)
+    if "selector_params" in kwargs:
+        kwargs["selector_params"] = dict(kwargs["selector_params"])
+    return MOEProfiler(model, verbose=False, **kwargs)
+
+
+def _profiler_stats(profiler) -> dict[str, float]:
+    """k_mean over layers (tokens seen since the last reset) and, when timed, the sum of per-layer p50 latencies."""
+    if profiler is None:
+        return {}
+    df = profiler.layers_df()
+    stats: dict[str, float] = {}
+    if "k_mean" in df:
+        stats["k_mean"] = float(df["k_mean"].mean())
+    if "latency_ms_p50" in df:
+        stats["moe_latency_ms_p50_sum"] = float(df["latency_ms_p50"].sum())
+    return stats
+
+
+# -- timing -------------------------------------------------------------------------------------------------------
+
+def run_timing(model, work: Workload, variants: list[str], rounds: int, warmup_rounds: int, log=print):
+    samples = {(v, p): [] for v in variants for p in PHASES}
+    extras: dict[tuple[str, str], list[dict[str, float]]] = {(v, p): [] for v in variants for p in PHASES}
+    for r in range(warmup_rounds + rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        kept = r >= warmup_rounds
+        for variant in order:
+            set_experts_implementation(model, VARIANTS[variant][1])
+            profiler = make_profiler(model, variant)
+            try:
+                with torch.inference_mode():
+                    work.prefill(1)  # untimed: buffers allocate, hooks warm up
+                    # no reset here: the recorder's bulk reductions then fall in the timed forwards at their
+                    # steady-state rate (one per `capacity` tokens)
+                    ms = work.timed_prefill_ms()
+                    stats = _profiler_stats(profiler)
+                    if profiler is not None:
+                        profiler.reset()
+                    work.decode_steps(work.decode_start(), 2)  # untimed
+                    if profiler is not None:
+                        profiler.reset()
+                    ms_tok = work.timed_decode_ms_per_token()
+                    stats_dec = _profiler_stats(profiler)
+            finally:
+                if profiler is not None:
+                    profiler.detach()
+                set_experts_implementation(model, "grouped_mm")
+            if kept:
+                samples[(variant, "prefill")].append(ms)
+                samples[(variant, "decode")].append(ms_tok)
+                extras[(variant, "prefill")].append(stats)
+                extras[(variant, "decode")].append(stats_dec)
+        if kept:
+            log(f"  round {r + 1}/{warmup_rounds + rounds} (ms prefill/forward, decode/token): " + ", ".join(
+                f"{v} {samples[(v, 'prefill')][-1]:.2f}/{samples[(v, 'decode')][-1]:.3f}" for v in variants))
+        else:
+            log(f"  round {r + 1}/{warmup_rounds + rounds}: warm-up, dropped")
+    return samples, extras
+
+
+def summarise(samples, extras, variants: list[str], meta: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for phase in PHASES:
+        bare = statistics.median(samples[("bare", phase)])
+        for variant in variants:
+            s = samples[(variant, phase)]
+            median = statistics.median(s)
+            ratio = median / bare if bare > 0 else float("nan")
+            target = TARGETS.get((variant, phase))
+            ex = extras[(variant, phase)]
+            k_means = [e["k_mean"] for e in ex if "k_mean" in e and math.isfinite(e["k_mean"])]
+            lat = [e["moe_latency_ms_p50_sum"] for e in ex if "moe_latency_ms_p50_sum" in e]
+            rows.append(dict(
+                variant=variant, phase=phase, unit="ms/forward" if phase == "prefill" else "ms/token",
+                experts_implementation=VARIANTS[variant][1], profiled=VARIANTS[variant][0] is not None,
+                median_ms=median, mean_ms=statistics.fmean(s), min_ms=min(s), max_ms=max(s),
+                iqr_ms=float(np.subtract(*np.percentile(s, [75, 25]))), n=len(s), ratio_to_bare=ratio,
+                target_ratio=target, meets_target=None if target is None else bool(ratio <= target),
+                faster_than_bare=bool(ratio < 1.0) if variant != "bare" else None,
+                k_mean=statistics.fmean(k_means) if k_means else None,
+                moe_latency_ms_p50_sum=statistics.median(lat) if lat else None,
+                samples_ms=list(s), **meta,
+            ))
+    return pd.DataFrame(rows)
+
+
+# -- host-device sync check ---------------------------------------------------------------------------------------
+
+def _count_syncs(fn: Callable[[], Any]) -> tuple[int, list[str]]:
+    """Number of syncing calls in fn() and the Python lines (file:line) that made them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    hits = [w for w in caught if "synchronizing" in str(w.message).lower()]
+    return len(hits), sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+
+
+def _strict(fn: Callable[[], Any], whole: bool = True) -> tuple[bool, str | None]:
+    """Run fn(); a syncing call raises where error mode is on (everywhere if `whole`, else where hooks set it)."""
+    if whole:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return True, None
+    except RuntimeError as exc:
+        return False, str(exc).splitlines()[0][:300]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@contextmanager
+def _error_mode_inside_moe_blocks(model):
+    """set_sync_debug_mode('error') from the first to the last hook of every MoE block (router, profiler hooks,
+    experts), default mode elsewhere: isolates the profiler's hot path from syncs the rest of the model makes."""
+    handles = []
+
+    def on(module, args):
+        torch.cuda.set_sync_debug_mode("error")
+
+    def off(module, args, output):
+        torch.cuda.set_sync_debug_mode("default")
+
+    for layer in model.model.layers:
+        handles.append(layer.mlp.register_forward_pre_hook(on, prepend=True))
+        handles.append(layer.mlp.register_forward_hook(off))
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        for handle in handles:
+            handle.remove()
+
+
+def sync_check(model, work: Workload, variants: list[str], device: torch.device) -> dict[str, Any]:
+    """Per (variant, phase): does one warm forward pass set_sync_debug_mode('error'), and how many syncing calls
+    does set_sync_debug_mode('warn') see, next to bare's count (the profiler must add none)."""
+    if device.type != "cuda":
+        return dict(checked=False, reason=f"device {device.type}: torch.cuda sync debug mode needs CUDA")
+    results: dict[str, Any] = dict(checked=True, variants={})
+    for variant in [v for v in variants if VARIANTS[v][1] == "grouped_mm"]:
+        profiler = make_profiler(model, variant)
+        entry: dict[str, Any] = {}
+        try:
+            with torch.inference_mode():
+                work.prefill(1)
+                state = work.decode_start()
+                work.decode_steps(state, 1)
+                _sync(device)
+                for phase, fn in (("prefill", lambda: work.prefill(1)), ("decode", lambda: work.decode_steps(state, 1))):
+                    passed, error = _strict(fn)
+                    _sync(device)
+                    with _error_mode_inside_moe_blocks(model):
+                        moe_passed, moe_error = _strict(fn, whole=False)
+                    _sync(device)
+                    syncs, sites = _count_syncs(fn)
+                    _sync(device)
+                    entry[phase] = dict(strict_pass=passed, error=error, strict_moe_blocks_pass=moe_passed,
+                                        strict_moe_blocks_error=moe_error, sync_calls=syncs, sync_sites=sites)
+        finally:
+            if profiler is not None:
+                profiler.detach()
+        results["variants"][variant] = entry
+    bare = results["variants"].get("bare", {})
+    for variant, entry in results["variants"].items():
+        for phase, e in entry.items():
+            base = bare.get(phase, {}).get("sync_calls")
+            e["extra_sync_calls_vs_bare"] = None if base is None else e["sync_calls"] - base
+    profiled = [e for v, entry in results["variants"].items() if v != "bare" for e in entry.values()]
+    results["profiler_adds_no_sync"] = all(e["extra_sync_calls_vs_bare"] == 0 for e in profiled)
+    results["strict_pass_all_profiled"] = all(e["strict_pass"] for e in profiled)
+    results["bare_strict_pass"] = all(e["strict_pass"] for e in bare.values())
+    results["strict_moe_blocks_pass_all"] = all(
+        e["strict_moe_blocks_pass"] for entry in results["variants"].values() for e in entry.values())
+    return results
+
+
+# -- memory independence ------------------------------------------------------------------------------------------
+
+def _allocated(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
+
+def memory_check(model, device: torch.device, chunk: int, via_model: bool) -> dict[str, Any]:
+    """Profiler memory after 1k and after 100k tokens seen: recorder.buffer_bytes and the memory_allocated delta
+    since before the profiler existed. `recorder` feeds random routing straight into recorder.record (all layers,
+    `chunk` tokens a call); `model` (CUDA) runs forwards of `chunk` tokens through the profiled model."""
+    from runner.profiler import MOEProfiler
+
+    out: dict[str, Any] = dict(tokens=list(MEMORY_TOKENS), chunk_tokens=chunk)
+    routes = ["recorder"] + (["model"] if via_model else [])
+    for route in routes:
+        _sync(device)
+        base = _allocated(device)
+        profiler = MOEProfiler(model, verbose=False)
+        rec = profiler.recorder
+        num_layers, width, k = len(profiler.layers), rec.router_width, profiler.top_k
+        dtype = next(model.parameters()).dtype
+        gen = torch.Generator(device=device).manual_seed(0)
+        points = []
+        try:
+            with torch.inference_mode():
+                ids = torch.randint(0, model.config.vocab_size, (1, chunk), device=device, generator=gen)
+                for target in MEMORY_TOKENS:
+                    while rec.tokens[0] < target:
+                        if route == "recorder":
+                            logits = torch.randn(chunk, width, device=device, dtype=dtype, generator=gen)
+                            weights, index = torch.softmax(logits.float(), -1).topk(k, dim=-1)
+                            for layer in range(num_layers):
+                                rec.record(layer, logits, index, weights.to(dtype))
+                            del logits, weights, index
+                        else:
+                            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                    rec.flush()  # steady state: pending routing (bounded by the recorder's capacity) reduced
+                    _sync(device)
+                    alloc = _allocated(device)
+                    points.append(dict(tokens_seen=int(rec.tokens[0]), buffer_bytes=int(rec.buffer_bytes),
+                                       allocated_delta_bytes=None if alloc is None else alloc - base))
+                snapshot_ok = bool(profiler.layers_df()["tokens"].min() == rec.tokens[0])
+        finally:
+            profiler.detach()
+        del profiler, rec  # free this route's buffers before the next route takes its baseline
+        small, large = points
+        out[route] = dict(
+            points=points, snapshot_consistent=snapshot_ok,
+            buffer_bytes_equal=small["buffer_bytes"] == large["buffer_bytes"],
+            allocated_equal=None if small["allocated_delta_bytes"] is None
+            else small["allocated_delta_bytes"] == large["allocated_delta_bytes"],
+        )
+    out["independent"] = all(out[r]["buffer_bytes_equal"] and out[r]["allocated_equal"] in (True, None) for r in routes)
+    return out
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny OLMoE on CPU, few reps (the test runs this)")
+    p.add_argument("--device", help="cuda / cuda:N / cpu (default: cuda, or cpu with --smoke)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--reps", type=int, help="timed rounds (default 20; smoke 2)")
+    p.add_argument("--warmup", type=int, help="untimed rounds dropped first (default 2; smoke 1)")
+    p.add_argument("--prefill-batch", type=int, help="default 8; smoke 2")
+    p.add_argument("--prefill-len", type=int, help="default 512; smoke 32")
+    p.add_argument("--prefill-iters", type=int, help="forwards per timed prefill sample (default 2; smoke 1)")
+    p.add_argument("--decode-tokens", type=int, help="new tokens per timed decode sample (default 64; smoke 4)")
+    p.add_argument("--decode-prompt", type=int, help="prompt length before decoding, untimed (default 128; smoke 8)")
+    p.add_argument("--memory-chunk", type=int, help="tokens per call in the memory check (default 1000)")
+    p.add_argument("--memory-via-model", choices=["auto", "on", "off"], default="auto",
+                   help="also run the memory check through the model (auto: on CUDA only)")
+    p.add_argument("--threads", type=int, help="torch CPU threads, restored on return; 0 keeps torch's default "
+                   "(default 0; smoke 1: a tiny model gains nothing from more, and busy-waiting OpenMP threads on "
+                   "shared cores can slow it 100x)")
+    p.add_argument("--no-sync-check", action="store_true", help="skip the set_sync_debug_mode check")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)} (bare is always included)")
+    p.add_argument("--out", default="outputs/benchmarks", help="directory for overhead.json / overhead.parquet")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for key, value in PRESETS["smoke" if args.smoke else "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    args.variant_list = ["bare"] + [v for v in VARIANTS if v in variants and v != "bare"]
+    if args.reps < 1 or args.warmup < 0 or args.decode_tokens < 1 or args.prefill_iters < 1:
+        p.error("--reps, --decode-tokens and --prefill-iters must be >= 1 and --warmup >= 0")
+    return args
+
+
+def format_table(df: pd.DataFrame) -> str:
+    lines = [f"{'variant':<11} {'phase':<8} {'median':>12} {'ratio':>7} {'target':>7}  note"]
+    for row in df.itertuples():
+        note = []
+        if row.target_ratio is not None and not pd.isna(row.target_ratio):
+            note.append("OK" if row.meets_target else "OVER TARGET")
+        if row.variant != "bare" and row.ratio_to_bare < 1.0:
+            note.append("faster than bare")
+        if row.k_mean is not None and not pd.isna(row.k_mean) and row.variant == "kneedle":
+            note.append(f"k_mean {row.k_mean:.2f}")
+        if row.moe_latency_ms_p50_sum is not None and not pd.isna(row.moe_latency_ms_p50_sum):
+            note.append(f"sum of MoE-block p50 {row.moe_latency_ms_p50_sum:.3f} ms")
+        target = "" if row.target_ratio is None or pd.isna(row.target_ratio) else f"{row.target_ratio:.2f}"
+        lines.append(f"{row.variant:<11} {row.phase:<8} {row.median_ms:>8.3f} {row.unit[3:]:<3} "
+                     f"{row.ratio_to_bare:>6.3f}x {target:>7}  {'; '.join(note)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> dict[str, Any]:
+    import transformers
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("CUDA is not available: pass --device cpu (or --smoke)")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    config_kwargs = TINY_OLMOE if args.smoke else OLMOE_1B_7B
+    meta = dict(
+        mode="smoke" if args.smoke else "full", device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        dtype=str(dtype).removeprefix("torch."), cpu_threads=torch.get_num_threads(), torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    print(f"overhead benchmark: {meta['mode']} OLMoE on {meta['device_name']} ({meta['dtype']}), torch "
+          f"{meta['torch_version']}, transformers {meta['transformers_version']}")
+    t0 = time.perf_counter()
+    model = build_model(config_kwargs, device, dtype, seed=args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"built {n_params / 1e9:.3f} B params in {time.perf_counter() - t0:.1f} s; prefill "
+          f"{args.prefill_batch}x{args.prefill_len} (x{args.prefill_iters} per sample), decode 1x{args.decode_tokens} "
+          f"tokens after a {args.decode_prompt}-token prompt; {args.reps} rounds + {args.warmup} warm-up")
+    work = Workload(model, device, args)
+    variants = args.variant_list
+
+    samples, extras = run_timing(model, work, variants, args.reps, args.warmup)
+    df = summarise(samples, extras, variants, meta)
+
+    sync = dict(checked=False, reason="--no-sync-check") if args.no_sync_check else sync_check(model, work, variants, device)
+    via_model = args.memory_via_model == "on" or (args.memory_via_model == "auto" and device.type == "cuda")
+    memory = memory_check(model, device, args.memory_chunk, via_model)
+
+    bare_pref = df[(df.variant == "bare") & (df.phase == "prefill")].median_ms.item()
+    experts = dict(grouped_mm_prefill_ms=bare_pref)
+    if "bare_eager" in variants:
+        eager = df[(df.variant == "bare_eager") & (df.phase == "prefill")].median_ms.item()
+        experts.update(eager_prefill_ms=eager, eager_over_grouped_mm=eager / bare_pref)
+    kneedle = {}
+    if "kneedle" in variants:
+        for phase in PHASES:
+            row = df[(df.variant == "kneedle") & (df.phase == phase)].iloc[0]
+            kneedle[phase] = dict(k_mean=row.k_mean, k_max=KNEEDLE_PARAMS["k_max"], ratio_to_bare=row.ratio_to_bare,
+                                  faster_than_bare=row.faster_than_bare)
+    targets = {f"{v}/{p}": dict(target=t, ratio=float(df[(df.variant == v) & (df.phase == p)].ratio_to_bare.item()))
+               for (v, p), t in TARGETS.items() if v in variants}
+    for entry in targets.values():
+        entry["met"] = entry["ratio"] <= entry["target"]
+
+    results = dict(
+        meta=meta, config=dict(model=config_kwargs, **{k: v for k, v in vars(args).items() if k not in ("variant_list", "variants")},
+                               variants=variants, params=n_params),
+        results=df.to_dict(orient="records"), targets=targets, experts_implementation=experts, kneedle=kneedle,
+        sync_check=sync, memory_check=memory, wall_s=time.perf_counter() - t0,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, parquet_path = out / "overhead.json", out / "overhead.parquet"
+    text = json.dumps(_jsonable(results), indent=2)
+    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+    _atomic_write(parquet_path, lambda tmp: df.to_parquet(tmp, index=False))
+
+    print()
+    print(format_table(df))
+    print()
+    if "bare_eager" in variants:
+        print(f"experts_implementation: eager / grouped_mm bare prefill = {experts['eager_over_grouped_mm']:.3f}x")
+    if sync.get("checked"):
+        print(f"sync check: profiler adds no host-device sync: {sync['profiler_adds_no_sync']}; strict "
+              f"set_sync_debug_mode('error') passes — bare: {sync['bare_strict_pass']}, profiled: "
+              f"{sync['strict_pass_all_profiled']}; strict inside every MoE block (router + profiler hooks + experts), "
+              f"all variants and phases: {sync['strict_moe_blocks_pass_all']}")
+        for variant, entry in sync["variants"].items():
+            print("  " + variant + ": " + ", ".join(
+                f"{ph} {'pass' if e['strict_pass'] else 'FAIL'} ({e['sync_calls']} syncing calls"
+                + (f", {e['extra_sync_calls_vs_bare']:+d} vs bare" if e['extra_sync_calls_vs_bare'] is not None else "")
+                + ")" + (f" at {', '.join(e['sync_sites'])}" if e["sync_sites"] else "") for ph, e in entry.items()))
+    else:
+        print(f"sync check: skipped ({sync.get('reason')})")
+    for route in ("recorder", "model"):
+        if route in memory:
+            a, b = memory[route]["points"]
+            alloc = "" if a["allocated_delta_bytes"] is None else \
+                f"; memory_allocated delta {a['allocated_delta_bytes']:,} vs {b['allocated_delta_bytes']:,} B"
+            print(f"memory ({route}): buffer_bytes {a['buffer_bytes']:,} B after {a['tokens_seen']:,} tokens vs "
+                  f"{b['buffer_bytes']:,} B after {b['tokens_seen']:,}{alloc} -> "
+                  f"{'independent of tokens' if memory[route]['buffer_bytes_equal'] and memory[route]['allocated_equal'] in (True, None) else 'GROWS'}")
+    print(f"wrote {json_path} and {parquet_path} ({results['wall_s']:.1f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
