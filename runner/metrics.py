@@ -70,6 +70,10 @@ class RoutingRecorder:
         self.router_width = logits.shape[-1]  # what the router scores (may differ from its weight's rows)
         L, E = self.num_layers, self.router_width
         with torch.inference_mode(False):  # normal tensors, updatable in and out of inference mode
+            if len(set(self.num_experts)) == 1:  # a fill kernel, not a host-to-device copy (no sync)
+                self._real = torch.full((L, 1, 1), self.num_experts[0], dtype=torch.int64, device=device)
+            else:
+                self._real = torch.tensor(self.num_experts, device=device).view(L, 1, 1)
             f64 = dict(dtype=torch.float64, device=device)
             self.acc = {
                 "counts": torch.zeros(L, E, dtype=torch.int64, device=device),
@@ -78,7 +82,6 @@ class RoutingRecorder:
                 "k_hist": torch.zeros(L, E + 1, dtype=torch.int64, device=device),
                 "sums": torch.zeros(L, len(SUMS), **f64),
             }
-            self._real = torch.tensor(self.num_experts, device=device).view(L, 1, 1)
 
     # -- hot path --------------------------------------------------------------------------------
     def record(self, layer: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:

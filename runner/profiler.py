@@ -18,7 +18,7 @@ from handlers.base import DIMENSIONS
 from .flops import count_flops
 from .latency import LayerTimer
 from .metrics import RoutingRecorder, load_balance, router_probs
-from .scan import MoELayer, read_live_top_k, scan_model, text_config, write_live_top_k
+from .scan import MoELayer, _top_k_owner, read_live_top_k, scan_model, text_config, write_live_top_k
 
 
 class ProfilerError(ValueError):
@@ -67,7 +67,7 @@ class MOEProfiler:
         self.selector_name: str | None = None
         self.selector_params: dict[str, Any] = {}
         self.renormalize = renormalize
-        observable = self.handler.router_output != "none"
+        observable = self.layers[0].router_output != "none"
         self.recorder = (
             RoutingRecorder(
                 len(self.layers), router_width=max(l.router_width for l in self.layers),
@@ -87,9 +87,9 @@ class MOEProfiler:
         if self._handles:
             return self
         for layer in self.layers:
-            if layer.router is not None and layer.handler.router_output != "none":
+            if layer.router is not None and layer.router_output != "none":
                 self._handles.append(layer.router.register_forward_hook(self._router_hook(layer)))
-                if layer.handler.router_output == "logits" and layer.handler.experts_take_routing:
+                if layer.router_output == "logits" and layer.experts_take_routing:
                     self._handles.append(layer.experts.register_forward_pre_hook(self._experts_hook(layer)))
             if self.timer is not None:
                 self._handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
@@ -148,17 +148,29 @@ class MOEProfiler:
         def hook(module, args, output):
             if not self._enabled:
                 return None
-            if handler.router_output == "triple":
-                logits, weights, index = output[handler.logits_index], output[1], output[2]
-                changed = False
-                if self._selector is not None:
-                    index, weights = self._select(layer, logits, index, weights)
-                    output = (output[0], weights, index, *output[3:])
-                    changed = True
+            if layer.router_output == "triple":
+                # positions by kind, not by order: releases differ ((logits, w, idx) vs (idx, w, logits))
+                i_index = next((i for i, t in enumerate(output[:3]) if isinstance(t, torch.Tensor)
+                                and not t.is_floating_point()), None)
+                if i_index is None or len(output) < 3:
+                    raise ProfilerError(
+                        f"{type(module).__name__} returned {len(output)} outputs without (logits, weights, indices): "
+                        f"this transformers release routes {self.model_type} in a way the profiler does not know")
+                floats = [i for i in range(3) if i != i_index]
+                i_weights = next((i for i in floats if output[i].shape[-1] == output[i_index].shape[-1]
+                                  and i != layer.logits_index), floats[-1])
+                i_logits = next(i for i in floats if i != i_weights)
+                logits, weights, index = output[i_logits], output[i_weights], output[i_index]
+                if self._selector is None:
+                    self._record(position, logits, index, weights)
+                    return None
+                index, weights = self._select(layer, logits, index, weights)
                 self._record(position, logits, index, weights)
-                return output if changed else None
-            logits = output if handler.logits_index is None else output[handler.logits_index]
-            if handler.experts_take_routing:  # indices arrive at the experts' input
+                output = list(output)
+                output[i_index], output[i_weights] = index, weights
+                return tuple(output)
+            logits = output if layer.logits_index is None else output[layer.logits_index]
+            if layer.experts_take_routing:  # indices arrive at the experts' input
                 self._pending_logits[position] = logits
                 return None
             probs = router_probs(logits.reshape(-1, logits.shape[-1]), handler.scoring)
@@ -223,10 +235,10 @@ class MOEProfiler:
                     stacklevel=2,
                 )
         for layer in self.layers:
-            owner_name, _, attr = layer.handler.top_k_attr.partition(".")
+            owner_name, _, attr = layer.top_k_attr.partition(".")
             owner = {"router": layer.router, "block": layer.block}.get(owner_name)
             if owner is None:
-                owner = getattr(layer.router, "config", None) or getattr(layer.block, "config", None)
+                owner = _top_k_owner(layer, "config")
             self._save_once(owner, attr)
             write_live_top_k(layer, k)
 
@@ -247,12 +259,7 @@ class MOEProfiler:
         for layer in self.layers:
             if not layer.handler.can_skip:
                 raise ProfilerError(f"{self.model_type} cannot skip experts per token: {layer.handler.note}")
-        implementation = getattr(self.config, "_experts_implementation", None)
-        if implementation in self.handler.sentinel_breaks:
-            raise ProfilerError(
-                f"{self.model_type}'s {implementation!r} experts reject the sentinel index; "
-                f"use experts_implementation='grouped_mm'"
-            )
+        use_fast = self._skip_implementation(fast_skip)
         name = selector if isinstance(selector, str) else getattr(selector, "__name__", "custom")
         function = selectors.get_selector(selector)
         k_max = int(params.pop("k_max", None) or self.top_k or self.layers[0].dims["top_k"].value)
@@ -260,15 +267,36 @@ class MOEProfiler:
             selectors.validate_params(selector, {"k_max": k_max, **params}, self.layers[0].num_experts)
         self.set_top_k(k_max)
         for layer in self.layers:
-            self._save_once(layer.experts, "_is_expert_parallel")
-            layer.experts._is_expert_parallel = True  # clamps sentinel rows instead of reading uninitialised memory
+            if hasattr(layer.experts, "_is_expert_parallel"):  # transformers >= 5.2x: sentinel handling is opt-in
+                self._save_once(layer.experts, "_is_expert_parallel")
+                layer.experts._is_expert_parallel = True  # masks sentinel rows instead of reading uninitialised memory
             config = getattr(layer.experts, "config", None)
-            if fast_skip and getattr(config, "_experts_implementation", None) == "grouped_mm":
+            if use_fast and config is not None:
                 self._save_once(config, "_experts_implementation")
                 config._experts_implementation = experts.NAME  # grouped_mm with one inference-time mask
         self._selector = function
         self.selector_name = name
         self.selector_params = {"k_max": k_max, **params}
+
+    def _skip_implementation(self, fast_skip: bool) -> bool:
+        """Whether dropped slots go through runner.experts' grouped forward; raises where nothing can skip them."""
+        implementation = getattr(self.config, "_experts_implementation", None)
+        experts_module = self.layers[0].experts
+        decorated = implementation is not None and any(
+            isinstance(getattr(experts_module, name, None), torch.Tensor) for name in ("gate_up_proj", "up_proj"))
+        # transformers before the opt-in flag: eager experts one-hot over E classes and reject the sentinel
+        eager_rejects = implementation == "eager" and (
+            implementation in self.handler.sentinel_breaks or not hasattr(experts_module, "_is_expert_parallel"))
+        if implementation == "grouped_mm":
+            return fast_skip
+        if eager_rejects or implementation in self.handler.sentinel_breaks:
+            if not decorated:
+                raise ProfilerError(f"{self.model_type}'s {implementation!r} experts reject the sentinel index; "
+                                    f"use experts_implementation='grouped_mm'")
+            warnings.warn(f"{self.model_type}'s {implementation!r} experts reject the sentinel index: dropped slots "
+                          f"run through {experts_module.__class__.__name__} with runner.experts' grouped forward", stacklevel=3)
+            return True
+        return False
 
     def _select(self, layer: MoELayer, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor):
         params = dict(self.selector_params)
@@ -460,7 +488,7 @@ class MOEProfiler:
             pattern = re.sub(rf"(^|\.){first.layer_id}(?=\.|$)", r"\1{i}", first.name, count=1) if len(members) > 1 else first.name
             lines.append(f"Layers {span} ({len(members)} x {type(first.block).__name__} @ {pattern})")
             router = type(first.router).__name__ if first.router is not None else "none"
-            lines.append(f"  Router: {router}, {handler.scoring} scores, top-k at {handler.top_k_attr}, width {first.router_width}")
+            lines.append(f"  Router: {router}, {handler.scoring} scores, top-k at {first.top_k_attr}, width {first.router_width}")
             for dim in DIMENSIONS:
                 label = "Top-k" if dim == "top_k" else dim.replace("_", " ").capitalize()
                 lines.append(f"  {label}: {first.dims[dim]}")

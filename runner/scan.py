@@ -1,6 +1,7 @@
 """Find the MoE layers of a model and resolve their dimensions (handlers say where to look)."""
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -33,6 +34,11 @@ class MoELayer:
     router_width: int = 0
     cost: LayerCost | None = None
     warnings: list[str] = field(default_factory=list)
+    # what this transformers version really does (older 5.x releases differ from the handler's defaults)
+    router_output: str = "triple"
+    logits_index: int | None = 0
+    experts_take_routing: bool = True
+    top_k_attr: str = "router.top_k"
 
     @property
     def num_experts(self) -> int:
@@ -117,7 +123,7 @@ def _introspect(layer: MoELayer) -> dict[str, tuple[int, str]]:
         found["num_experts"] = (router_weight.shape[0], "router weight shape[0]")
     top_k = read_live_top_k(layer)
     if top_k is not None:
-        found["top_k"] = (top_k, layer.handler.top_k_attr)
+        found["top_k"] = (top_k, layer.top_k_attr)
     shared_width = 0
     hidden = found.get("hidden_dim", (None,))[0]
     for _, module in layer.shared:
@@ -139,15 +145,39 @@ def _shared_width(module: nn.Module, hidden: int | None) -> int:
     return 0
 
 
+def _adapt_to_installed_version(layer: MoELayer) -> None:
+    """Older transformers 5.x releases route some architectures differently (a bare nn.Linear router returning
+    logits, top-k kept on the block, experts that take logits): read it off the modules."""
+    handler = layer.handler
+    layer.router_output, layer.logits_index = handler.router_output, handler.logits_index
+    layer.experts_take_routing, layer.top_k_attr = handler.experts_take_routing, handler.top_k_attr
+    if handler.router_output != "none" and type(layer.router) is nn.Linear:
+        layer.router_output, layer.logits_index = "logits", None
+    try:
+        params = list(inspect.signature(layer.experts.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    if len(params) >= 2 and "index" not in params[1] and "idx" not in params[1] and "expert" not in params[1]:
+        layer.experts_take_routing = False
+    owner, _, attr = handler.top_k_attr.partition(".")
+    if owner in ("router", "block") and not isinstance(getattr(_top_k_owner(layer, owner), attr, None), int):
+        config_field = next((f for f in handler.top_k if isinstance(f, str) and "." not in f), "num_experts_per_tok")
+        for alternative in ("block.top_k", "router.top_k", f"config.{config_field}"):
+            alt_owner, _, alt_attr = alternative.partition(".")
+            if isinstance(getattr(_top_k_owner(layer, alt_owner), alt_attr, None), int):
+                layer.top_k_attr = alternative
+                break
+
+
 def read_live_top_k(layer: MoELayer) -> int | None:
-    owner, _, attr = layer.handler.top_k_attr.partition(".")
+    owner, _, attr = layer.top_k_attr.partition(".")
     target = _top_k_owner(layer, owner)
     value = getattr(target, attr, None) if target is not None else None
     return value if isinstance(value, int) else None
 
 
 def write_live_top_k(layer: MoELayer, k: int) -> None:
-    owner, _, attr = layer.handler.top_k_attr.partition(".")
+    owner, _, attr = layer.top_k_attr.partition(".")
     setattr(_top_k_owner(layer, owner), attr, k)
 
 
@@ -157,8 +187,9 @@ def _top_k_owner(layer: MoELayer, owner: str) -> Any:
     if owner == "block":
         return layer.block
     if owner == "config":
-        return getattr(layer.router, "config", None) or getattr(layer.block, "config", None)
-    raise ValueError(f"bad top_k_attr {layer.handler.top_k_attr!r}")
+        return next((c for c in (getattr(m, "config", None) for m in (layer.router, layer.block, layer.experts))
+                     if c is not None), None)
+    raise ValueError(f"bad top_k_attr {layer.top_k_attr!r}")
 
 
 def scan_model(
@@ -199,6 +230,7 @@ def scan_model(
             child = getattr(modules.get(parent), attr, None) if parent in modules else None
             if isinstance(child, nn.Module):
                 layer.shared.append((f"{parent}.{attr}", child))
+        _adapt_to_installed_version(layer)
         gate = getattr(module, handler.shared_gate_attr, None)
         layer.shared_gate = gate if isinstance(gate, nn.Module) else None
         _resolve(layer, config, overrides, fallbacks)
