@@ -87,7 +87,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 # The stored file
 def test_stored_file_holds_the_documented_numbers():
     s = stored()
-    # OLMoE-1B-7B (docs/profiler.md worked example): router 262,144 + k x 12,582,912
+    # OLMoE-1B-7B (the README's worked example): router 262,144 + k x 12,582,912
     assert s["olmoe|k=8|flops_per_token[0-15]"].value == 100_925_440
     assert s["olmoe|k=4|flops_per_token[0-15]"].value == 50_593_792
     assert s["olmoe|k=8|moe_flops_per_token"].value == 1_614_807_040
