@@ -53,15 +53,14 @@ def _grouped_mm_flops(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | Non
     """FLOPs of aten._grouped_mm, which FlopCounterMode does not know (torch <= 2.13 reports 0).
 
     2-D x 3-D with offsets (the MoE case): rows past offs[-1] are not computed, so 2 * offs[-1] * K * N.
+    3-D x 3-D: a batched matmul. Otherwise (grouped over K): one full 2 * M * K * N product.
     """
     if a.dim() == 2 and b.dim() == 3:
         rows = int(offs[-1]) if offs is not None and offs.numel() else a.shape[0]
         return 2 * rows * a.shape[1] * b.shape[2]
     if a.dim() == 3 and b.dim() == 3:
         return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-    if a.dim() == 3 and b.dim() == 2:  # grouped over the rows of b
-        return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[1] // max(a.shape[0], 1)
-    return 2 * a.shape[0] * a.shape[1] * b.shape[-1]  # 2-D x 2-D grouped over K: the full product
+    return 2 * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
 _grouped_mm_flops._get_raw = True  # needs the offsets' values, not just shapes

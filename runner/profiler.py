@@ -18,7 +18,7 @@ from handlers.base import DIMENSIONS
 from .flops import count_flops
 from .latency import LayerTimer
 from .metrics import RoutingRecorder, load_balance, router_probs
-from .scan import MoELayer, _top_k_owner, read_live_top_k, scan_model, text_config, write_live_top_k
+from .scan import MoELayer, read_live_top_k, top_k_owner, scan_model, text_config, write_live_top_k
 
 
 class ProfilerError(ValueError):
@@ -236,10 +236,7 @@ class MOEProfiler:
                 )
         for layer in self.layers:
             owner_name, _, attr = layer.top_k_attr.partition(".")
-            owner = {"router": layer.router, "block": layer.block}.get(owner_name)
-            if owner is None:
-                owner = _top_k_owner(layer, "config")
-            self._save_once(owner, attr)
+            self._save_once(top_k_owner(layer, owner_name), attr)
             write_live_top_k(layer, k)
 
     @property

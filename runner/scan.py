@@ -160,28 +160,29 @@ def _adapt_to_installed_version(layer: MoELayer) -> None:
     if len(params) >= 2 and "index" not in params[1] and "idx" not in params[1] and "expert" not in params[1]:
         layer.experts_take_routing = False
     owner, _, attr = handler.top_k_attr.partition(".")
-    if owner in ("router", "block") and not isinstance(getattr(_top_k_owner(layer, owner), attr, None), int):
+    if owner in ("router", "block") and not isinstance(getattr(top_k_owner(layer, owner), attr, None), int):
         config_field = next((f for f in handler.top_k if isinstance(f, str) and "." not in f), "num_experts_per_tok")
         for alternative in ("block.top_k", "router.top_k", f"config.{config_field}"):
             alt_owner, _, alt_attr = alternative.partition(".")
-            if isinstance(getattr(_top_k_owner(layer, alt_owner), alt_attr, None), int):
+            if isinstance(getattr(top_k_owner(layer, alt_owner), alt_attr, None), int):
                 layer.top_k_attr = alternative
                 break
 
 
 def read_live_top_k(layer: MoELayer) -> int | None:
     owner, _, attr = layer.top_k_attr.partition(".")
-    target = _top_k_owner(layer, owner)
+    target = top_k_owner(layer, owner)
     value = getattr(target, attr, None) if target is not None else None
     return value if isinstance(value, int) else None
 
 
 def write_live_top_k(layer: MoELayer, k: int) -> None:
     owner, _, attr = layer.top_k_attr.partition(".")
-    setattr(_top_k_owner(layer, owner), attr, k)
+    setattr(top_k_owner(layer, owner), attr, k)
 
 
-def _top_k_owner(layer: MoELayer, owner: str) -> Any:
+def top_k_owner(layer: MoELayer, owner: str) -> Any:
+    """The object holding the live top-k: the router, the block, or the config the modules read it from."""
     if owner == "router":
         return layer.router
     if owner == "block":
