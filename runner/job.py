@@ -203,7 +203,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
     row.update(provenance())
     row.update(revision=m.revision, dataset_kind=d.kind.value, dataset_source=data.describe(d), seq_len=conf.seq_len,
                batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name, seed=conf.seed,
-               measure_flops=conf.measure_flops, selector_params=json.dumps(dict(conf.selector.params), sort_keys=True),
+               measure_flops=conf.measure_flops, selector_params=json.dumps(conf.selector.params, sort_keys=True),
                dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
                dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
@@ -227,7 +227,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
             if k != default_k:
                 profiler.set_top_k(k)
         else:
-            params = {key: v for key, v in conf.selector.params.items() if v is not None}
+            params = conf.selector.params
             params.setdefault("k_max", k)
             profiler.set_selector(conf.selector.name, **params)
         live_k = profiler.top_k or k

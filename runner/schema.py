@@ -86,8 +86,20 @@ class DeviceConfig:
 
 @dataclass
 class SelectorConfig:
+    """`selector=kneedle selector.k_max=8`: the name and its parameters side by side (null = not given)."""
+
     name: str = "topk"  # topk = the model's own routing at `topk`; others: per-token dynamic k (runner.selectors)
-    params: Dict[str, Any] = field(default_factory=dict)  # k_max (null: the job's topk), k_min, threshold, ratio, alpha
+    k_max: Optional[int] = None  # null: the job's topk
+    k_min: Optional[int] = None
+    k: Optional[int] = None  # selector 'topk' under a k_max pool (library use); not for the model's own routing
+    threshold: Optional[float] = None  # cumsum
+    ratio: Optional[float] = None  # gap_ratio
+    alpha: Optional[float] = None  # min_p
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "name" and getattr(self, f.name) is not None}
 
 
 @dataclass
@@ -205,20 +217,21 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
         _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(SELECTOR_NAMES)}")
     if name == "topk":
         if params:
-            _fail("selector.params", "selector 'topk' is the model's own routing and takes no params; set topk=K")
+            _fail(f"selector.{next(iter(params))}", "selector 'topk' is the model's own routing and takes no "
+                  "parameters; set topk=K")
         return
     for key, value in params.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            _fail(f"selector.params.{key}", f"must be a number, got {value!r}")
+            _fail(f"selector.{key}", f"must be a number, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
-            _fail(f"selector.params.{key}", f"must be finite, got {value!r}")
+            _fail(f"selector.{key}", f"must be finite, got {value!r}")
     if experts is not None:  # the full check again, with the model's real expert count, when the model is loaded
         from .selectors import SelectorError, validate_params
 
         try:
             validate_params(name, {k: v for k, v in params.items() if v is not None}, experts)
         except SelectorError as exc:
-            _fail("selector.params", str(exc))
+            _fail(f"selector={name}", str(exc))
 
 
 def validate(cfg: DictConfig) -> RunnerConfig:

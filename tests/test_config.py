@@ -81,7 +81,9 @@ def test_every_selector_validates(selector):
     conf = validate(make(f"selector={selector}", "topk=4"))
     assert conf.selector.name == selector
     if selector != "topk":
-        assert "k_max" in conf.selector.params
+        assert conf.selector.k_max is None and conf.selector.k_min == 1  # k_max null: the job's topk
+        conf = validate(make(f"selector={selector}", "selector.k_max=4"))  # the issue's `selector.k_max=8` form
+        assert conf.selector.params["k_max"] == 4
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -125,6 +127,8 @@ def test_launcher_presets_compose():
     ("topk=1.5", "1.5"),
     ("model.weights=cached", "cached"),
     ("seq_len=[1,2]", "seq_len"),
+    ("selector.treshold=0.5", "treshold"),
+    ("selector.threshold=high", "high"),
 ])
 def test_composition_errors_name_the_key(override, needle):
     with pytest.raises(ConfigCompositionException) as info:
@@ -144,10 +148,10 @@ def test_composition_errors_name_the_key(override, needle):
     (["on_error=ignore"], "on_error"),
     (["device.dtype=float8"], "device.dtype"),
     (["dataset.slice=\"1:2\""], "dataset.slice"),
-    (["selector=cumsum", "selector.params.threshold=1.5"], "threshold must be in [0, 1]"),
-    (["selector=kneedle", "+selector.params.alpha=0.1"], "unknown parameter(s) alpha"),
-    (["selector=kneedle", "selector.params.k_max=64"], "exceeds the number of experts"),
-    (["selector=topk", "+selector.params.k=2"], "takes no params"),
+    (["selector=cumsum", "selector.threshold=1.5"], "threshold must be in [0, 1]"),
+    (["selector=kneedle", "selector.alpha=0.1"], "unknown parameter(s) alpha"),
+    (["selector=kneedle", "selector.k_max=64"], "exceeds the number of experts"),
+    (["selector=topk", "selector.k=2"], "takes no parameters"),
     (["model.name=a/b"], "model.name"),
     (["dims.override.expert_dim=0"], "dims.override.expert_dim"),
     (["model.weights=pretrained"], "model.hf_id"),

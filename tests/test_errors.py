@@ -37,7 +37,7 @@ JOB_ERRORS = {
     "topk_above_experts": (["topk=9"], "exceeds the 8 experts"),
     "pretrained_offline": (["model=olmoe"], "not in the local Hugging Face cache"),
     "unwritable_output": (["results_dir=/dev/null/results"], "is not writable"),
-    "bad_selector_params": (["selector=min_p", "selector.params.alpha=2"], "alpha must be in [0, 1]"),
+    "bad_selector_params": (["selector=min_p", "selector.alpha=2"], "alpha must be in [0, 1]"),
 }
 COMPOSE_ERRORS = {
     "typo_key": (["topK=4"], "Key 'topK' not in 'RunnerConfig'"),
@@ -146,5 +146,5 @@ def test_unknown_model_type(tmp_path):
 
 def test_selector_the_architecture_cannot_apply_is_one_line(tmp_path):
     # k_max above the experts of the real model (the config check cannot know the count when dims hide it)
-    message = one_line_error(tmp_path, "selector=kneedle", "selector.params.k_max=8", "dims.override.num_experts=4")
+    message = one_line_error(tmp_path, "selector=kneedle", "selector.k_max=8", "dims.override.num_experts=4")
     assert "k_max" in message or "experts" in message

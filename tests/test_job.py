@@ -102,7 +102,7 @@ def test_topk_changes_flops_and_triggers_quality_reference(tmp_path, k):
 
 
 def test_selector_job_records_params_and_dynamic_k(tmp_path):
-    run_job(tmp_path, "selector=cumsum", "selector.params.threshold=0.2", "topk=4", *SMALL)
+    run_job(tmp_path, "selector=cumsum", "selector.threshold=0.2", "topk=4", *SMALL)
     row = latest_run(tmp_path)
     assert row["selector"] == "cumsum" and row["k_max"] == 4
     params = json.loads(row["selector_params"])
