@@ -144,22 +144,15 @@ class MOEProfiler:
     # -- hooks -------------------------------------------------------------------------------------
     def _router_hook(self, layer: MoELayer):
         handler, position = layer.handler, layer.position
+        positions: list[tuple[int, int, int]] = []  # (logits, weights, index) slots, found on the first call
 
         def hook(module, args, output):
             if not self._enabled:
                 return None
             if layer.router_output == "triple":
-                # positions by kind, not by order: releases differ ((logits, w, idx) vs (idx, w, logits))
-                i_index = next((i for i, t in enumerate(output[:3]) if isinstance(t, torch.Tensor)
-                                and not t.is_floating_point()), None)
-                if i_index is None or len(output) < 3:
-                    raise ProfilerError(
-                        f"{type(module).__name__} returned {len(output)} outputs without (logits, weights, indices): "
-                        f"this transformers release routes {self.model_type} in a way the profiler does not know")
-                floats = [i for i in range(3) if i != i_index]
-                i_weights = next((i for i in floats if output[i].shape[-1] == output[i_index].shape[-1]
-                                  and i != layer.logits_index), floats[-1])
-                i_logits = next(i for i in floats if i != i_weights)
+                if not positions:
+                    positions.append(self._routing_positions(module, layer, output))
+                i_logits, i_weights, i_index = positions[0]
                 logits, weights, index = output[i_logits], output[i_weights], output[i_index]
                 if self._selector is None:
                     self._record(position, logits, index, weights)
@@ -179,6 +172,21 @@ class MOEProfiler:
             return None
 
         return hook
+
+    def _routing_positions(self, module: nn.Module, layer: MoELayer, output: Any) -> tuple[int, int, int]:
+        """Where the logits, weights and indices sit in a router's output: by kind, not by order, since
+        releases differ ((logits, w, idx) vs (idx, w, logits)). Fixed per router class, so found once."""
+        i_index = next((i for i, t in enumerate(output[:3]) if isinstance(t, torch.Tensor)
+                        and not t.is_floating_point()), None)
+        if i_index is None or len(output) < 3:
+            raise ProfilerError(
+                f"{type(module).__name__} returned {len(output)} outputs without (logits, weights, indices): "
+                f"this transformers release routes {self.model_type} in a way the profiler does not know")
+        floats = [i for i in range(3) if i != i_index]
+        i_weights = next((i for i in floats if output[i].shape[-1] == output[i_index].shape[-1]
+                          and i != layer.logits_index), floats[-1])
+        i_logits = next(i for i in floats if i != i_weights)
+        return i_logits, i_weights, i_index
 
     def _experts_hook(self, layer: MoELayer):
         position = layer.position
