@@ -27,25 +27,20 @@ class OutputError(RunnerError):
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is enough: the runner's own, the engine's and OmegaConf's validation errors."""
-    types: list[type[BaseException]] = [RunnerError]
-    try:
-        from .profiler import ProfilerError
-        from .scan import NoMoEError
-        from .selectors import SelectorError
+    """Exception types whose message is enough: the runner's own, the engine's and OmegaConf's validation errors.
 
-        types += [ProfilerError, NoMoEError, SelectorError]
-    except ImportError:  # pragma: no cover - engine modules missing
-        pass
-    try:
-        import torch
+    Only modules already imported are consulted: an exception cannot come from a module that never loaded, and
+    importing torch (seconds) to classify a config error would make every bad command line slow."""
+    import sys
 
-        types.append(torch.OutOfMemoryError)
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
     from omegaconf.errors import ValidationError
 
-    types.append(ValidationError)
+    types: list[type[BaseException]] = [RunnerError, ValidationError]
+    for module, name in (("runner.profiler", "ProfilerError"), ("runner.scan", "NoMoEError"),
+                         ("runner.selectors", "SelectorError"), ("torch", "OutOfMemoryError")):
+        found = getattr(sys.modules.get(module), name, None)
+        if isinstance(found, type):
+            types.append(found)
     return tuple(types)
 
 

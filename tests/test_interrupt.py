@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from test_errors import ROOT, cli_env
+from test_job import run_job
+from test_sweeps import sweep
 
 MODELS = "model=olmoe_tiny,mixtral_tiny,qwen2_moe_tiny,deepseek_v3_tiny"
 
@@ -20,7 +22,7 @@ def runner(tmp_path: Path, *args: str) -> subprocess.Popen:
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_9_mid_sweep_then_resume(tmp_path):
+def test_kill_9_mid_sweep_then_resume(tmp_path, hydra_sweep_runner, hydra_restore_singletons):
     runs_dir = tmp_path / "results" / "table=runs"
     proc = runner(tmp_path, MODELS)
     deadline = time.time() + 120
@@ -36,9 +38,10 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     first = pd.read_parquet(runs_dir)
     assert 1 <= len(first) < 4 and set(first["status"]) == {"ok"}
 
-    proc = runner(tmp_path, MODELS, "resume=true")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    # the resumed sweep runs in-process (the kill above is what needs a real process)
+    with sweep(hydra_sweep_runner, tmp_path, MODELS, "seq_len=64", "resume=true", name="resumed") as resumed:
+        (batch,) = resumed.returns
+        assert len(batch) == 4
     runs = pd.read_parquet(runs_dir)
     latest = runs[runs["timestamp"] > first["timestamp"].max()]
     assert sorted(latest["status"]) == sorted(["skipped"] * len(first) + ["ok"] * (4 - len(first)))
@@ -47,10 +50,9 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
 
 
 def test_rerunning_a_job_never_overwrites_results(tmp_path):
+    # in-process: what keeps parts apart is the run id in the file name, not the process
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-m", "runner", f"out_root={tmp_path}", "seq_len=64", "max_batches=1"],
-                              cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert run_job(tmp_path, "seq_len=64", "max_batches=1")["status"] == "ok"
     runs = pd.read_parquet(tmp_path / "results" / "table=runs")
     assert len(runs) == 2 and runs["run_id"].is_unique and runs["config_hash"].nunique() == 1
     assert len(list((tmp_path / "results" / "table=runs").rglob("part-*.parquet"))) == 2

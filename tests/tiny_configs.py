@@ -117,7 +117,10 @@ _PER_TYPE: dict[str, dict] = {
     "deepseek_v4": dict(q_lora_rank=32, o_groups=2, o_lora_rank=16, **_INDEXER, hc_mult=2, hc_sinkhorn_iters=3),
     # product-key experts: E must be a perfect square (num_keys = sqrt(E))
     "doge": dict(is_moe=True, num_experts=16, keep_window_size=8),
-    "dots3_note_text": dict(**_MLA, **_INDEXER),
+    # its sliding-window layers take their own attention sizes (swa_*, 64 heads of 256 by default: 77M parameters)
+    "dots3_note_text": dict(**_MLA, **_INDEXER, swa_num_attention_heads=4, swa_num_key_value_heads=4,
+                            swa_q_lora_rank=32, swa_kv_lora_rank=16, swa_head_dim=16, swa_qk_nope_head_dim=8,
+                            swa_v_head_dim=16),
     "gemma4_text": dict(enable_moe_block=True, vocab_size_per_layer_input=128, hidden_size_per_layer_input=16),
     "glm4_moe_lite": dict(**_MLA),
     "glm_moe_dsa": dict(**_MLA, **_INDEXER),
