@@ -2,6 +2,7 @@
 routing, exact FLOPs, latency and memory per MoE layer."""
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -384,12 +385,13 @@ class MOEProfiler:
         MoE layer, under the current phase.
 
         Attribution uses hooks on each layer's own modules, so it holds however the model is called. Under
-        torch.compile, compiled code does not run inside an active dispatch mode: dynamo runs the frames eagerly
-        while the counter is on (and the profiler's hooks with them), so the count is exact and the forward runs
-        as eager code, slower; compiled code is used again once the block exits (its caches are kept)."""
+        torch.compile: FlopCounterMode is a dispatch mode, and dynamo does not compile under one (it skips the frames,
+        and with fullgraph=True raises instead). So inside this block compiled models run eagerly, by
+        torch.compiler.set_stance("force_eager"): the forward never breaks, the count is exact (the code that runs is
+        the model's own), and it is slower; compiled code is used again after the block (its caches are kept)."""
         handles = []
         measured = self._measured.setdefault(self._phase, [0] * len(self.layers))
-        with count_flops() as counter:
+        with count_flops() as counter, _force_eager():
             for layer in self.layers:
                 for module in layer.measured_modules():
                     handles += self._flop_hooks(counter, measured, layer.position, module)
@@ -605,6 +607,12 @@ def _optimized_module_type() -> type:
     return OptimizedModule
 
 
+def _force_eager():
+    """Compiled functions run as plain Python (torch >= 2.6 has set_stance; older: dynamo skips under the mode)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 def _layer_device(layer: MoELayer) -> torch.device:
     """Where a layer's routing lives: its router's (or block's) first parameter."""
     for module in (layer.router, layer.block):
@@ -617,8 +625,6 @@ def _layer_device(layer: MoELayer) -> torch.device:
 def _has_compiled_code(model: nn.Module, layers: list[MoELayer]) -> bool:
     """Whether dynamo holds compiled code for the module calls of this model (torch.compile(model), model.compile(),
     generate's compiled step): the frames it compiles are nn.Module's call wrappers and the models' forwards."""
-    if getattr(model, "_compiled_call_impl", None) is not None or getattr(model, "_compiled_call", None) is not None:
-        return True
     try:
         from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     except ImportError:  # pragma: no cover - private API; without it, attach-after-compile is the user's to avoid
