@@ -106,12 +106,14 @@ class MOEProfiler:
             if self.timer is not None:
                 self._handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
                 self._handles.append(layer.block.register_forward_hook(self._timer_stop(layer)))
-        if _has_compiled_code(self.model, self.layers):
-            warnings.warn(
-                "MOEProfiler attached to a model that already has torch.compile'd code: compiled code does not see "
-                "hooks added after it was traced, so dynamo's caches were reset (every compiled function recompiles on "
-                "its next call). Attach the profiler before compiling to avoid this.", stacklevel=2)
-            torch._dynamo.reset()
+        if torch._dynamo.config.skip_nnmodule_hook_guards:  # code compiled so far ignores hooks added or removed
+            if _has_compiled_code(self.model, self.layers):
+                warnings.warn(
+                    "MOEProfiler attached to a model that already has torch.compile'd code, compiled without guards on "
+                    "hooks (it would run without the profiler's): dynamo's caches were reset, every compiled function "
+                    "recompiles on its next call. Attach the profiler before compiling to avoid this.", stacklevel=2)
+                torch._dynamo.reset()
+            _guard_hooks()
         self.reset_memory_peaks()
         return self
 
@@ -605,6 +607,15 @@ def _optimized_module_type() -> type:
     from torch._dynamo.eval_frame import OptimizedModule
 
     return OptimizedModule
+
+
+def _guard_hooks() -> None:
+    """Make code compiled from now on guard on nn.Module hooks (dynamo skips those guards by default). Without
+    them, compiled code is shared by every instance of a module class whatever its hooks: a model compiled before
+    (or a twin of it) would run the profiled one without its hooks, silently counting nothing, and removing hooks
+    would not stop them. With them, adding or removing hooks re-traces once. The guards only add checks (a process
+    setting, left on: nothing that was right becomes wrong)."""
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
 
 
 def _force_eager():

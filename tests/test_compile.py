@@ -163,13 +163,19 @@ def test_inductor_kneedle_equals_eager():
 
 # -- attach / detach around compiled code ------------------------------------------------------------------------
 
-def test_attach_after_compile_counts_exactly_and_detach_stops_recording():
+@pytest.mark.parametrize("hook_guards", [False, True], ids=["fresh-process", "hook-guards-on"])
+def test_attach_after_compile_counts_exactly_and_detach_stops_recording(hook_guards):
+    """fresh-process: code compiled before any profiler ignores hooks: attaching resets dynamo (warning).
+    hook-guards-on: code compiled once a profiler turned hook guards on re-traces by itself (no reset)."""
     model, x = tiny("olmoe"), inputs()
-    compiled = torch.compile(model, backend=BACKEND)
-    with torch.no_grad():
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=not hook_guards), torch.no_grad():
+        compiled = torch.compile(model, backend=BACKEND)
         bare = compiled(input_ids=x).logits
-        with pytest.warns(UserWarning, match="already has torch.compile'd code"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             p = MOEProfiler(model, verbose=False)
+        reset = [w for w in caught if "already has torch.compile'd code" in str(w.message)]
+        assert len(reset) == (0 if hook_guards else 1)
         compiled(input_ids=x)
         assert p.layers_df()["tokens"].tolist() == [16, 16]  # not zero: re-traced with the hooks
         p.set_selector("kneedle", k_max=4)
@@ -180,6 +186,16 @@ def test_attach_after_compile_counts_exactly_and_detach_stops_recording():
         after = compiled(input_ids=x).logits
     assert p.layers_df()["tokens"].tolist() == [32, 32]  # the detached hooks do not run in the compiled graph
     torch.testing.assert_close(after, bare, rtol=0, atol=0)  # nor does the selector
+
+
+def test_a_profiled_twin_does_not_reuse_a_bare_twins_compiled_code():
+    """Two instances of one class share compiled code unless hooks are guarded: the profiled one must re-trace."""
+    bare_model, profiled_model, x = tiny("olmoe"), tiny("olmoe"), inputs()
+    p = profile(profiled_model)  # before anything is compiled
+    with torch.no_grad():
+        torch.compile(bare_model, backend=BACKEND)(input_ids=x)
+        torch.compile(profiled_model, backend=BACKEND)(input_ids=x)
+    assert p.layers_df()["tokens"].tolist() == [16, 16]
 
 
 def test_compiled_wrapper_can_be_profiled():
