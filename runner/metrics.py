@@ -116,7 +116,13 @@ class LayerAccumulators(nn.Module):
         """Host copies shaped [L, P, ...] (the one sync)."""
         L, P, W = len(self.positions), self.phases, self.width
         shapes = dict(counts=W, gate_mass=W, importance=W, k_hist=W + 1, sums=len(SUMS))
-        return {name: getattr(self, name).cpu().numpy().reshape(L, P, size) for name, size in shapes.items()}
+        out = {}
+        for name, size in shapes.items():
+            buffer = getattr(self, name)
+            if buffer.is_meta:  # a model built on the meta device records nothing
+                buffer = torch.zeros(buffer.shape, dtype=buffer.dtype)
+            out[name] = buffer.cpu().numpy().reshape(L, P, size)
+        return out
 
 
 class RoutingRecorder:
