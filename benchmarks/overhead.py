@@ -26,6 +26,19 @@ whole forward and for the MoE blocks alone, and
 (recorder.buffer_bytes and the torch.cuda.memory_allocated delta; through recorder.record with random routing,
 and on CUDA through the model as well).
 
+Compiled variants (``--compiled``, default: on for CUDA, off for CPU / ``--smoke``, where inductor is slow): bare,
+routing and kneedle, each on its own module tree over the same weights (so hooks and compiled code never mix), in
+two more phases:
+
+  compiled_prefill  torch.compile(model) (default mode), the prefill forward above; compiled untimed first
+  static_decode     model.generate(prompt, cache_implementation="static", do_sample=False): transformers compiles
+                    the decode step (mode "reduce-overhead": CUDA graphs). ms/token = (t(N new tokens) -
+                    t(M new tokens)) / (N - M), both with the same static cache size (a stopping criterion ends the
+                    short run), so the prompt and compile warm-up (done untimed first) cancel out
+
+Both interleave their rounds like the eager ones, report ratios to the compiled bare of the same run, and check
+that the profiler counted exactly the tokens that ran (``counts_exact``).
+
 Writes ``<out>/overhead.json`` (everything) and ``<out>/overhead.parquet`` (one row per variant x phase),
 each atomically, and prints a table of ratios to bare.
 """
@@ -87,6 +100,8 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "bare_eager": (None, "eager"),
 }
 PHASES = ("prefill", "decode")
+COMPILED_VARIANTS = ("bare", "routing", "kneedle")
+COMPILED_PHASES = ("compiled_prefill", "static_decode")
 # (variant, phase) -> maximal ratio to bare, from the issue
 TARGETS = {("routing", "prefill"): 1.02, ("routing", "decode"): 1.05, ("kneedle", "prefill"): 1.10}
 MEMORY_TOKENS = (1_000, 100_000)
@@ -273,9 +288,119 @@ def run_timing(model, work: Workload, variants: list[str], rounds: int, warmup_r
     return samples, extras
 
 
-def summarise(samples, extras, variants: list[str], meta: dict[str, Any]) -> pd.DataFrame:
+# -- compiled: torch.compile prefill and static-cache generate -----------------------------------------------------
+
+def _twin(model):
+    """Another module tree over the same parameters and buffers: each variant hooks and compiles its own tree."""
+    import copy
+
+    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, shared)
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Several trees of one class compile the same code objects: keep dynamo from falling back to eager."""
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+
+
+class StaticGenerate:
+    """Greedy static-cache generate of `max_new` tokens after the decode prompt; `stop_at` ends it earlier with the
+    same cache size (so the same compiled step and CUDA graphs serve both lengths)."""
+
+    def __init__(self, work: "Workload", max_new: int):
+        self.work, self.max_new = work, max_new
+
+    def __call__(self, model, new_tokens: int):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        prompt = self.work.prompt_ids
+        length = prompt.shape[1] + new_tokens
+
+        class StopAt(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), input_ids.shape[1] >= length, dtype=torch.bool,
+                                  device=input_ids.device)
+
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=self.max_new,
+                             min_new_tokens=self.max_new, do_sample=False, cache_implementation="static",
+                             stopping_criteria=StoppingCriteriaList([StopAt()]), pad_token_id=0)
+        return out.shape[1] - prompt.shape[1]  # new tokens really generated
+
+
+def run_compiled(model, work: Workload, variants: list[str], rounds: int, warmup_rounds: int, short: int,
+                 log=print):
+    """Compiled prefill and static-cache decode per variant; samples[(variant, phase)] in ms (/forward, /token)."""
+    _raise_recompile_limit()
+    generate = StaticGenerate(work, work.decode_tokens + short)
+    long_ = generate.max_new
+    prefill_tokens = work.prefill_ids.numel() * work.prefill_iters
+    prompt = work.prompt_ids.shape[1]
+    twins = {v: _twin(model) for v in variants}
+    profilers = {v: make_profiler(twins[v], v) for v in variants}  # attached before compiling
+    compiled = {v: torch.compile(twins[v]) for v in variants}
+    samples = {(v, p): [] for v in variants for p in COMPILED_PHASES}
+    extras: dict[tuple[str, str], list[dict[str, Any]]] = {(v, p): [] for v in variants for p in COMPILED_PHASES}
+    device = work.device
+    try:
+        with torch.no_grad():
+            for v in variants:  # compile (prefill graph, decode step + CUDA graphs) outside the timed rounds
+                t = time.perf_counter()
+                for _ in range(2):
+                    compiled[v](input_ids=work.prefill_ids, use_cache=False, logits_to_keep=1)
+                for n in (long_, short, long_):
+                    generate(twins[v], n)
+                _sync(device)
+                log(f"  compiled {v}: warm-up (compile + CUDA-graph capture) {time.perf_counter() - t:.1f} s")
+            for r in range(warmup_rounds + rounds):
+                order = variants if r % 2 == 0 else variants[::-1]
+                for v in order:
+                    profiler = profilers[v]
+                    if profiler is not None:
+                        profiler.reset()
+                    ms = _timed_ms(lambda: [compiled[v](input_ids=work.prefill_ids, use_cache=False, logits_to_keep=1)
+                                            for _ in range(work.prefill_iters)], device) / work.prefill_iters
+                    stats = _compiled_stats(profiler, prefill_tokens)
+                    if profiler is not None:
+                        profiler.reset()
+                    made: list[int] = []
+                    t_long = _timed_ms(lambda: made.append(generate(twins[v], long_)), device)
+                    t_short = _timed_ms(lambda: made.append(generate(twins[v], short)), device)
+                    ms_tok = (t_long - t_short) / (long_ - short)
+                    # forwards: the prompt once per run, then one token per new token but the last
+                    stats_dec = _compiled_stats(profiler, sum(prompt + n - 1 for n in made))
+                    stats_dec["generated"] = made
+                    if r >= warmup_rounds:
+                        samples[(v, "compiled_prefill")].append(ms)
+                        samples[(v, "static_decode")].append(ms_tok)
+                        extras[(v, "compiled_prefill")].append(stats)
+                        extras[(v, "static_decode")].append(stats_dec)
+                log(f"  compiled round {r + 1}/{warmup_rounds + rounds}" + (": warm-up, dropped" if r < warmup_rounds else
+                    " (ms prefill/forward, static decode/token): " + ", ".join(
+                        f"{v} {samples[(v, 'compiled_prefill')][-1]:.2f}/{samples[(v, 'static_decode')][-1]:.3f}"
+                        for v in variants)))
+    finally:
+        for profiler in profilers.values():
+            if profiler is not None:
+                profiler.detach()
+        torch._dynamo.reset()  # the twins' compiled code and CUDA graphs go with them
+    return samples, extras
+
+
+def _compiled_stats(profiler, expected_tokens: int) -> dict[str, Any]:
+    """k_mean and whether every layer counted exactly the tokens that ran (no silent zeros under compile)."""
+    if profiler is None:
+        return {}
+    df = profiler.layers_df()
+    tokens = df.groupby("layer")["tokens"].sum()
+    return dict(k_mean=float(df["k_mean"].mean()), counts_exact=bool((tokens == expected_tokens).all()),
+                tokens_counted=int(tokens.min()), tokens_expected=int(expected_tokens))
+
+
+def summarise(samples, extras, variants: list[str], meta: dict[str, Any], phases=PHASES) -> pd.DataFrame:
     rows = []
-    for phase in PHASES:
+    for phase in phases:
         bare = statistics.median(samples[("bare", phase)])
         for variant in variants:
             s = samples[(variant, phase)]
@@ -286,7 +411,7 @@ def summarise(samples, extras, variants: list[str], meta: dict[str, Any]) -> pd.
             k_means = [e["k_mean"] for e in ex if "k_mean" in e and math.isfinite(e["k_mean"])]
             lat = [e["moe_latency_ms_p50_sum"] for e in ex if "moe_latency_ms_p50_sum" in e]
             rows.append(dict(
-                variant=variant, phase=phase, unit="ms/forward" if phase == "prefill" else "ms/token",
+                variant=variant, phase=phase, unit="ms/forward" if phase.endswith("prefill") else "ms/token",
                 experts_implementation=VARIANTS[variant][1], profiled=VARIANTS[variant][0] is not None,
                 median_ms=median, mean_ms=statistics.fmean(s), min_ms=min(s), max_ms=max(s),
                 iqr_ms=float(np.subtract(*np.percentile(s, [75, 25]))), n=len(s), ratio_to_bare=ratio,
@@ -294,6 +419,7 @@ def summarise(samples, extras, variants: list[str], meta: dict[str, Any]) -> pd.
                 faster_than_bare=bool(ratio < 1.0) if variant != "bare" else None,
                 k_mean=statistics.fmean(k_means) if k_means else None,
                 moe_latency_ms_p50_sum=statistics.median(lat) if lat else None,
+                counts_exact=all(e["counts_exact"] for e in ex) if any("counts_exact" in e for e in ex) else None,
                 samples_ms=list(s), **meta,
             ))
     return pd.DataFrame(rows)
@@ -471,6 +597,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default 0; smoke 1: a tiny model gains nothing from more, and busy-waiting OpenMP threads on "
                    "shared cores can slow it 100x)")
     p.add_argument("--no-sync-check", action="store_true", help="skip the set_sync_debug_mode check")
+    p.add_argument("--compiled", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile prefill and static-cache generate variants (auto: on CUDA only)")
+    p.add_argument("--static-short", type=int, default=8,
+                   help="new tokens of the short static-cache generate that is subtracted (default 8)")
+    p.add_argument("--layers", type=int, help="num_hidden_layers override (a quicker full-width run)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)} (bare is always included)")
     p.add_argument("--out", default="outputs/benchmarks", help="directory for overhead.json / overhead.parquet")
@@ -490,7 +621,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    lines = [f"{'variant':<11} {'phase':<8} {'median':>12} {'ratio':>7} {'target':>7}  note"]
+    lines = [f"{'variant':<11} {'phase':<16} {'median':>12} {'ratio':>7} {'target':>7}  note"]
     for row in df.itertuples():
         note = []
         if row.target_ratio is not None and not pd.isna(row.target_ratio):
@@ -502,7 +633,7 @@ def format_table(df: pd.DataFrame) -> str:
         if row.moe_latency_ms_p50_sum is not None and not pd.isna(row.moe_latency_ms_p50_sum):
             note.append(f"sum of MoE-block p50 {row.moe_latency_ms_p50_sum:.3f} ms")
         target = "" if row.target_ratio is None or pd.isna(row.target_ratio) else f"{row.target_ratio:.2f}"
-        lines.append(f"{row.variant:<11} {row.phase:<8} {row.median_ms:>8.3f} {row.unit[3:]:<3} "
+        lines.append(f"{row.variant:<11} {row.phase:<16} {row.median_ms:>8.3f} {row.unit[3:]:<3} "
                      f"{row.ratio_to_bare:>6.3f}x {target:>7}  {'; '.join(note)}")
     return "\n".join(lines)
 
@@ -529,7 +660,9 @@ def _main(args: argparse.Namespace) -> dict[str, Any]:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    config_kwargs = TINY_OLMOE if args.smoke else OLMOE_1B_7B
+    config_kwargs = dict(TINY_OLMOE if args.smoke else OLMOE_1B_7B)
+    if args.layers:
+        config_kwargs["num_hidden_layers"] = args.layers
     meta = dict(
         mode="smoke" if args.smoke else "full", device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -550,6 +683,18 @@ def _main(args: argparse.Namespace) -> dict[str, Any]:
 
     samples, extras = run_timing(model, work, variants, args.reps, args.warmup)
     df = summarise(samples, extras, variants, meta)
+    compiled_on = args.compiled == "on" or (args.compiled == "auto" and device.type == "cuda")
+    if compiled_on:
+        compiled_variants = [v for v in COMPILED_VARIANTS if v in variants]
+        print(f"compiled variants ({', '.join(compiled_variants)}): torch.compile prefill, static-cache generate "
+              f"decode ({args.decode_tokens + args.static_short} - {args.static_short} new tokens)")
+        c_samples, c_extras = run_compiled(model, work, compiled_variants, args.reps, args.warmup, args.static_short)
+        df = pd.concat([df, summarise(c_samples, c_extras, compiled_variants, meta, COMPILED_PHASES)],
+                       ignore_index=True)
+        compiled_note = None
+    else:
+        compiled_note = (f"compiled/static-cache variants skipped (--compiled {args.compiled} on {device.type}: "
+                         f"inductor compiles are slow on CPU; pass --compiled on to include them)")
 
     sync = dict(checked=False, reason="--no-sync-check") if args.no_sync_check else sync_check(model, work, variants, device)
     via_model = args.memory_via_model == "on" or (args.memory_via_model == "auto" and device.type == "cuda")
@@ -575,7 +720,8 @@ def _main(args: argparse.Namespace) -> dict[str, Any]:
         meta=meta, config=dict(model=config_kwargs, **{k: v for k, v in vars(args).items() if k not in ("variant_list", "variants")},
                                variants=variants, params=n_params),
         results=df.to_dict(orient="records"), targets=targets, experts_implementation=experts, kneedle=kneedle,
-        sync_check=sync, memory_check=memory, wall_s=time.perf_counter() - t0,
+        sync_check=sync, memory_check=memory, compiled=dict(run=compiled_on, note=compiled_note),
+        wall_s=time.perf_counter() - t0,
     )
 
     out = Path(args.out)
@@ -588,6 +734,12 @@ def _main(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print(format_table(df))
     print()
+    if compiled_note:
+        print(compiled_note)
+    elif df["counts_exact"].notna().any():
+        exact = df[df["counts_exact"].notna()]
+        print("compiled: profiler counted exactly the tokens that ran: " + ", ".join(
+            f"{r.variant}/{r.phase} {'yes' if r.counts_exact else 'NO'}" for r in exact.itertuples()))
     if "bare_eager" in variants:
         print(f"experts_implementation: eager / grouped_mm bare prefill = {experts['eager_over_grouped_mm']:.3f}x")
     if sync.get("checked"):

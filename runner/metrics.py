@@ -1,9 +1,15 @@
-"""Routing metrics: fixed-size on-device accumulators, filled in bulk, read once when a frame is asked for.
+"""Routing metrics: fixed-size accumulators, registered buffers on each layer's device, updated in place.
 
-Hot path: a router hook keeps a reference to the raw routing of one call (logits, indices, weights): no
-kernel, no host sync. Every `capacity` tokens, or when a frame is requested, all layers are reduced
-together in a handful of kernels. Memory is bounded: at most `capacity` tokens of pending routing plus
-O(E) accumulators per layer, whatever the number of tokens seen.
+Two ways in, one set of accumulators:
+  * traced (torch.compile) or captured (CUDA graphs): the hook reduces the call's routing at once with in-place
+    tensor ops into the buffers (`index_add_`). No Python state changes, no reference to the router's outputs is
+    kept, shapes are static: dynamo traces it without a graph break and CUDA graphs replay it (buffers are
+    marked static, so inductor keeps cudagraphs on).
+  * eager: the hook copies the call's routing into a preallocated staging buffer (a copy, never a reference, so a
+    tensor from a CUDA-graph pool can be overwritten afterwards without harm); every `capacity` tokens, or when a
+    frame is asked for, the staged routing of all layers is reduced in a handful of kernels.
+Memory is fixed: staging for `capacity` tokens plus O(E) accumulators per layer and phase, whatever the tokens seen.
+Token counts live on the device too (the k histogram sums to them): Python reads the buffers only for a frame.
 
 Definitions (p = the router's distribution over experts for one token, in fp32; S = the selected set):
   router_entropy   H(p) / ln E, averaged over tokens            (H in nats; 1 = uniform router)
@@ -28,6 +34,7 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 SUMS = ("entropy", "top1", "margin", "selected_mass")
 
@@ -44,140 +51,244 @@ def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
     raise ValueError(f"unknown scoring {scoring!r}")
 
 
-class RoutingRecorder:
-    """Per-layer routing statistics of `num_layers` MoE layers, accumulated on one device.
+def _capturing() -> bool:
+    """True while a CUDA graph is being captured on the current stream (hooks run once, at capture)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
-    The hot path launches no kernel: `record()` keeps a reference to the router's own output tensors. When the
-    first MoE layer of a forward would take a layer past `capacity` pending tokens, every layer's pending routing
-    is concatenated and reduced at once (a fixed handful of kernels for the whole model). Memory is bounded by
-    `capacity` tokens of pending routing (or one forward, if larger) plus O(E) accumulators per layer.
+
+class LayerAccumulators(nn.Module):
+    """Accumulators of the MoE layers that share one device and router width, as flat registered buffers.
+
+    Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
+    k_hist W + 1, sums 4. The current phase is a device scalar (`phase`), so switching phases changes no Python
+    state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
-    def __init__(self, num_layers: int, router_width: int, num_experts: list[int], scoring: str,
-                 capacity: int | None = None):
-        self.num_layers = num_layers
-        self.router_width = router_width
-        self.num_experts = num_experts  # real (computing) experts per layer; indices >= this are not computed
-        self.scoring = scoring
-        self.capacity = capacity or 8192
-        self.tokens = [0] * num_layers  # host-side: known from shapes, no sync
-        self._pending: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_layers)]
-        self._pending_tokens = [0] * num_layers
-        self.acc: dict[str, torch.Tensor] | None = None
-
-    def _allocate(self, logits: torch.Tensor) -> None:
-        device = logits.device
-        self.router_width = logits.shape[-1]  # what the router scores (may differ from its weight's rows)
-        L, E = self.num_layers, self.router_width
+    def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device):
+        super().__init__()
+        self.positions, self.width, self.phases = positions, width, phases
+        L, W, P = len(positions), width, phases
         with torch.inference_mode(False):  # normal tensors, updatable in and out of inference mode
-            if len(set(self.num_experts)) == 1:  # a fill kernel, not a host-to-device copy (no sync)
-                self._real = torch.full((L, 1, 1), self.num_experts[0], dtype=torch.int64, device=device)
-            else:
-                self._real = torch.tensor(self.num_experts, device=device).view(L, 1, 1)
-            f64 = dict(dtype=torch.float64, device=device)
-            self.acc = {
-                "counts": torch.zeros(L, E, dtype=torch.int64, device=device),
-                "gate_mass": torch.zeros(L, E, **f64),
-                "importance": torch.zeros(L, E, **f64),
-                "k_hist": torch.zeros(L, E + 1, dtype=torch.int64, device=device),
-                "sums": torch.zeros(L, len(SUMS), **f64),
-            }
+            i64, f64 = dict(dtype=torch.int64, device=device), dict(dtype=torch.float64, device=device)
+            self.register_buffer("counts", torch.zeros(L * P * W, **i64))
+            self.register_buffer("gate_mass", torch.zeros(L * P * W, **f64))
+            self.register_buffer("importance", torch.zeros(L * P * W, **f64))
+            self.register_buffer("k_hist", torch.zeros(L * P * (W + 1), **i64))
+            self.register_buffer("sums", torch.zeros(L * P * len(SUMS), **f64))
+            self.register_buffer("phase", torch.zeros((), **i64))
+            self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
+            self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
+            self.register_buffer("columns", torch.arange(max(W, len(SUMS)), **i64))
+        for buffer in self.buffers():
+            # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
+            torch._dynamo.mark_static_address(buffer)
 
-    # -- hot path --------------------------------------------------------------------------------
-    def record(self, layer: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:
-        if logits.requires_grad:
-            logits, weight = logits.detach(), weight.detach()
-        tokens = index.numel() // index.shape[-1]
-        if layer == 0 and self._pending_tokens[0] and self._pending_tokens[0] + tokens > self.capacity:
-            self.flush()
-        pending = self._pending[layer]
-        if pending and pending[-1][1].shape[-1] != index.shape[-1]:  # top-k changed mid-stream
-            self.flush()
-        pending.append((logits, index, weight))
-        self._pending_tokens[layer] += tokens
-        self.tokens[layer] += tokens
-
-    # -- bulk reduction --------------------------------------------------------------------------
     @torch.no_grad()
-    def flush(self) -> None:
-        if not any(self._pending_tokens):
-            return
-        first = next(p for p in self._pending if p)[0][0]
-        if self.acc is None:
-            self._allocate(first)
-        E = self.router_width
-        counts = self._pending_tokens
-        widths = {entry[1].shape[-1] for layer in self._pending for entry in layer}
-        if len(set(counts)) == 1 and len(widths) == 1:
-            n = counts[0]
-            flat = [entry for layer in self._pending for entry in layer]
-            logits = torch.cat([e[0].reshape(-1, E) for e in flat]).view(self.num_layers, n, E)
-            index = torch.cat([e[1].reshape(-1, e[1].shape[-1]) for e in flat]).view(self.num_layers, n, -1)
-            weight = torch.cat([e[2].reshape(-1, e[2].shape[-1]) for e in flat]).view(self.num_layers, n, -1)
-            self._reduce(logits, index, weight, list(range(self.num_layers)))
-        else:
-            for layer, entries in enumerate(self._pending):
-                if entries:
-                    logits = torch.cat([e[0].reshape(-1, E) for e in entries]).unsqueeze(0)
-                    index = torch.cat([e[1].reshape(-1, e[1].shape[-1]) for e in entries]).unsqueeze(0)
-                    weight = torch.cat([e[2].reshape(-1, e[2].shape[-1]) for e in entries]).unsqueeze(0)
-                    self._reduce(logits, index, weight, [layer])
-        self._pending = [[] for _ in range(self.num_layers)]
-        self._pending_tokens = [0] * self.num_layers
-
-    def _reduce(self, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, layers: list[int]) -> None:
-        """Accumulate [L', n, E] logits and [L', n, slots] routing into the accumulators of `layers`."""
-        acc = self.acc
-        rows = layers if len(layers) != self.num_layers else slice(None)
-        real = self._real[rows]
-        probs = router_probs(logits, self.scoring)  # [L', n, E]
-        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-        if probs.shape[-1] >= 2:
+    def accumulate(self, rows: slice, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                   scoring: str) -> None:
+        """Add [L', n, w] logits and [L', n, slots] routing of rows `rows` to the current phase, in place."""
+        W, w = self.width, logits.shape[-1]
+        probs = router_probs(logits, scoring)  # [L', n, w] fp32
+        entropy = torch.special.entr(probs).sum(-1)
+        if w >= 2:
             top2 = probs.topk(2, dim=-1).values
             top1, margin = top2[..., 0], top2[..., 0] - top2[..., 1]
         else:
             top1, margin = probs[..., 0], torch.zeros_like(probs[..., 0])
-        index = index.long()
-        valid = (index >= 0) & (index < real)
-        safe = index.clamp(0, self.router_width - 1)
+        valid = (index >= 0) & (index < self.real[rows])
+        safe = index.clamp(0, w - 1).long()
         selected_mass = (probs.gather(-1, safe) * valid).sum(-1)
         k = valid.sum(-1)  # [L', n]
-        flat = safe.flatten(1)
-        sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).double().sum(1)  # fp64: order-independent
-        importance = probs.double().sum(1)
-        if isinstance(rows, slice):
-            acc["counts"].scatter_add_(1, flat, valid.flatten(1).long())
-            acc["gate_mass"].scatter_add_(1, flat, (weight.double() * valid).flatten(1))
-            acc["k_hist"].scatter_add_(1, k, torch.ones_like(k))
-            acc["importance"] += importance
-            acc["sums"] += sums
-        else:
-            (layer,) = rows
-            acc["counts"][layer].scatter_add_(0, flat[0], valid.flatten(1)[0].long())
-            acc["gate_mass"][layer].scatter_add_(0, flat[0], (weight.double() * valid).flatten(1)[0])
-            acc["k_hist"][layer].scatter_add_(0, k[0], torch.ones_like(k[0]))
-            acc["importance"][layer] += importance[0]
-            acc["sums"][layer] += sums[0]
+        slot = self.row_slots[rows] + self.phase  # [L']
+        # fp64 sums: order-independent, so eager and compiled runs agree to rounding
+        sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).sum(1, dtype=torch.float64)
+        expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
+        self.counts.index_add_(0, expert_at, valid.flatten().long())
+        self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
+        self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
+        columns = self.columns[:w]
+        self.importance.index_add_(0, ((slot * W).view(-1, 1) + columns).flatten(),
+                                   probs.sum(1, dtype=torch.float64).flatten())
+        self.sums.index_add_(0, ((slot * len(SUMS)).view(-1, 1) + self.columns[: len(SUMS)]).flatten(),
+                             sums.flatten())
+
+    def read(self) -> dict[str, np.ndarray]:
+        """Host copies shaped [L, P, ...] (the one sync)."""
+        L, P, W = len(self.positions), self.phases, self.width
+        shapes = dict(counts=W, gate_mass=W, importance=W, k_hist=W + 1, sums=len(SUMS))
+        out = {}
+        for name, size in shapes.items():
+            buffer = getattr(self, name)
+            if buffer.is_meta:  # a model built on the meta device records nothing
+                buffer = torch.zeros(buffer.shape, dtype=buffer.dtype)
+            out[name] = buffer.cpu().numpy().reshape(L, P, size)
+        return out
+
+
+class RoutingRecorder:
+    """Per-layer, per-phase routing statistics of `num_layers` MoE layers (see the module docstring).
+
+    router_width: the router's output width per layer (or one for all); num_experts: real (computing) experts per
+    layer, indices >= this are not counted; devices: each layer's device (default CPU); phases: labels known up
+    front (more can be added with set_phase, which reallocates the accumulators once).
+    """
+
+    def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: str,
+                 capacity: int | None = None, devices: list[torch.device] | None = None,
+                 phases: tuple[str, ...] = ("prefill", "decode")):
+        self.num_layers = num_layers
+        widths = router_width if isinstance(router_width, (list, tuple)) else [router_width] * num_layers
+        # a router may score more or fewer columns than its weight has rows (zero-compute experts, MLP routers)
+        self.widths = [max(int(w), int(e)) for w, e in zip(widths, num_experts)]
+        self.router_width = max(self.widths)
+        self.num_experts = list(num_experts)
+        self.scoring = scoring
+        self.capacity = capacity or 8192
+        self.devices = [torch.device(d) for d in (devices or ["cpu"] * num_layers)]
+        self.phases = list(phases)
+        self._phase = 0
+        self._allocate()
+
+    def _allocate(self) -> None:
+        keyed: dict[tuple[str, int], list[int]] = {}
+        for position, (device, width) in enumerate(zip(self.devices, self.widths)):
+            keyed.setdefault((str(device), width), []).append(position)
+        old = getattr(self, "groups", None)
+        self.groups = [LayerAccumulators(positions, width, [self.num_experts[p] for p in positions], len(self.phases),
+                                         self.devices[positions[0]]) for (_, width), positions in keyed.items()]
+        self._where = {p: (group, row) for group in self.groups for row, p in enumerate(group.positions)}
+        if old is not None:  # more phases: carry what was recorded over
+            for before, after in zip(old, self.groups):
+                for name, now in before.read().items():
+                    padded = np.zeros((now.shape[0], len(self.phases), now.shape[2]), dtype=now.dtype)
+                    padded[:, : now.shape[1]] = now
+                    getattr(after, name).copy_(torch.from_numpy(padded.reshape(-1)))
+        for group in self.groups:
+            group.phase.fill_(self._phase)
+        self._stage: dict[int, list[torch.Tensor]] = {}  # id(group) -> [logits, index, weight], [L, capacity, .]
+        self._fill = [0] * self.num_layers  # staged tokens per layer (eager only)
+
+    # -- phases ----------------------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        return self.phases[self._phase]
+
+    def set_phase(self, name: str) -> None:
+        """Label what is recorded from now on. Known phases: a device fill, nothing compiled code reads changes.
+        A new name reallocates the accumulators once (compiled code re-traces once)."""
+        if name == self.phase:
+            return
+        self.flush()  # staged tokens belong to the phase they ran in
+        if name not in self.phases:
+            self.phases.append(name)
+            self._phase = len(self.phases) - 1
+            self._allocate()
+            return
+        self._phase = self.phases.index(name)
+        for group in self.groups:
+            group.phase.fill_(self._phase)
+
+    # -- hot path --------------------------------------------------------------------------------
+    def record(self, layer: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> None:
+        group, row = self._where[layer]
+        width, slots = logits.shape[-1], index.shape[-1]
+        if width > group.width:
+            raise ValueError(f"MoE layer {layer}: the router scored {width} experts, more than the {group.width} "
+                             f"the profiler allocated for")
+        logits, index, weight = logits.detach().reshape(1, -1, width), index.reshape(1, -1, slots), \
+            weight.detach().reshape(1, -1, slots)
+        if torch.compiler.is_compiling() or _capturing():
+            # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
+            group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring)
+            return
+        tokens = logits.shape[1]
+        stage = self._stage.get(id(group))
+        if (stage is None or stage[0].shape[-1] != width or stage[1].shape[-1] != slots
+                or stage[0].device != logits.device):
+            self.flush()
+            stage = self._stage[id(group)] = self._staging(group, logits, index, weight)
+        elif self._fill[layer] + tokens > self.capacity:
+            self.flush()
+        if tokens > self.capacity:  # one call larger than the staging buffer: reduce it directly
+            group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring)
+            return
+        start = self._fill[layer]
+        for staged, value in zip(stage, (logits[0], index[0], weight[0])):
+            staged[row, start: start + tokens].copy_(value)
+        self._fill[layer] = start + tokens
+
+    def _staging(self, group: LayerAccumulators, logits, index, weight) -> list[torch.Tensor]:
+        rows, device = len(group.positions), logits.device
+        with torch.inference_mode(False):
+            return [torch.empty(rows, self.capacity, t.shape[-1], dtype=t.dtype, device=device)
+                    for t in (logits, index, weight)]
+
+    # -- bulk reduction --------------------------------------------------------------------------
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Reduce every staged token into the accumulators (all layers of a group at once when they are level)."""
+        if not any(self._fill):
+            return
+        for group in self.groups:
+            stage = self._stage.get(id(group))
+            fills = [self._fill[p] for p in group.positions]
+            if stage is None or not any(fills):
+                continue
+            if len(set(fills)) == 1:
+                n = fills[0]
+                group.accumulate(slice(None), *(t[:, :n] for t in stage), self.scoring)
+            else:  # layers called unequally often (looped layers, partial forwards)
+                for row, n in enumerate(fills):
+                    if n:
+                        group.accumulate(slice(row, row + 1), *(t[row: row + 1, :n] for t in stage), self.scoring)
+            for p in group.positions:
+                self._fill[p] = 0
 
     # -- read-out --------------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, np.ndarray] | None:
-        """Host copies of all accumulators (the one sync)."""
+    def snapshot(self, phase: str | None = None) -> dict[str, np.ndarray]:
+        """Host copies of the accumulators, [L, ...] per layer: one phase, or summed over phases (the one sync)."""
         self.flush()
-        if self.acc is None:
-            return None
-        return {name: t.cpu().numpy() for name, t in self.acc.items()}
+        out: dict[str, np.ndarray] = {}
+        for group in self.groups:
+            for name, values in group.read().items():
+                if name not in out:
+                    out[name] = np.zeros((self.num_layers, len(self.phases), self.router_width + 1), values.dtype)
+                out[name][group.positions, :, : values.shape[2]] = values
+        widths = dict(counts=self.router_width, gate_mass=self.router_width, importance=self.router_width,
+                      k_hist=self.router_width + 1, sums=len(SUMS))
+        if phase is None:
+            return {name: v.sum(1)[:, : widths[name]] for name, v in out.items()}
+        i = self.phases.index(phase)
+        return {name: v[:, i, : widths[name]] for name, v in out.items()}
+
+    def tokens_by_phase(self) -> dict[str, list[int]]:
+        """Tokens seen per phase and layer: the k histogram sums to them."""
+        self.flush()
+        out = {name: [0] * self.num_layers for name in self.phases}
+        for group in self.groups:
+            hist = group.read()["k_hist"].sum(-1)  # [L, P]
+            for row, position in enumerate(group.positions):
+                for i, name in enumerate(self.phases):
+                    out[name][position] = int(hist[row, i])
+        return out
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens seen per layer, all phases (reads the device)."""
+        per_phase = self.tokens_by_phase()
+        return [sum(per_phase[name][i] for name in self.phases) for i in range(self.num_layers)]
 
     def reset(self) -> None:
-        self.flush()
-        if self.acc is not None:
-            for t in self.acc.values():
-                t.zero_()
-        self.tokens = [0] * self.num_layers
+        """Zero the accumulators in place (their addresses stay: compiled code and CUDA graphs keep using them)."""
+        self._fill = [0] * self.num_layers
+        for group in self.groups:
+            for name in ("counts", "gate_mass", "importance", "k_hist", "sums"):
+                getattr(group, name).zero_()
 
     @property
     def buffer_bytes(self) -> int:
-        """Device bytes the recorder holds: accumulators plus the routing tensors kept for the next reduction."""
-        held = [t for layer in self._pending for entry in layer for t in entry] + list((self.acc or {}).values())
+        """Device bytes the recorder holds: accumulators plus the staging buffers."""
+        held = [t for group in self.groups for t in group.buffers()] + [t for s in self._stage.values() for t in s]
         return sum(t.numel() * t.element_size() for t in held)
 
 

@@ -2,6 +2,7 @@
 routing, exact FLOPs, latency and memory per MoE layer."""
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -49,6 +50,9 @@ class MOEProfiler:
         buffer_tokens: int | None = None,
         verbose: bool = True,
     ):
+        compiled_wrapper = isinstance(model, _optimized_module_type())
+        if compiled_wrapper:  # torch.compile(model): profile (and hook) the module it wraps
+            model = model._orig_mod
         self.model = model
         self.config = text_config(model)
         self.model_type = getattr(self.config, "model_type", None)
@@ -59,9 +63,9 @@ class MOEProfiler:
                 warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
         self._handles: list[Any] = []
         self._saved: list[tuple[Any, str, Any]] = []  # (object, attribute, original value), undone by detach()
-        self._pending_logits: dict[int, torch.Tensor] = {}
-        self._measured = [0] * len(self.layers)
+        self._measured: dict[str, list[int]] = {}  # phase -> measured FLOPs per layer
         self._measured_taken = False
+        self._phase = "prefill"
         self._enabled = True
         self._selector: Callable | None = None
         self.selector_name: str | None = None
@@ -70,8 +74,9 @@ class MOEProfiler:
         observable = self.layers[0].router_output != "none"
         self.recorder = (
             RoutingRecorder(
-                len(self.layers), router_width=max(l.router_width for l in self.layers),
+                len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
+                devices=[_layer_device(l) for l in self.layers],
             )
             if metrics and observable else None
         )
@@ -84,24 +89,42 @@ class MOEProfiler:
 
     # -- attach / detach ---------------------------------------------------------------------------
     def attach(self) -> "MOEProfiler":
+        """Add the hooks. torch.compile traces hooks that exist when it compiles: attach before compiling. Where
+        compiled code already exists, dynamo's caches are reset (with a warning) so the next call re-traces with
+        the hooks instead of silently running without them."""
         if self._handles:
             return self
+        self._live = True
         for layer in self.layers:
             if layer.router is not None and layer.router_output != "none":
-                self._handles.append(layer.router.register_forward_hook(self._router_hook(layer)))
                 if layer.router_output == "logits" and layer.experts_take_routing:
-                    self._handles.append(layer.experts.register_forward_pre_hook(self._experts_hook(layer)))
+                    slot: list = [None]  # the router's logits, consumed by the experts' pre-hook of the same call
+                    self._handles.append(layer.router.register_forward_hook(self._router_hook(layer, slot)))
+                    self._handles.append(layer.experts.register_forward_pre_hook(self._experts_hook(layer, slot)))
+                else:
+                    self._handles.append(layer.router.register_forward_hook(self._router_hook(layer, None)))
             if self.timer is not None:
                 self._handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
                 self._handles.append(layer.block.register_forward_hook(self._timer_stop(layer)))
+        if torch._dynamo.config.skip_nnmodule_hook_guards:  # code compiled so far ignores hooks added or removed
+            if _has_compiled_code(self.model, self.layers):
+                warnings.warn(
+                    "MOEProfiler attached to a model that already has torch.compile'd code, compiled without guards on "
+                    "hooks (it would run without the profiler's): dynamo's caches were reset, every compiled function "
+                    "recompiles on its next call. Attach the profiler before compiling to avoid this.", stacklevel=2)
+                torch._dynamo.reset()
+            _guard_hooks()
         self.reset_memory_peaks()
         return self
 
     def detach(self) -> None:
-        """Remove every hook and restore every attribute changed (top-k, sentinel flags): the model is as before."""
+        """Remove every hook and restore every attribute changed (top-k, sentinel flags): the model is as before.
+
+        Compiled code traced with the hooks guards on `_live`, so it re-traces without them on its next call."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._live = False
         for obj, attr, value in reversed(self._saved):
             setattr(obj, attr, value)
         self._saved.clear()
@@ -118,9 +141,35 @@ class MOEProfiler:
         if not any(o is obj and a == attr for o, a, _ in self._saved):
             self._saved.append((obj, attr, getattr(obj, attr)))
 
+    # -- phases ------------------------------------------------------------------------------------
+    @property
+    def current_phase(self) -> str:
+        return self._phase
+
+    def set_phase(self, name: str) -> None:
+        """Label what is recorded from now on ("prefill" by default, "decode", or any name): layers_df() gives one
+        row per (phase, layer). "prefill" and "decode" are preallocated: switching between them is a device-side
+        fill, so compiled code does not recompile; a new name reallocates the accumulators (one re-trace)."""
+        if not isinstance(name, str) or not name:
+            raise ProfilerError(f"a phase is a non-empty name, got {name!r}")
+        if self.recorder is not None:
+            self.recorder.set_phase(name)
+        self._phase = name
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """`with profiler.phase("decode"): ...` records under that label, then restores the previous one."""
+        previous = self._phase
+        self.set_phase(name)
+        try:
+            yield
+        finally:
+            self.set_phase(previous)
+
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Run the model without recording or selecting (e.g. a reference pass)."""
+        """Run the model without recording or selecting (e.g. a reference pass). Compiled code guards on the flag:
+        the first paused call (and the first after) re-traces once, never runs stale hooks."""
         previous, self._enabled = self._enabled, False
         try:
             yield
@@ -142,17 +191,20 @@ class MOEProfiler:
                 setattr(obj, attr, value)
 
     # -- hooks -------------------------------------------------------------------------------------
-    def _router_hook(self, layer: MoELayer):
+    def _router_hook(self, layer: MoELayer, slot: list | None):
         handler, position = layer.handler, layer.position
-        positions: list[tuple[int, int, int]] = []  # (logits, weights, index) slots, found on the first call
+        positions: list[tuple[int, int, int]] = []  # (logits, weights, index) slots, found on the first eager call
 
         def hook(module, args, output):
-            if not self._enabled:
+            if not (self._live and self._enabled):  # Python flags: compiled code guards on them
                 return None
             if layer.router_output == "triple":
-                if not positions:
-                    positions.append(self._routing_positions(module, layer, output))
-                i_logits, i_weights, i_index = positions[0]
+                if torch.compiler.is_compiling():  # no Python state written while tracing: found again (free)
+                    i_logits, i_weights, i_index = self._routing_positions(module, layer, output)
+                else:
+                    if not positions:
+                        positions.append(self._routing_positions(module, layer, output))
+                    i_logits, i_weights, i_index = positions[0]
                 logits, weights, index = output[i_logits], output[i_weights], output[i_index]
                 if self._selector is None:
                     self._record(position, logits, index, weights)
@@ -163,8 +215,8 @@ class MOEProfiler:
                 output[i_index], output[i_weights] = index, weights
                 return tuple(output)
             logits = output if layer.logits_index is None else output[layer.logits_index]
-            if layer.experts_take_routing:  # indices arrive at the experts' input
-                self._pending_logits[position] = logits
+            if slot is not None:  # indices arrive at the experts' input, in the same block call
+                slot[0] = logits
                 return None
             probs = router_probs(logits.reshape(-1, logits.shape[-1]), handler.scoring)
             weights, index = probs.topk(read_live_top_k(layer) or 1, dim=-1)
@@ -188,30 +240,33 @@ class MOEProfiler:
         i_logits = next(i for i in floats if i != i_weights)
         return i_logits, i_weights, i_index
 
-    def _experts_hook(self, layer: MoELayer):
+    def _experts_hook(self, layer: MoELayer, slot: list):
         position = layer.position
 
         def hook(module, args):
-            if not self._enabled:
-                return None
-            logits = self._pending_logits.pop(position, None)
-            hidden, index, weights = args[:3]
-            if logits is not None:
+            logits, slot[0] = slot[0], None  # consumed: no reference outlives the block call
+            if logits is not None and self._live and self._enabled:
+                hidden, index, weights = args[:3]
                 self._record(position, logits, index, weights)
             return None
 
         return hook
 
+    # per-block timing is eager only: compiled code fuses across blocks, and events/clocks would break the graph
     def _timer_start(self, layer: MoELayer):
         def hook(module, args):
-            if self._enabled and args and isinstance(args[0], torch.Tensor):
+            if torch.compiler.is_compiling():
+                return
+            if self._live and self._enabled and args and isinstance(args[0], torch.Tensor):
                 self.timer.start(layer.position, args[0].device)
 
         return hook
 
     def _timer_stop(self, layer: MoELayer):
         def hook(module, args, output):
-            if self._enabled:
+            if torch.compiler.is_compiling():
+                return
+            if self._live and self._enabled:
                 self.timer.stop(layer.position)
 
         return hook
@@ -328,14 +383,20 @@ class MOEProfiler:
     # -- FLOPs -------------------------------------------------------------------------------------
     @contextmanager
     def measure_flops(self) -> Iterator[Any]:
-        """Count the FLOPs that really run (FlopCounterMode + a formula for aten._grouped_mm) per MoE layer.
+        """Count the FLOPs that really run (FlopCounterMode + formulas for aten._grouped_mm and GQA attention) per
+        MoE layer, under the current phase.
 
-        Attribution uses hooks on each layer's own modules, so it holds however the model is called."""
+        Attribution uses hooks on each layer's own modules, so it holds however the model is called. Under
+        torch.compile: FlopCounterMode is a dispatch mode, and dynamo does not compile under one (it skips the frames,
+        and with fullgraph=True raises instead). So inside this block compiled models run eagerly, by
+        torch.compiler.set_stance("force_eager"): the forward never breaks, the count is exact (the code that runs is
+        the model's own), and it is slower; compiled code is used again after the block (its caches are kept)."""
         handles = []
-        with count_flops() as counter:
+        measured = self._measured.setdefault(self._phase, [0] * len(self.layers))
+        with count_flops() as counter, _force_eager():
             for layer in self.layers:
                 for module in layer.measured_modules():
-                    handles += self._flop_hooks(counter, layer.position, module)
+                    handles += self._flop_hooks(counter, measured, layer.position, module)
             try:
                 yield counter
             finally:
@@ -343,7 +404,7 @@ class MOEProfiler:
                     handle.remove()
         self._measured_taken = True
 
-    def _flop_hooks(self, counter, position: int, module: nn.Module) -> list:
+    def _flop_hooks(self, counter, measured: list[int], position: int, module: nn.Module) -> list:
         starts: list[int] = []
 
         def total() -> int:
@@ -353,7 +414,7 @@ class MOEProfiler:
             starts.append(total())
 
         def post(mod, args, output):
-            self._measured[position] += total() - starts.pop()
+            measured[position] += total() - starts.pop()
 
         return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
@@ -384,14 +445,30 @@ class MOEProfiler:
 
     # -- frames ------------------------------------------------------------------------------------
     def layers_df(self) -> pd.DataFrame:
-        """One row per MoE layer: tokens, k, analytic (and measured) FLOPs, routing and balance metrics,
-        latency when timed, and every resolved dimension with its source."""
-        snapshot = self.recorder.snapshot() if self.recorder is not None else None
+        """One row per (phase, MoE layer): tokens, k, analytic (and measured) FLOPs, routing and balance metrics,
+        latency when timed, and every resolved dimension with its source. Phases that recorded nothing are left
+        out (with nothing recorded at all: one row per layer under the current phase)."""
+        rows = []
+        for phase in self._recorded_phases():
+            rows += self._layer_rows(phase)
+        return pd.DataFrame(rows)
+
+    def _recorded_phases(self) -> list[str]:
+        if self.recorder is None:
+            seen = [p for p in self._measured if any(self._measured[p])]
+            return seen or [self._phase]
+        tokens = self.recorder.tokens_by_phase()
+        seen = [p for p in self.recorder.phases if any(tokens[p]) or any(self._measured.get(p, ()))]
+        return seen or [self._phase]
+
+    def _layer_rows(self, phase: str) -> list[dict[str, Any]]:
+        snapshot = self.recorder.snapshot(phase) if self.recorder is not None else None
+        measured = self._measured.get(phase)
         rows = []
         for layer in self.layers:
             pos, experts = layer.position, layer.num_experts
-            tokens = self.recorder.tokens[pos] if self.recorder is not None else 0
-            row: dict[str, Any] = dict(layer=layer.layer_id, position=pos, module=layer.name,
+            tokens = int(snapshot["k_hist"][pos].sum()) if snapshot is not None else 0
+            row: dict[str, Any] = dict(phase=phase, layer=layer.layer_id, position=pos, module=layer.name,
                                        block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=tokens)
             if snapshot is not None:
                 counts = snapshot["counts"][pos]
@@ -413,7 +490,7 @@ class MOEProfiler:
                     top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
                 )
                 row.update(load_balance(counts, experts))
-            row["flops_measured"] = self._measured[pos] if self._measured_taken else None
+            row["flops_measured"] = measured[pos] if self._measured_taken and measured is not None else None
             if self.timer is not None:
                 row.update(self.timer.summary(pos))
             row.update(exact=layer.handler.exact, note=layer.handler.note)
@@ -424,10 +501,10 @@ class MOEProfiler:
                 row[f"{column}_source"] = resolved.source
                 row[f"{column}_detail"] = resolved.detail
             rows.append(row)
-        return pd.DataFrame(rows)
+        return rows
 
     def experts_df(self) -> pd.DataFrame:
-        """One row per (MoE layer, expert), zero-count experts included."""
+        """One row per (MoE layer, expert), zero-count experts included, all phases together."""
         snapshot = self.recorder.snapshot() if self.recorder is not None else None
         frames = []
         for layer in self.layers:
@@ -435,7 +512,7 @@ class MOEProfiler:
             if snapshot is None:
                 continue
             counts = snapshot["counts"][layer.position][:experts]
-            tokens = max(self.recorder.tokens[layer.position], 1)
+            tokens = max(int(snapshot["k_hist"][layer.position].sum()), 1)
             frames.append(pd.DataFrame(dict(
                 layer=layer.layer_id, expert=np.arange(experts), tokens=counts.astype(np.int64),
                 load_fraction=counts / max(counts.sum(), 1),
@@ -449,7 +526,7 @@ class MOEProfiler:
         """Forget everything recorded so far (hooks stay attached)."""
         if self.recorder is not None:
             self.recorder.reset()
-        self._measured = [0] * len(self.layers)
+        self._measured = {}
         self._measured_taken = False
         if self.timer is not None:
             self.timer = LayerTimer(len(self.layers), warmup=self.timer.warmup)
@@ -523,3 +600,47 @@ class MOEProfiler:
             lines.append(f"Total MoE FLOPs: {int(df['flops'].sum()):,} over {int(df['tokens'].max()):,} tokens "
                          f"({df['flops'].sum() / df['tokens'].max():,.0f} per token)")
         return "\n".join(lines)
+
+
+# -- torch.compile ---------------------------------------------------------------------------------------------------
+def _optimized_module_type() -> type:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return OptimizedModule
+
+
+def _guard_hooks() -> None:
+    """Make code compiled from now on guard on nn.Module hooks (dynamo skips those guards by default). Without
+    them, compiled code is shared by every instance of a module class whatever its hooks: a model compiled before
+    (or a twin of it) would run the profiled one without its hooks, silently counting nothing, and removing hooks
+    would not stop them. With them, adding or removing hooks re-traces once. The guards only add checks (a process
+    setting, left on: nothing that was right becomes wrong)."""
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+
+
+def _force_eager():
+    """Compiled functions run as plain Python (torch >= 2.6 has set_stance; older: dynamo skips under the mode)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _layer_device(layer: MoELayer) -> torch.device:
+    """Where a layer's routing lives: its router's (or block's) first parameter."""
+    for module in (layer.router, layer.block):
+        if module is not None:
+            for param in module.parameters():
+                return param.device
+    return torch.device("cpu")
+
+
+def _has_compiled_code(model: nn.Module, layers: list[MoELayer]) -> bool:
+    """Whether dynamo holds compiled code for the module calls of this model (torch.compile(model), model.compile(),
+    generate's compiled step): the frames it compiles are nn.Module's call wrappers and the models' forwards."""
+    try:
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    except ImportError:  # pragma: no cover - private API; without it, attach-after-compile is the user's to avoid
+        return False
+    codes = {nn.Module._call_impl.__code__, nn.Module._wrapped_call_impl.__code__, type(model).forward.__code__}
+    codes |= {type(m).forward.__code__ for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    codes |= {type(layer.block).forward.__code__ for layer in layers[:1]}
+    return any(_debug_get_cache_entry_list(code) for code in codes)

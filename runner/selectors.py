@@ -141,14 +141,27 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, idx, torch.full_like(idx, n)).amin(dim=1)
 
 
-@functools.lru_cache(maxsize=64)
 def _ramp(n: int, device: torch.device) -> torch.Tensor:
-    """x_i = i / (n - 1), cached per (n, device): no arange kernel per call."""
+    """x_i = i / (n - 1): cached per (n, device) in eager (no arange kernel per call); built in the graph when traced
+    (a compiled graph folds it, and a cached tensor would be a graph input)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(n, device=device, dtype=torch.float32) / (n - 1)
+    return _cached_ramp(n, device)
+
+
+def _columns(n: int, device: torch.device) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return torch.arange(n, device=device).unsqueeze(0)
+    return _cached_columns(n, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_ramp(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device, dtype=torch.float32) / (n - 1)
 
 
 @functools.lru_cache(maxsize=64)
-def _columns(n: int, device: torch.device) -> torch.Tensor:
+def _cached_columns(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device).unsqueeze(0)
 
 

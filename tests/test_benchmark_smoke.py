@@ -45,6 +45,7 @@ def test_overhead_smoke(tmp_path, capsys):
         assert 1 <= data["kneedle"][phase]["k_mean"] <= 8
     assert "eager_over_grouped_mm" in data["experts_implementation"]
     assert data["sync_check"]["checked"] is False  # CPU: nothing to check, and it says so
+    assert data["compiled"]["run"] is False and "compiled/static-cache variants skipped" in printed
 
     # the table was printed, and the model is back to its default experts implementation
     assert "ratio" in printed and "kneedle" in printed
