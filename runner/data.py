@@ -151,6 +151,8 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
 def _hf_documents(cfg: DatasetConfig) -> list[str]:
     import datasets
 
+    from . import hub
+
     split = f"{cfg.split}{cfg.slice or ''}"
     where = f"dataset {cfg.path!r}" + (f" ({cfg.config_name})" if cfg.config_name else "") + f" split {split!r}"
     try:
@@ -167,11 +169,14 @@ def _hf_documents(cfg: DatasetConfig) -> list[str]:
 
                 files = cfg.data_files
                 kwargs["data_files"] = OmegaConf.to_container(files) if OmegaConf.is_config(files) else files
+            if not datasets.config.HF_HUB_OFFLINE:
+                hub.reachable()  # once per process; no answer switches datasets to offline mode: cache only, no retries
             ds = datasets.load_dataset(cfg.path, cfg.config_name, split=split, **kwargs)
     except DataError:
         raise
     except (FileNotFoundError, ConnectionError) as exc:
-        raise DataError(f"{where} is not available offline or locally: {_short(exc)}; cache it first, or use "
+        offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataError(f"{where} is not available locally{offline}: {_short(exc)}; cache it first, or use "
                         "dataset=local / dataset=builtin") from None
     except (ValueError, KeyError, OSError, IndexError) as exc:
         raise DataError(f"{where}: {_short(exc)}") from None
