@@ -154,7 +154,7 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: st
     results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], row["run_id"])
     job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
     print(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
-          f"result of run {prior['run_id'][:12]} from {prior['timestamp']}")
+          f"result of run {prior['run_id']} from {prior['timestamp']}")
     return dict(status="skipped", run_id=row["run_id"], resumed_from=prior["run_id"], config_hash=row["config_hash"])
 
 
@@ -406,7 +406,7 @@ def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model:
         lines.append(f"  {num(row.get('tokens_per_s'))} tokens/s, wall {num(row.get('wall_s'), '.2f')} s "
                      f"(model load {num(row.get('model_load_s'), '.2f')} s{', reused' if row.get('model_reused') else ''})"
                      f", peak RSS {_count(row.get('peak_rss_bytes'), 'B')}")
-    lines.append(f"  results: {name} (run_id {row['run_id'][:12]}, config {row.get('config_hash')})"
+    lines.append(f"  results: {name} (run_id {row['run_id']}, config {row.get('config_hash')})"
                  + (f"; job dir: {ctx.job_dir}" if ctx.job_dir and not ctx.multirun else ""))
     print("\n".join(lines), flush=True)
 

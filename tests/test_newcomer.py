@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import os
 import subprocess
 import sys
@@ -73,3 +74,11 @@ def test_reachable_hub_keeps_the_online_path(monkeypatch):
         assert hub.reachable.__wrapped__() is True and constants.HF_HUB_OFFLINE is False
     finally:
         server.shutdown()
+
+
+# -- §3.1: the printed run id is the stored one ---------------------------------------------------------------------------
+def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
+    out = run_job(tmp_path, *SMALL)
+    printed = re.search(r"\(run_id (\w+),", capsys.readouterr().out).group(1)
+    runs = results.read_table(tmp_path / "results", "runs")
+    assert printed == out["run_id"] and len(runs[runs["run_id"] == printed]) == 1
