@@ -59,7 +59,7 @@ class SweepSummary(Callback):
         import pyarrow.parquet  # noqa: F401
 
         from . import provenance, results  # noqa: F401
-        from .job import sweep_id_for
+        from .results import sweep_id_for
 
         provenance.provenance()
 

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import results
+from .results import sweep_id_for
 from .errors import ConfigError, RunnerError, describe, known_errors
 from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
 
@@ -44,11 +45,6 @@ class JobContext:
     def absolute(self, path: str) -> str:
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else Path(self.cwd) / p)
-
-
-def sweep_id_for(sweep_dir: str) -> str:
-    """Stable id of a sweep: a hash of its absolute directory (known to the launcher and to every job)."""
-    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
 
 
 def hydra_context() -> JobContext:

@@ -82,3 +82,71 @@ def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
     printed = re.search(r"\(run_id (\w+),", capsys.readouterr().out).group(1)
     runs = results.read_table(tmp_path / "results", "runs")
     assert printed == out["run_id"] and len(runs[runs["run_id"] == printed]) == 1
+
+
+# -- §3.2 / §3.5 / §3.10: the README's loading snippets, run as written on a real sweep ------------------------------------
+README = ROOT / "README.md"
+# ```python blocks of the README that this test does not run, by the heading they sit under, and why
+NOT_RUN = {"The profiler (library)": "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub"}
+
+
+def readme_blocks(language: str) -> list[tuple[str, str]]:
+    """(heading, code) of every ```language block of README.md, in order."""
+    heading, blocks, code = "", [], None
+    for line in README.read_text().splitlines():
+        if code is None and line.startswith("#") and not line.startswith("#!"):
+            heading = line.lstrip("#").strip()
+        elif code is None and line.strip() == f"```{language}":
+            code = []
+        elif code is not None and line.strip() == "```":
+            blocks.append((heading, "\n".join(code)))
+            code = None
+        elif code is not None:
+            code.append(line)
+    return blocks
+
+
+def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
+                                                capsys):
+    from runner.errors import ResultsNotFound
+    from runner.results import load
+    from test_sweeps import sweep
+
+    monkeypatch.chdir(tmp_path)  # the snippets read the default outputs/results
+    monkeypatch.delenv("RUNNER_OUT", raising=False)
+    outputs = tmp_path / "outputs"
+    with pytest.raises(ResultsNotFound, match="no results in outputs/results"):
+        load("runs")
+    assert run_job(outputs, "max_batches=1", "seq_len=32")["status"] == "ok"  # another seq_len in the same results_dir
+    blocks = readme_blocks("python")
+    assert set(NOT_RUN) <= {heading for heading, _ in blocks}, "NOT_RUN names a heading the README no longer has"
+    loading = [code for heading, code in blocks if heading not in NOT_RUN]
+    assert len(loading) == 2
+    namespace: dict = {}
+    sweep_dir = outputs / "multirun" / "sweep"
+    with sweep(hydra_sweep_runner, outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
+        for code in loading:
+            exec(compile(code, str(README), "exec"), namespace)
+        assert list(load("runs", sweep=sweep_dir)["topk"]) == [1, 2]
+    capsys.readouterr()
+    runs, summary, everything = namespace["runs"], namespace["summary"], namespace["everything"]
+    assert list(runs["topk"]) == [1, 2] and list(summary["topk"]) == [1, 2] and runs["sweep_id"].nunique() == 1
+    assert len(everything) == 3 and len(namespace["layers"]) == 2 * 2
+    for column in ("topk", "job_num", "tokens", "documents", "seq_len"):  # nullable integers, also in the summary
+        assert str(runs[column].dtype) in ("Int32", "Int64") and runs[column].dtype == summary[column].dtype, column
+    assert list(summary["job_num"]) == [0, 1] and pd.isna(everything["job_num"]).sum() == 1
+
+    # the documented duckdb query keeps the two seq_len apart instead of averaging over them
+    duckdb = pytest.importorskip("duckdb")
+    (sql,) = [code for _, code in readme_blocks("sql")]
+    got = duckdb.sql(sql).df()
+    at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]
+    assert sorted(at_k2["seq_len"]) == [32, 64] and list(at_k2["runs"]) == [1, 1]
+
+    # latest = what ran last: now a single run; a sweep by directory or id; unknown ids fail with one line
+    single = run_job(outputs, "max_batches=1", "seq_len=32", "topk=1")
+    assert list(load("runs")["run_id"]) == [single["run_id"]] and len(load("summary")) == 1
+    assert list(load("layers", sweep=runs["sweep_id"].iloc[0])["layer"]) == [0, 1, 0, 1]
+    assert len(load("experts", sweep=single["run_id"])) == 2 * 8
+    with pytest.raises(ResultsNotFound, match=r"no sweep or run 'nope' in outputs/results; recent sweeps: \w{12} \("):
+        load("runs", sweep="nope")
