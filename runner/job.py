@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import results
+from . import data, results
 from .results import sweep_id_for
 from .errors import ConfigError, RunnerError, describe, known_errors
 from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
@@ -98,6 +98,17 @@ def _raw(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return default
 
 
+def settings(conf: RunnerConfig) -> dict[str, Any]:
+    """The runs columns that say what a job measures: data, block length, batching, device, seed, dims, selector."""
+    m, d = conf.model, conf.dataset
+    return dict(revision=m.revision, dataset=data.label(d), dataset_kind=d.kind.value, dataset_source=data.describe(d),
+                seq_len=conf.seq_len, batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name,
+                seed=conf.seed, measure_flops=conf.measure_flops,
+                selector_params=json.dumps(conf.selector.params, sort_keys=True),
+                dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
+                dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns a small dict (status, run_id, ...) that Hydra keeps as the job's return value."""
@@ -118,6 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
         row["config_hash"] = config_hash(cfg)
         row["config_yaml"] = OmegaConf.to_yaml(cfg, resolve=True)
+        row.update(settings(conf))  # also on a row that fails later: what was asked for
         results_dir = ctx.absolute(conf.results_dir)
         results.check_writable(results_dir)
         if conf.resume:
@@ -191,17 +203,12 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
     """Load, profile and evaluate; fills `row`; returns (layers frame, experts frame or None)."""
     import torch
 
-    from . import data, models
+    from . import models
     from .profiler import MOEProfiler
     from .provenance import provenance
 
     m, d = conf.model, conf.dataset
     row.update(provenance())
-    row.update(revision=m.revision, dataset_kind=d.kind.value, dataset_source=data.describe(d), seq_len=conf.seq_len,
-               batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name, seed=conf.seed,
-               measure_flops=conf.measure_flops, selector_params=json.dumps(conf.selector.params, sort_keys=True),
-               dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
-               dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
 
     documents = None

@@ -65,7 +65,7 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     kind: DatasetKind = DatasetKind.builtin
-    name: str = "builtin"  # label in the results
+    name: Optional[str] = None  # label in the results; null: derived from what is loaded (runner.data.label)
     path: Optional[str] = None  # hf: dataset name or builder ("json", "parquet", a saved dataset dir); local: file or glob
     config_name: Optional[str] = None  # hf: dataset configuration
     data_files: Optional[Any] = None  # hf: data_files for builders such as json/csv/parquet
@@ -200,13 +200,17 @@ def check(cfg: RunnerConfig) -> None:
         _fail("device.num_threads", f"must be >= 1 or null, got {cfg.device.num_threads}")
     if not re.match(r"^(cpu|cuda|meta)(:\d+)?$", cfg.device.device):
         _fail("device.device", f"{cfg.device.device!r} is not a torch device such as cpu, cuda or cuda:1")
-    if d.kind is not DatasetKind.builtin and not d.path:
-        _fail("dataset.path", f"dataset kind {d.kind.value!r} needs a path")
+    if d.kind is DatasetKind.hf and not d.path:
+        _fail("dataset.path", "dataset=hf needs a path: a hub id (with dataset.config_name if it has several), a "
+              "builder on local files (dataset.path=json dataset.data_files=FILE) or a save_to_disk directory; "
+              "or use dataset=wikitext2")
+    if d.kind is DatasetKind.local and not d.path:
+        _fail("dataset.path", "dataset=local needs a path: a file or a glob")
     if d.slice is not None and not SLICE.match(d.slice):
         _fail("dataset.slice", f"{d.slice!r} is not a slice such as '[:64]', '[10:20]' or '[:10%]'")
     if d.format not in ("auto", "text", "jsonl", "json", "parquet"):
         _fail("dataset.format", f"{d.format!r} is not one of auto, text, jsonl, json, parquet")
-    if not SLUG.match(d.name):
+    if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
 

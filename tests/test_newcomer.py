@@ -35,7 +35,7 @@ def test_unreachable_hub_fails_every_job_fast_with_one_line_each(tmp_path):
     env = online_env(tmp_path, "http://127.0.0.1:9")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=olmoe", "dataset=builtin,hf",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=olmoe", "dataset=builtin,wikitext2",
                           "topk=4,8", *SMALL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
     elapsed = time.perf_counter() - start
     text = out.stdout + out.stderr
@@ -150,3 +150,32 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     assert len(load("experts", sweep=single["run_id"])) == 2 * 8
     with pytest.raises(ResultsNotFound, match=r"no sweep or run 'nope' in outputs/results; recent sweeps: \w{12} \("):
         load("runs", sweep="nope")
+
+
+# -- §3.3: dataset labels describe what was loaded --------------------------------------------------------------------------
+def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    run_job(tmp_path, "dataset=hf", "dataset.path=json", f"dataset.data_files={data}", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["status"] == "ok" and row["dataset"] == "json-tiny.jsonl" and row["dataset_kind"] == "hf"
+    assert row["dataset_source"] == f"json:train {data}"
+    run_job(tmp_path, "dataset=local", f"dataset.path={data}", "dataset.slice=\"[:3]\"", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["dataset"] == "tiny.jsonl" and row["dataset_source"] == f"{data}[:3]" and row["documents"] == 3
+    layers = results.read_table(tmp_path / "results", "layers")
+    assert set(layers["dataset"]) == {"json-tiny.jsonl", "tiny.jsonl"}  # the join keys carry the same label
+    run_job(tmp_path, "dataset=local", f"dataset.path={data}", "dataset.name=mine", *SMALL)
+    assert latest_run(tmp_path)["dataset"] == "mine"  # an explicit name wins
+
+
+def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
+    from runner.errors import ConfigError
+    from runner.schema import validate
+    from test_job import compose_job
+
+    with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
+        validate(compose_job(tmp_path, "dataset=hf"))
+    conf = validate(compose_job(tmp_path, "dataset=wikitext2"))
+    assert (conf.dataset.path, conf.dataset.config_name, conf.dataset.name) == ("wikitext", "wikitext-2-raw-v1",
+                                                                                  "wikitext2")
