@@ -179,3 +179,34 @@ def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
     conf = validate(compose_job(tmp_path, "dataset=wikitext2"))
     assert (conf.dataset.path, conf.dataset.config_name, conf.dataset.name) == ("wikitext", "wikitext-2-raw-v1",
                                                                                   "wikitext2")
+
+
+# -- §3.4: the sweep summary shows what differs between jobs, in job order ------------------------------------------------
+def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_restore_singletons, tmp_path, capsys):
+    from test_sweeps import sweep
+
+    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    first, second = tmp_path / "a" / "eval.jsonl", tmp_path / "b" / "other.jsonl"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text(data.read_text())
+    overrides = ("dataset=local", f"dataset.path={first},{second}", "selector=cumsum", "selector.threshold=0.5,0.9",
+                 "topk=4", *SMALL)
+    with sweep(hydra_sweep_runner, tmp_path, *overrides):
+        summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
+    printed = capsys.readouterr().out
+    table = printed[printed.index("sweep "):].splitlines()
+    header = table[1].split()
+    assert header[:6] == ["job", "model", "selector", "k", "dataset.path", "selector.threshold"], table
+    assert header[-4:] == ["tok/s", "wall", "s", "status"], table
+    rows = [line.split() for line in table[2:6]]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]  # job order
+    assert [(row[4].endswith("eval.jsonl"), row[5]) for row in rows] == [(True, "0.5"), (True, "0.9"), (False, "0.5"),
+                                                                        (False, "0.9")]
+    assert list(summary["job_num"]) == [0, 1, 2, 3] and list(summary["dataset"]) == ["eval.jsonl"] * 2 + ["other.jsonl"] * 2
+
+    # a resumed sweep: every job skipped, the summary shows the reused rows with their integer columns intact
+    with sweep(hydra_sweep_runner, tmp_path, *overrides, "resume=true", name="again"):
+        again = pd.read_parquet(tmp_path / "again" / "summary.parquet")
+    assert list(again["job_num"]) == [0, 1, 2, 3] and again["loss"].tolist() == summary["loss"].tolist()
+    assert str(again["tokens"].dtype) == "Int64" and str(again["topk"].dtype) == "Int32"
