@@ -210,3 +210,25 @@ def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_rest
         again = pd.read_parquet(tmp_path / "again" / "summary.parquet")
     assert list(again["job_num"]) == [0, 1, 2, 3] and again["loss"].tolist() == summary["loss"].tolist()
     assert str(again["tokens"].dtype) == "Int64" and str(again["topk"].dtype) == "Int32"
+
+
+# -- §3.5: a pinned sweep never matches runs made with other settings ------------------------------------------------------
+def test_baseline_key_keeps_settings_apart(tmp_path, capsys):
+    from runner import baseline
+
+    pinned = tmp_path / "pinned.csv"
+    assert run_job(tmp_path / "a", "max_batches=1", "seq_len=64")["status"] == "ok"
+    assert baseline.main(["update", "--results", str(tmp_path / "a" / "results"), "--file", str(pinned)]) == 0
+    for setting in ("seq_len=32", "device.dtype=bfloat16", "batch_size=4", "'dataset.slice=\"[:8]\"'"):
+        out = tmp_path / setting.strip("'").split("=")[0]
+        assert run_job(out, "max_batches=1", "seq_len=64", setting.strip("'"))["status"] == "ok"
+        capsys.readouterr()
+        code = baseline.main(["check", "--results", str(out / "results"), "--file", str(pinned)])
+        printed = capsys.readouterr().out
+        kinds = {line.split(":")[0] for line in printed.splitlines() if line.startswith(("changed", "missing", "extra",
+                                                                                           "renamed"))}
+        # other keys (missing / extra, or renamed where the value is the same), never one key that matches
+        assert code == 1 and kinds and kinds <= {"missing", "extra", "renamed"}, (setting, printed)
+    keys = [entry.key for entry in baseline.load(pinned)]
+    assert "olmoe_tiny|k=2|topk|builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu " \
+           "weights=random seed=0|loss" in keys
