@@ -232,3 +232,19 @@ def test_baseline_key_keeps_settings_apart(tmp_path, capsys):
     keys = [entry.key for entry in baseline.load(pinned)]
     assert "olmoe_tiny|k=2|topk|builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu " \
            "weights=random seed=0|loss" in keys
+
+
+# -- §3.8: KL is never negative ------------------------------------------------------------------------------------------
+def test_kl_rounding_noise_is_clamped_at_zero():
+    import torch
+
+    from runner.quality import batch_sums
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(2, 16, 259, generator=generator)
+        ids = torch.randint(0, 259, (2, 16), generator=generator)
+        # the same distributions (a softmax ignores a shift), different rounding: the true KL is 0
+        sums = batch_sums(logits, ids, logits + 1000.0)
+        assert 0.0 <= sums["kl"] < 1e-4 and sums["targets"] == 2 * 15
+
