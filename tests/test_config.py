@@ -142,7 +142,7 @@ def test_composition_errors_name_the_key(override, needle):
     (["topk=-2"], "topk: must be a positive integer"),
     (["topk=9"], "topk: 9 exceeds the 8 experts"),
     (["model=mixtral", "topk=9"], "topk: 9 exceeds the 8 experts"),
-    (["+topK=4"], "unknown top-level key(s) topK"),
+    (["+topK=4"], "topK: unknown key (did you mean topk?)"),
     (["seq_len=1"], "seq_len"),
     (["batch_size=0"], "batch_size"),
     (["on_error=ignore"], "on_error"),

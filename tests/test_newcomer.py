@@ -248,3 +248,63 @@ def test_kl_rounding_noise_is_clamped_at_zero():
         sums = batch_sums(logits, ids, logits + 1000.0)
         assert 0.0 <= sums["kl"] < 1e-4 and sums["targets"] == 2 * 15
 
+
+# -- §3.6 / §3.7: the command line's own behaviour, in processes started together -----------------------------------
+CLI = {
+    "help": ["--help"],
+    "typo": ["topK=4"],
+    "typo_appended": ["+topK=4"],
+    "typo_nested_in_a_sweep": ["-m", "+selector.treshold=0.5,0.9"],
+}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    procs = {name: subprocess.Popen([sys.executable, "-m", "runner", *args, f"out_root={tmp / name}",
+                                     f"hydra.run.dir={tmp / name / 'run'}"], cwd=ROOT, env=cli_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in CLI.items()}
+    done = {name: (proc.communicate(timeout=170), proc.returncode) for name, proc in procs.items()}
+    return tmp, {name: (code, out, err) for name, ((out, err), code) in done.items()}
+
+
+def test_help_explains_every_group_and_key_and_lists_the_launchers(cli_runs):
+    import dataclasses
+
+    from runner.schema import RunnerConfig
+
+    code, out, err = cli_runs[1]["help"]
+    assert code == 0, err
+    lines = out.splitlines()
+    for field in dataclasses.fields(RunnerConfig):  # one line each, with the schema's help text
+        assert sum(line.split()[:1] == [field.name] and field.metadata["help"] in line for line in lines) == 1, field.name
+    for text in ("experiment ", "model: deepseek_v2_lite, deepseek_v3", "dataset.slice ", "selector.threshold ",
+                 "dims.{override,fallback}.expert_dim ", "seed for random weights"):
+        assert text in out, text
+    launchers = out[out.index("== Launchers"):]
+    for name in ("basic", "joblib", "submitit_local", "submitit_slurm", "local_parallel", "slurm"):
+        assert f"\n  {name} " in launchers, name
+    assert "preset: SLURM array jobs" in launchers and "$" not in out.replace("$RUNNER_OUT", "")
+
+
+@pytest.mark.parametrize("case,key", [("typo", "topK"), ("typo_appended", "topK"),
+                                      ("typo_nested_in_a_sweep", "selector.treshold")])
+def test_unknown_keys_name_the_closest_valid_key(cli_runs, case, key):
+    code, out, err = cli_runs[1][case]
+    closest = {"topK": "topk", "selector.treshold": "selector.threshold"}[key]
+    assert code == 1 and err.strip() == (f"runner: error: {key}: unknown key (did you mean {closest}?); "
+                                         "python -m runner --help lists every key"), err
+    assert "+topK" not in err and "Traceback" not in err and not out
+
+
+def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
+    from runner.errors import ConfigError
+    from runner.schema import validate
+    from test_job import compose_job
+
+    with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
+                                          r"\(did you mean selector.threshold\?\)"):
+        validate(compose_job(tmp_path, "+model.hiden_size=64", "+selector.treshold=0.5"))
+    validate(compose_job(tmp_path, "+model.config.rope_theta=1000"))  # model.config takes any transformers kwarg
+
