@@ -27,6 +27,14 @@ from .errors import ConfigError, RunnerError, describe, known_errors
 from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
 
 log = logging.getLogger("runner")
+# what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
+# runner.log only, so the console shows it once, without a log prefix
+printed_copy = logging.getLogger("runner.printed")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+    printed_copy.info("%s", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,8 +169,8 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: st
     row.update(provenance())
     results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], row["run_id"])
     job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
-    print(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
-          f"result of run {prior['run_id']} from {prior['timestamp']}")
+    say(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
+        f"result of run {prior['run_id']} from {prior['timestamp']}")
     return dict(status="skipped", run_id=row["run_id"], resumed_from=prior["run_id"], config_hash=row["config_hash"])
 
 
@@ -195,6 +203,7 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_s
         raise exc
     if not known:  # a bug, not a user error: keep the traceback
         raise exc
+    printed_copy.error("runner: error: %s", message)  # stderr gets it from SystemExit
     raise SystemExit(f"runner: error: {message}")
 
 
@@ -411,7 +420,7 @@ def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model:
                      f", peak RSS {_count(row.get('peak_rss_bytes'), 'B')}")
     lines.append(f"  results: {name} (run_id {row['run_id']}, config {row.get('config_hash')})"
                  + (f"; job dir: {ctx.job_dir}" if ctx.job_dir and not ctx.multirun else ""))
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))
 
 
 def _model_label(row: dict[str, Any]) -> str:

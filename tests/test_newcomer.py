@@ -249,12 +249,13 @@ def test_kl_rounding_noise_is_clamped_at_zero():
         assert 0.0 <= sums["kl"] < 1e-4 and sums["targets"] == 2 * 15
 
 
-# -- §3.6 / §3.7: the command line's own behaviour, in processes started together -----------------------------------
+# -- §3.6 / §3.7 / §3.9: the command line's own behaviour, in processes started together -----------------------------------
 CLI = {
     "help": ["--help"],
     "typo": ["topK=4"],
     "typo_appended": ["+topK=4"],
     "typo_nested_in_a_sweep": ["-m", "+selector.treshold=0.5,0.9"],
+    "single_run": ["max_batches=1", "seq_len=64", "quality=always"],
 }
 
 
@@ -308,3 +309,15 @@ def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
         validate(compose_job(tmp_path, "+model.hiden_size=64", "+selector.treshold=0.5"))
     validate(compose_job(tmp_path, "+model.config.rope_theta=1000"))  # model.config takes any transformers kwarg
 
+
+def test_runner_log_holds_the_job_summary(cli_runs):
+    tmp, runs = cli_runs
+    code, out, err = runs["single_run"]
+    assert code == 0, err
+    log = (tmp / "single_run" / "run" / "runner.log").read_text()
+    summary = out[out.index("runner: olmoe_tiny"):].splitlines()
+    assert len(summary) == 5 and summary[-1].startswith("  results: ")
+    assert all(line in log for line in summary) and "MoE scan:" in log
+    run_id = re.search(r"\(run_id (\w+),", out).group(1)
+    row = results.load("runs", sweep=run_id, results_dir=tmp / "single_run" / "results").iloc[0]
+    assert row["kl"] >= 0 and "KL -" not in out  # §3.8 in the printed line too
