@@ -134,7 +134,8 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     assert len(everything) == 3 and len(namespace["layers"]) == 2 * 2
     for column in ("topk", "job_num", "tokens", "documents", "seq_len"):  # nullable integers, also in the summary
         assert str(runs[column].dtype) in ("Int32", "Int64") and runs[column].dtype == summary[column].dtype, column
-    assert list(summary["job_num"]) == [0, 1] and pd.isna(everything["job_num"]).sum() == 1
+    assert list(summary["job_num"]) == [0, 1] and pd.isna(everything["job_num"]).sum() == 1  # the single run's
+    assert str(everything["job_num"].dtype) == "Int32" and str(everything["documents"].dtype) == "Int64"
 
     # the documented duckdb query keeps the two seq_len apart instead of averaging over them
     duckdb = pytest.importorskip("duckdb")
