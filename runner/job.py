@@ -34,7 +34,8 @@ printed_copy = logging.getLogger("runner.printed")
 
 def say(text: str) -> None:
     print(text, flush=True)
-    printed_copy.info("%s", text)
+    with contextlib.suppress(OSError):  # the log copy never fails a job (a stale handler of a removed job dir)
+        printed_copy.info("%s", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -203,7 +204,8 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_s
         raise exc
     if not known:  # a bug, not a user error: keep the traceback
         raise exc
-    printed_copy.error("runner: error: %s", message)  # stderr gets it from SystemExit
+    with contextlib.suppress(OSError):
+        printed_copy.error("runner: error: %s", message)  # stderr gets it from SystemExit
     raise SystemExit(f"runner: error: {message}")
 
 
