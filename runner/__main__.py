@@ -7,7 +7,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from runner.schema import CONFIG_DIR, register_configs
+import sys
+
+from runner.schema import CONFIG_DIR, check_command_line, register_configs
 
 register_configs()
 
@@ -19,5 +21,13 @@ def main(cfg: DictConfig) -> dict:
     return run(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo)."""
+    error = check_command_line(sys.argv[1:])
+    if error:
+        sys.exit(f"runner: error: {error}")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -102,6 +102,11 @@ def clean(value: Any) -> Value | None:
     """Numbers as int when integral (written without '.0'), float otherwise; None for missing / NaN."""
     if value is None:
         return None
+    if not isinstance(value, (str, list, tuple)):
+        import pandas as pd
+
+        if pd.isna(value):  # None, NaN, pandas' NA of a nullable integer column
+            return None
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()  # numpy / torch scalar
     if isinstance(value, bool):
@@ -330,7 +335,7 @@ def _resolve_skipped(runs):
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def _selector_params(raw: Any) -> dict[str, Any]:
+def _json_dict(raw: Any) -> dict[str, Any]:
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
         return {}
     try:
@@ -340,21 +345,36 @@ def _selector_params(raw: Any) -> dict[str, Any]:
     return params if isinstance(params, dict) else {}
 
 
+# runs columns that change a job's numbers besides model, k and selector: part of a sweep entry's key
+SETTING_COLUMNS = ("seq_len", "batch_size", "max_batches", "dtype", "device", "weights", "seed")
+
+
+def run_setting(row) -> str:
+    """The key's dataset part for a sweep job: the data source (path, config, split, slice, files) and every setting
+    that changes the numbers, e.g. `builtin[:8] seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu
+    weights=random seed=0`; dimension overrides and fallbacks when given."""
+    parts = [str(row.get("dataset_source") or row.get("dataset") or "")]
+    parts += [f"{column}={clean(row.get(column))}" for column in SETTING_COLUMNS if clean(row.get(column)) is not None]
+    for which in ("override", "fallback"):
+        dims = _json_dict(row.get(f"dims_{which}"))
+        parts += [f"{which}.{dim}={value}" for dim, value in sorted(dims.items())]
+    return " ".join(parts)
+
+
 def sweep_entries(runs, loss_rtol: float = SWEEP_LOSS_RTOL) -> list[Entry]:
-    """Key model/topk/selector(+params)/dataset; metrics: analytic and measured MoE FLOPs/token, loss, status. When a
-    key occurs more than once (a shared results dir), the latest row counts."""
+    """Key model/topk/selector(+params)/data and settings (run_setting); metrics: analytic and measured MoE
+    FLOPs/token, loss, status. When a key occurs more than once (a shared results dir), the latest row counts."""
     if "timestamp" in runs.columns:
         runs = runs.sort_values("timestamp", kind="stable")
     latest: dict[tuple, Any] = {}
     for _, row in runs.iterrows():
         topk = clean(row.get("topk"))
         selector = str(row.get("selector") or "topk")
-        params = _selector_params(row.get("selector_params"))
+        params = _json_dict(row.get("selector_params"))
         if selector != "topk" and params.get("k_max") is None and topk is not None:
             params["k_max"] = topk  # a job that failed before its selector resolved k_max
         label = selector_label(selector, params) if selector != "topk" else "topk"
-        dataset = str(row.get("dataset") or "")
-        latest[(str(row["model"]), topk, label, dataset)] = row
+        latest[(str(row["model"]), topk, label, run_setting(row))] = row
     out: list[Entry] = []
     for (model, topk, label, dataset), row in latest.items():
         fields = dict(k=topk, selector=label, dataset=dataset)

@@ -59,7 +59,7 @@ class SweepSummary(Callback):
         import pyarrow.parquet  # noqa: F401
 
         from . import provenance, results  # noqa: F401
-        from .job import sweep_id_for
+        from .results import sweep_id_for
 
         provenance.provenance()
 
@@ -194,10 +194,29 @@ def combine(runs, results_dir: str):
                 filled.append(old)
             else:
                 filled.append(row)
-        runs = pd.DataFrame(filled)
+        runs = pd.DataFrame(filled, columns=runs.columns).astype(runs.dtypes.to_dict())  # rows lose the dtypes
     runs = runs.copy()
     runs["model"] = runs["model"].astype(str)
-    return runs.sort_values(["model", "selector", "topk", "job_num"], na_position="last").reset_index(drop=True)
+    return runs.sort_values(["job_num", "timestamp"], na_position="last").reset_index(drop=True)
+
+
+# shown by the summary's own columns (model, selector, k), so not again as a swept key
+_SHOWN = {"model", "selector", "selector.name", "topk"}
+
+
+def swept_keys(summary) -> dict[str, list[str]]:
+    """Each key whose override value differs between the jobs (in first-seen order) -> its value per job."""
+    per_job = []
+    for raw in summary["overrides"]:
+        overrides = json.loads(raw) if isinstance(raw, str) else []
+        per_job.append(dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
+    keys = dict.fromkeys(key for job in per_job for key in job if key not in _SHOWN)
+    return {key: [_short(job.get(key, "-")) for job in per_job] for key in keys
+            if len({job.get(key) for job in per_job}) > 1}
+
+
+def _short(value: str, width: int = 32) -> str:
+    return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
 
 
 def render(summary, state: dict[str, Any], path: Path) -> str:
@@ -212,14 +231,18 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
                "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
-               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "status": "status"}
+               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
+               "wall_s": "wall s", "status": "status"}
     table = summary[list(columns)].rename(columns=columns)
-    for col in ("MoE FLOPs/tok", "measured"):
+    for col in ("MoE FLOPs/tok", "measured", "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
-    for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f")):
+    for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
+                     ("wall s", ".1f")):
         table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
     table["k"] = table["k"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    for position, (key, values) in enumerate(swept_keys(summary).items(), start=4):  # after model, selector, k
+        table.insert(position, key, values)
     lines = [head, table.to_string(index=False)]
     failed = summary[summary["status"] == "failed"]
     if len(failed):

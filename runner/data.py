@@ -151,6 +151,8 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
 def _hf_documents(cfg: DatasetConfig) -> list[str]:
     import datasets
 
+    from . import hub
+
     split = f"{cfg.split}{cfg.slice or ''}"
     where = f"dataset {cfg.path!r}" + (f" ({cfg.config_name})" if cfg.config_name else "") + f" split {split!r}"
     try:
@@ -167,11 +169,14 @@ def _hf_documents(cfg: DatasetConfig) -> list[str]:
 
                 files = cfg.data_files
                 kwargs["data_files"] = OmegaConf.to_container(files) if OmegaConf.is_config(files) else files
+            if not datasets.config.HF_HUB_OFFLINE:
+                hub.reachable()  # once per process; no answer switches datasets to offline mode: cache only, no retries
             ds = datasets.load_dataset(cfg.path, cfg.config_name, split=split, **kwargs)
     except DataError:
         raise
     except (FileNotFoundError, ConnectionError) as exc:
-        raise DataError(f"{where} is not available offline or locally: {_short(exc)}; cache it first, or use "
+        offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataError(f"{where} is not available locally{offline}: {_short(exc)}; cache it first, or use "
                         "dataset=local / dataset=builtin") from None
     except (ValueError, KeyError, OSError, IndexError) as exc:
         raise DataError(f"{where}: {_short(exc)}") from None
@@ -217,8 +222,36 @@ def tokenize(docs: list[str], tokenizer, seq_len: int, where: str) -> Blocks:
 
 
 def describe(cfg: DatasetConfig) -> str:
+    """Where the documents came from, in full: path[/config]:split[slice] [data files], or path[slice]."""
     if cfg.kind is DatasetKind.hf:
-        return f"{cfg.path}" + (f"/{cfg.config_name}" if cfg.config_name else "") + f":{cfg.split}{cfg.slice or ''}"
+        files = f" {','.join(_data_files(cfg))}" if cfg.data_files is not None else ""
+        return f"{cfg.path}" + (f"/{cfg.config_name}" if cfg.config_name else "") + f":{cfg.split}{cfg.slice or ''}" + files
     if cfg.kind is DatasetKind.local:
         return f"{cfg.path}{cfg.slice or ''}"
     return f"builtin{cfg.slice or ''}"
+
+
+def label(cfg: DatasetConfig) -> str:
+    """The short `dataset` label of the results: dataset.name, else what was loaded (builtin; the file name for local
+    files; the hub id's name, config and data file names for hf), so that two different sources never share one."""
+    if cfg.name:
+        return cfg.name
+    if cfg.kind is DatasetKind.builtin:
+        return "builtin"
+    if cfg.kind is DatasetKind.local:
+        return _slug(Path(cfg.path).name)
+    files = [Path(f).name for f in _data_files(cfg)] if cfg.data_files is not None else []
+    return _slug("-".join([Path(cfg.path.rstrip("/")).name, *filter(None, [cfg.config_name]), *files]))
+
+
+def _data_files(cfg: DatasetConfig) -> list[str]:
+    from omegaconf import OmegaConf
+
+    files = OmegaConf.to_container(cfg.data_files) if OmegaConf.is_config(cfg.data_files) else cfg.data_files
+    if isinstance(files, dict):  # {split: files}
+        files = [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
+    return [files] if isinstance(files, str) else [str(f) for f in files]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_") or "dataset"

@@ -26,6 +26,10 @@ class OutputError(RunnerError):
     """The results directory cannot be written."""
 
 
+class ResultsNotFound(RunnerError, LookupError):
+    """No results where the reader looked (no results dir, an unknown sweep or run id)."""
+
+
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is enough: the runner's own, the engine's and OmegaConf's validation errors.
 

@@ -21,11 +21,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import results
+from . import data, results
+from .results import sweep_id_for
 from .errors import ConfigError, RunnerError, describe, known_errors
 from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
 
 log = logging.getLogger("runner")
+# what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
+# runner.log only, so the console shows it once, without a log prefix
+printed_copy = logging.getLogger("runner.printed")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+    with contextlib.suppress(OSError):  # the log copy never fails a job (a stale handler of a removed job dir)
+        printed_copy.info("%s", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -44,11 +54,6 @@ class JobContext:
     def absolute(self, path: str) -> str:
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else Path(self.cwd) / p)
-
-
-def sweep_id_for(sweep_dir: str) -> str:
-    """Stable id of a sweep: a hash of its absolute directory (known to the launcher and to every job)."""
-    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
 
 
 def hydra_context() -> JobContext:
@@ -102,6 +107,17 @@ def _raw(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return default
 
 
+def settings(conf: RunnerConfig) -> dict[str, Any]:
+    """The runs columns that say what a job measures: data, block length, batching, device, seed, dims, selector."""
+    m, d = conf.model, conf.dataset
+    return dict(revision=m.revision, dataset=data.label(d), dataset_kind=d.kind.value, dataset_source=data.describe(d),
+                seq_len=conf.seq_len, batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name,
+                seed=conf.seed, measure_flops=conf.measure_flops,
+                selector_params=json.dumps(conf.selector.params, sort_keys=True),
+                dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
+                dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns a small dict (status, run_id, ...) that Hydra keeps as the job's return value."""
@@ -122,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
         row["config_hash"] = config_hash(cfg)
         row["config_yaml"] = OmegaConf.to_yaml(cfg, resolve=True)
+        row.update(settings(conf))  # also on a row that fails later: what was asked for
         results_dir = ctx.absolute(conf.results_dir)
         results.check_writable(results_dir)
         if conf.resume:
@@ -153,8 +170,8 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: st
     row.update(provenance())
     results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], row["run_id"])
     job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
-    print(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
-          f"result of run {prior['run_id'][:12]} from {prior['timestamp']}")
+    say(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
+        f"result of run {prior['run_id']} from {prior['timestamp']}")
     return dict(status="skipped", run_id=row["run_id"], resumed_from=prior["run_id"], config_hash=row["config_hash"])
 
 
@@ -187,6 +204,8 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_s
         raise exc
     if not known:  # a bug, not a user error: keep the traceback
         raise exc
+    with contextlib.suppress(OSError):
+        printed_copy.error("runner: error: %s", message)  # stderr gets it from SystemExit
     raise SystemExit(f"runner: error: {message}")
 
 
@@ -195,17 +214,12 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
     """Load, profile and evaluate; fills `row`; returns (layers frame, experts frame or None)."""
     import torch
 
-    from . import data, models
+    from . import models
     from .profiler import MOEProfiler
     from .provenance import provenance
 
     m, d = conf.model, conf.dataset
     row.update(provenance())
-    row.update(revision=m.revision, dataset_kind=d.kind.value, dataset_source=data.describe(d), seq_len=conf.seq_len,
-               batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name, seed=conf.seed,
-               measure_flops=conf.measure_flops, selector_params=json.dumps(conf.selector.params, sort_keys=True),
-               dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
-               dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
 
     documents = None
@@ -406,9 +420,9 @@ def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model:
         lines.append(f"  {num(row.get('tokens_per_s'))} tokens/s, wall {num(row.get('wall_s'), '.2f')} s "
                      f"(model load {num(row.get('model_load_s'), '.2f')} s{', reused' if row.get('model_reused') else ''})"
                      f", peak RSS {_count(row.get('peak_rss_bytes'), 'B')}")
-    lines.append(f"  results: {name} (run_id {row['run_id'][:12]}, config {row.get('config_hash')})"
+    lines.append(f"  results: {name} (run_id {row['run_id']}, config {row.get('config_hash')})"
                  + (f"; job dir: {ctx.job_dir}" if ctx.job_dir and not ctx.multirun else ""))
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))
 
 
 def _model_label(row: dict[str, Any]) -> str:

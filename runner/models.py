@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from . import hub
 from .errors import ConfigError, DeviceError, ModelUnavailable
 from .schema import DeviceConfig, ModelConfig, Weights
 
@@ -163,15 +164,6 @@ def _build(model_cfg: ModelConfig, target, dtype, seed: int):
                           f"{model_cfg.model_type!r}: {' '.join(str(exc).split())[:300]}") from None
 
 
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except (ImportError, AttributeError):  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-
-
 def _is_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_dir()
 
@@ -191,18 +183,18 @@ def _from_pretrained(fn, name: str, what: str, model_cfg: ModelConfig, **kwargs)
         return fn(name, local_files_only=True, **kwargs)
     except OSError as exc:
         cached_error = exc
-    if not _offline():
+    if hub.reachable():  # asked once per process: an unreachable hub costs no retries, in no later job either
         try:
             return fn(name, **kwargs)
         except OSError as exc:
-            cached_error = exc
-    hint = (f"download it on a machine with network (`hf download {name}`) into this HF cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}), point model.hf_id at a local directory, or use "
-            "model.weights=random (random init, full size) or model.weights=meta (analytic FLOPs only)")
-    mode = "offline mode (HF_HUB_OFFLINE)" if _offline() else "the hub is unreachable"
-    log.debug("from_pretrained(%s) failed: %s", name, cached_error)
-    raise ModelUnavailable(f"model {model_cfg.name!r}: {what} {name!r} is not in the local Hugging Face cache and "
-                           f"{mode}; {hint}")
+            raise ModelUnavailable(f"model {model_cfg.name!r}: cannot load {what} {name!r} from the hub: "
+                                   f"{_short(exc)}") from None
+    log.debug("from_pretrained(%s, local_files_only=True) failed: %s", name, cached_error)
+    raise ModelUnavailable(
+        f"model {model_cfg.name!r}: {what} {name!r} is not in the local Hugging Face cache and {hub.why_offline()}; "
+        f"download it on a machine with network (`hf download {name}`) into this HF cache "
+        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}), point model.hf_id at a local directory, or use "
+        "model.weights=random (random init, full size) or model.weights=meta (analytic FLOPs only)")
 
 
 def _short(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ def batch_sums(logits: torch.Tensor, input_ids: torch.Tensor, ref_logits: torch.
     if ref_logits is not None:
         ref = F.log_softmax(ref_logits[:, :-1].float().to(logp.device), dim=-1)
         ref_nll = -ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        kl = (ref.exp() * (ref - logp)).sum(-1)
+        kl = (ref.exp() * (ref - logp)).sum(-1).clamp_min(0)  # KL >= 0: float rounding alone gives -1e-10 and so on
         agree = ref.argmax(-1) == logp.argmax(-1)
         out.update(ref_nll=float(ref_nll[mask].sum()), kl=float(kl[mask].sum()), agree=int(agree[mask].sum()))
     return out

@@ -11,6 +11,8 @@ Read with `pandas.read_parquet(results_dir / "table=runs")`, `runner.results.rea
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,7 +24,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from .errors import OutputError
+from .errors import OutputError, ResultsNotFound
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +180,101 @@ def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: lis
     return directory / name
 
 
-def read_table(results_dir: str | os.PathLike, table: str, filter: Any = None):
-    """One table of a results dir as a pandas DataFrame (explicit schema; `model` from the partition)."""
+def nullable_types(arrow_type: pa.DataType):
+    """pyarrow -> pandas types for to_pandas(types_mapper=): integer columns stay integers (pandas' nullable Int32 /
+    Int64) instead of turning into float64 wherever a value is missing."""
+    import pandas as pd
+
+    return {_i32: pd.Int32Dtype(), _i64: pd.Int64Dtype()}.get(arrow_type)
+
+
+def read_table(results_dir: str | os.PathLike, table: str, filter: Any = None, columns: list[str] | None = None):
+    """One table of a results dir as a pandas DataFrame (explicit schema; `model` from the partition; integer columns
+    as nullable Int32/Int64)."""
     import pyarrow.dataset as ds
 
     root = Path(results_dir) / f"table={table}"
     schema = full_schema(table)
     if not root.is_dir():
-        return schema.empty_table().to_pandas()
+        data = schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return data.to_pandas(types_mapper=nullable_types)
     dataset = ds.dataset(root, format="parquet", schema=schema, ignore_prefixes=[".", "_"],
                          partitioning=ds.partitioning(PARTITION, flavor="hive"))
-    return dataset.to_table(filter=filter).to_pandas()
+    return dataset.to_table(filter=filter, columns=columns).to_pandas(types_mapper=nullable_types)
+
+
+def sweep_id_for(sweep_dir: str | os.PathLike) -> str:
+    """Stable id of a sweep: a hash of its absolute directory (known to the launcher and to every job)."""
+    return hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def default_results_dir() -> Path:
+    """Where `python -m runner` writes by default: ${out_root}/results, out_root = $RUNNER_OUT or outputs."""
+    return Path(os.environ.get("RUNNER_OUT") or "outputs") / "results"
+
+
+def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: str | os.PathLike | None = None,
+         filter: Any = None):
+    """Rows of one sweep (or one single run) as a pandas DataFrame.
+
+    table: runs | layers | experts, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
+    sweep: "latest" - what ran last: the sweep, or the single run, that wrote the newest row of results_dir;
+           "all" - every row; a sweep directory (outputs/multirun/<date>/<time>); a sweep_id or run_id as printed.
+    results_dir: default: the one a sweep directory's sweep.json names, else $RUNNER_OUT/results or outputs/results.
+    """
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    if table not in (*TABLES, "summary"):
+        raise ValueError(f"table {table!r} is not one of {', '.join(TABLES)}, summary")
+    sweep_dir = Path(sweep) if isinstance(sweep, os.PathLike) or os.sep in str(sweep) else None
+    if sweep_dir is not None and not sweep_dir.is_dir():
+        raise ResultsNotFound(f"sweep directory {sweep_dir} does not exist")
+    if results_dir is None and sweep_dir is not None and (sweep_dir / "sweep.json").is_file():
+        results_dir = json.loads((sweep_dir / "sweep.json").read_text()).get("results_dir")
+    root = Path(results_dir) if results_dir is not None else default_results_dir()
+    if not (root / "table=runs").is_dir():
+        raise ResultsNotFound(f"no results in {root} (no table=runs/): run `python -m runner` first, or pass "
+                              "results_dir=<the results_dir the runs wrote to>")
+    if str(sweep) == "all":
+        if table == "summary":
+            raise ValueError("table 'summary' is one sweep's; pass sweep='latest', a sweep directory or a sweep_id")
+        return _ordered(read_table(root, table, filter=filter), "timestamp", "job_num")
+    index = read_table(root, "runs", columns=["run_id", "sweep_id", "sweep_dir", "timestamp"])
+    if sweep_dir is not None:
+        key, value = "sweep_id", sweep_id_for(sweep_dir)
+    elif str(sweep) == "latest":
+        newest = index.sort_values("timestamp").iloc[-1]
+        key, value = ("run_id", newest["run_id"]) if pd.isna(newest["sweep_id"]) else ("sweep_id", newest["sweep_id"])
+    elif (index["sweep_id"] == str(sweep)).any():
+        key, value = "sweep_id", str(sweep)
+    elif (index["run_id"] == str(sweep)).any():
+        key, value = "run_id", str(sweep)
+    else:
+        raise ResultsNotFound(f"no sweep or run {str(sweep)!r} in {root}; recent sweeps: {_recent_sweeps(index)}")
+    rows = index[index[key] == value]
+    if rows.empty:
+        raise ResultsNotFound(f"sweep {sweep_dir} has no rows in {root} (did it write to another results_dir?)")
+    if table == "summary":
+        summary = rows["sweep_dir"].dropna()
+        if key == "sweep_id" and len(summary) and (Path(summary.iloc[0]) / "summary.parquet").is_file():
+            return pd.read_parquet(Path(summary.iloc[0]) / "summary.parquet")
+        table = "runs"  # a single run (or a sweep still running): its own rows
+    selected = ds.field(key) == value
+    return _ordered(read_table(root, table, filter=selected if filter is None else selected & filter),
+                    "job_num", "timestamp")
+
+
+def _ordered(frame, *first: str):
+    """Rows in job (or time) order, then layer and expert; files come back in no particular order."""
+    keys = [c for c in (*first, "layer", "expert") if c in frame.columns]
+    return frame.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def _recent_sweeps(index) -> str:
+    sweeps = index.dropna(subset=["sweep_id"]).sort_values("timestamp").drop_duplicates("sweep_id", keep="last")
+    recent = [f"{row.sweep_id} ({row.sweep_dir})" for row in sweeps.tail(3).itertuples()][::-1]
+    return ", ".join(recent) or "none (single runs only: pass a run_id, or sweep='all')"
 
 
 def find_ok(results_dir: str | os.PathLike, config_hash: str):

@@ -48,53 +48,73 @@ class DatasetKind(Enum):
     local = "local"  # local .txt / .jsonl / .json / .parquet files
 
 
+def doc(help: str, default: Any = MISSING, factory: Any = None) -> Any:
+    """A config field with its one line of help, printed by `python -m runner --help` (help_text below)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short slug: results partition `model=<name>`
-    model_type: str = MISSING  # transformers model_type (AutoConfig.for_model)
-    hf_id: Optional[str] = None  # hub id or local directory, for weights=pretrained
-    weights: Weights = Weights.pretrained
-    default_topk: Optional[int] = None  # the checkpoint's own top-k; null: read it from the model
-    config: Dict[str, Any] = field(default_factory=dict)  # AutoConfig.for_model(model_type, **config) for random/meta
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-    tokenizer: Optional[str] = None  # null: hf_id for pretrained, the built-in byte tokenizer otherwise; "byte" forces it
-    experts_implementation: Optional[str] = None  # transformers experts kernel (eager|batched_mm|grouped_mm); null: default
+    """the MoE model and how to build it"""
+
+    name: str = doc("short slug; the results partition model=<name>")
+    model_type: str = doc("transformers model_type (AutoConfig.for_model)")
+    hf_id: Optional[str] = doc("hub id or local directory, for weights=pretrained", None)
+    weights: Weights = doc("pretrained (from_pretrained: cache, directory or hub) | random (seeded init from "
+                           "model.config) | meta (analytic FLOPs and params only)", Weights.pretrained)
+    default_topk: Optional[int] = doc("the checkpoint's own top-k; null: read it from the model", None)
+    config: Dict[str, Any] = doc("kwargs for AutoConfig.for_model(model_type, ...) for random/meta: "
+                                 "model.config.hidden_size=...", factory=dict)
+    revision: Optional[str] = doc("hub revision (branch, tag or commit) for weights=pretrained", None)
+    trust_remote_code: bool = doc("allow the checkpoint's own Python code (off unless set)", False)
+    tokenizer: Optional[str] = doc("null: hf_id for pretrained, the built-in byte tokenizer otherwise; byte forces it; "
+                                   "else a hub id or directory", None)
+    experts_implementation: Optional[str] = doc("transformers experts kernel: eager | batched_mm | grouped_mm; "
+                                                "null: transformers' default", None)
 
 
 @dataclass
 class DatasetConfig:
-    kind: DatasetKind = DatasetKind.builtin
-    name: str = "builtin"  # label in the results
-    path: Optional[str] = None  # hf: dataset name or builder ("json", "parquet", a saved dataset dir); local: file or glob
-    config_name: Optional[str] = None  # hf: dataset configuration
-    data_files: Optional[Any] = None  # hf: data_files for builders such as json/csv/parquet
-    split: str = "train"
-    slice: Optional[str] = None  # documents to keep, Python/datasets slice syntax: "[:64]", "[10:20]", "[:10%]"
-    field: str = "text"  # text column / JSON key
-    format: str = "auto"  # local: auto (by extension) | text | jsonl | json | parquet
+    """where the text comes from and which slice of it"""
+
+    kind: DatasetKind = doc("builtin (runner/corpus.py) | hf (datasets.load_dataset) | local (files)",
+                            DatasetKind.builtin)
+    name: Optional[str] = doc("label in the results; null: derived from what is loaded", None)
+    path: Optional[str] = doc("hf: hub id, builder (json, csv, parquet, text) or save_to_disk dir; local: file or glob",
+                              None)
+    config_name: Optional[str] = doc("hf: the dataset's configuration", None)
+    data_files: Optional[Any] = doc("hf: data_files for builders such as json, csv, parquet", None)
+    split: str = doc("hf: the split to read", "train")
+    slice: Optional[str] = doc("documents to keep, Python/datasets syntax: '[:64]', '[10:20]', '[:10%]'", None)
+    field: str = doc("text column / JSON key", "text")
+    format: str = doc("local: auto (by extension) | text | jsonl | json | parquet", "auto")
 
 
 @dataclass
 class DeviceConfig:
-    name: str = "cpu"  # cpu | cuda | auto
-    device: str = "cpu"  # torch device for inputs / models built in memory
-    device_map: Optional[str] = None  # from_pretrained device_map ("auto" spreads over GPUs; needs accelerate)
-    dtype: str = "float32"  # auto | float32 | bfloat16 | float16
-    num_threads: Optional[int] = None  # CPU intra-op threads; null: 1 for models under 100M parameters, else torch's
+    """where the model runs, in which dtype"""
+
+    name: str = doc("cpu | cuda | auto", "cpu")
+    device: str = doc("torch device of the inputs and of models built in memory: cpu, cuda, cuda:1", "cpu")
+    device_map: Optional[str] = doc("from_pretrained device_map (auto spreads over GPUs; needs accelerate)", None)
+    dtype: str = doc("auto | float32 | bfloat16 | float16", "float32")
+    num_threads: Optional[int] = doc("CPU intra-op threads; null: 1 for models under 100M parameters, else torch's",
+                                     None)
 
 
 @dataclass
 class SelectorConfig:
-    """`selector=kneedle selector.k_max=8`: the name and its parameters side by side (null = not given)."""
+    """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
-    name: str = "topk"  # topk = the model's own routing at `topk`; others: per-token dynamic k (runner.selectors)
-    k_max: Optional[int] = None  # null: the job's topk
-    k_min: Optional[int] = None
-    k: Optional[int] = None  # selector 'topk' under a k_max pool (library use); not for the model's own routing
-    threshold: Optional[float] = None  # cumsum
-    ratio: Optional[float] = None  # gap_ratio
-    alpha: Optional[float] = None  # min_p
+    name: str = doc("topk (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", "topk")
+    k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
+    k_min: Optional[int] = doc("fewest experts per token", None)
+    k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
+    threshold: Optional[float] = doc("cumsum: smallest k whose probability mass reaches it (top-p)", None)
+    ratio: Optional[float] = doc("gap_ratio: cut where p(i)/p(i+1) reaches it", None)
+    alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -104,11 +124,11 @@ class SelectorConfig:
 
 @dataclass
 class DimValues:
-    num_experts: Optional[int] = None
-    top_k: Optional[int] = None
-    hidden_dim: Optional[int] = None
-    expert_dim: Optional[int] = None
-    shared_expert_dim: Optional[int] = None
+    num_experts: Optional[int] = doc("routed experts", None)
+    top_k: Optional[int] = doc("experts per token", None)
+    hidden_dim: Optional[int] = doc("model width H", None)
+    expert_dim: Optional[int] = doc("expert intermediate width I", None)
+    shared_expert_dim: Optional[int] = doc("shared expert width (0: none)", None)
 
     def given(self) -> dict[str, int]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -116,32 +136,35 @@ class DimValues:
 
 @dataclass
 class DimsConfig:
-    override: DimValues = field(default_factory=DimValues)  # above model.config in the priority chain
-    fallback: DimValues = field(default_factory=DimValues)  # below model.config and module introspection
+    """MoE dimensions given by hand, for the profiler's priority chain"""
+
+    override: DimValues = doc("dimensions above model.config", factory=DimValues)
+    fallback: DimValues = doc("dimensions below model.config and module introspection", factory=DimValues)
 
 
 @dataclass
 class RunnerConfig:
-    model: ModelConfig = MISSING
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    selector: SelectorConfig = field(default_factory=SelectorConfig)
-    dims: DimsConfig = field(default_factory=DimsConfig)
-    topk: Optional[int] = None  # null: the model's own top-k
-    seq_len: int = 128  # tokens per packed block (no padding)
-    batch_size: int = 8  # blocks per forward pass
-    max_batches: Optional[int] = None  # cap on batches; null: the whole slice
-    measure_flops: bool = False  # count FLOPs on every batch (false: on the first batch only)
-    quality: str = "auto"  # reference pass for KL / top-1 agreement: auto (when routing differs) | always | never
-    latency: bool = False  # time each MoE block (adds hooks)
-    seed: int = 0
-    tag: str = "dev"
-    out_root: str = "outputs"
-    results_dir: str = "outputs/results"
-    resume: bool = False  # skip jobs whose resolved config already has an ok row in results_dir
-    on_error: str = "auto"  # auto (record in multirun, raise in a single run) | raise | record
-    progress: Optional[bool] = None  # progress bar; null: only on a TTY
-    debug: bool = False  # show tracebacks instead of one-line errors
+    model: ModelConfig = doc(ModelConfig.__doc__)
+    dataset: DatasetConfig = doc(DatasetConfig.__doc__, factory=DatasetConfig)
+    device: DeviceConfig = doc(DeviceConfig.__doc__, factory=DeviceConfig)
+    selector: SelectorConfig = doc(SelectorConfig.__doc__, factory=SelectorConfig)
+    dims: DimsConfig = doc(DimsConfig.__doc__, factory=DimsConfig)
+    topk: Optional[int] = doc("experts per token (sweep it: topk=1,2,4 -m); null: the model's own top-k", None)
+    seq_len: int = doc("tokens per packed block (no padding)", 128)
+    batch_size: int = doc("blocks per forward pass", 8)
+    max_batches: Optional[int] = doc("cap on batches; null: the whole slice", None)
+    measure_flops: bool = doc("count FLOPs on every batch (false: on the first batch only)", False)
+    quality: str = doc("reference pass for KL and top-1 agreement: auto (when routing differs) | always | never",
+                       "auto")
+    latency: bool = doc("time each MoE block (adds hooks)", False)
+    seed: int = doc("seed for random weights", 0)
+    tag: str = doc("free label stored with every row", "dev")
+    out_root: str = doc("where runs/, multirun/ and results/ go ($RUNNER_OUT, else outputs)", "outputs")
+    results_dir: str = doc("the parquet dataset shared by all runs and sweeps (out_root/results)", "outputs/results")
+    resume: bool = doc("skip jobs whose resolved config already has an ok row in results_dir", False)
+    on_error: str = doc("auto (record in a sweep, raise in a single run) | raise | record", "auto")
+    progress: Optional[bool] = doc("progress bar; null: only on a terminal", None)
+    debug: bool = doc("show tracebacks instead of one-line errors", False)
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object / validate()
         check(self)
@@ -200,13 +223,17 @@ def check(cfg: RunnerConfig) -> None:
         _fail("device.num_threads", f"must be >= 1 or null, got {cfg.device.num_threads}")
     if not re.match(r"^(cpu|cuda|meta)(:\d+)?$", cfg.device.device):
         _fail("device.device", f"{cfg.device.device!r} is not a torch device such as cpu, cuda or cuda:1")
-    if d.kind is not DatasetKind.builtin and not d.path:
-        _fail("dataset.path", f"dataset kind {d.kind.value!r} needs a path")
+    if d.kind is DatasetKind.hf and not d.path:
+        _fail("dataset.path", "dataset=hf needs a path: a hub id (with dataset.config_name if it has several), a "
+              "builder on local files (dataset.path=json dataset.data_files=FILE) or a save_to_disk directory; "
+              "or use dataset=wikitext2")
+    if d.kind is DatasetKind.local and not d.path:
+        _fail("dataset.path", "dataset=local needs a path: a file or a glob")
     if d.slice is not None and not SLICE.match(d.slice):
         _fail("dataset.slice", f"{d.slice!r} is not a slice such as '[:64]', '[10:20]' or '[:10%]'")
     if d.format not in ("auto", "text", "jsonl", "json", "parquet"):
         _fail("dataset.format", f"{d.format!r} is not one of auto, text, jsonl, json, parquet")
-    if not SLUG.match(d.name):
+    if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
 
@@ -238,10 +265,9 @@ def validate(cfg: DictConfig) -> RunnerConfig:
     """Composed config -> RunnerConfig, failing with ConfigError (one line, naming the key) on any problem."""
     from omegaconf.errors import OmegaConfBaseException
 
-    known = {f.name for f in dataclasses.fields(RunnerConfig)}
-    extra = sorted(set(cfg.keys()) - known - {"hydra"})
-    if extra:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(extra)} (a typo, or a stray '+' override?)")
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False))  # a '+key=' or an experiment file's key too
+    if unknown:
+        raise ConfigError("; ".join(unknown))
     try:
         plain = OmegaConf.create({k: v for k, v in cfg.items() if k != "hydra"}) if "hydra" in cfg else cfg
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunnerConfig), plain))
@@ -256,6 +282,51 @@ def validate(cfg: DictConfig) -> RunnerConfig:
     return obj
 
 
+def unknown_keys(data: dict, cls: type = None, prefix: str = "") -> list[str]:
+    """One message per key of `data` (a nested dict, e.g. the composed config) that the schema does not have, naming
+    the closest valid key. Free-form dicts such as model.config take any key."""
+    import difflib
+    import typing
+
+    cls = cls or RunnerConfig
+    hints = typing.get_type_hints(cls)
+    errors = []
+    for key, value in data.items():
+        if cls is RunnerConfig and key in ("hydra", *OTHER_GROUPS):
+            continue
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(hints)}"
+            errors.append(f"{prefix}{key}: unknown key ({hint}); python -m runner --help lists every key")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            errors += unknown_keys(value, hints[key], f"{prefix}{key}.")
+    return errors
+
+
+def check_command_line(argv: list[str]) -> Optional[str]:
+    """The first override on a `python -m runner` command line whose key the schema lacks (`topK=4`, `+topK=4`,
+    `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
+        return None
+    for override in overrides:
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or override.package is not None:
+            continue
+        nested: dict = {}
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        errors = unknown_keys(nested)
+        if errors:
+            return errors[0]
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     """OmegaConf/Hydra messages carry 'full_key: ...' detail lines; keep the message and the key."""
     text = str(exc).strip()
@@ -267,7 +338,72 @@ def one_line(exc: BaseException) -> str:
     return f"{key}: {head}" if key and key not in head else head
 
 
+# groups that are not fields of RunnerConfig, and Hydra's own launchers (the presets are conf/hydra/launcher/*.yaml)
+OTHER_GROUPS = {"experiment": "a sweep declared in conf/experiment/<name>.yaml (run it with -m)"}
+HYDRA_LAUNCHERS = {
+    "basic": "Hydra's default: the jobs one after another in this process, reusing the loaded model",
+    "joblib": "parallel worker processes on this machine (hydra.launcher.n_jobs=N)",
+    "submitit_local": "one process per job on this machine; a crashed job is recorded, the sweep goes on",
+    "submitit_slurm": "SLURM jobs through submitit",
+}
+
+
+def help_text() -> str:
+    """The text of `python -m runner --help`: what every group and key means (the `doc` help of the dataclasses),
+    the options of each group (Hydra's $APP_CONFIG_GROUPS) and the launchers."""
+    import typing
+
+    def entries(cls: type, prefix: str) -> list[tuple[str, str]]:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        out = [(prefix + f.name, f.metadata.get("help", "")) for f in fields]
+        nested = [f.name for f in fields if dataclasses.is_dataclass(hints[f.name])]  # dims.override, dims.fallback
+        if nested:  # fields of one type (DimValues) share their keys: dims.{override,fallback}.<dim>
+            names = nested[0] if len(nested) == 1 else "{" + ",".join(nested) + "}"
+            out += entries(hints[nested[0]], f"{prefix}{names}.")
+        return out
+
+    hints = typing.get_type_hints(RunnerConfig)
+    groups = [f for f in dataclasses.fields(RunnerConfig) if dataclasses.is_dataclass(hints[f.name])]
+    sections = {f.name: entries(hints[f.name], f"{f.name}.") for f in groups}
+    width = max(len(key) for keys in sections.values() for key, _ in keys) + 2
+    lines = ["python -m runner profiles a Hugging Face MoE model on a text slice (routing, exact FLOPs, loss, speed) and "
+             "writes tidy parquet.",
+             "",
+             "  python -m runner [group=option ...] [key=value ...]   one job",
+             "  python -m runner -m [key=a,b ...] [group=x,y ...]       a sweep: one job per combination",
+             "  python -m runner ... --cfg job --resolve                show the composed config, run nothing",
+             "",
+             "== Groups (group=option; then group.key=value) =="]
+    lines += [f"  {f.name:<{width}}{f.metadata['help']}" for f in groups]
+    lines += [f"  {name:<{width}}{text}" for name, text in OTHER_GROUPS.items()]
+    lines += ["", "== Options of each group ==", "$APP_CONFIG_GROUPS", "", "== Keys (key=value) =="]
+    for f in dataclasses.fields(RunnerConfig):
+        if f not in groups:
+            lines.append(f"  {f.name:<{width}}{f.metadata['help']}")
+    for name, keys in sections.items():
+        lines += ["", f"== {name}.* =="] + [f"  {key:<{width}}{text}" for key, text in keys]
+    lines += ["", "== Launchers (-m hydra/launcher=NAME) =="]
+    lines += [f"  {name:<{width}}{text}" for name, text in {**HYDRA_LAUNCHERS, **launcher_presets()}.items()]
+    lines += ["", "More: README.md (The Hydra runner); --hydra-help for Hydra's own flags."]
+    return "\n".join(lines).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS") + "\n"
+
+
+def launcher_presets() -> dict[str, str]:
+    """This project's launcher presets: name -> the first comment line of conf/hydra/launcher/<name>.yaml that is
+    neither the package line nor a command line."""
+    presets = {}
+    for path in sorted((CONFIG_DIR / "hydra" / "launcher").glob("*.yaml")):
+        comments = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
+        text = next((c for c in comments if not c.startswith(("@package", "python -m"))), "")
+        presets[path.stem] = f"preset: {text}"
+    return presets
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
+    store = ConfigStore.instance()
+    store.store(name="runner_schema", node=RunnerConfig)
+    store.store(group="hydra/help", name="runner_help",
+                node={"app_name": "runner", "header": "", "footer": "", "template": help_text()})

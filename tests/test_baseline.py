@@ -331,6 +331,9 @@ def run_job(tmp_path: Path, *overrides: str) -> dict:
     return job.run(cfg)
 
 
+SETTING = "builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu weights=random seed=0"  # run_setting
+
+
 def test_sweep_results_pin_and_check(tmp_path, capsys):
     assert run_job(tmp_path, "topk=2")["status"] == "ok"
     assert run_job(tmp_path, "selector=kneedle", "topk=4")["status"] == "ok"
@@ -338,11 +341,11 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     code, out, _ = run_main(capsys, "update", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK and "8 entries written" in out
     s = {e.key: e for e in bl.load(pinned)}
-    assert s["olmoe_tiny|k=2|topk|builtin|status"].value == "ok"
-    assert s["olmoe_tiny|k=2|topk|builtin|moe_flops_per_token"].value == 51_200
-    assert s["olmoe_tiny|k=2|topk|builtin|moe_flops_per_token_measured"].value == 51_200
-    assert s["olmoe_tiny|k=2|topk|builtin|moe_flops_per_token_measured"].tolerance is None
-    knee = "olmoe_tiny|k=4|kneedle(k_max=4,k_min=1)|builtin"
+    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|status"].value == "ok"
+    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token"].value == 51_200
+    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token_measured"].value == 51_200
+    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token_measured"].tolerance is None
+    knee = f"olmoe_tiny|k=4|kneedle(k_max=4,k_min=1)|{SETTING}"
     assert s[f"{knee}|moe_flops_per_token"].value == 2 * (1024 + 4 * 12_288)  # analytic at k_max
     assert s[f"{knee}|moe_flops_per_token_measured"].tolerance == bl.ROUTING_RTOL
     assert s[f"{knee}|loss"].tolerance == bl.SWEEP_LOSS_RTOL and 5 < s[f"{knee}|loss"].value < 6
@@ -359,7 +362,7 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     lines = set_value(lines_of(pinned), f"{knee}|loss", repr(s[f"{knee}|loss"].value * 1.01))
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(write(pinned, lines)))
     assert code == bl.EXIT_DIFF
-    assert f"changed: {knee}|loss" in out and "extra: olmoe_tiny|k=1|topk|builtin|status" in out
+    assert f"changed: {knee}|loss" in out and f"extra: olmoe_tiny|k=1|topk|{SETTING}|status" in out
 
 
 def test_sweep_dir_summary_parquet(tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_groups_are_complete():
     assert {"olmoe_tiny", "mixtral_tiny", "qwen2_moe_tiny", "deepseek_v3_tiny"} <= set(TINY)
     assert set(DEVICES) == {"cpu", "cuda", "auto"}
     assert set(SELECTORS) == {"topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p"}
-    assert set(DATASETS) == {"builtin", "hf", "local"}
+    assert set(DATASETS) == {"builtin", "hf", "local", "wikitext2"}
     assert {"smoke", "paper_topk"} <= set(EXPERIMENTS)
 
 
@@ -97,7 +97,7 @@ def test_every_experiment_and_each_of_its_jobs_validates(experiment):
 
 
 def test_dataset_groups():
-    assert validate(make("dataset=hf")).dataset.split == "test"
+    assert validate(make("dataset=wikitext2")).dataset.split == "test"
     conf = validate(make("dataset=local", "dataset.path=/data/x.jsonl"))
     assert conf.dataset.kind.value == "local" and conf.dataset.field == "text"
     with pytest.raises(Exception, match="path"):  # local needs a path (??? is mandatory)
@@ -142,7 +142,7 @@ def test_composition_errors_name_the_key(override, needle):
     (["topk=-2"], "topk: must be a positive integer"),
     (["topk=9"], "topk: 9 exceeds the 8 experts"),
     (["model=mixtral", "topk=9"], "topk: 9 exceeds the 8 experts"),
-    (["+topK=4"], "unknown top-level key(s) topK"),
+    (["+topK=4"], "topK: unknown key (did you mean topk?)"),
     (["seq_len=1"], "seq_len"),
     (["batch_size=0"], "batch_size"),
     (["on_error=ignore"], "on_error"),

@@ -38,9 +38,9 @@ JOB_ERRORS = {
     "pretrained_offline": (["model=olmoe"], "not in the local Hugging Face cache"),
     "unwritable_output": (["results_dir=/dev/null/results"], "is not writable"),
     "bad_selector_params": (["selector=min_p", "selector.alpha=2"], "alpha must be in [0, 1]"),
+    "typo_key": (["topK=4"], "topK: unknown key (did you mean topk?)"),
 }
 COMPOSE_ERRORS = {
-    "typo_key": (["topK=4"], "Key 'topK' not in 'RunnerConfig'"),
     "unknown_model": (["model=olmo"], "Could not find 'model/olmo'"),
     "unknown_selector": (["selector=top_p"], "Could not find 'selector/top_p'"),
     "non_integer_topk": (["topk=2.5"], "topk"),

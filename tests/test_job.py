@@ -226,7 +226,7 @@ def test_hf_dataset_through_load_dataset_json_builder(tmp_path, jsonl, monkeypat
             "dataset.split=train", "dataset.slice=\"[:6]\"", "dataset.field=body", "dataset.name=jsonl6", *SMALL)
     row = latest_run(tmp_path)
     assert row["status"] == "ok" and row["dataset"] == "jsonl6" and row["documents"] == 6
-    assert row["dataset_source"] == "json:train[:6]"
+    assert row["dataset_source"] == f"json:train[:6] {jsonl}"
 
 
 def test_hf_dataset_from_save_to_disk(tmp_path, jsonl):

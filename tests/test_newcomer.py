@@ -1,0 +1,324 @@
+"""Issue 10 §2/§3: a newcomer's first hour. Offline hub, loading results, labels, summary, keys, help, typos, logs."""
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner import results
+from test_errors import ROOT, cli_env
+from test_job import latest_run, run_job
+
+SMALL = ("max_batches=1", "seq_len=64")
+
+
+def online_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    """HF_HUB_OFFLINE unset (conftest sets it for the suite), an empty HF cache, a hub endpoint of our choosing."""
+    env = cli_env(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"))
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(key, None)
+    return env
+
+
+# -- §2: an unreachable hub costs one probe per process, not 25 s of retries per job ---------------------------------
+def test_unreachable_hub_fails_every_job_fast_with_one_line_each(tmp_path):
+    # nothing listens on port 9 of this host: the hub is unreachable, as on a machine without network
+    env = online_env(tmp_path, "http://127.0.0.1:9")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=olmoe", "dataset=builtin,wikitext2",
+                          "topk=4,8", *SMALL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    elapsed = time.perf_counter() - start
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    runs = results.read_table(tmp_path / "results", "runs")
+    assert list(runs["status"]) == ["failed"] * 4
+    assert runs["wall_s"].sum() <= 5.0, (runs["wall_s"].tolist(), elapsed)  # was ~25 s per job
+    failed = [line for line in text.splitlines() if "job failed:" in line]
+    assert len(failed) == 4, text
+    model_lines = [line for line in failed if "pretrained weights 'allenai/OLMoE-1B-7B-0924'" in line]
+    data_lines = [line for line in failed if "dataset 'wikitext'" in line]
+    assert len(model_lines) == len(data_lines) == 2, text
+    assert all("the hub (http://127.0.0.1:9) is unreachable" in line for line in failed), text
+    assert "Retrying" not in text and "thrown while requesting" not in text and "Traceback" not in text
+
+
+def test_reachable_hub_keeps_the_online_path(monkeypatch):
+    """A hub that answers (a local HTTP server here) is reachable: the runner goes online after a cache miss."""
+    from huggingface_hub import constants
+
+    from runner import hub
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub.reachable.__wrapped__() is True and constants.HF_HUB_OFFLINE is False
+    finally:
+        server.shutdown()
+
+
+# -- §3.1: the printed run id is the stored one ---------------------------------------------------------------------------
+def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
+    out = run_job(tmp_path, *SMALL)
+    printed = re.search(r"\(run_id (\w+),", capsys.readouterr().out).group(1)
+    runs = results.read_table(tmp_path / "results", "runs")
+    assert printed == out["run_id"] and len(runs[runs["run_id"] == printed]) == 1
+
+
+# -- §3.2 / §3.5 / §3.10: the README's loading snippets, run as written on a real sweep ------------------------------------
+README = ROOT / "README.md"
+# ```python blocks of the README that this test does not run, by the heading they sit under, and why
+NOT_RUN = {"The profiler (library)": "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub"}
+
+
+def readme_blocks(language: str) -> list[tuple[str, str]]:
+    """(heading, code) of every ```language block of README.md, in order."""
+    heading, blocks, code = "", [], None
+    for line in README.read_text().splitlines():
+        if code is None and line.startswith("#") and not line.startswith("#!"):
+            heading = line.lstrip("#").strip()
+        elif code is None and line.strip() == f"```{language}":
+            code = []
+        elif code is not None and line.strip() == "```":
+            blocks.append((heading, "\n".join(code)))
+            code = None
+        elif code is not None:
+            code.append(line)
+    return blocks
+
+
+def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
+                                                capsys):
+    from runner.errors import ResultsNotFound
+    from runner.results import load
+    from test_sweeps import sweep
+
+    monkeypatch.chdir(tmp_path)  # the snippets read the default outputs/results
+    monkeypatch.delenv("RUNNER_OUT", raising=False)
+    outputs = tmp_path / "outputs"
+    with pytest.raises(ResultsNotFound, match="no results in outputs/results"):
+        load("runs")
+    assert run_job(outputs, "max_batches=1", "seq_len=32")["status"] == "ok"  # another seq_len in the same results_dir
+    blocks = readme_blocks("python")
+    assert set(NOT_RUN) <= {heading for heading, _ in blocks}, "NOT_RUN names a heading the README no longer has"
+    loading = [code for heading, code in blocks if heading not in NOT_RUN]
+    assert len(loading) == 2
+    namespace: dict = {}
+    sweep_dir = outputs / "multirun" / "sweep"
+    with sweep(hydra_sweep_runner, outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
+        for code in loading:
+            exec(compile(code, str(README), "exec"), namespace)
+        assert list(load("runs", sweep=sweep_dir)["topk"]) == [1, 2]
+    capsys.readouterr()
+    runs, summary, everything = namespace["runs"], namespace["summary"], namespace["everything"]
+    assert list(runs["topk"]) == [1, 2] and list(summary["topk"]) == [1, 2] and runs["sweep_id"].nunique() == 1
+    assert len(everything) == 3 and len(namespace["layers"]) == 2 * 2
+    for column in ("topk", "job_num", "tokens", "documents", "seq_len"):  # nullable integers, also in the summary
+        assert str(runs[column].dtype) in ("Int32", "Int64") and runs[column].dtype == summary[column].dtype, column
+    assert list(summary["job_num"]) == [0, 1] and pd.isna(everything["job_num"]).sum() == 1  # the single run's
+    assert str(everything["job_num"].dtype) == "Int32" and str(everything["documents"].dtype) == "Int64"
+
+    # the documented duckdb query keeps the two seq_len apart instead of averaging over them
+    duckdb = pytest.importorskip("duckdb")
+    (sql,) = [code for _, code in readme_blocks("sql")]
+    got = duckdb.sql(sql).df()
+    at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]
+    assert sorted(at_k2["seq_len"]) == [32, 64] and list(at_k2["runs"]) == [1, 1]
+
+    # latest = what ran last: now a single run; a sweep by directory or id; unknown ids fail with one line
+    single = run_job(outputs, "max_batches=1", "seq_len=32", "topk=1")
+    assert list(load("runs")["run_id"]) == [single["run_id"]] and len(load("summary")) == 1
+    assert list(load("layers", sweep=runs["sweep_id"].iloc[0])["layer"]) == [0, 1, 0, 1]
+    assert len(load("experts", sweep=single["run_id"])) == 2 * 8
+    with pytest.raises(ResultsNotFound, match=r"no sweep or run 'nope' in outputs/results; recent sweeps: \w{12} \("):
+        load("runs", sweep="nope")
+
+
+# -- §3.3: dataset labels describe what was loaded --------------------------------------------------------------------------
+def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    run_job(tmp_path, "dataset=hf", "dataset.path=json", f"dataset.data_files={data}", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["status"] == "ok" and row["dataset"] == "json-tiny.jsonl" and row["dataset_kind"] == "hf"
+    assert row["dataset_source"] == f"json:train {data}"
+    run_job(tmp_path, "dataset=local", f"dataset.path={data}", "dataset.slice=\"[:3]\"", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["dataset"] == "tiny.jsonl" and row["dataset_source"] == f"{data}[:3]" and row["documents"] == 3
+    layers = results.read_table(tmp_path / "results", "layers")
+    assert set(layers["dataset"]) == {"json-tiny.jsonl", "tiny.jsonl"}  # the join keys carry the same label
+    run_job(tmp_path, "dataset=local", f"dataset.path={data}", "dataset.name=mine", *SMALL)
+    assert latest_run(tmp_path)["dataset"] == "mine"  # an explicit name wins
+
+
+def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
+    from runner.errors import ConfigError
+    from runner.schema import validate
+    from test_job import compose_job
+
+    with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
+        validate(compose_job(tmp_path, "dataset=hf"))
+    conf = validate(compose_job(tmp_path, "dataset=wikitext2"))
+    assert (conf.dataset.path, conf.dataset.config_name, conf.dataset.name) == ("wikitext", "wikitext-2-raw-v1",
+                                                                                  "wikitext2")
+
+
+# -- §3.4: the sweep summary shows what differs between jobs, in job order ------------------------------------------------
+def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_restore_singletons, tmp_path, capsys):
+    from test_sweeps import sweep
+
+    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    first, second = tmp_path / "a" / "eval.jsonl", tmp_path / "b" / "other.jsonl"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text(data.read_text())
+    overrides = ("dataset=local", f"dataset.path={first},{second}", "selector=cumsum", "selector.threshold=0.5,0.9",
+                 "topk=4", *SMALL)
+    with sweep(hydra_sweep_runner, tmp_path, *overrides):
+        summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
+    printed = capsys.readouterr().out
+    table = printed[printed.index("sweep "):].splitlines()
+    header = table[1].split()
+    assert header[:6] == ["job", "model", "selector", "k", "dataset.path", "selector.threshold"], table
+    assert header[-4:] == ["tok/s", "wall", "s", "status"], table
+    rows = [line.split() for line in table[2:6]]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]  # job order
+    assert [(row[4].endswith("eval.jsonl"), row[5]) for row in rows] == [(True, "0.5"), (True, "0.9"), (False, "0.5"),
+                                                                        (False, "0.9")]
+    assert list(summary["job_num"]) == [0, 1, 2, 3] and list(summary["dataset"]) == ["eval.jsonl"] * 2 + ["other.jsonl"] * 2
+
+    # a resumed sweep: every job skipped, the summary shows the reused rows with their integer columns intact
+    with sweep(hydra_sweep_runner, tmp_path, *overrides, "resume=true", name="again"):
+        again = pd.read_parquet(tmp_path / "again" / "summary.parquet")
+    assert list(again["job_num"]) == [0, 1, 2, 3] and again["loss"].tolist() == summary["loss"].tolist()
+    assert str(again["tokens"].dtype) == "Int64" and str(again["topk"].dtype) == "Int32"
+
+
+# -- §3.5: a pinned sweep never matches runs made with other settings ------------------------------------------------------
+def test_baseline_key_keeps_settings_apart(tmp_path, capsys):
+    from runner import baseline
+
+    pinned = tmp_path / "pinned.csv"
+    assert run_job(tmp_path / "a", "max_batches=1", "seq_len=64")["status"] == "ok"
+    assert baseline.main(["update", "--results", str(tmp_path / "a" / "results"), "--file", str(pinned)]) == 0
+    for setting in ("seq_len=32", "device.dtype=bfloat16", "batch_size=4", "'dataset.slice=\"[:8]\"'"):
+        out = tmp_path / setting.strip("'").split("=")[0]
+        assert run_job(out, "max_batches=1", "seq_len=64", setting.strip("'"))["status"] == "ok"
+        capsys.readouterr()
+        code = baseline.main(["check", "--results", str(out / "results"), "--file", str(pinned)])
+        printed = capsys.readouterr().out
+        kinds = {line.split(":")[0] for line in printed.splitlines() if line.startswith(("changed", "missing", "extra",
+                                                                                           "renamed"))}
+        # other keys (missing / extra, or renamed where the value is the same), never one key that matches
+        assert code == 1 and kinds and kinds <= {"missing", "extra", "renamed"}, (setting, printed)
+    keys = [entry.key for entry in baseline.load(pinned)]
+    assert "olmoe_tiny|k=2|topk|builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu " \
+           "weights=random seed=0|loss" in keys
+
+
+# -- §3.8: KL is never negative ------------------------------------------------------------------------------------------
+def test_kl_rounding_noise_is_clamped_at_zero():
+    import torch
+
+    from runner.quality import batch_sums
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(2, 16, 259, generator=generator)
+        ids = torch.randint(0, 259, (2, 16), generator=generator)
+        # the same distributions (a softmax ignores a shift), different rounding: the true KL is 0
+        sums = batch_sums(logits, ids, logits + 1000.0)
+        assert 0.0 <= sums["kl"] < 1e-4 and sums["targets"] == 2 * 15
+
+
+# -- §3.6 / §3.7 / §3.9: the command line's own behaviour, in processes started together -----------------------------------
+CLI = {
+    "help": ["--help"],
+    "typo": ["topK=4"],
+    "typo_appended": ["+topK=4"],
+    "typo_nested_in_a_sweep": ["-m", "+selector.treshold=0.5,0.9"],
+    "single_run": ["max_batches=1", "seq_len=64", "quality=always"],
+}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    procs = {name: subprocess.Popen([sys.executable, "-m", "runner", *args, f"out_root={tmp / name}",
+                                     f"hydra.run.dir={tmp / name / 'run'}"], cwd=ROOT, env=cli_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in CLI.items()}
+    done = {name: (proc.communicate(timeout=170), proc.returncode) for name, proc in procs.items()}
+    return tmp, {name: (code, out, err) for name, ((out, err), code) in done.items()}
+
+
+def test_help_explains_every_group_and_key_and_lists_the_launchers(cli_runs):
+    import dataclasses
+
+    from runner.schema import RunnerConfig
+
+    code, out, err = cli_runs[1]["help"]
+    assert code == 0, err
+    lines = out.splitlines()
+    for field in dataclasses.fields(RunnerConfig):  # one line each, with the schema's help text
+        assert sum(line.split()[:1] == [field.name] and field.metadata["help"] in line for line in lines) == 1, field.name
+    for text in ("experiment ", "model: deepseek_v2_lite, deepseek_v3", "dataset.slice ", "selector.threshold ",
+                 "dims.{override,fallback}.expert_dim ", "seed for random weights"):
+        assert text in out, text
+    launchers = out[out.index("== Launchers"):]
+    for name in ("basic", "joblib", "submitit_local", "submitit_slurm", "local_parallel", "slurm"):
+        assert f"\n  {name} " in launchers, name
+    assert "preset: SLURM array jobs" in launchers and "$" not in out.replace("$RUNNER_OUT", "")
+
+
+@pytest.mark.parametrize("case,key", [("typo", "topK"), ("typo_appended", "topK"),
+                                      ("typo_nested_in_a_sweep", "selector.treshold")])
+def test_unknown_keys_name_the_closest_valid_key(cli_runs, case, key):
+    code, out, err = cli_runs[1][case]
+    closest = {"topK": "topk", "selector.treshold": "selector.threshold"}[key]
+    assert code == 1 and err.strip() == (f"runner: error: {key}: unknown key (did you mean {closest}?); "
+                                         "python -m runner --help lists every key"), err
+    assert "+topK" not in err and "Traceback" not in err and not out
+
+
+def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
+    from runner.errors import ConfigError
+    from runner.schema import validate
+    from test_job import compose_job
+
+    with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
+                                          r"\(did you mean selector.threshold\?\)"):
+        validate(compose_job(tmp_path, "+model.hiden_size=64", "+selector.treshold=0.5"))
+    validate(compose_job(tmp_path, "+model.config.rope_theta=1000"))  # model.config takes any transformers kwarg
+
+
+def test_runner_log_holds_the_job_summary(cli_runs):
+    tmp, runs = cli_runs
+    code, out, err = runs["single_run"]
+    assert code == 0, err
+    log = (tmp / "single_run" / "run" / "runner.log").read_text()
+    summary = out[out.index("runner: olmoe_tiny"):].splitlines()
+    assert len(summary) == 5 and summary[-1].startswith("  results: ")
+    assert all(line in log for line in summary) and "MoE scan:" in log
+    run_id = re.search(r"\(run_id (\w+),", out).group(1)
+    row = results.load("runs", sweep=run_id, results_dir=tmp / "single_run" / "results").iloc[0]
+    assert row["kl"] >= 0 and "KL -" not in out  # §3.8 in the printed line too
