@@ -10,11 +10,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in one worker per core (pyproject addopts): one intra-op thread each, or the workers' thread
+    # pools fight over the cores (2 workers x 2 threads on 2 cores tripled the CPU time). The models are tiny.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
 def _seeded():
     import torch
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)  # in case torch was imported before the variable above was set
     torch.manual_seed(0)
     yield

@@ -87,7 +87,8 @@ def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
 # -- §3.2 / §3.5 / §3.10: the README's loading snippets, run as written on a real sweep ------------------------------------
 README = ROOT / "README.md"
 # ```python blocks of the README that this test does not run, by the heading they sit under, and why
-NOT_RUN = {"The profiler (library)": "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub"}
+NOT_RUN = {"The profiler (library)": "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub",
+           "torch.compile, CUDA graphs and phases": "continues the library example above (its model and batch)"}
 
 
 def readme_blocks(language: str) -> list[tuple[str, str]]:
