@@ -112,7 +112,8 @@ def settings(conf: RunnerConfig) -> dict[str, Any]:
     m, d = conf.model, conf.dataset
     return dict(revision=m.revision, dataset=data.label(d), dataset_kind=d.kind.value, dataset_source=data.describe(d),
                 seq_len=conf.seq_len, batch_size=conf.batch_size, max_batches=conf.max_batches, device=conf.device.name,
-                seed=conf.seed, measure_flops=conf.measure_flops,
+                seed=conf.seed, measure_flops=conf.measure_flops, compile=conf.compile,
+                compile_mode=conf.compile_mode if conf.compile else None, decode_tokens=conf.decode_tokens,
                 selector_params=json.dumps(conf.selector.params, sort_keys=True),
                 dims_override=json.dumps(conf.dims.override.given(), sort_keys=True),
                 dims_fallback=json.dumps(conf.dims.fallback.given(), sort_keys=True))
@@ -232,7 +233,8 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
     row.update(model_load_s=loaded.load_s, model_reused=loaded.reused, device_name=loaded.device_name,
                dtype=loaded.dtype, tokenizer=loaded.tokenizer_name, experts_implementation=loaded.experts_implementation)
     profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
-                           fallbacks=conf.dims.fallback.given() or None, latency=conf.latency, verbose=False)
+                           fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
+                           phases=(PREFILL, DECODE, PROMPT), verbose=False)
     try:
         _write_scan_report(ctx, profiler)
         default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
@@ -268,29 +270,38 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
         with _cpu_threads(conf, loaded, row["params_total"]):
             stats = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
-        profiler_layers = profiler.layers_df()
+        profiler_layers = recorded(profiler.layers_df())
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
+        prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table
         measured_tokens = stats["measured_tokens"]
         if "flops_measured" in layers and measured_tokens:
-            layers["flops_measured_per_token"] = layers["flops_measured"].astype(float) / measured_tokens
-            row["flops_per_token_measured"] = float(layers["flops_measured"].astype(float).sum()) / measured_tokens
+            layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
+            row["flops_per_token_measured"] = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
             row["flops_measured_tokens"] = measured_tokens
-        if "flops" in layers and "tokens" in layers and layers["tokens"].gt(0).all():
-            row["flops_per_token_routed"] = float((layers["flops"] / layers["tokens"]).sum())
-        if "k_mean" in layers:
-            row["k_mean"] = float(layers["k_mean"].mean())
+        if "flops" in prefill and "tokens" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
+            row["flops_per_token_routed"] = float((prefill["flops"] / prefill["tokens"]).sum())
+        if "k_mean" in prefill:
+            row["k_mean"] = float(prefill["k_mean"].mean())
         memory = profiler.memory_df()
         if len(memory):
             row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
         row["peak_rss_bytes"] = _peak_rss()
-        return layers, profiler.experts_df()
+        return layers, recorded(profiler.experts_df())
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
 
 TINY_PARAMS = 100_000_000
+# Routing phases: the scoring forward passes (prefill), the generated tokens (decode), and generate()'s own pass over
+# the prompt, which repeats the prefill phase's tokens and is left out of the tables.
+PREFILL, DECODE, PROMPT = "prefill", "decode", "prompt"
+
+
+def recorded(frame):
+    """A profiler frame without generate()'s prompt pass (its tokens are the prefill phase's)."""
+    return frame[frame["phase"] != PROMPT].reset_index(drop=True) if "phase" in frame else frame
 
 
 @contextlib.contextmanager
@@ -350,6 +361,17 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
     totals = dict(targets=0, nll=0.0, ref_nll=0.0, kl=0.0, agree=0)
     forward_s = reference_s = timed_s = 0.0
     tokens = measured_tokens = timed_tokens = 0
+    decode = dict(ttft_s=[], tpot_s=[], steps=0)
+    forward = model
+    if conf.compile:  # after the profiler attached: its hooks are traced into the graph
+        forward = torch.compile(model, mode=conf.compile_mode)
+        with torch.no_grad():  # compile outside the timed region (the reference routing compiles its own variant)
+            x = batches[0].to(device)
+            forward(input_ids=x, use_cache=False)
+            if need_reference:
+                with profiler.default_routing():
+                    forward(input_ids=x, use_cache=False)
+        sync()
     profiler.reset()
     desc = f"{conf.model.name} k={row.get('topk')} {conf.selector.name}"
     for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
@@ -358,14 +380,14 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         if need_reference:
             t = time.perf_counter()
             with torch.no_grad(), profiler.default_routing():
-                reference = model(input_ids=x, use_cache=False).logits
+                reference = forward(input_ids=x, use_cache=False).logits
             sync()
             reference_s += time.perf_counter() - t
         measure = conf.measure_flops or i == 0
         sync()
         t = time.perf_counter()
         with torch.no_grad(), (profiler.measure_flops() if measure else contextlib.nullcontext()):
-            logits = model(input_ids=x, use_cache=False).logits
+            logits = forward(input_ids=x, use_cache=False).logits
         sync()
         elapsed = time.perf_counter() - t
         forward_s += elapsed
@@ -379,17 +401,57 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         for key, value in sums.items():
             totals[key] += value
         del logits, reference
+        if conf.decode_tokens:
+            _decode(model, profiler, x, conf.decode_tokens, tok, decode)
     n = max(totals["targets"], 1)
     loss = totals["nll"] / n
     row.update(documents=blocks.documents, blocks=sum(b.shape[0] for b in batches), batches=len(batches),
                tokens=tokens, targets=totals["targets"], loss=loss, ppl=math.exp(min(loss, 700.0)),
                reference=need_reference, forward_s=forward_s, reference_s=reference_s if need_reference else None,
                tokens_per_s=(timed_tokens / timed_s) if timed_s > 0 else (tokens / forward_s if forward_s else None))
+    if decode["ttft_s"]:
+        row.update(ttft_ms=1e3 * sum(decode["ttft_s"]) / len(decode["ttft_s"]),
+                   tpot_ms=1e3 * sum(decode["tpot_s"]) / len(decode["tpot_s"]) if decode["tpot_s"] else None,
+                   decode_steps=decode["steps"])
     if need_reference:
         ref_loss = totals["ref_nll"] / n
         row.update(ref_loss=ref_loss, ref_ppl=math.exp(min(ref_loss, 700.0)), kl=totals["kl"] / n,
                    top1_agreement=totals["agree"] / n)
     return dict(measured_tokens=measured_tokens)
+
+
+def _decode(model, profiler, prompt, new_tokens: int, tokenizer, decode: dict) -> None:
+    """Greedy `generate` of `new_tokens` tokens after `prompt` with a static cache (transformers compiles the decode
+    step, with CUDA graphs on a GPU): the fast way a user decodes. TTFT and TPOT are timed as MoE-CAP defines them,
+    from generate's own streamer callbacks (each follows a device-to-host copy of the new tokens, so the clock reads
+    after the GPU finished): TTFT = first token out - start, TPOT = the mean time of each later decode step (one token
+    for each of the batch's sequences). Routing of the prompt pass goes to the PROMPT phase, the decode steps to DECODE."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def put(self, value) -> None:  # first the prompt, then each new token
+            self.stamps.append(time.perf_counter())
+            if len(self.stamps) == 2:  # the prompt pass is done: what runs from here on is decoding
+                profiler.set_phase(DECODE)
+
+        def end(self) -> None:
+            pass
+
+    clock = Clock()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad(), profiler.phase(PROMPT):
+        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
+                       pad_token_id=pad, streamer=clock)
+    stamps = clock.stamps
+    decode["ttft_s"].append(stamps[1] - stamps[0])
+    if len(stamps) > 2:
+        decode["tpot_s"].append((stamps[-1] - stamps[1]) / (len(stamps) - 2))
+    decode["steps"] += len(stamps) - 2
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -416,6 +478,9 @@ def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model:
         flops += f", routed {num(row.get('flops_per_token_routed'))} (mean k {num(row.get('k_mean'), '.2f')})"
     lines.append(f"  MoE FLOPs/token over {row.get('moe_layers')} MoE layers: {flops}; params "
                  f"{_count(row.get('params_total'))} total, {_count(row.get('params_active'))} active")
+    if row.get("ttft_ms") is not None:
+        lines.append(f"  decode {row.get('decode_tokens')} tokens/prompt (static cache): TTFT {num(row['ttft_ms'], '.2f')} ms, "
+                     f"TPOT {num(row.get('tpot_ms'), '.2f')} ms")
     if row.get("tokens"):
         lines.append(f"  {num(row.get('tokens_per_s'))} tokens/s, wall {num(row.get('wall_s'), '.2f')} s "
                      f"(model load {num(row.get('model_load_s'), '.2f')} s{', reused' if row.get('model_reused') else ''})"

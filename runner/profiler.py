@@ -7,7 +7,7 @@ import math
 import re
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,8 @@ class MOEProfiler:
     (keys: num_experts, top_k, hidden_dim, expert_dim, shared_expert_dim).
     selector: a dynamic-k policy name (see runner.selectors) or a function probs[T, E] -> keep mask [T, k_max].
     latency: time each MoE block (CUDA events on GPU); adds hooks, off by default.
+    phases: the labels `set_phase()` switches between without recompiling compiled code (others can be added later,
+    at the cost of one re-trace).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class MOEProfiler:
         latency: bool = False,
         warmup: int = 1,
         buffer_tokens: int | None = None,
+        phases: Sequence[str] = ("prefill", "decode"),
         verbose: bool = True,
     ):
         compiled_wrapper = isinstance(model, _optimized_module_type())
@@ -76,7 +79,7 @@ class MOEProfiler:
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
-                devices=[_layer_device(l) for l in self.layers],
+                devices=[_layer_device(l) for l in self.layers], phases=tuple(phases),
             )
             if metrics and observable else None
         )
@@ -504,23 +507,24 @@ class MOEProfiler:
         return rows
 
     def experts_df(self) -> pd.DataFrame:
-        """One row per (MoE layer, expert), zero-count experts included, all phases together."""
-        snapshot = self.recorder.snapshot() if self.recorder is not None else None
+        """One row per (phase, MoE layer, expert), zero-count experts included."""
+        columns = ["phase", "layer", "expert", "tokens", "load_fraction", "gate_mass", "mean_prob"]
+        if self.recorder is None:
+            return pd.DataFrame(columns=columns)
         frames = []
-        for layer in self.layers:
-            experts = layer.num_experts
-            if snapshot is None:
-                continue
-            counts = snapshot["counts"][layer.position][:experts]
-            tokens = max(int(snapshot["k_hist"][layer.position].sum()), 1)
-            frames.append(pd.DataFrame(dict(
-                layer=layer.layer_id, expert=np.arange(experts), tokens=counts.astype(np.int64),
-                load_fraction=counts / max(counts.sum(), 1),
-                gate_mass=snapshot["gate_mass"][layer.position][:experts],
-                mean_prob=snapshot["importance"][layer.position][:experts] / tokens,
-            )))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=["layer", "expert", "tokens", "load_fraction", "gate_mass", "mean_prob"])
+        for phase in self._recorded_phases():
+            snapshot = self.recorder.snapshot(phase)
+            for layer in self.layers:
+                experts = layer.num_experts
+                counts = snapshot["counts"][layer.position][:experts]
+                tokens = max(int(snapshot["k_hist"][layer.position].sum()), 1)
+                frames.append(pd.DataFrame(dict(
+                    phase=phase, layer=layer.layer_id, expert=np.arange(experts), tokens=counts.astype(np.int64),
+                    load_fraction=counts / max(counts.sum(), 1),
+                    gate_mass=snapshot["gate_mass"][layer.position][:experts],
+                    mean_prob=snapshot["importance"][layer.position][:experts] / tokens,
+                )))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     def reset(self) -> None:
         """Forget everything recorded so far (hooks stay attached)."""

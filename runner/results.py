@@ -49,7 +49,8 @@ RUNS = pa.schema(KEY_FIELDS + [
     ("hf_id", _s), ("model_type", _s), ("revision", _s), ("topk_requested", _i32), ("default_topk", _i32),
     ("selector_params", _s), ("k_max", _i32), ("dataset_kind", _s), ("dataset_source", _s), ("seq_len", _i32),
     ("batch_size", _i32), ("max_batches", _i32), ("device", _s), ("device_name", _s), ("dtype", _s),
-    ("experts_implementation", _s), ("tokenizer", _s), ("seed", _i64), ("measure_flops", _b),
+    ("experts_implementation", _s), ("tokenizer", _s), ("seed", _i64), ("measure_flops", _b), ("compile", _b),
+    ("compile_mode", _s), ("decode_tokens", _i32),
     ("dims_override", _s), ("dims_fallback", _s),
     # data
     ("documents", _i64), ("blocks", _i64), ("batches", _i64), ("tokens", _i64), ("targets", _i64),
@@ -62,7 +63,7 @@ RUNS = pa.schema(KEY_FIELDS + [
     ("params_total", _i64), ("params_active", _f64),
     # time and memory
     ("model_load_s", _f64), ("model_reused", _b), ("data_s", _f64), ("forward_s", _f64), ("reference_s", _f64),
-    ("tokens_per_s", _f64), ("wall_s", _f64), ("peak_rss_bytes", _i64), ("peak_allocated_bytes", _i64),
+    ("tokens_per_s", _f64), ("ttft_ms", _f64), ("tpot_ms", _f64), ("decode_steps", _i64), ("wall_s", _f64), ("peak_rss_bytes", _i64), ("peak_allocated_bytes", _i64),
     ("peak_reserved_bytes", _i64),
     # provenance
     ("runner_version", _s), ("torch_version", _s), ("transformers_version", _s), ("python_version", _s),
@@ -76,7 +77,7 @@ except ImportError:  # pragma: no cover
 # `top_k` is the live k that ran; the resolved top-k dimension (the model's own) is `default_top_k`
 _DIM_COLUMNS = tuple("default_top_k" if d == "top_k" else d for d in _DIMS)
 LAYERS = pa.schema(KEY_FIELDS + [
-    ("layer", _i32), ("position", _i32), ("module", _s), ("block_class", _s), ("top_k", _i64), ("tokens", _i64),
+    ("phase", _s), ("layer", _i32), ("position", _i32), ("module", _s), ("block_class", _s), ("top_k", _i64), ("tokens", _i64),
     ("assignments", _i64), ("k_mean", _f64), ("k_hist", pa.list_(_i64)), ("k_at_1", _f64), ("k_at_max", _f64),
     ("flops_router", _f64), ("flops_experts", _f64), ("flops_shared", _f64), ("flops", _f64),
     ("flops_per_token", _f64), ("flops_per_token_analytic", _f64), ("flops_measured", _f64),
@@ -87,7 +88,7 @@ LAYERS = pa.schema(KEY_FIELDS + [
 ] + [f for d in _DIM_COLUMNS for f in ((d, _i64), (f"{d}_source", _s), (f"{d}_detail", _s))])
 
 EXPERTS = pa.schema(KEY_FIELDS + [
-    ("layer", _i32), ("expert", _i32), ("tokens", _i64), ("load_fraction", _f64), ("gate_mass", _f64),
+    ("phase", _s), ("layer", _i32), ("expert", _i32), ("tokens", _i64), ("load_fraction", _f64), ("gate_mass", _f64),
     ("mean_prob", _f64),
 ])
 

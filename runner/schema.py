@@ -33,6 +33,7 @@ EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "
 SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.selectors.SELECTORS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUALITY = ("auto", "always", "never")
 
 
@@ -156,7 +157,14 @@ class RunnerConfig:
     measure_flops: bool = doc("count FLOPs on every batch (false: on the first batch only)", False)
     quality: str = doc("reference pass for KL and top-1 agreement: auto (when routing differs) | always | never",
                        "auto")
-    latency: bool = doc("time each MoE block (adds hooks)", False)
+    latency: bool = doc("time each MoE block (adds hooks; eager only)", False)
+    compile: bool = doc("torch.compile the model once the profiler is attached (the profiler traces without "
+                        "graph breaks)", False)
+    compile_mode: Optional[str] = doc("torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | "
+                                      "max-autotune-no-cudagraphs; null: torch's default", None)
+    decode_tokens: int = doc("after each batch's prompt, generate this many tokens greedily with a static cache "
+                             "(compiled, CUDA graphs on a GPU) and record TTFT, TPOT and the decode routing; 0: none",
+                             0)
     seed: int = doc("seed for random weights", 0)
     tag: str = doc("free label stored with every row", "dev")
     out_root: str = doc("where runs/, multirun/ and results/ go ($RUNNER_OUT, else outputs)", "outputs")
@@ -208,6 +216,13 @@ def check(cfg: RunnerConfig) -> None:
         for dim, value in getattr(cfg.dims, which).given().items():
             if value < (0 if dim == "shared_expert_dim" else 1):
                 _fail(f"dims.{which}.{dim}", f"must be positive, got {value}")
+    if cfg.compile_mode is not None:
+        if cfg.compile_mode not in COMPILE_MODES:
+            _fail("compile_mode", f"{cfg.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if not cfg.compile:
+            _fail("compile_mode", "takes effect only with compile=true; set compile=true or drop compile_mode")
+    if cfg.decode_tokens < 0:
+        _fail("decode_tokens", f"must be >= 0, got {cfg.decode_tokens}")
     if cfg.seq_len < 2:
         _fail("seq_len", f"must be >= 2 (next-token targets need two tokens), got {cfg.seq_len}")
     if cfg.batch_size < 1:

@@ -155,6 +155,9 @@ def test_composition_errors_name_the_key(override, needle):
     (["model.name=a/b"], "model.name"),
     (["dims.override.expert_dim=0"], "dims.override.expert_dim"),
     (["model.weights=pretrained"], "model.hf_id"),
+    (["compile_mode=reduce-overhead"], "compile_mode: takes effect only with compile=true"),
+    (["compile=true", "compile_mode=fast"], "compile_mode: 'fast' is not one of default, reduce-overhead"),
+    (["decode_tokens=-1"], "decode_tokens: must be >= 0"),
 ])
 def test_validation_errors_are_one_line_config_errors(overrides, needle):
     with pytest.raises(ConfigError) as info:

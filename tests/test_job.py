@@ -113,6 +113,36 @@ def test_selector_job_records_params_and_dynamic_k(tmp_path):
     assert row["flops_per_token_measured"] < moe_flops(4)
 
 
+def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
+    """decode_tokens=3: greedy static-cache generate after each batch; its steps are the decode phase, generate's
+    prompt pass is left out; compile=true gives the eager job's prefill numbers exactly."""
+    eager = run_job(tmp_path / "eager", "decode_tokens=3", *SMALL)
+    compiled = run_job(tmp_path / "compiled", "decode_tokens=3", "compile=true", *SMALL)
+    assert eager["status"] == compiled["status"] == "ok"
+    frames = {}
+    for name in ("eager", "compiled"):
+        row = latest_run(tmp_path / name)
+        assert row["decode_tokens"] == 3 and row["decode_steps"] == 2 * 2  # 2 batches x (3 tokens - the first)
+        assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0
+        assert row["flops_per_token_measured"] == row["flops_per_token_analytic"] == moe_flops(2)  # prefill only
+        layers = table(tmp_path / name, "layers").sort_values(["phase", "layer"]).reset_index(drop=True)
+        assert list(layers["phase"]) == ["decode", "decode", "prefill", "prefill"]
+        decode, prefill = layers[layers["phase"] == "decode"], layers[layers["phase"] == "prefill"]
+        assert (decode["tokens"] == 2 * 8 * 2).all() and (prefill["tokens"] == row["tokens"]).all()  # B=8 rows
+        assert (decode["k_mean"] == 2).all() and decode["flops_measured"].isna().all()
+        experts = table(tmp_path / name, "experts")
+        per_phase = experts.groupby(["phase", "layer"])["tokens"].sum()
+        assert (per_phase["decode"] == 2 * 2 * 8 * 2).all() and (per_phase["prefill"] == 2 * row["tokens"]).all()
+        frames[name] = (row, layers)
+    (eager_row, eager_layers), (compiled_row, compiled_layers) = frames["eager"], frames["compiled"]
+    assert compiled_row["compile"] and not eager_row["compile"]
+    assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-5)
+    for column in ("tokens", "assignments", "flops", "flops_measured"):
+        pd.testing.assert_series_equal(compiled_layers[column], eager_layers[column], check_exact=True)
+    for column in ("router_entropy", "top1_prob", "load_cv"):
+        assert compiled_layers[column].tolist() == pytest.approx(eager_layers[column].tolist(), rel=1e-5), column
+
+
 def test_quality_always_on_default_routing_is_exact(tmp_path):
     run_job(tmp_path, "quality=always", *SMALL)
     row = latest_run(tmp_path)
