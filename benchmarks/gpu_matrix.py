@@ -103,6 +103,10 @@ def run_model(entry: dict[str, Any], args: argparse.Namespace, out_root: Path) -
         overrides.append(f"model.config.{entry['layer_field']}={entry['layers_kept']}")
     if args.experts_implementation:
         overrides.append(f"model.experts_implementation={args.experts_implementation}")
+    if args.decode_tokens:
+        overrides.append(f"decode_tokens={args.decode_tokens}")
+    if args.compile:
+        overrides.append("compile=true")
     command = [sys.executable, "-m", "runner", *overrides]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", str(args.gpu)))
     start = time.perf_counter()
@@ -123,7 +127,8 @@ def run_model(entry: dict[str, Any], args: argparse.Namespace, out_root: Path) -
         experts_implementation=job.get("experts_implementation"), topk=job.get("topk"),
         moe_layers=job.get("moe_layers"), params_total=job.get("params_total"), tokens=job.get("tokens"),
         flops_exact=job.get("flops_exact"), flops_per_token_analytic=analytic, flops_per_token_measured=measured,
-        flops_per_token_routed=routed, tokens_per_s=job.get("tokens_per_s"),
+        flops_per_token_routed=routed, tokens_per_s=job.get("tokens_per_s"), ttft_ms=job.get("ttft_ms"),
+        tpot_ms=job.get("tpot_ms"),
         peak_allocated_gb=(job.get("peak_allocated_bytes") or 0) / 2**30,
     )
     if _number(analytic) and _number(measured):
@@ -139,8 +144,8 @@ def _number(value: Any) -> bool:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    header = ("| model | status | layers kept | MoE FLOPs/token analytic | measured | equal | tokens/s | peak GiB | note |\n"
-              "|---|---|---|---:|---:|---|---:|---:|---|")
+    header = ("| model | status | layers kept | MoE FLOPs/token analytic | measured | equal | tokens/s | TTFT ms | TPOT ms "
+              "| peak GiB | note |\n|---|---|---|---:|---:|---|---:|---:|---:|---:|---|")
     lines = [header]
     for r in rows:
         def num(key: str, fmt: str = ",.0f") -> str:
@@ -154,7 +159,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             note = (note + "; " if note else "") + str(r.get("error") or "")[:160]
         kept = f"{r.get('layers_kept')} of {r.get('layers_config')}" if r.get("reduced") else f"{r.get('layers_kept')}"
         lines.append(f"| {r['model']} | {r.get('status')} | {kept} | {num('flops_per_token_analytic')} | "
-                     f"{num('flops_per_token_measured')} | {equal} | {num('tokens_per_s')} | "
+                     f"{num('flops_per_token_measured')} | {equal} | {num('tokens_per_s')} | {num('ttft_ms', '.1f')} | "
+                     f"{num('tpot_ms', '.2f')} | "
                      f"{num('peak_allocated_gb', '.1f')} | {note.replace('|', '/')} |")
     return "\n".join(lines)
 
@@ -171,6 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batches", type=int, default=3, help="batches per job; FLOPs are measured on every one")
     p.add_argument("--experts-implementation", help="model.experts_implementation for every job (default: transformers')")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per model job")
+    p.add_argument("--decode-tokens", type=int, default=0,
+                   help="decode_tokens per job: greedy static-cache generate (CUDA graphs) after each batch; TTFT/TPOT")
+    p.add_argument("--compile", action="store_true", help="compile=true: torch.compile the profiled model")
     p.add_argument("--out", default="outputs/benchmarks/gpu_matrix")
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
     args = p.parse_args(argv)
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.append(row)
     meta = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), memory_gb=args.memory_gb,
                 memory_fraction=args.memory_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
-                max_batches=args.max_batches)
+                max_batches=args.max_batches, decode_tokens=args.decode_tokens, compile=args.compile)
     (out / "gpu_matrix.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2, default=str))
     pd.DataFrame(rows).astype({"note": "string"}, errors="ignore").to_parquet(out / "gpu_matrix.parquet", index=False)
     print()

@@ -363,15 +363,20 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
     tokens = measured_tokens = timed_tokens = 0
     decode = dict(ttft_s=[], tpot_s=[], steps=0)
     forward = model
+    # one batch of each shape (the last may be shorter) compiles outside the timed region
+    shapes = {tuple(b.shape): b for b in reversed(batches)}.values()
     if conf.compile:  # after the profiler attached: its hooks are traced into the graph
         forward = torch.compile(model, mode=conf.compile_mode)
-        with torch.no_grad():  # compile outside the timed region (the reference routing compiles its own variant)
-            x = batches[0].to(device)
-            forward(input_ids=x, use_cache=False)
-            if need_reference:
-                with profiler.default_routing():
-                    forward(input_ids=x, use_cache=False)
+        with torch.no_grad():
+            for warm in shapes:
+                forward(input_ids=warm.to(device), use_cache=False)
+                if need_reference:  # the model's own routing compiles a variant of its own
+                    with profiler.default_routing():
+                        forward(input_ids=warm.to(device), use_cache=False)
         sync()
+    if conf.decode_tokens:  # generate compiles its decode step per batch shape (and per top-k)
+        for warm in shapes:
+            _decode(model, profiler, warm.to(device), conf.decode_tokens, tok, dict(ttft_s=[], tpot_s=[], steps=0))
     profiler.reset()
     desc = f"{conf.model.name} k={row.get('topk')} {conf.selector.name}"
     for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):

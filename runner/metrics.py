@@ -51,6 +51,18 @@ def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
     raise ValueError(f"unknown scoring {scoring!r}")
 
 
+def top1_and_margin(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_(1) and p_(1) - p_(2) over the last dim, as topk(2) gives them (a tied maximum: margin 0), from max
+    reductions that inductor fuses (topk is a kernel of its own in a compiled graph)."""
+    if probs.shape[-1] < 2:  # one expert: no runner-up, margin 0
+        return probs[..., 0], torch.zeros_like(probs[..., 0])
+    top1 = probs.amax(-1, keepdim=True)
+    at_top = probs == top1
+    others = probs.masked_fill(at_top, float("-inf")).amax(-1, keepdim=True)
+    second = torch.where(at_top.sum(-1, keepdim=True) > 1, top1, others)
+    return top1.squeeze(-1), (top1 - second).squeeze(-1)
+
+
 def _capturing() -> bool:
     """True while a CUDA graph is being captured on the current stream (hooks run once, at capture)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -85,16 +97,17 @@ class LayerAccumulators(nn.Module):
 
     @torch.no_grad()
     def accumulate(self, rows: slice, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                   scoring: str) -> None:
-        """Add [L', n, w] logits and [L', n, slots] routing of rows `rows` to the current phase, in place."""
+                   scoring: str, dense: bool = False) -> None:
+        """Add [L', n, w] logits and [L', n, slots] routing of rows `rows` to the current phase, in place.
+
+        dense: per-expert counts, gate mass and the k histogram as one-hot reductions instead of `index_add_` over
+        every (token, slot). Atomic adds of thousands of tokens onto E (or, for k, one or two) addresses serialise
+        on a GPU; inductor fuses the one-hot reduction into plain reduction kernels. Used where the call is traced;
+        the eager bulk path keeps `index_add_` (unfused, a one-hot would be materialised)."""
         W, w = self.width, logits.shape[-1]
         probs = router_probs(logits, scoring)  # [L', n, w] fp32
         entropy = torch.special.entr(probs).sum(-1)
-        if w >= 2:
-            top2 = probs.topk(2, dim=-1).values
-            top1, margin = top2[..., 0], top2[..., 0] - top2[..., 1]
-        else:
-            top1, margin = probs[..., 0], torch.zeros_like(probs[..., 0])
+        top1, margin = top1_and_margin(probs)
         valid = (index >= 0) & (index < self.real[rows])
         safe = index.clamp(0, w - 1).long()
         selected_mass = (probs.gather(-1, safe) * valid).sum(-1)
@@ -102,10 +115,18 @@ class LayerAccumulators(nn.Module):
         slot = self.row_slots[rows] + self.phase  # [L']
         # fp64 sums: order-independent, so eager and compiled runs agree to rounding
         sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).sum(1, dtype=torch.float64)
-        expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
-        self.counts.index_add_(0, expert_at, valid.flatten().long())
-        self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
-        self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
+        if dense:  # one row per slot: the index_add_ below touches distinct addresses only
+            hit = (safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)  # [L', n, slots, W]
+            self.counts.view(-1, W).index_add_(0, slot, hit.sum((1, 2)))
+            self.gate_mass.view(-1, W).index_add_(
+                0, slot, torch.where(hit, weight.unsqueeze(-1), 0).sum((1, 2), dtype=torch.float64))
+            k_values = torch.arange(W + 1, device=k.device)
+            self.k_hist.view(-1, W + 1).index_add_(0, slot, (k.unsqueeze(-1) == k_values).sum(1))
+        else:
+            expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
+            self.counts.index_add_(0, expert_at, valid.flatten().long())
+            self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
+            self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
         columns = self.columns[:w]
         self.importance.index_add_(0, ((slot * W).view(-1, 1) + columns).flatten(),
                                    probs.sum(1, dtype=torch.float64).flatten())
@@ -199,7 +220,8 @@ class RoutingRecorder:
             weight.detach().reshape(1, -1, slots)
         if torch.compiler.is_compiling() or _capturing():
             # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
-            group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring)
+            group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
+                             dense=torch.compiler.is_compiling())
             return
         tokens = logits.shape[1]
         stage = self._stage.get(id(group))

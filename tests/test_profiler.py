@@ -311,3 +311,18 @@ def test_frames_after_inference_mode_forwards():
     with torch.inference_mode():
         model(input_ids=tokens())
     assert p.layers_df()["tokens"].iloc[0] == 128
+
+
+def test_top1_and_margin_equal_topk_including_ties():
+    from runner.metrics import top1_and_margin
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 64), (3, 7, 8), (4, 2)]:
+        probs = torch.softmax(torch.randn(shape, generator=g), -1)
+        top2 = probs.topk(2, -1).values
+        top1, margin = top1_and_margin(probs)
+        assert torch.equal(top1, top2[..., 0]) and torch.equal(margin, top2[..., 0] - top2[..., 1])
+    top1, margin = top1_and_margin(torch.tensor([[0.4, 0.4, 0.2], [0.7, 0.2, 0.1]]))
+    assert top1.tolist() == pytest.approx([0.4, 0.7]) and margin.tolist() == pytest.approx([0.0, 0.5])  # a tie: 0
+    top1, margin = top1_and_margin(torch.ones(3, 1))  # one expert: no runner-up
+    assert top1.tolist() == [1, 1, 1] and margin.tolist() == [0, 0, 0]
