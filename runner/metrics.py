@@ -90,7 +90,7 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
-            self.register_buffer("columns", torch.arange(max(W, len(SUMS)), **i64))
+            self.register_buffer("columns", torch.arange(max(W, len(SUMS), P), **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
             torch._dynamo.mark_static_address(buffer)
@@ -100,10 +100,12 @@ class LayerAccumulators(nn.Module):
                    scoring: str, dense: bool = False) -> None:
         """Add [L', n, w] logits and [L', n, slots] routing of rows `rows` to the current phase, in place.
 
-        dense: per-expert counts, gate mass and the k histogram as one-hot reductions instead of `index_add_` over
-        every (token, slot). Atomic adds of thousands of tokens onto E (or, for k, one or two) addresses serialise
-        on a GPU; inductor fuses the one-hot reduction into plain reduction kernels. Used where the call is traced;
-        the eager bulk path keeps `index_add_` (unfused, a one-hot would be materialised)."""
+        dense (where the call is traced): per-expert counts, gate mass and the k histogram as one-hot reductions,
+        added to the rows' [phases, entries] blocks through a phase mask: elementwise and reduction ops that
+        inductor fuses, with no indexed write at all. `index_add_` instead would be atomic adds of thousands of
+        tokens onto E (for k: one or two) addresses, and for int64 / fp64 inductor has no atomic add and falls back
+        to a sort-based index_put (about 26 extra kernels per layer per decode step on an H100). The eager bulk
+        path keeps `index_add_`: unfused, a one-hot would be materialised."""
         W, w = self.width, logits.shape[-1]
         probs = router_probs(logits, scoring)  # [L', n, w] fp32
         entropy = torch.special.entr(probs).sum(-1)
@@ -112,24 +114,28 @@ class LayerAccumulators(nn.Module):
         safe = index.clamp(0, w - 1).long()
         selected_mass = (probs.gather(-1, safe) * valid).sum(-1)
         k = valid.sum(-1)  # [L', n]
-        slot = self.row_slots[rows] + self.phase  # [L']
         # fp64 sums: order-independent, so eager and compiled runs agree to rounding
         sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).sum(1, dtype=torch.float64)
-        if dense:  # one row per slot: the index_add_ below touches distinct addresses only
+        importance = probs.sum(1, dtype=torch.float64)  # [L', w]
+        if dense:
+            L, P = len(self.positions), self.phases
+            in_phase = (self.columns[:P] == self.phase).view(1, P, 1)  # [1, P, 1]: the current phase's row
             hit = (safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)  # [L', n, slots, W]
-            self.counts.view(-1, W).index_add_(0, slot, hit.sum((1, 2)))
-            self.gate_mass.view(-1, W).index_add_(
-                0, slot, torch.where(hit, weight.unsqueeze(-1), 0).sum((1, 2), dtype=torch.float64))
             k_values = torch.arange(W + 1, device=k.device)
-            self.k_hist.view(-1, W + 1).index_add_(0, slot, (k.unsqueeze(-1) == k_values).sum(1))
-        else:
-            expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
-            self.counts.index_add_(0, expert_at, valid.flatten().long())
-            self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
-            self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
-        columns = self.columns[:w]
-        self.importance.index_add_(0, ((slot * W).view(-1, 1) + columns).flatten(),
-                                   probs.sum(1, dtype=torch.float64).flatten())
+            updates = dict(
+                counts=hit.sum((1, 2)), gate_mass=torch.where(hit, weight.unsqueeze(-1), 0).sum((1, 2), dtype=torch.float64),
+                k_hist=(k.unsqueeze(-1) == k_values).sum(1),
+                importance=torch.nn.functional.pad(importance, (0, W - w)), sums=sums)
+            for name, delta in updates.items():
+                block = getattr(self, name).view(L, P, -1)[rows]  # [L', P, entries]
+                block += torch.where(in_phase, delta.unsqueeze(1), 0).to(block.dtype)
+            return
+        slot = self.row_slots[rows] + self.phase  # [L']
+        expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
+        self.counts.index_add_(0, expert_at, valid.flatten().long())
+        self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
+        self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
+        self.importance.index_add_(0, ((slot * W).view(-1, 1) + self.columns[:w]).flatten(), importance.flatten())
         self.sums.index_add_(0, ((slot * len(SUMS)).view(-1, 1) + self.columns[: len(SUMS)]).flatten(),
                              sums.flatten())
 
