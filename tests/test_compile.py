@@ -161,6 +161,34 @@ def test_inductor_kneedle_equals_eager():
     torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
 
 
+# parameters that make each selector drop experts on the tiny model's near-uniform routers
+SELECTOR_PARAMS = {"topk": {"k": 2}, "kneedle": {}, "cumsum": {"threshold": 0.3}, "entropy": {},
+                   "gap_ratio": {"ratio": 1.05}, "min_p": {"alpha": 0.9}}
+
+
+@pytest.mark.parametrize("name", sorted(SELECTOR_PARAMS))
+def test_every_selector_traces_whole_and_equals_eager(name):
+    """fullgraph=True: no graph break, no Python state changed per call, which is what CUDA-graph capture needs
+    (checked on a GPU for routing and kneedle: BENCHMARKS.md); counts and the logits equal eager's."""
+    from runner.selectors import SELECTORS
+
+    assert set(SELECTOR_PARAMS) == set(SELECTORS)
+    model, x = tiny("olmoe"), inputs()
+    params = dict(selector=name, selector_params={"k_max": 4, **SELECTOR_PARAMS[name]})
+    eager = eager_frame(model, x, **params)
+    with torch.no_grad():
+        p = profile(model, **params)
+        reference = model(input_ids=x).logits
+        p.reset()
+        compiled = torch.compile(model, backend=BACKEND, fullgraph=True)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            with p.measure_flops():
+                compiled(input_ids=x)
+            logits = compiled(input_ids=x).logits
+    assert_same_frames(eager, p.layers_df())
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-6)
+
+
 # -- attach / detach around compiled code ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hook_guards", [False, True], ids=["fresh-process", "hook-guards-on"])
