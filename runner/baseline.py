@@ -421,6 +421,7 @@ def write(path: Path, entries: Sequence[Entry]) -> None:
 
 
 _INT = re.compile(r"^-?\d+$")
+TEXT_METRICS = ("status",)  # the only metrics whose value is a word (ok, failed); all others are numbers
 
 
 def _parse_value(text: str) -> Value:
@@ -475,7 +476,10 @@ def load(path: Path) -> list[Entry]:
                 tol = -1.0
             if not (math.isfinite(tol) and tol >= 0):
                 raise BaselineError(f"{where}: corrupt baseline file: tolerance {tolerance!r} is not a number >= 0")
-        entry = Entry(model=model, metric=metric, value=_parse_value(value), k=int(k) if k else None,
+        parsed = _parse_value(value)
+        if isinstance(parsed, str) and metric not in TEXT_METRICS and parsed not in ("true", "false"):
+            raise BaselineError(f"{where}: corrupt baseline file: value {value!r} of metric {metric!r} is not a number")
+        entry = Entry(model=model, metric=metric, value=parsed, k=int(k) if k else None,
                       selector=selector, dataset=dataset, layers=layers, tolerance=tol)
         if entry.key != key:
             raise BaselineError(f"{where}: corrupt baseline file: key {key!r} does not match its fields "
