@@ -84,7 +84,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._state is None or self._state["done"]:
             return
-        failed = self.finish(self._state)
+        try:
+            failed = self.finish(self._state)
+        except Exception as exc:  # noqa: BLE001 - Hydra would only log a callback's exception and exit 0
+            print(f"runner: error: sweep summary failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
         if failed and self.exit_on_failure:
             sys.exit(1)
 

@@ -85,6 +85,7 @@ LAYERS = pa.schema(KEY_FIELDS + [
     ("router_entropy", _f64), ("top1_prob", _f64), ("top1_margin", _f64), ("selected_mass", _f64),
     ("load_cv", _f64), ("load_gini", _f64), ("load_entropy", _f64), ("load_max_mean", _f64), ("dead_experts", _i64),
     ("latency_ms_mean", _f64), ("latency_ms_p50", _f64), ("latency_calls", _i64), ("exact", _b), ("note", _s),
+    ("dims_warning", _s),
 ] + [f for d in _DIM_COLUMNS for f in ((d, _i64), (f"{d}_source", _s), (f"{d}_detail", _s))])
 
 EXPERTS = pa.schema(KEY_FIELDS + [
@@ -199,9 +200,53 @@ def read_table(results_dir: str | os.PathLike, table: str, filter: Any = None, c
     if not root.is_dir():
         data = schema.empty_table() if columns is None else schema.empty_table().select(columns)
         return data.to_pandas(types_mapper=nullable_types)
-    dataset = ds.dataset(root, format="parquet", schema=schema, ignore_prefixes=[".", "_"],
-                         partitioning=ds.partitioning(PARTITION, flavor="hive"))
-    return dataset.to_table(filter=filter, columns=columns).to_pandas(types_mapper=nullable_types)
+    files = readable_parts(root)
+
+    def dataset(paths: list[str]):
+        return ds.dataset(paths, format="parquet", schema=schema, partition_base_dir=str(root),
+                          partitioning=ds.partitioning(PARTITION, flavor="hive"))
+
+    try:
+        data = dataset(files).to_table(filter=filter, columns=columns)
+    except (pa.ArrowException, OSError):  # a file whose footer reads but whose data does not: find it, skip it
+        tables = []
+        for path in files:
+            try:
+                tables.append(dataset([path]).to_table(filter=filter, columns=columns))
+            except (pa.ArrowException, OSError) as exc:
+                _skip_corrupt(path, exc)
+        data = pa.concat_tables(tables) if tables else dataset([]).to_table(filter=filter, columns=columns)
+    return data.to_pandas(types_mapper=nullable_types)
+
+
+_skipped: set[str] = set()
+
+
+def readable_parts(root: Path) -> list[str]:
+    """The part files under a table root whose parquet footer reads; each other one is named once on stderr and left
+    out (a truncated copy, a disk-full write of another tool): one bad file never hides the other results."""
+    import pyarrow.parquet as pq
+
+    good = []
+    for path in sorted(root.rglob("*.parquet")):
+        if any(part.startswith((".", "_")) for part in path.relative_to(root).parts):
+            continue  # temp files of writes in flight
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as exc:
+            _skip_corrupt(str(path), exc)
+            continue
+        good.append(str(path))
+    return good
+
+
+def _skip_corrupt(path: str, exc: BaseException) -> None:
+    if path not in _skipped:
+        _skipped.add(path)
+        import sys
+
+        print(f"runner: warning: skipping unreadable results file {path} ({' '.join(str(exc).split())[:160]}); "
+              "delete it or move it out of the results dir", file=sys.stderr, flush=True)
 
 
 def sweep_id_for(sweep_dir: str | os.PathLike) -> str:
