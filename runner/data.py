@@ -10,6 +10,7 @@ import glob
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,12 @@ def load_documents(cfg: DatasetConfig) -> list[str]:
         docs = [p.strip() for p in TEXT.split("\n\n") if p.strip()]
         return apply_slice(docs, cfg.slice, "the built-in text")
     if cfg.kind is DatasetKind.local:
-        return apply_slice(_local_documents(cfg), cfg.slice, cfg.path)
+        docs = _local_documents(cfg)
+        if not docs:
+            raise DataError(f"dataset.path {cfg.path!r} has no text (empty or whitespace only"
+                            f"{'' if _format(Path(cfg.path), cfg.format) == 'text' else f', or no non-blank {cfg.field!r} values'}); "
+                            "point dataset.path at a file with text")
+        return apply_slice(docs, cfg.slice, cfg.path)
     return _hf_documents(cfg)
 
 
@@ -108,6 +114,8 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
         raise DataError(f"dataset path {path} is not a file")
     fmt = _format(path, cfg.format)
     try:
+        if fmt == "jsonl":
+            return _jsonl_documents(path, cfg)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -126,26 +134,39 @@ def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if fmt == "text":
         return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if fmt == "jsonl":
-        docs = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON line ({exc.msg})") from None
-            docs.append(_field(record, cfg.field, f"{path}:{number}"))
-        return [d for d in docs if d.strip()]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    data = _parse_json(text, str(path), "JSON")
+    del text
     if isinstance(data, dict) and isinstance(data.get(cfg.field), list):  # {"text": [...]} columns
         data = [{cfg.field: v} for v in data[cfg.field]]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects with a {cfg.field!r} field")
     return [d for d in (_field(r, cfg.field, f"{path}[{i}]") for i, r in enumerate(data)) if d.strip()]
+
+
+def _parse_json(text: str, where: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f" at line {exc.lineno}" if what == "JSON" else ""
+        raise DataError(f"{where}: malformed {what} ({exc.msg}{at})") from None
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        raise DataError(f"{where}: JSON nested too deeply to read (over ~{sys.getrecursionlimit()} levels); "
+                        "flatten it to records with a text field") from None
+
+
+def _jsonl_documents(path: Path, cfg: DatasetConfig) -> list[str]:
+    """One record per line, read line by line (a large file is never held twice)."""
+    docs = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = _parse_json(line, f"{path}:{number}", "JSON line")
+            del line
+            text = _field(record, cfg.field, f"{path}:{number}")
+            if text.strip():
+                docs.append(text)
+    return docs
 
 
 def _hf_documents(cfg: DatasetConfig) -> list[str]:
@@ -201,24 +222,78 @@ def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def tokenize(docs: list[str], tokenizer, seq_len: int, where: str) -> Blocks:
+# Tokens near the end of a cut-off text may merge with what follows it; this many are dropped after such a cut.
+CUT_MARGIN = 64
+
+
+def tokenize(docs: list[str], tokenizer, seq_len: int, where: str, max_tokens: int | None = None) -> Blocks:
+    """Pack the documents into blocks. With `max_tokens` (seq_len x batch_size x max_batches), documents are tokenized
+    in order only until that many tokens are there, and a long document only as far as needed: memory does not grow
+    with the file. The blocks are the leading blocks of the whole stream, so a capped run sees what an uncapped one
+    sees first."""
     import torch
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     stream: list[int] = []
-    for ids in encoded:
+
+    def add(ids: list[int], complete: bool = True) -> None:
         if bos is not None:
             stream.append(bos)
         stream.extend(ids)
-        if eos is not None:
+        if eos is not None and complete:
             stream.append(eos)
+
+    group: list[str] = []
+    group_chars = 0
+
+    def flush() -> None:
+        nonlocal group_chars
+        if group:
+            for ids in tokenizer(group, add_special_tokens=False)["input_ids"]:
+                add(ids)
+            group.clear()
+            group_chars = 0
+
+    for doc in docs:
+        if max_tokens is None:
+            group.append(doc)
+            if len(group) >= 256:
+                flush()
+            continue
+        # characters that surely hold the tokens still missing (a token is rarely longer than 4 characters... and
+        # when it is, the prefix below grows until it has them)
+        budget = 4 * max(max_tokens - len(stream), 0) + 16_384
+        if group_chars + len(doc) <= budget:
+            group.append(doc)
+            group_chars += len(doc)
+            continue
+        flush()
+        if len(stream) >= max_tokens:
+            break
+        ids, complete = _leading_ids(doc, tokenizer, max_tokens - len(stream), budget)
+        add(ids, complete)
+        if len(stream) >= max_tokens:
+            break
+    flush()
     n = len(stream) // seq_len
+    if max_tokens is not None:
+        n = min(n, max_tokens // seq_len)
     if n == 0:
         raise DataError(f"{where}: {len(stream)} tokens is less than one block of seq_len={seq_len}; "
                         "use a larger slice or a smaller seq_len")
     ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
     return Blocks(ids=ids, documents=len(docs), characters=sum(map(len, docs)), tokens_total=len(stream))
+
+
+def _leading_ids(text: str, tokenizer, want: int, size: int) -> tuple[list[int], bool]:
+    """The first >= `want` token ids of `text` (all of them, and True, when the text is shorter than that), tokenizing
+    growing prefixes; the CUT_MARGIN tokens before a cut are dropped, so the ids equal the whole text's leading ids."""
+    while size < len(text):
+        ids = tokenizer(text[:size], add_special_tokens=False)["input_ids"]
+        if len(ids) >= want + CUT_MARGIN:
+            return ids[: len(ids) - CUT_MARGIN], False
+        size *= 2
+    return tokenizer(text, add_special_tokens=False)["input_ids"], True
 
 
 def describe(cfg: DatasetConfig) -> str:
