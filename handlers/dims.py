@@ -79,7 +79,10 @@ def resolve_dim(
             f"({module_value[1]})"
         )
     if overrides and overrides.get(name) is not None:
-        return Resolved(name, int(overrides[name]), "override", "user override"), warning
+        value = int(overrides[name])
+        if module_value and value != module_value[0]:  # an override that contradicts the weights
+            warning = f"{name}: user override = {value} but the module says {module_value[0]} ({module_value[1]})"
+        return Resolved(name, value, "override", "user override"), warning
     if config_hit:
         return Resolved(name, config_hit[0], "config", config_hit[1]), warning
     if module_value:

@@ -15,6 +15,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,11 +233,14 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
     loaded = models.load(m, conf.device, conf.seed)
     row.update(model_load_s=loaded.load_s, model_reused=loaded.reused, device_name=loaded.device_name,
                dtype=loaded.dtype, tokenizer=loaded.tokenizer_name, experts_implementation=loaded.experts_implementation)
-    profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
-                           fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
-                           phases=(PREFILL, DECODE, PROMPT), verbose=False)
+    with warnings.catch_warnings():  # the scan's per-layer dimension warnings: one line each from _check_loaded
+        warnings.filterwarnings("ignore", message=r"layer \d+: ")
+        profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
+                               fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
+                               phases=(PREFILL, DECODE, PROMPT), verbose=False)
     try:
         _write_scan_report(ctx, profiler)
+        _check_loaded(conf, loaded.model, profiler)
         default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
         k = conf.topk if conf.topk is not None else default_k
         if conf.selector.name == "topk":
@@ -265,7 +269,8 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
             return layers, None
 
         t = time.perf_counter()
-        blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d))
+        needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
+        blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d), max_tokens=needed)
         row["data_s"] = data_s + time.perf_counter() - t
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
         with _cpu_threads(conf, loaded, row["params_total"]):
@@ -326,6 +331,34 @@ def _cpu_threads(conf: RunnerConfig, loaded, params_total: int):
 
 def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _check_loaded(conf: RunnerConfig, model, profiler) -> None:
+    """What only the loaded model can tell: its own top-k against its experts, its position table against seq_len;
+    and a dimension given by hand (or in the config) that contradicts the weights, as one warning line."""
+    from .schema import check_positions
+
+    for layer in profiler.layers:
+        k, experts = layer.dims["top_k"].value, layer.dims["num_experts"].value
+        if k > experts:
+            raise ConfigError(f"{layer.dims['top_k'].detail}: top-k {k} exceeds the {experts} experts of layer "
+                              f"{layer.layer_id}; use a value <= {experts} (or topk=K to change the live top-k)")
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(text, "max_position_embeddings", None)
+    if conf.model.weights is not Weights.meta and isinstance(positions, int) and not isinstance(positions, bool):
+        check_positions(conf.seq_len, conf.decode_tokens, positions)
+    seen: dict[str, list[int]] = {}
+    for layer in profiler.layers:
+        for message in layer.warnings:
+            seen.setdefault(message, []).append(layer.layer_id)
+    for message, ids in seen.items():
+        span = f"layer {ids[0]}" if len(ids) == 1 else (
+            f"layers {ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else f"layers {', '.join(map(str, ids))}")
+        line = (f"runner: warning: MoE {span}: {message}; the results use the resolved value (layers rows carry it "
+                "in dims_warning)")
+        print(line, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            printed_copy.warning("%s", line)
 
 
 def _write_scan_report(ctx: JobContext, profiler) -> None:

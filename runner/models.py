@@ -159,7 +159,7 @@ def _build(model_cfg: ModelConfig, target, dtype, seed: int):
     try:
         with torch.device(target):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
-    except ValueError as exc:
+    except (ValueError, AssertionError, IndexError) as exc:  # an inconsistent model.config (e.g. a pad id >= vocab)
         raise ConfigError(f"model {model_cfg.name!r}: cannot build a causal LM for model_type "
                           f"{model_cfg.model_type!r}: {' '.join(str(exc).split())[:300]}") from None
 

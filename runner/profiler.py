@@ -496,7 +496,8 @@ class MOEProfiler:
             row["flops_measured"] = measured[pos] if self._measured_taken and measured is not None else None
             if self.timer is not None:
                 row.update(self.timer.summary(pos))
-            row.update(exact=layer.handler.exact, note=layer.handler.note)
+            row.update(exact=layer.handler.exact, note=layer.handler.note,
+                       dims_warning="; ".join(layer.warnings) or None)  # a config or override that contradicts the weights
             for dim in DIMENSIONS:
                 resolved = layer.dims[dim]
                 column = "default_top_k" if dim == "top_k" else dim  # `top_k` is the live value that ran

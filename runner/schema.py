@@ -30,6 +30,10 @@ SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
 DIMENSIONS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")  # = handlers.base.DIMENSIONS
 # config-field spellings of the routed-expert count, used to check topk before a model loads
 EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+# config-field spellings of the model's own top-k, checked against the expert count before a model loads
+TOPK_FIELDS = ("num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k")
+BYTE_VOCAB_SIZE = 259  # = runner.tokenizer.BYTE_VOCAB_SIZE (torch-free here)
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1  # the results columns: seed is int64, the other integer keys int32
 SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.selectors.SELECTORS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
@@ -206,7 +210,33 @@ def check(cfg: RunnerConfig) -> None:
         _fail("model.hf_id", "weights=pretrained needs a hub id or a local directory")
     if m.default_topk is not None and m.default_topk < 1:
         _fail("model.default_topk", f"must be >= 1, got {m.default_topk}")
+    check_int_ranges(cfg)
     experts = expert_count(m, cfg.dims)
+    for name in TOPK_FIELDS:
+        value = m.config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                _fail(f"model.config.{name}", f"must be >= 1, got {value}")
+            if experts is not None and value > experts:
+                _fail(f"model.config.{name}", f"{value} exceeds the {experts} experts of model {m.name!r}; "
+                      f"use a value <= {experts} (or topk=K to change the live top-k)")
+    if cfg.dims.override.top_k is not None:
+        _fail("dims.override.top_k", f"{cfg.dims.override.top_k} would relabel the top-k but not change the routing; "
+              f"set topk={cfg.dims.override.top_k} instead (dims.fallback.top_k when the profiler cannot find it)")
+    vocab = m.config.get("vocab_size")
+    byte_tokenizer = m.tokenizer == "byte" or (m.tokenizer is None and m.weights is not Weights.pretrained)
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and m.weights is not Weights.meta:
+        if byte_tokenizer and vocab < BYTE_VOCAB_SIZE:
+            _fail("model.config.vocab_size", f"{vocab} is smaller than the byte tokenizer's {BYTE_VOCAB_SIZE} ids; "
+                  f"use vocab_size >= {BYTE_VOCAB_SIZE}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            token = m.config.get(name)
+            if isinstance(token, int) and not isinstance(token, bool) and not 0 <= token < vocab:
+                _fail(f"model.config.{name}", f"{token} is outside the vocabulary (vocab_size={vocab}); "
+                      f"use an id below {vocab} or a larger vocab_size")
+    positions = m.config.get("max_position_embeddings")
+    if isinstance(positions, int) and not isinstance(positions, bool) and m.weights is not Weights.meta:
+        check_positions(cfg.seq_len, cfg.decode_tokens, positions)
     if cfg.topk is not None:
         if cfg.topk < 1:
             _fail("topk", f"must be a positive integer (or null for the model's default), got {cfg.topk}")
@@ -251,6 +281,31 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+
+
+def check_positions(seq_len: int, decode_tokens: int, positions: int) -> None:
+    """seq_len (plus the generated tokens) must fit the model's position table; ConfigError naming both numbers."""
+    if seq_len + decode_tokens > positions:
+        what = f"seq_len={seq_len}" + (f" + decode_tokens={decode_tokens}" if decode_tokens else "")
+        _fail("seq_len", f"{what} exceeds the model's max_position_embeddings={positions}; use "
+              f"seq_len<={positions - decode_tokens} (or raise model.config.max_position_embeddings for random weights)")
+
+
+def check_int_ranges(cfg: RunnerConfig) -> None:
+    """Every integer key must fit its results column (seed: int64, the others int32): a bigger value would fail only
+    when the results are written (or inside torch), after the work."""
+    def walk(obj: Any, prefix: str):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{prefix}{f.name}.")
+            elif isinstance(value, int) and not isinstance(value, (bool, Enum)):
+                yield f"{prefix}{f.name}", value
+
+    for key, value in walk(cfg, ""):
+        bound = INT64_MAX if key == "seed" else INT32_MAX
+        if not -bound - 1 <= value <= bound:
+            _fail(key, f"{value} is out of range; use an integer between {-bound - 1} and {bound}")
 
 
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:

@@ -113,7 +113,7 @@ def one_line_error(tmp_path: Path, *overrides: str) -> str:
 @pytest.mark.parametrize("overrides,needle", [
     (["dataset.slice=\"[100:200]\""], "is empty (16 documents available)"),
     (["dataset.slice=\"[3:3]\""], "is empty"),
-    (["seq_len=100000"], "less than one block of seq_len=100000"),
+    (["seq_len=100000", "model.config.max_position_embeddings=100000"], "less than one block of seq_len=100000"),
     ([f"dataset=local", f"dataset.path={DATA / 'malformed.jsonl'}"], "malformed.jsonl:2: malformed JSON line"),
     ([f"dataset=local", f"dataset.path={DATA / 'wrong_field.jsonl'}"], "no field 'text' (fields: body)"),
     ([f"dataset=local", f"dataset.path={DATA / 'missing.jsonl'}"], "does not exist"),
