@@ -223,10 +223,10 @@ def check(cfg: RunnerConfig) -> None:
     if cfg.dims.override.top_k is not None:
         _fail("dims.override.top_k", f"{cfg.dims.override.top_k} would relabel the top-k but not change the routing; "
               f"set topk={cfg.dims.override.top_k} instead (dims.fallback.top_k when the profiler cannot find it)")
+    # model.config builds the model only for weights=random (a checkpoint brings its own; it is checked once loaded)
     vocab = m.config.get("vocab_size")
-    byte_tokenizer = m.tokenizer == "byte" or (m.tokenizer is None and m.weights is not Weights.pretrained)
-    if isinstance(vocab, int) and not isinstance(vocab, bool) and m.weights is not Weights.meta:
-        if byte_tokenizer and vocab < BYTE_VOCAB_SIZE:
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and m.weights is Weights.random:
+        if m.tokenizer in (None, "byte") and vocab < BYTE_VOCAB_SIZE:
             _fail("model.config.vocab_size", f"{vocab} is smaller than the byte tokenizer's {BYTE_VOCAB_SIZE} ids; "
                   f"use vocab_size >= {BYTE_VOCAB_SIZE}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
@@ -235,7 +235,7 @@ def check(cfg: RunnerConfig) -> None:
                 _fail(f"model.config.{name}", f"{token} is outside the vocabulary (vocab_size={vocab}); "
                       f"use an id below {vocab} or a larger vocab_size")
     positions = m.config.get("max_position_embeddings")
-    if isinstance(positions, int) and not isinstance(positions, bool) and m.weights is not Weights.meta:
+    if isinstance(positions, int) and not isinstance(positions, bool) and m.weights is Weights.random:
         check_positions(cfg.seq_len, cfg.decode_tokens, positions)
     if cfg.topk is not None:
         if cfg.topk < 1:

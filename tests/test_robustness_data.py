@@ -199,3 +199,21 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
     assert list(runs["status"]) == ["ok", "ok"] and list(runs["tokens"]) == [128, 128]
     small, big = (int(v) for v in runs["peak_rss_bytes"])
     assert big - small < 200 << 20, (small, big)
+
+
+@pytest.mark.parametrize("change, text", [
+    (dict(max_position_embeddings=64), "seq_len: seq_len=128 exceeds the model's max_position_embeddings=64"),
+    (dict(num_experts_per_tok=9), "model.config.num_experts_per_tok: top-k 9 exceeds the 8 experts of layer 0"),
+])
+def test_a_checkpoints_own_config_is_checked_once_loaded(tmp_path, change, text):
+    """A checkpoint brings its own config (the model yaml's model.config is not applied): the same refusals, after
+    loading."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from test_job import compose_job
+
+    cfg = compose_job(tmp_path)
+    config = AutoConfig.for_model("olmoe", **{**dict(cfg.model.config), **change})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "ckpt")
+    message = refused(tmp_path, "model.weights=pretrained", f"model.hf_id={tmp_path / 'ckpt'}", "max_batches=1")
+    assert text in message
