@@ -24,6 +24,10 @@ def main(cfg: DictConfig) -> dict:
 def cli() -> None:
     """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo)."""
     error = check_command_line(sys.argv[1:])
+    if not error:
+        from runner.preflight import preflight
+
+        error = preflight(sys.argv[1:])  # the composed config(s) of every planned job, before anything runs
     if error:
         sys.exit(f"runner: error: {error}")
     main()
