@@ -187,3 +187,30 @@ def test_the_test_only_allow_list(monkeypatch, tmp_path):
     assert "'crash_callback.CrashOnTopk' not one of the project's classes" in preflight(plugin)
     monkeypatch.setenv("RUNNER_ALLOW_TARGETS", "crash_callback")
     assert preflight(plugin) is None
+
+
+# -- 17: environment variables stay out of stored configs, except the documented path keys -------------------------------
+def test_environment_interpolations_are_stored_unresolved(tmp_path, monkeypatch):
+    from test_job import latest_run, run_job
+
+    monkeypatch.setenv("SECRET_TOKEN", "hf_s3cr3t")
+    monkeypatch.setenv("RUNNER_OUT", str(tmp_path))
+    out = run_job(tmp_path, "out_root=${oc.env:RUNNER_OUT,outputs}", "tag=${oc.env:SECRET_TOKEN}",
+                  "+model.config.rope_scaling_note=x-${oc.env:HOME}", "max_batches=1", "seq_len=32")
+    assert out["status"] == "ok"
+    row = latest_run(tmp_path)
+    assert row["tag"] == "${oc.env:SECRET_TOKEN}"
+    stored = row["config_yaml"]
+    assert "hf_s3cr3t" not in stored and str(Path.home()) not in stored.replace(str(tmp_path), "")
+    assert "tag: ${oc.env:SECRET_TOKEN}" in stored and "rope_scaling_note: x-${oc.env:HOME}" in stored
+    assert f"out_root: {tmp_path}\n" in stored and f"results_dir: {tmp_path}/results\n" in stored  # path keys resolve
+
+
+def test_a_failed_row_keeps_the_tag_unresolved(tmp_path, monkeypatch):
+    from test_job import latest_run, run_job
+
+    monkeypatch.setenv("SECRET_TOKEN", "hf_s3cr3t")
+    with pytest.raises(SystemExit, match="topk: 9 exceeds the 8 experts"):
+        run_job(tmp_path, "tag=${oc.env:SECRET_TOKEN}", "topk=9", "on_error=record")
+    row = latest_run(tmp_path)
+    assert row["status"] == "failed" and row["tag"] == "${oc.env:SECRET_TOKEN}"
