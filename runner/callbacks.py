@@ -89,6 +89,11 @@ class SweepSummary(Callback):
             sys.exit(1)
 
     def _at_exit(self, state: dict[str, Any]) -> None:
+        from .errors import INTERRUPT
+
+        if INTERRUPT["requested"]:  # Ctrl-C: the running job recorded itself; the rest never started
+            state["done"] = True
+            return
         if not state["done"]:  # the launcher raised: Hydra 1.3 skipped on_multirun_end
             try:
                 self.finish(state)

@@ -188,8 +188,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_summary(row, ctx, results_dir, conf.model.name)
         return dict(status="ok", run_id=run_id, config_hash=row["config_hash"], loss=row.get("loss"),
                     flops_per_token=row.get("flops_per_token_analytic"))
+    except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
+        _interrupted(cfg, ctx, row, model_slug, results_dir, start)
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row or one line
         return _failed(exc, cfg, ctx, row, model_slug, results_dir, start)
+
+
+def _interrupted(cfg: DictConfig, ctx: JobContext, row: dict, model_slug: str, results_dir: str | None,
+                 start: float) -> None:
+    from .errors import INTERRUPT
+
+    with contextlib.suppress(BaseException):  # a second Ctrl-C while recording gives up on the row
+        results_dir = results_dir or str(results.check_writable(ctx.absolute(str(_raw(cfg, "results_dir")))))
+        row.update(status="interrupted", error="interrupted (Ctrl-C / SIGINT) before the job finished",
+                   error_type="KeyboardInterrupt", wall_s=time.perf_counter() - start)
+        with contextlib.suppress(Exception):
+            from .provenance import provenance
+
+            row.update(provenance())
+        results.write_part(results_dir, "runs", model_slug, [row], row.get("config_hash"), row["run_id"])
+        INTERRUPT["job"] = f"job {ctx.job_num}" if ctx.job_num is not None else "the job"
 
 
 def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: str, start: float) -> dict[str, Any]:

@@ -214,3 +214,35 @@ def test_a_failed_row_keeps_the_tag_unresolved(tmp_path, monkeypatch):
         run_job(tmp_path, "tag=${oc.env:SECRET_TOKEN}", "topk=9", "on_error=record")
     row = latest_run(tmp_path)
     assert row["status"] == "failed" and row["tag"] == "${oc.env:SECRET_TOKEN}"
+
+
+# -- 9: Ctrl-C mid-sweep -----------------------------------------------------------------------------------------------
+def test_ctrl_c_mid_sweep_is_one_line_rc_130_and_the_job_is_recorded_interrupted(tmp_path):
+    import random
+    import signal
+    import time
+
+    import pandas as pd
+
+    words = "the of and to in is was for on that with as by at from his her an which or were are be".split()
+    rng = random.Random(0)
+    big = tmp_path / "big.txt"  # ~1.2 MB: job 1 takes tens of seconds, job 0 (max_batches=1) a moment
+    big.write_text("\n".join(" ".join(rng.choice(words) for _ in range(200)) for _ in range(1500)))
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "max_batches=1,null", "dataset=local",
+                             f"dataset.path={big}", "seq_len=64", f"out_root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and not (sweep_dir / "1").is_dir() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # job 1 is loading or profiling its text
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == ("runner: interrupted (Ctrl-C): job 1 is recorded with status=interrupted; run the same "
+                           "command with resume=true to run only what is missing"), err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    runs = pd.read_parquet(tmp_path / "results" / "table=runs").sort_values("job_num")
+    assert list(runs["status"]) == ["ok", "interrupted"] and list(runs["job_num"]) == [0, 1]
+    assert runs["error"].iloc[1] == "interrupted (Ctrl-C / SIGINT) before the job finished"
+    assert "hard crash" not in " ".join(runs["error"].dropna())
