@@ -27,6 +27,7 @@ ALLOWED_TARGETS = ("runner.", "handlers.", "hydra._internal.", "hydra_plugins.")
 ALLOW_ENV = "RUNNER_ALLOW_TARGETS"
 # logging factories of hydra.job_logging / hydra.hydra_logging (`class` of handlers, `()` of formatters/filters)
 ALLOWED_LOGGING = ("logging.", "colorlog.")
+LOG_DIRS = ("${hydra.runtime.output_dir}/", "${hydra:runtime.output_dir}/")
 
 
 def allowed_prefixes() -> tuple[str, ...]:
@@ -70,25 +71,32 @@ def _target_class(value: Any, prefixes: tuple[str, ...]) -> Optional[str]:
 
 
 def check_targets(cfg: DictConfig) -> None:
-    """Refuse (ConfigError) the first `_target_` or logging factory that may not be instantiated."""
+    """Refuse (ConfigError) the first `_target_` or logging factory that may not be instantiated, and log files
+    outside the job's output directory (a logging.FileHandler can truncate any file)."""
     prefixes = allowed_prefixes()
     for path, key, parent in _walk(cfg):
         logging_section = path.startswith(("hydra.job_logging", "hydra.hydra_logging"))
+        where = f"{path}.{key}" if path else key
+        if logging_section and key == "filename":
+            raw = parent._get_node(key)._value()
+            if not (isinstance(raw, str) and raw.startswith(LOG_DIRS) and ".." not in raw):
+                raise ConfigError(f"{where}: {raw!r}: log files go in the job's directory; start the path with "
+                                  "${hydra.runtime.output_dir}/ (no '..')")
         if key == "_target_" or (logging_section and key in ("()", "class")):
-            where = f"{path}.{key}" if path else key
             try:
                 value = parent[key]
             except Exception:  # noqa: BLE001 - an interpolation that does not resolve here
                 value = parent._get_node(key)._value()
-            if logging_section and key != "_target_":
-                if isinstance(value, str) and value.startswith(ALLOWED_LOGGING) and _is_class(value):
-                    continue
-                why = _target_class(value, prefixes)
-            else:
-                why = _target_class(value, prefixes)
+            if logging_section and key != "_target_" and isinstance(value, str) and \
+                    value.startswith(ALLOWED_LOGGING) and _is_class(value):
+                continue
+            why = _target_class(value, prefixes)
             if why:
                 raise ConfigError(f"{where}: {value!r} {why}; configs may only instantiate those (refused before "
                                   "anything was instantiated)")
+    name = OmegaConf.select(cfg, "hydra.job.name", default=None)
+    if name is not None and ("/" in str(name) or ".." in str(name)):
+        raise ConfigError(f"hydra.job.name: {name!r} names the job's log file; use a name without '/' or '..'")
 
 
 def _under(module: Any, prefixes: tuple[str, ...]) -> bool:

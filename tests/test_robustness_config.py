@@ -167,6 +167,9 @@ def test_a_target_reached_through_a_project_module_is_refused(cli):
     ("hydra.sweeper._target_=runner.job.os.system", "hydra.sweeper._target_"),
     ("+model.config.x._target_=subprocess.run", "model.config.x._target_"),
     ("+hydra.callbacks.y._target_=runner.callbacks.SweepSummary", None),  # the project's own class
+    ("hydra.job_logging.handlers.file.filename=/tmp/victim.log", "hydra.job_logging.handlers.file.filename"),
+    ("hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x", "hydra.job_logging.handlers.file.filename"),
+    ("hydra.job.name=../../victim", "hydra.job.name"),
 ])
 def test_every_target_in_the_composed_config_is_checked(tmp_path, override, key):
     message = preflight([override, f"out_root={tmp_path}"])
