@@ -25,16 +25,18 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo)."""
-    error = check_command_line(sys.argv[1:])
-    if not error:
-        from runner.preflight import preflight
-
-        error = preflight(sys.argv[1:])  # the composed config(s) of every planned job, before anything runs
-    if error:
-        sys.exit(f"runner: error: {error}")
+    """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo); then the
+    preflight (runner/preflight.py) composes every planned job and checks its targets before Hydra starts any;
+    Ctrl-C ends in one line and exit 130."""
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
+        error = check_command_line(sys.argv[1:])
+        if not error:
+            from runner.preflight import preflight
+
+            error = preflight(sys.argv[1:])  # the composed config(s) of every planned job, before anything runs
+        if error:
+            sys.exit(f"runner: error: {error}")
         main()
     except BaseException:
         if not INTERRUPT["requested"]:

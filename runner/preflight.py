@@ -209,7 +209,9 @@ def preflight(argv: list[str]) -> Optional[str]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from .schema import CONFIG_DIR, one_line
+    from .schema import CONFIG_DIR, one_line, register_configs
+
+    register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info is not None or args.shell_completion or args.cfg is not None \
