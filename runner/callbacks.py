@@ -138,7 +138,9 @@ class SweepSummary(Callback):
                 continue
             values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
             model = values.get("model", state["model"]).split(",")[0]
-            topk = values.get("topk", str(state["defaults"].get("topk")))
+            # the sweep's default top-k is the default model's: another model's job has its own (unknown here)
+            same_model = model == state["model"]
+            topk = values.get("topk", str(state["defaults"].get("topk")) if same_model else None)
             row = dict(schema_version=results.SCHEMA_VERSION, run_id=results.new_run_id(), sweep_id=state["sweep_id"],
                        sweep_dir=state["sweep_dir"], job_num=num, job_dir=str(sweep_dir / str(num)),
                        timestamp=dt.datetime.now(dt.timezone.utc), status="failed", error=LOST, error_type="LostJob",

@@ -249,3 +249,19 @@ def test_ctrl_c_mid_sweep_is_one_line_rc_130_and_the_job_is_recorded_interrupted
     assert list(runs["status"]) == ["ok", "interrupted"] and list(runs["job_num"]) == [0, 1]
     assert runs["error"].iloc[1] == "interrupted (Ctrl-C / SIGINT) before the job finished"
     assert "hard crash" not in " ".join(runs["error"].dropna())
+
+
+# -- 10: a lost job of another model is not labelled with the default model's top-k --------------------------------------
+def test_lost_jobs_of_another_model_get_no_borrowed_topk(tmp_path):
+    import pandas as pd
+
+    from runner.callbacks import SweepSummary
+
+    state = dict(sweep_dir=str(tmp_path / "sweep"), sweep_id="s1", results_dir=str(tmp_path / "results"),
+                 planned=[["model=olmoe_tiny"], ["model=mixtral_tiny"], ["model=mixtral_tiny", "topk=1"]],
+                 model="olmoe_tiny", defaults={"selector": "topk", "dataset": "builtin", "topk": 2}, done=False)
+    (tmp_path / "sweep").mkdir()
+    assert SweepSummary(print_summary=False).finish(state) == 3
+    runs = pd.read_parquet(tmp_path / "results" / "table=runs").sort_values("job_num")
+    assert list(runs["error_type"]) == ["LostJob"] * 3
+    assert runs["topk"].tolist()[0] == 2 and pd.isna(runs["topk"].tolist()[1]) and runs["topk"].tolist()[2] == 1
