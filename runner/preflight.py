@@ -214,8 +214,10 @@ def preflight(argv: list[str]) -> Optional[str]:
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.info is not None or args.shell_completion or args.cfg is not None \
-            or args.experimental_rerun is not None:
+    if args.experimental_rerun is not None:  # Hydra unpickles the file: code would run before any check
+        return "--experimental-rerun is not supported: it loads a pickled config, which can run code; run the job's " \
+               "overrides again instead (<job dir>/.hydra/overrides.yaml)"
+    if args.help or args.hydra_help or args.info is not None or args.shell_completion or args.cfg is not None:
         return None
     config_name = args.config_name or "config"
     dirs = [CONFIG_DIR]

@@ -184,6 +184,13 @@ def test_a_logging_factory_from_a_file_is_checked(tmp_path):
     assert message.startswith("hydra.job_logging.formatters.simple.(): 'os.system' not one of"), message
 
 
+def test_a_pickled_rerun_is_refused(tmp_path):
+    pickled = tmp_path / "config.pickle"
+    pickled.write_bytes(b"not read")
+    assert preflight(["--experimental-rerun", str(pickled)]).startswith("--experimental-rerun is not supported: it "
+                                                                        "loads a pickled config")
+
+
 def test_the_test_only_allow_list(monkeypatch, tmp_path):
     plugin = ["+hydra.callbacks.c._target_=crash_callback.CrashOnTopk", f"out_root={tmp_path}"]
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "data" / "plugins"))
