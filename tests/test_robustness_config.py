@@ -83,6 +83,8 @@ def test_group_override_that_is_a_number_is_one_line(cli):
     (["-m", "selector=0.9"], "selector=0.9: 'selector' is a config group"),
     (["dataset=true"], "dataset=true: 'dataset' is a config group"),
     (["device=null"], "device=null: 'device' is a config group"),
+    (["-m", "model=5,olmoe_tiny"], "job 0 [model=5]: model=5: 'model' is a config group and takes an option name"),
+    (["+dataset=7"], "+dataset=7: 'dataset' is a config group"),
 ])
 def test_every_group_with_a_non_string_value_is_named(argv, needle):
     assert needle in preflight(argv)
