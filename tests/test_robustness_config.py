@@ -274,3 +274,33 @@ def test_lost_jobs_of_another_model_get_no_borrowed_topk(tmp_path):
     runs = pd.read_parquet(tmp_path / "results" / "table=runs").sort_values("job_num")
     assert list(runs["error_type"]) == ["LostJob"] * 3
     assert runs["topk"].tolist()[0] == 2 and pd.isna(runs["topk"].tolist()[1]) and runs["topk"].tolist()[2] == 1
+
+
+def test_ctrl_c_anywhere_in_a_sweep_of_quick_jobs_is_one_line(tmp_path):
+    """Jobs of a few ms (meta weights): the interrupt lands in a job, in Hydra's config loader or its launcher."""
+    import re
+    import signal
+    import time
+
+    import pandas as pd
+
+    delays = (0.0, 0.15)
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", "model.weights=meta", "topk=1,2,3,4,5,6,7,8",
+                               f"out_root={tmp_path / str(i)}", f"hydra.sweep.dir={tmp_path / str(i) / 'sweep'}"],
+                              cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(len(delays))]
+    for i, (proc, delay) in enumerate(zip(procs, delays)):
+        runs = tmp_path / str(i) / "results" / "table=runs"
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/part-*.parquet")):
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert re.fullmatch(r"runner: interrupted \(Ctrl-C\): (job \d is recorded with status=interrupted|no job was "
+                            r"running); run the same command with resume=true to run only what is missing\n", err), err
+        assert "Traceback" not in out and "Error" not in out
+        status = pd.read_parquet(tmp_path / str(i) / "results" / "table=runs")["status"]
+        assert set(status) <= {"ok", "interrupted"} and (status == "interrupted").sum() <= 1
