@@ -228,6 +228,11 @@ def preflight(argv: list[str]) -> Optional[str]:
         if not extra.is_dir():
             return None  # Hydra says so in one line
         dirs.insert(0, extra)
+        shadowed = sorted(str(p.relative_to(extra)) for p in extra.rglob("*.yaml")
+                          if (CONFIG_DIR / p.relative_to(extra)).is_file())
+        if shadowed:  # the project's conf/ comes first in Hydra's search path: these files would never be read
+            return (f"{extra / shadowed[0]}: never read, the project's conf/{shadowed[0]} has the same name and "
+                    "comes first; rename it (a primary config: --config-name NAME)")
         from hydra.core.config_search_path import SearchPathQuery
 
         search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))

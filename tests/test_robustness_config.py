@@ -193,6 +193,14 @@ def test_a_pickled_rerun_is_refused(tmp_path):
                                                                         "loads a pickled config")
 
 
+def test_a_config_dir_file_the_project_shadows_is_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "olmoe_tiny.yaml").write_text("name: mine\n")
+    assert preflight(["--config-dir", str(tmp_path)]) == (
+        f"{tmp_path / 'model' / 'olmoe_tiny.yaml'}: never read, the project's conf/model/olmoe_tiny.yaml has the same "
+        "name and comes first; rename it (a primary config: --config-name NAME)")
+
+
 def test_the_test_only_allow_list(monkeypatch, tmp_path):
     plugin = ["+hydra.callbacks.c._target_=crash_callback.CrashOnTopk", f"out_root={tmp_path}"]
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "data" / "plugins"))
