@@ -7,8 +7,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+import os
+import signal
 import sys
 
+from runner.errors import INTERRUPT
 from runner.schema import CONFIG_DIR, check_command_line, register_configs
 
 register_configs()
@@ -22,11 +25,39 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo)."""
-    error = check_command_line(sys.argv[1:])
-    if error:
-        sys.exit(f"runner: error: {error}")
-    main()
+    """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo); then the
+    preflight (runner/preflight.py) composes every planned job and checks its targets before Hydra starts any;
+    Ctrl-C ends in one line and exit 130."""
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        error = check_command_line(sys.argv[1:])
+        if not error:
+            from runner.preflight import preflight
+
+            error = preflight(sys.argv[1:])  # the composed config(s) of every planned job, before anything runs
+        if error:
+            sys.exit(f"runner: error: {error}")
+        main()
+    except BaseException:
+        if not INTERRUPT["requested"]:
+            raise
+    if INTERRUPT["requested"]:
+        sys.stderr = sys.__stderr__
+        recorded = f"{INTERRUPT['job']} is recorded with status=interrupted" if INTERRUPT["job"] else \
+            "no job was running"
+        print(f"runner: interrupted (Ctrl-C): {recorded}; run the same command with resume=true to run only what "
+              "is missing", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _on_interrupt(signum: int, frame) -> None:
+    """Ctrl-C: the running job records itself as interrupted while the KeyboardInterrupt unwinds; whatever Hydra
+    prints on the way out (a traceback, or an AttributeError when the interrupt lands in its config loader) is
+    dropped for the one line of cli()."""
+    if not INTERRUPT["requested"]:
+        INTERRUPT["requested"] = True
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

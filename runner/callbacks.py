@@ -94,6 +94,11 @@ class SweepSummary(Callback):
             sys.exit(1)
 
     def _at_exit(self, state: dict[str, Any]) -> None:
+        from .errors import INTERRUPT
+
+        if INTERRUPT["requested"]:  # Ctrl-C: the running job recorded itself; the rest never started
+            state["done"] = True
+            return
         if not state["done"]:  # the launcher raised: Hydra 1.3 skipped on_multirun_end
             try:
                 self.finish(state)
@@ -138,7 +143,9 @@ class SweepSummary(Callback):
                 continue
             values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
             model = values.get("model", state["model"]).split(",")[0]
-            topk = values.get("topk", str(state["defaults"].get("topk")))
+            # the sweep's default top-k is the default model's: another model's job has its own (unknown here)
+            same_model = model == state["model"]
+            topk = values.get("topk", str(state["defaults"].get("topk")) if same_model else None)
             row = dict(schema_version=results.SCHEMA_VERSION, run_id=results.new_run_id(), sweep_id=state["sweep_id"],
                        sweep_dir=state["sweep_dir"], job_num=num, job_dir=str(sweep_dir / str(num)),
                        timestamp=dt.datetime.now(dt.timezone.utc), status="failed", error=LOST, error_type="LostJob",

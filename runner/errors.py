@@ -30,6 +30,11 @@ class ResultsNotFound(RunnerError, LookupError):
     """No results where the reader looked (no results dir, an unknown sweep or run id)."""
 
 
+# Ctrl-C (SIGINT) under `python -m runner`: set by the CLI's signal handler; `job` is the label of the job recorded as
+# `interrupted`, if one was running. The sweep summary then records no lost jobs and prints nothing.
+INTERRUPT: dict = {"requested": False, "job": None}
+
+
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is enough: the runner's own, the engine's and OmegaConf's validation errors.
 

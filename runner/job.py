@@ -87,6 +87,34 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# keys whose environment interpolations are resolved in stored configs: where results go (${oc.env:RUNNER_OUT,outputs})
+PATH_KEYS = ("out_root", "results_dir")
+_KEEP_ENV = "runner_keep_env"
+
+
+def stored_config(cfg: DictConfig) -> DictConfig:
+    """`cfg` as stored in the results (config_yaml, tag): every `${oc.env:...}` outside PATH_KEYS stays as written
+    when the rest is resolved, so a shared config cannot copy the environment (tokens, home paths) into results."""
+    if not OmegaConf.has_resolver(_KEEP_ENV):
+        OmegaConf.register_new_resolver(_KEEP_ENV, lambda *args: "${oc.env:" + ",".join(map(str, args)) + "}")
+
+    def keep(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: keep(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [keep(v) for v in node]
+        return node.replace("${oc.env:", "${" + _KEEP_ENV + ":") if isinstance(node, str) else node
+
+    data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return OmegaConf.create({k: v if k in PATH_KEYS else keep(v) for k, v in data.items()})
+
+
+def _stored_tag(cfg: DictConfig) -> Any:
+    with contextlib.suppress(Exception):
+        return stored_config(cfg).get("tag")
+    return None
+
+
 def _on_error(cfg: DictConfig, ctx: JobContext) -> str:
     mode = cfg.get("on_error", "auto") if isinstance(cfg, DictConfig) else "auto"
     if mode not in ("raise", "record"):
@@ -130,7 +158,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     row: dict[str, Any] = dict(
         schema_version=results.SCHEMA_VERSION, run_id=run_id, sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir,
         job_num=ctx.job_num, job_dir=ctx.job_dir, timestamp=started, overrides=json.dumps(ctx.overrides),
-        experiment=ctx.choices.get("experiment"), tag=_raw(cfg, "tag"), topk_requested=_raw(cfg, "topk"),
+        experiment=ctx.choices.get("experiment"), tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"),
         topk=_raw(cfg, "topk"), selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"),
         weights=_raw(cfg, "model.weights"), hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
     )
@@ -139,7 +167,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
         row["config_hash"] = config_hash(cfg)
-        row["config_yaml"] = OmegaConf.to_yaml(cfg, resolve=True)
+        stored = stored_config(cfg)
+        row["config_yaml"] = OmegaConf.to_yaml(stored, resolve=True)
         row.update(settings(conf))  # also on a row that fails later: what was asked for
         results_dir = ctx.absolute(conf.results_dir)
         results.check_writable(results_dir)
@@ -160,8 +189,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_summary(row, ctx, results_dir, conf.model.name)
         return dict(status="ok", run_id=run_id, config_hash=row["config_hash"], loss=row.get("loss"),
                     flops_per_token=row.get("flops_per_token_analytic"))
+    except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
+        _interrupted(cfg, ctx, row, model_slug, results_dir, start)
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row or one line
         return _failed(exc, cfg, ctx, row, model_slug, results_dir, start)
+
+
+def _interrupted(cfg: DictConfig, ctx: JobContext, row: dict, model_slug: str, results_dir: str | None,
+                 start: float) -> None:
+    from .errors import INTERRUPT
+
+    with contextlib.suppress(BaseException):  # a second Ctrl-C while recording gives up on the row
+        results_dir = results_dir or str(results.check_writable(ctx.absolute(str(_raw(cfg, "results_dir")))))
+        row.update(status="interrupted", error="interrupted (Ctrl-C / SIGINT) before the job finished",
+                   error_type="KeyboardInterrupt", wall_s=time.perf_counter() - start)
+        with contextlib.suppress(Exception):
+            from .provenance import provenance
+
+            row.update(provenance())
+        results.write_part(results_dir, "runs", model_slug, [row], row.get("config_hash"), row["run_id"])
+        INTERRUPT["job"] = f"job {ctx.job_num}" if ctx.job_num is not None else "the job"
 
 
 def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: str, start: float) -> dict[str, Any]:

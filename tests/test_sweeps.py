@@ -111,7 +111,7 @@ def test_submitit_local_sweep_survives_a_hard_crash(tmp_path):
     plugins = Path(__file__).parent / "data" / "plugins"
     out = cli(tmp_path, "hydra/launcher=submitit_local", "topk=1,2", *SMALL,
               "+hydra.callbacks.crash._target_=crash_callback.CrashOnTopk", "+hydra.callbacks.crash.topk=2",
-              PYTHONPATH=f"{ROOT}:{plugins}")
+              PYTHONPATH=f"{ROOT}:{plugins}", RUNNER_ALLOW_TARGETS="crash_callback")  # test-only allow-list entry
     assert out.returncode != 0
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # job 0 really ran under submitit
     runs = runs_of(tmp_path, tmp_path / "sweep")

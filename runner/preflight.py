@@ -1,0 +1,273 @@
+"""Checks of `python -m runner` that run before Hydra starts anything (issue 13): the CLI composes the config itself,
+the same way Hydra will (--config-dir, experiments, every planned job of a sweep), and refuses with one line
+
+* a config that cannot be composed for a reason Hydra reports as a traceback (a group given a number: `model=5`, a
+  malformed or binary YAML file) or, in a sweep, any planned job that cannot be composed (`-m model=olmoe_tiny,olmo`):
+  nothing is launched and nothing is written;
+* a key the schema does not have, wherever it comes from (command line, an experiment file, a --config-dir file);
+* any `_target_` (and logging `()` / `class` factory) in the composed config, `hydra.*` included, that is not one of
+  the project's own classes or Hydra's launcher/sweeper plugins: it is refused before anything is instantiated.
+
+Hydra's own composition errors of a single run (`model=olmo`, `topk=2.5`) are left to Hydra's message.
+The library never imports this module (it imports Hydra).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+
+# `_target_` values that may be instantiated: the project's classes and Hydra's launcher/sweeper plugins
+ALLOWED_TARGETS = ("runner.", "handlers.", "hydra._internal.", "hydra_plugins.")
+# test-only: comma-separated extra module prefixes (tests/data/plugins' crash callback); never set it in production
+ALLOW_ENV = "RUNNER_ALLOW_TARGETS"
+# logging factories of hydra.job_logging / hydra.hydra_logging (`class` of handlers, `()` of formatters/filters)
+ALLOWED_LOGGING = ("logging.", "colorlog.")
+LOG_DIRS = ("${hydra.runtime.output_dir}/", "${hydra:runtime.output_dir}/")
+
+
+def allowed_prefixes() -> tuple[str, ...]:
+    extra = [p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()]
+    return ALLOWED_TARGETS + tuple(p if p.endswith(".") else p + "." for p in extra)
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, key, node) for every key of every mapping under `node` (interpolations left unresolved)."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            yield path, str(key), node
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _walk(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _walk(child, f"{path}[{i}]")
+
+
+def _target_class(value: Any, prefixes: tuple[str, ...]) -> Optional[str]:
+    """None when `value` names a class of a module under `prefixes`; otherwise why not. Nothing outside the
+    allowed packages is imported to find out."""
+    import inspect
+
+    if not isinstance(value, str) or not value.startswith(prefixes):
+        return "not one of the project's classes (runner.*, handlers.*) or Hydra's plugins (hydra._internal.*, " \
+               "hydra_plugins.*)"
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(value)
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot be imported ({type(exc).__name__})"
+    # runner.job.os.system or runner.job.Path.touch: reached through an allowed module, defined elsewhere
+    if not inspect.isclass(obj) or not _under(getattr(obj, "__module__", ""), prefixes):
+        return "is not a class defined in runner.*, handlers.* or Hydra's plugins"
+    return None
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse (ConfigError) the first `_target_` or logging factory that may not be instantiated, and log files
+    outside the job's output directory (a logging.FileHandler can truncate any file)."""
+    prefixes = allowed_prefixes()
+    for path, key, parent in _walk(cfg):
+        logging_section = path.startswith(("hydra.job_logging", "hydra.hydra_logging"))
+        where = f"{path}.{key}" if path else key
+        if logging_section and key == "filename":
+            raw = parent._get_node(key)._value()
+            if not (isinstance(raw, str) and raw.startswith(LOG_DIRS) and ".." not in raw):
+                raise ConfigError(f"{where}: {raw!r}: log files go in the job's directory; start the path with "
+                                  "${hydra.runtime.output_dir}/ (no '..')")
+        if key == "_target_" or (logging_section and key in ("()", "class")):
+            try:
+                value = parent[key]
+            except Exception:  # noqa: BLE001 - an interpolation that does not resolve here
+                value = parent._get_node(key)._value()
+            if logging_section and key != "_target_" and isinstance(value, str) and \
+                    value.startswith(ALLOWED_LOGGING) and _is_class(value):
+                continue
+            why = _target_class(value, prefixes)
+            if why:
+                raise ConfigError(f"{where}: {value!r} {why}; configs may only instantiate those (refused before "
+                                  "anything was instantiated)")
+    name = OmegaConf.select(cfg, "hydra.job.name", default=None)
+    if name is not None and ("/" in str(name) or ".." in str(name)):
+        raise ConfigError(f"hydra.job.name: {name!r} names the job's log file; use a name without '/' or '..'")
+
+
+def _under(module: Any, prefixes: tuple[str, ...]) -> bool:
+    return f"{module}.".startswith(prefixes)
+
+
+def _is_class(value: str) -> bool:
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(value)
+        return inspect.isclass(obj) and _under(getattr(obj, "__module__", ""), ALLOWED_LOGGING)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_composed(cfg: DictConfig, job: str = "") -> None:
+    """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
+    from .schema import unknown_keys
+
+    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    unknown = unknown_keys(plain)
+    if unknown:
+        raise ConfigError(job + "; ".join(unknown))
+    try:
+        check_targets(cfg)
+    except ConfigError as exc:
+        raise ConfigError(job + str(exc)) from None
+
+
+def _bad_yaml(dirs: list[Path]) -> Optional[str]:
+    """The first YAML file under `dirs` that is not UTF-8 or not YAML, as 'file: why'."""
+    import yaml
+
+    for root in dirs:
+        for path in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
+            try:
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                return f"{path}: not a UTF-8 text file (a binary file?); fix or remove it"
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+                return f"{path}: not valid YAML ({problem}{where}); fix or remove it"
+    return None
+
+
+def _non_string_group(overrides: list[str], loader) -> Optional[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001
+        return None
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_sweep_override() or not loader.repository.group_exists(key):
+            continue
+        value = override.value()
+        if not isinstance(value, str):
+            options = ", ".join(loader.get_group_options(key))
+            return (f"{override.input_line or key}: '{key}' is a config group and takes an option "
+                    f"name, one of: {options}")
+    return None
+
+
+def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path]) -> Optional[str]:
+    """A one-line message for a composition failure Hydra would show as a traceback; None for Hydra's own errors."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = exc
+    while cause is not None:
+        mark = getattr(cause, "problem_mark", None)
+        if isinstance(cause, yaml.YAMLError) and mark is not None and Path(str(mark.name)).is_file():
+            return (f"{mark.name}: not valid YAML ({getattr(cause, 'problem', None) or type(cause).__name__} at line "
+                    f"{mark.line + 1}, column {mark.column + 1}); fix or remove it")
+        if isinstance(cause, (UnicodeDecodeError, yaml.YAMLError)):
+            return _bad_yaml(dirs) or f"a config file cannot be read: {' '.join(str(cause).split())}"
+        cause = cause.__cause__ or cause.__context__
+    from omegaconf.errors import ConfigKeyError
+
+    from .schema import unknown_keys
+
+    cause = exc
+    while cause is not None:  # a key an experiment or --config-dir file sets that the schema lacks
+        if isinstance(cause, ConfigKeyError) and getattr(cause, "full_key", None):
+            nested: dict = {}
+            for part in reversed(str(cause.full_key).split(".")):
+                nested = {part: nested}
+            unknown = unknown_keys(nested)
+            if unknown:
+                return unknown[0]
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, ValueError) and "Config group override" in str(exc):
+        return _non_string_group(overrides, loader) or " ".join(str(exc).split())
+    if isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def preflight(argv: list[str]) -> Optional[str]:
+    """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from .schema import CONFIG_DIR, one_line, register_configs
+
+    register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.experimental_rerun is not None:  # Hydra unpickles the file: code would run before any check
+        return "--experimental-rerun is not supported: it loads a pickled config, which can run code; run the job's " \
+               "overrides again instead (<job dir>/.hydra/overrides.yaml)"
+    if args.help or args.hydra_help or args.info is not None or args.shell_completion or args.cfg is not None:
+        return None
+    config_name = args.config_name or "config"
+    dirs = [CONFIG_DIR]
+    search_path = create_automatic_config_search_path(str(Path(__file__).parent / "__main__.py"), None,
+                                                      str(CONFIG_DIR))
+    if args.config_dir is not None:
+        extra = Path(args.config_dir).absolute()
+        if not extra.is_dir():
+            return None  # Hydra says so in one line
+        dirs.insert(0, extra)
+        shadowed = sorted(str(p.relative_to(extra)) for p in extra.rglob("*.yaml")
+                          if (CONFIG_DIR / p.relative_to(extra)).is_file())
+        if shadowed:  # the project's conf/ comes first in Hydra's search path: these files would never be read
+            return (f"{extra / shadowed[0]}: never read, the project's conf/{shadowed[0]} has the same name and "
+                    "comes first; rename it (a primary config: --config-name NAME)")
+        from hydra.core.config_search_path import SearchPathQuery
+
+        search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
+    overrides = list(args.overrides)
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2(task_name="runner", config_search_path=search_path)
+        loader = hydra.config_loader
+        try:
+            mode = hydra.get_mode(config_name=config_name, overrides=overrides)
+            multirun = args.multirun or mode == RunMode.MULTIRUN
+            cfg = hydra.compose_config(config_name, overrides + [f"hydra.mode={'MULTIRUN' if multirun else 'RUN'}"],
+                                       run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        except Exception as exc:  # noqa: BLE001
+            return _explain(exc, overrides, loader, dirs)
+        try:
+            check_composed(cfg)
+        except ConfigError as exc:
+            return str(exc)
+        if not multirun:
+            return None
+        from .callbacks import planned_jobs
+
+        jobs = planned_jobs(cfg) or []
+        for num, job in enumerate(jobs):
+            label = f"job {num} [{' '.join(job)}]: "
+            try:
+                job_cfg = loader.load_sweep_config(cfg, list(job))
+            except Exception as exc:  # noqa: BLE001
+                why = _explain(exc, list(job), loader, dirs) or one_line(exc)
+                return f"{label}{why}; nothing was run"
+            try:
+                check_composed(job_cfg, label)
+            except ConfigError as exc:
+                return f"{exc}; nothing was run"
+        return None
+    finally:
+        GlobalHydra.instance().clear()
