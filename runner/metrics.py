@@ -273,8 +273,8 @@ class RoutingRecorder:
                 self._fill[p] = 0
 
     # -- read-out --------------------------------------------------------------------------------
-    def snapshot(self, phase: str | None = None) -> dict[str, np.ndarray]:
-        """Host copies of the accumulators, [L, ...] per layer: one phase, or summed over phases (the one sync)."""
+    def read_phases(self) -> dict[str, dict[str, np.ndarray]]:
+        """Host copies of every accumulator, per phase: {phase: {name: [L, entries]}} (one read of the device)."""
         self.flush()
         out: dict[str, np.ndarray] = {}
         for group in self.groups:
@@ -284,21 +284,19 @@ class RoutingRecorder:
                 out[name][group.positions, :, : values.shape[2]] = values
         widths = dict(counts=self.router_width, gate_mass=self.router_width, importance=self.router_width,
                       k_hist=self.router_width + 1, sums=len(SUMS))
-        if phase is None:
-            return {name: v.sum(1)[:, : widths[name]] for name, v in out.items()}
-        i = self.phases.index(phase)
-        return {name: v[:, i, : widths[name]] for name, v in out.items()}
+        return {phase: {name: v[:, i, : widths[name]] for name, v in out.items()}
+                for i, phase in enumerate(self.phases)}
+
+    def snapshot(self, phase: str | None = None) -> dict[str, np.ndarray]:
+        """Host copies of the accumulators, [L, ...] per layer: one phase, or summed over phases (the one sync)."""
+        phases = self.read_phases()
+        if phase is not None:
+            return phases[phase]
+        return {name: sum(values[name] for values in phases.values()) for name in next(iter(phases.values()))}
 
     def tokens_by_phase(self) -> dict[str, list[int]]:
         """Tokens seen per phase and layer: the k histogram sums to them."""
-        self.flush()
-        out = {name: [0] * self.num_layers for name in self.phases}
-        for group in self.groups:
-            hist = group.read()["k_hist"].sum(-1)  # [L, P]
-            for row, position in enumerate(group.positions):
-                for i, name in enumerate(self.phases):
-                    out[name][position] = int(hist[row, i])
-        return out
+        return {phase: [int(v) for v in values["k_hist"].sum(-1)] for phase, values in self.read_phases().items()}
 
     @property
     def tokens(self) -> list[int]:

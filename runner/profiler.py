@@ -451,21 +451,24 @@ class MOEProfiler:
         """One row per (phase, MoE layer): tokens, k, analytic (and measured) FLOPs, routing and balance metrics,
         latency when timed, and every resolved dimension with its source. Phases that recorded nothing are left
         out (with nothing recorded at all: one row per layer under the current phase)."""
+        recorded = self._recorded_phases()
         rows = []
-        for phase in self._recorded_phases():
-            rows += self._layer_rows(phase)
+        for phase, snapshot in recorded.items():
+            rows += self._layer_rows(phase, snapshot)
         return pd.DataFrame(rows)
 
-    def _recorded_phases(self) -> list[str]:
+    def _recorded_phases(self) -> dict[str, dict[str, np.ndarray] | None]:
+        """The phases that recorded anything, each with its accumulators (None without a recorder), from one read
+        of the device; with nothing recorded at all, the current phase."""
         if self.recorder is None:
             seen = [p for p in self._measured if any(self._measured[p])]
-            return seen or [self._phase]
-        tokens = self.recorder.tokens_by_phase()
-        seen = [p for p in self.recorder.phases if any(tokens[p]) or any(self._measured.get(p, ()))]
-        return seen or [self._phase]
+            return dict.fromkeys(seen or [self._phase])
+        phases = self.recorder.read_phases()
+        seen = {p: values for p, values in phases.items()
+                if values["k_hist"].any() or any(self._measured.get(p, ()))}
+        return seen or {self._phase: phases.get(self._phase)}
 
-    def _layer_rows(self, phase: str) -> list[dict[str, Any]]:
-        snapshot = self.recorder.snapshot(phase) if self.recorder is not None else None
+    def _layer_rows(self, phase: str, snapshot: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
         measured = self._measured.get(phase)
         rows = []
         for layer in self.layers:
@@ -513,8 +516,7 @@ class MOEProfiler:
         if self.recorder is None:
             return pd.DataFrame(columns=columns)
         frames = []
-        for phase in self._recorded_phases():
-            snapshot = self.recorder.snapshot(phase)
+        for phase, snapshot in self._recorded_phases().items():
             for layer in self.layers:
                 experts = layer.num_experts
                 counts = snapshot["counts"][layer.position][:experts]
