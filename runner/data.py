@@ -3,20 +3,26 @@
 Documents are joined as <bos> doc <eos> <bos> doc <eos> ... (tokenizer's specials where it has them) and the stream is
 cut into blocks of seq_len; the incomplete tail is dropped. Every target in a block is a real next token, so the loss
 is the mean NLL over all B * (seq_len - 1) positions of a batch.
+
+Documents are streamed (a paragraph, a line, a list item or a row batch at a time) and tokenized only until the blocks
+a run needs are filled, so memory does not grow with the size of the file.
 """
 from __future__ import annotations
 
 import glob
+import io
+import itertools
 import json
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import DataError
-from .schema import DatasetConfig, DatasetKind
+from .schema import SLICE, DatasetConfig, DatasetKind
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Blocks:
     ids: Any  # LongTensor [num_blocks, seq_len]
-    documents: int
+    documents: int  # documents read: with max_tokens, only those the blocks needed
     characters: int
     tokens_total: int  # tokens before the tail was dropped
 
@@ -33,53 +39,80 @@ class Blocks:
         return int(self.ids.shape[0])
 
 
-def apply_slice(items: list, spec: str | None, what: str) -> list:
-    """Python / datasets slice syntax on a list: "[:64]", "[10:20]", "[-5:]", "[:10%]"."""
+def slice_bounds(spec: str | None, count: Callable[[], int]) -> tuple[int, int | None]:
+    """Python / datasets slice syntax -> (start, stop) on the documents: "[:64]", "[10:20]", "[-5:]", "[:10%]".
+    `count` is called only when a bound needs the number of documents (a negative or % bound)."""
     if spec is None:
-        return items
-    match = re.match(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$", spec)
+        return 0, None
+    match = SLICE.match(spec)
     if match is None:
         raise DataError(f"dataset.slice {spec!r} is not a slice such as '[:64]' or '[:10%]'")
+    texts = match.group(1), match.group(2)
+    total = count() if any(t is not None and (t.startswith("-") or t.endswith("%")) for t in texts) else None
 
     def bound(text: str | None) -> int | None:
         if text is None:
             return None
-        if text.endswith("%"):
-            return round(len(items) * int(text[:-1]) / 100)
-        return int(text)
+        value = round(total * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+        return max(total + value, 0) if value < 0 else value
 
-    start, stop = bound(match.group(1)), bound(match.group(2))
-    picked = items[start:stop]
-    if not picked:
-        raise DataError(f"dataset slice {spec} of {what} is empty ({len(items)} documents available)")
-    return picked
+    start, stop = bound(texts[0]), bound(texts[1])
+    return start or 0, stop
 
 
-def load_documents(cfg: DatasetConfig) -> list[str]:
+class Documents:
+    """The documents of a dataset slice, read lazily: each pass streams the source again and stops where the consumer
+    stops, so a run that needs a few blocks reads a few documents of a file of any size. Constructing it reads up to
+    the first document of the slice, so an empty source or slice fails before the model loads."""
+
+    def __init__(self, source: Callable[[], Iterator[str]], spec: str | None, what: str, empty: str):
+        self._source, self.what = source, what
+        self.start, self.stop = slice_bounds(spec, lambda: sum(1 for _ in source()))
+        self.read = 0  # documents handed out by the last pass
+        if next(iter(self._slice()), None) is None:
+            total = sum(1 for _ in source())
+            if total == 0:
+                raise DataError(empty)
+            raise DataError(f"dataset slice {spec} of {what} is empty ({total} documents available)")
+
+    def _slice(self) -> Iterator[str]:
+        if self.stop is not None and self.stop <= self.start:
+            return iter(())
+        return itertools.islice(self._source(), self.start, self.stop)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read = 0
+        for doc in self._slice():
+            self.read += 1
+            yield doc
+
+
+def load_documents(cfg: DatasetConfig) -> Documents:
     if cfg.kind is DatasetKind.builtin:
         from .corpus import TEXT
 
-        docs = [p.strip() for p in TEXT.split("\n\n") if p.strip()]
-        return apply_slice(docs, cfg.slice, "the built-in text")
+        return Documents(lambda: _paragraphs(io.StringIO(TEXT)), cfg.slice, "the built-in text", "the built-in text is empty")
     if cfg.kind is DatasetKind.local:
-        docs = _local_documents(cfg)
-        if not docs:
-            raise DataError(f"dataset.path {cfg.path!r} has no text (empty or whitespace only"
-                            f"{'' if _format(Path(cfg.path), cfg.format) == 'text' else f', or no non-blank {cfg.field!r} values'}); "
-                            "point dataset.path at a file with text")
-        return apply_slice(docs, cfg.slice, cfg.path)
+        paths = _local_paths(cfg)
+        blank = "" if _format(paths[0], cfg.format) == "text" else f", or no non-blank {cfg.field!r} values"
+        return Documents(lambda: (d for p in paths for d in _read_file(p, cfg)), cfg.slice, cfg.path,
+                         f"dataset.path {cfg.path!r} has no text (empty or whitespace only{blank}); "
+                         "point dataset.path at a file with text")
     return _hf_documents(cfg)
 
 
-def _local_documents(cfg: DatasetConfig) -> list[str]:
+def _local_paths(cfg: DatasetConfig) -> list[Path]:
     pattern = str(Path(cfg.path).expanduser())
     paths = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
     if not paths:
         raise DataError(f"dataset.path {cfg.path!r} matches no files")
-    docs: list[str] = []
-    for path in paths:
-        docs.extend(_read_file(Path(path), cfg))
-    return docs
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"dataset file {path} does not exist")
+        if not path.is_file():
+            raise DataError(f"dataset path {path} is not a file")
+        _format(path, cfg.format)
+    return [Path(p) for p in paths]
 
 
 def _format(path: Path, fmt: str) -> str:
@@ -107,45 +140,55 @@ def _field(record: Any, field: str, where: str) -> str:
     return value
 
 
-def _read_file(path: Path, cfg: DatasetConfig) -> list[str]:
-    if not path.exists():
-        raise DataError(f"dataset file {path} does not exist")
-    if not path.is_file():
-        raise DataError(f"dataset path {path} is not a file")
+def _read_file(path: Path, cfg: DatasetConfig) -> Iterator[str]:
+    """The non-blank documents of one file, streamed: a text paragraph, a jsonl line, a JSON list item or a parquet
+    row batch at a time (a JSON object of columns, {"text": [...]}, is the one form read whole)."""
     fmt = _format(path, cfg.format)
     try:
-        if fmt == "jsonl":
-            return _jsonl_documents(path, cfg)
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(path)
-            except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on corrupt files
-                raise DataError(f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
-            if cfg.field not in table.column_names:
-                raise DataError(f"{path}: no column {cfg.field!r} (columns: {', '.join(table.column_names[:8])}); "
-                                "set dataset.field")
-            return [v for v in table.column(cfg.field).to_pylist() if isinstance(v, str) and v.strip()]
-        text = path.read_text(encoding="utf-8")
+            yield from _parquet_documents(path, cfg.field)
+            return
+        with path.open(encoding="utf-8") as stream:
+            if fmt == "text":
+                yield from _paragraphs(stream)
+            elif fmt == "jsonl":
+                yield from _jsonl_documents(stream, path, cfg.field)
+            else:
+                yield from _json_documents(stream, path, cfg.field)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if fmt == "text":
-        return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    data = _parse_json(text, str(path), "JSON")
-    del text
-    if isinstance(data, dict) and isinstance(data.get(cfg.field), list):  # {"text": [...]} columns
-        data = [{cfg.field: v} for v in data[cfg.field]]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects with a {cfg.field!r} field")
-    return [d for d in (_field(r, cfg.field, f"{path}[{i}]") for i, r in enumerate(data)) if d.strip()]
 
 
-def _parse_json(text: str, where: str, what: str) -> Any:
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    """Paragraphs separated by blank (whitespace-only) lines, stripped, one at a time."""
+    paragraph: list[str] = []
+    for line in itertools.chain(lines, [""]):
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "".join(paragraph).strip()
+            paragraph.clear()
+
+
+def _parquet_documents(path: Path, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
     try:
-        return json.loads(text)
+        file = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on corrupt files
+        raise DataError(f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
+    if field not in file.schema_arrow.names:
+        raise DataError(f"{path}: no column {field!r} (columns: {', '.join(file.schema_arrow.names[:8])}); "
+                        "set dataset.field")
+    for batch in file.iter_batches(batch_size=256, columns=[field]):
+        yield from (v for v in batch.column(0).to_pylist() if isinstance(v, str) and v.strip())
+
+
+def _parse_json(text: str, where: str, what: str, decode=json.loads) -> Any:
+    try:
+        return decode(text)
     except json.JSONDecodeError as exc:
         at = f" at line {exc.lineno}" if what == "JSON" else ""
         raise DataError(f"{where}: malformed {what} ({exc.msg}{at})") from None
@@ -154,27 +197,101 @@ def _parse_json(text: str, where: str, what: str) -> Any:
                         "flatten it to records with a text field") from None
 
 
-def _jsonl_documents(path: Path, cfg: DatasetConfig) -> list[str]:
-    """One record per line, read line by line (a large file is never held twice)."""
-    docs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            record = _parse_json(line, f"{path}:{number}", "JSON line")
-            del line
-            text = _field(record, cfg.field, f"{path}:{number}")
+def _jsonl_documents(lines: Iterable[str], path: Path, field: str) -> Iterator[str]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            text = _field(_parse_json(line, f"{path}:{number}", "JSON line"), field, f"{path}:{number}")
             if text.strip():
-                docs.append(text)
-    return docs
+                yield text
 
 
-def _hf_documents(cfg: DatasetConfig) -> list[str]:
+# JSON list files are decoded an item at a time from a buffer that grows only to hold the item being decoded.
+_CHUNK = 1 << 20
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_documents(stream: TextIO, path: Path, field: str) -> Iterator[str]:
+    buffer = stream.read(_CHUNK)
+    while buffer.isspace() and (chunk := stream.read(_CHUNK)):
+        buffer += chunk
+    head = buffer.lstrip()[:1]
+    if not head:
+        return  # an empty file: no documents
+    if head == "{":  # {"text": [...]}: columns, read whole
+        data = _parse_json(buffer + stream.read(), str(path), "JSON")
+        if not isinstance(data.get(field), list):
+            raise DataError(f"{path}: expected a JSON list of objects with a {field!r} field")
+        for i, value in enumerate(data[field]):
+            if not isinstance(value, str):
+                raise DataError(f"{path}[{i}]: field {field!r} is {type(value).__name__}, not text")
+            if value.strip():
+                yield value
+        return
+    if head != "[":
+        raise DataError(f"{path}: expected a JSON list of objects with a {field!r} field")
+    decoder, pos = json.JSONDecoder(), buffer.index("[") + 1
+
+    def more() -> bool:
+        nonlocal buffer, pos
+        chunk = stream.read(max(_CHUNK, len(buffer) - pos))  # doubles the unread part: an item is re-parsed O(log) times
+        buffer, pos = buffer[pos:] + chunk, 0
+        return bool(chunk)
+
+    def next_char() -> str:  # the next non-space character, "" at the end of the file
+        nonlocal pos
+        while True:
+            pos = _JSON_SPACE.match(buffer, pos).end()
+            if pos < len(buffer):
+                return buffer[pos]
+            if not more():
+                return ""
+
+    def malformed(why: str) -> DataError:
+        return DataError(f"{path}: malformed JSON ({why})")
+
+    index = 0
+    while True:
+        char = next_char()
+        if char == "]":
+            pos += 1
+            if next_char():
+                raise malformed("extra data after the list")
+            return
+        if index:
+            if char != ",":
+                raise malformed(f"expected ',' or ']' after item {index - 1}" if char else "the list is not closed")
+            pos += 1
+            char = next_char()
+        if not char:
+            raise malformed("the list is not closed")
+        while True:
+            try:
+                record, end = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError as exc:
+                if more():
+                    continue
+                raise malformed(f"item {index}: {exc.msg}") from None
+            except RecursionError:
+                _parse_json("", f"{path}[{index}]", "JSON", decode=_raise_recursion)
+            if end == len(buffer) and more():  # a number or literal may go on in the next chunk
+                continue
+            break
+        text = _field(record, field, f"{path}[{index}]")
+        pos, index = end, index + 1
+        if text.strip():
+            yield text
+
+
+def _raise_recursion(_: str) -> Any:
+    raise RecursionError
+
+
+def _hf_documents(cfg: DatasetConfig) -> Documents:
     import datasets
 
     from . import hub
 
-    split = f"{cfg.split}{cfg.slice or ''}"
+    split, spec = f"{cfg.split}{cfg.slice or ''}", None
     where = f"dataset {cfg.path!r}" + (f" ({cfg.config_name})" if cfg.config_name else "") + f" split {split!r}"
     try:
         local = Path(cfg.path).expanduser()
@@ -182,7 +299,7 @@ def _hf_documents(cfg: DatasetConfig) -> list[str]:
             ds = datasets.load_from_disk(str(local))  # a save_to_disk directory
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[cfg.split]
-            ds = _slice_dataset(ds, cfg.slice, where)
+            split, spec = cfg.split, cfg.slice  # sliced as documents below
         else:
             kwargs: dict[str, Any] = {}
             if cfg.data_files is not None:
@@ -205,17 +322,13 @@ def _hf_documents(cfg: DatasetConfig) -> list[str]:
         raise DataError(f"{where}: {type(exc).__name__}: {_short(exc)}") from None
     if cfg.field not in ds.column_names:
         raise DataError(f"{where}: no column {cfg.field!r} (columns: {', '.join(ds.column_names[:8])}); set dataset.field")
-    docs = [d for d in ds[cfg.field] if isinstance(d, str) and d.strip()]
-    if not docs:
-        raise DataError(f"{where} is empty (no non-blank {cfg.field!r} values)")
-    return docs
+    column = ds.select_columns([cfg.field])
 
+    def rows() -> Iterator[str]:  # arrow batches from the memory-mapped cache: nothing is held beyond one batch
+        for batch in column.iter(batch_size=256):
+            yield from (d for d in batch[cfg.field] if isinstance(d, str) and d.strip())
 
-def _slice_dataset(ds, spec: str | None, where: str):
-    if spec is None:
-        return ds
-    rows = apply_slice(list(range(len(ds))), spec, where)
-    return ds.select(rows)
+    return Documents(rows, spec, where, f"{where} is empty (no non-blank {cfg.field!r} values)")
 
 
 def _short(exc: BaseException) -> str:
@@ -226,7 +339,7 @@ def _short(exc: BaseException) -> str:
 CUT_MARGIN = 64
 
 
-def tokenize(docs: list[str], tokenizer, seq_len: int, where: str, max_tokens: int | None = None) -> Blocks:
+def tokenize(docs: Iterable[str], tokenizer, seq_len: int, where: str, max_tokens: int | None = None) -> Blocks:
     """Pack the documents into blocks. With `max_tokens` (seq_len x batch_size x max_batches), documents are tokenized
     in order only until that many tokens are there, and a long document only as far as needed: memory does not grow
     with the file. The blocks are the leading blocks of the whole stream, so a capped run sees what an uncapped one
@@ -254,7 +367,9 @@ def tokenize(docs: list[str], tokenizer, seq_len: int, where: str, max_tokens: i
             group.clear()
             group_chars = 0
 
+    documents = characters = 0
     for doc in docs:
+        documents, characters = documents + 1, characters + len(doc)
         if max_tokens is None:
             group.append(doc)
             if len(group) >= 256:
@@ -282,7 +397,7 @@ def tokenize(docs: list[str], tokenizer, seq_len: int, where: str, max_tokens: i
         raise DataError(f"{where}: {len(stream)} tokens is less than one block of seq_len={seq_len}; "
                         "use a larger slice or a smaller seq_len")
     ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
-    return Blocks(ids=ids, documents=len(docs), characters=sum(map(len, docs)), tokens_total=len(stream))
+    return Blocks(ids=ids, documents=documents, characters=characters, tokens_total=len(stream))
 
 
 def _leading_ids(text: str, tokenizer, want: int, size: int) -> tuple[list[int], bool]:
