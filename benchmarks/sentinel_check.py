@@ -1,7 +1,7 @@
 """CUDA check that dropped experts (sentinel index) never leak uninitialised memory into the output.
 
 The grouped experts kernels leave rows of dropped slots uninitialised. Before each trial the CUDA caching
-allocator is filled with NaN, then OLMoE-shaped layers run a dynamic-k selector through runner.experts'
+allocator is filled with NaN, then OLMoE-shaped layers run a dynamic-k selector through runner.profiler.experts'
 one-mask forward and through transformers' own expert-parallel masking; outputs must be finite and equal.
 
     python benchmarks/sentinel_check.py [--trials 20] [--layers 4]

@@ -187,7 +187,7 @@ def measured_entries(name: str, loaded, profiler, ids, k: int, selector: str) ->
     """One forward pass of `ids` with FLOP counting: measured FLOPs per token (per layer, total) and the loss."""
     import torch
 
-    from .quality import batch_sums
+    from .profiler.evaluate import batch_sums
 
     profiler.reset()
     with torch.no_grad(), profiler.measure_flops():

@@ -45,8 +45,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import ValidationError
 
     types: list[type[BaseException]] = [RunnerError, ValidationError]
-    for module, name in (("runner.profiler", "ProfilerError"), ("runner.scan", "NoMoEError"),
-                         ("runner.selectors", "SelectorError"), ("torch", "OutOfMemoryError")):
+    for module, name in (("runner.profiler", "ProfilerError"), ("runner.profiler", "NoMoEError"),
+                         ("runner.profiler.selectors", "SelectorError"), ("torch", "OutOfMemoryError")):
         found = getattr(sys.modules.get(module), name, None)
         if isinstance(found, type):
             types.append(found)

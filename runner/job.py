@@ -266,6 +266,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
 
     from . import models
     from .profiler import MOEProfiler
+    from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
     from .provenance import provenance
 
     m, d = conf.model, conf.dataset
@@ -285,7 +286,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         warnings.filterwarnings("ignore", message=r"layer \d+: ")
         profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
                                fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
-                               phases=(PREFILL, DECODE, PROMPT), verbose=False)
+                               phases=PHASES, verbose=False)
     try:
         _write_scan_report(ctx, profiler)
         _check_loaded(conf, loaded.model, profiler)
@@ -322,12 +323,11 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         row["data_s"] = data_s + time.perf_counter() - t
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
         with _cpu_threads(conf, loaded, row["params_total"]):
-            stats = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
-        profiler_layers = recorded(profiler.layers_df())
+            measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
+        profiler_layers = without_prompt_pass(profiler.layers_df())
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
         prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table
-        measured_tokens = stats["measured_tokens"]
         if "flops_measured" in layers and measured_tokens:
             layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
             row["flops_per_token_measured"] = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
@@ -341,20 +341,12 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
             row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
         row["peak_rss_bytes"] = _peak_rss()
-        return layers, recorded(profiler.experts_df())
+        return layers, without_prompt_pass(profiler.experts_df())
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
 
 TINY_PARAMS = 100_000_000
-# Routing phases: the scoring forward passes (prefill), the generated tokens (decode), and generate()'s own pass over
-# the prompt, which repeats the prefill phase's tokens and is left out of the tables.
-PREFILL, DECODE, PROMPT = "prefill", "decode", "prompt"
-
-
-def recorded(frame):
-    """A profiler frame without generate()'s prompt pass (its tokens are the prefill phase's)."""
-    return frame[frame["phase"] != PROMPT].reset_index(drop=True) if "phase" in frame else frame
 
 
 @contextlib.contextmanager
@@ -417,127 +409,26 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
     log.info("%s", profiler.scan_report().splitlines()[0])
 
 
-def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: dict[str, Any]) -> dict:
-    import math
+def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: dict[str, Any]) -> int:
+    """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
+    FLOP-counted tokens."""
+    from .profiler.evaluate import evaluate
 
-    import torch
-    from tqdm.auto import tqdm
-
-    from .quality import batch_sums
-
-    model, device = loaded.model, loaded.device
     tok = loaded.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None
     ids = blocks.ids
     batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
     if conf.max_batches is not None:
         batches = batches[: conf.max_batches]
-    cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    progress = conf.progress if conf.progress is not None else sys.stderr.isatty()
-    totals = dict(targets=0, nll=0.0, ref_nll=0.0, kl=0.0, agree=0)
-    forward_s = reference_s = timed_s = 0.0
-    tokens = measured_tokens = timed_tokens = 0
-    decode = dict(ttft_s=[], tpot_s=[], steps=0)
-    forward = model
-    # one batch of each shape (the last may be shorter) compiles outside the timed region
-    shapes = {tuple(b.shape): b for b in reversed(batches)}.values()
-    if conf.compile:  # after the profiler attached: its hooks are traced into the graph
-        forward = torch.compile(model, mode=conf.compile_mode)
-        with torch.no_grad():
-            for warm in shapes:
-                forward(input_ids=warm.to(device), use_cache=False)
-                if need_reference:  # the model's own routing compiles a variant of its own
-                    with profiler.default_routing():
-                        forward(input_ids=warm.to(device), use_cache=False)
-        sync()
-    if conf.decode_tokens:  # generate compiles its decode step per batch shape (and per top-k)
-        for warm in shapes:
-            _decode(model, profiler, warm.to(device), conf.decode_tokens, tok, dict(ttft_s=[], tpot_s=[], steps=0))
-    profiler.reset()
-    desc = f"{conf.model.name} k={row.get('topk')} {conf.selector.name}"
-    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
-        x = batch.to(device)
-        reference = None
-        if need_reference:
-            t = time.perf_counter()
-            with torch.no_grad(), profiler.default_routing():
-                reference = forward(input_ids=x, use_cache=False).logits
-            sync()
-            reference_s += time.perf_counter() - t
-        measure = conf.measure_flops or i == 0
-        sync()
-        t = time.perf_counter()
-        with torch.no_grad(), (profiler.measure_flops() if measure else contextlib.nullcontext()):
-            logits = forward(input_ids=x, use_cache=False).logits
-        sync()
-        elapsed = time.perf_counter() - t
-        forward_s += elapsed
-        tokens += x.numel()
-        if measure:
-            measured_tokens += x.numel()
-        else:
-            timed_tokens += x.numel()
-            timed_s += elapsed
-        sums = batch_sums(logits, x, reference, pad)
-        for key, value in sums.items():
-            totals[key] += value
-        del logits, reference
-        if conf.decode_tokens:
-            _decode(model, profiler, x, conf.decode_tokens, tok, decode)
-    n = max(totals["targets"], 1)
-    loss = totals["nll"] / n
-    row.update(documents=blocks.documents, blocks=sum(b.shape[0] for b in batches), batches=len(batches),
-               tokens=tokens, targets=totals["targets"], loss=loss, ppl=math.exp(min(loss, 700.0)),
-               reference=need_reference, forward_s=forward_s, reference_s=reference_s if need_reference else None,
-               tokens_per_s=(timed_tokens / timed_s) if timed_s > 0 else (tokens / forward_s if forward_s else None))
-    if decode["ttft_s"]:
-        row.update(ttft_ms=1e3 * sum(decode["ttft_s"]) / len(decode["ttft_s"]),
-                   tpot_ms=1e3 * sum(decode["tpot_s"]) / len(decode["tpot_s"]) if decode["tpot_s"] else None,
-                   decode_steps=decode["steps"])
-    if need_reference:
-        ref_loss = totals["ref_nll"] / n
-        row.update(ref_loss=ref_loss, ref_ppl=math.exp(min(ref_loss, 700.0)), kl=totals["kl"] / n,
-                   top1_agreement=totals["agree"] / n)
-    return dict(measured_tokens=measured_tokens)
-
-
-def _decode(model, profiler, prompt, new_tokens: int, tokenizer, decode: dict) -> None:
-    """Greedy `generate` of `new_tokens` tokens after `prompt` with a static cache (transformers compiles the decode
-    step, with CUDA graphs on a GPU): the fast way a user decodes. TTFT and TPOT are timed as MoE-CAP defines them,
-    from generate's own streamer callbacks (each follows a device-to-host copy of the new tokens, so the clock reads
-    after the GPU finished): TTFT = first token out - start, TPOT = the mean time of each later decode step (one token
-    for each of the batch's sequences). Routing of the prompt pass goes to the PROMPT phase, the decode steps to DECODE."""
-    import torch
-    from transformers.generation.streamers import BaseStreamer
-
-    class Clock(BaseStreamer):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def put(self, value) -> None:  # first the prompt, then each new token
-            self.stamps.append(time.perf_counter())
-            if len(self.stamps) == 2:  # the prompt pass is done: what runs from here on is decoding
-                profiler.set_phase(DECODE)
-
-        def end(self) -> None:
-            pass
-
-    clock = Clock()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad(), profiler.phase(PROMPT):
-        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
-                       pad_token_id=pad, streamer=clock)
-    stamps = clock.stamps
-    decode["ttft_s"].append(stamps[1] - stamps[0])
-    if len(stamps) > 2:
-        decode["tpot_s"].append((stamps[-1] - stamps[1]) / (len(stamps) - 2))
-    decode["steps"] += len(stamps) - 2
+    result = evaluate(
+        loaded.model, profiler, batches, reference=need_reference,
+        pad_id=tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None,
+        measure_flops="all" if conf.measure_flops else "first", compile=conf.compile, compile_mode=conf.compile_mode,
+        decode_tokens=conf.decode_tokens or 0,
+        decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
+        desc=f"{conf.model.name} k={row.get('topk')} {conf.selector.name}")
+    row.update(documents=blocks.documents, **result.row())
+    return result.measured_tokens
 
 
 # ---------------------------------------------------------------------------------------------------------------------

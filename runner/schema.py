@@ -34,7 +34,7 @@ EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "
 TOPK_FIELDS = ("num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k")
 BYTE_VOCAB_SIZE = 259  # = runner.tokenizer.BYTE_VOCAB_SIZE (torch-free here)
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1  # the results columns: seed is int64, the other integer keys int32
-SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.selectors.SELECTORS
+SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.profiler.selectors.SELECTORS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -323,7 +323,7 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             _fail(f"selector.{key}", f"must be finite, got {value!r}")
     if experts is not None:  # the full check again, with the model's real expert count, when the model is loaded
-        from .selectors import SelectorError, validate_params
+        from .profiler.selectors import SelectorError, validate_params
 
         try:
             validate_params(name, {k: v for k, v in params.items() if v is not None}, experts)

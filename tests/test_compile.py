@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from runner import MOEProfiler
-from runner.flops import attention_backward_flops, attention_flops, count_flops
+from runner.profiler.flops import attention_backward_flops, attention_flops, count_flops
 from tiny_configs import build_tiny_model
 
 BACKEND = "aot_eager"
@@ -170,7 +170,7 @@ SELECTOR_PARAMS = {"topk": {"k": 2}, "kneedle": {}, "cumsum": {"threshold": 0.3}
 def test_every_selector_traces_whole_and_equals_eager(name):
     """fullgraph=True: no graph break, no Python state changed per call, which is what CUDA-graph capture needs
     (checked on a GPU for routing and kneedle: BENCHMARKS.md); counts and the logits equal eager's."""
-    from runner.selectors import SELECTORS
+    from runner.profiler.selectors import SELECTORS
 
     assert set(SELECTOR_PARAMS) == set(SELECTORS)
     model, x = tiny("olmoe"), inputs()

@@ -6,7 +6,7 @@ import torch
 
 from handlers import REGISTRY
 from runner import MOEProfiler, ProfilerError
-from runner.selectors import SELECTORS, SelectorError
+from runner.profiler.selectors import SELECTORS, SelectorError
 from tiny_configs import available_model_types, build_tiny_model, supports_experts_implementation
 
 SKIPPABLE = [mt for mt in available_model_types() if REGISTRY.get(mt).can_skip and REGISTRY.get(mt).top_k_settable]
@@ -139,7 +139,7 @@ def test_default_routing_context_is_the_reference():
 
 @pytest.mark.parametrize("model_type", ["olmoe", "gpt_oss", "qwen2_moe", "nemotron_h"])
 def test_fast_skip_experts_equal_transformers_expert_parallel_path(model_type):
-    """runner.experts' one-mask forward computes exactly what transformers' grouped_mm does with sentinels."""
+    """runner.profiler.experts' one-mask forward computes exactly what transformers' grouped_mm does with sentinels."""
     model = build_tiny_model(model_type, experts_implementation="grouped_mm")
     x = inputs()
     outputs = {}

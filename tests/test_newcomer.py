@@ -42,7 +42,8 @@ def test_unreachable_hub_fails_every_job_fast_with_one_line_each(tmp_path):
     assert out.returncode == 1, text
     runs = results.read_table(tmp_path / "results", "runs")
     assert list(runs["status"]) == ["failed"] * 4
-    assert runs["wall_s"].sum() <= 5.0, (runs["wall_s"].tolist(), elapsed)  # was ~25 s per job
+    # was ~25 s of retries per job; ~1 s each when idle (the bound leaves room for a loaded machine)
+    assert runs["wall_s"].max() <= 10.0, (runs["wall_s"].tolist(), elapsed)
     failed = [line for line in text.splitlines() if "job failed:" in line]
     assert len(failed) == 4, text
     model_lines = [line for line in failed if "pretrained weights 'allenai/OLMoE-1B-7B-0924'" in line]
@@ -240,7 +241,7 @@ def test_baseline_key_keeps_settings_apart(tmp_path, capsys):
 def test_kl_rounding_noise_is_clamped_at_zero():
     import torch
 
-    from runner.quality import batch_sums
+    from runner.profiler.evaluate import batch_sums
 
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):

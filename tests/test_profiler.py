@@ -10,8 +10,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, OlmoeConfig, Qwen2MoeConfig
 
 from runner import MOEProfiler, ProfilerError
-from runner.metrics import RoutingRecorder, load_balance
-from runner.scan import NoMoEError
+from runner.profiler.metrics import load_balance
+from runner.profiler.record import RoutingRecorder
+from runner.profiler.scan import NoMoEError
 
 H, E, K, I = 64, 8, 2, 96
 
@@ -314,7 +315,7 @@ def test_frames_after_inference_mode_forwards():
 
 
 def test_top1_and_margin_equal_topk_including_ties():
-    from runner.metrics import top1_and_margin
+    from runner.profiler.metrics import top1_and_margin
 
     g = torch.Generator().manual_seed(0)
     for shape in [(5, 64), (3, 7, 8), (4, 2)]:

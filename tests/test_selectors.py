@@ -1,4 +1,4 @@
-"""Tests for runner.selectors: hand-checked answers, edge cases and invariants."""
+"""Tests for runner.profiler.selectors: hand-checked answers, edge cases and invariants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from runner.selectors import (
+from runner.profiler.selectors import (
     SELECTORS,
     SelectorError,
     cumsum,

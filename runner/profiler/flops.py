@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .upstream import raw_formula, without_module_tracker
+
 
 @dataclass(frozen=True)
 class LayerCost:
@@ -64,7 +66,7 @@ def _grouped_mm_flops(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | Non
     return 2 * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
-_grouped_mm_flops._get_raw = True  # needs the offsets' values, not just shapes
+raw_formula(_grouped_mm_flops)  # needs the offsets' values, not just shapes
 
 
 # -- attention ------------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def _efficient_backward_flops(grad_out, query, key, value, bias, out, cu_seqlens
 
 
 for _raw in (_flash_forward_flops, _efficient_forward_flops, _flash_backward_flops, _efficient_backward_flops):
-    _raw._get_raw = True  # tensors, not shapes: varlen offsets are read
+    raw_formula(_raw)  # tensors, not shapes: varlen offsets are read
 
 _ATTENTION = {
     "_scaled_dot_product_flash_attention": _sdpa_flops,
@@ -179,22 +181,10 @@ def _custom_mapping() -> dict:
     return mapping
 
 
-class _GlobalOnly:
-    parents = ("Global",)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-
 @contextmanager
 def count_flops() -> Iterator[FlopCounterMode]:
     """FlopCounterMode that also counts grouped experts (and transformers' grouped_mm fallback op)."""
     counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
-    # Attribution is done by the profiler's own hooks; FlopCounterMode's module tracker is not needed and
-    # raises under no_grad when a submodule receives a view of a Parameter (dbrx's expert GLU).
-    counter.mod_tracker = _GlobalOnly()
+    without_module_tracker(counter)  # attribution is the profiler's own hooks
     with counter:
         yield counter

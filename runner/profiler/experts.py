@@ -6,7 +6,7 @@ transformers' `grouped_mm` handles the sentinel index (num_experts) correctly on
 (for backward) and a mask after each projection. For inference one mask after the down projection suffices:
 sentinel rows sort to the tail, the grouped matmuls never compute them (rows past the last offset), and their
 uninitialised values are only read by the next grouped matmul, which skips them too. Everything else is
-transformers' computation, step for step, so outputs equal the stock path.
+transformers' computation, step for step, so outputs equal the stock path (a test compares the two).
 """
 from __future__ import annotations
 
@@ -14,12 +14,7 @@ import torch
 
 NAME = "moe_profiler_grouped_mm"
 
-try:  # transformers >= 5: its dispatcher picks torch's grouped_mm kernel or its portable fallback
-    from transformers.integrations.moe import _grouped_linear
-except ImportError:  # pragma: no cover - older layouts
-    def _grouped_linear(input, weight, offs, bias=None, is_transposed=False):
-        out = torch._grouped_mm(input.to(weight.dtype), weight if is_transposed else weight.transpose(-2, -1), offs=offs)
-        return out + bias if bias is not None else out
+from .upstream import experts_functions, grouped_linear
 
 
 def grouped_mm_skip_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -42,10 +37,10 @@ def grouped_mm_skip_forward(self, hidden_states: torch.Tensor, top_k_index: torc
     transposed = getattr(self, "is_transposed", False)
     up = self.gate_up_proj if has_gate else self.up_proj
     up_bias = (self.gate_up_proj_bias if has_gate else self.up_proj_bias)[expert_ids_g] if has_bias else None
-    proj_out = _grouped_linear(selected_hidden_states_g, up, offsets, bias=up_bias, is_transposed=transposed)
+    proj_out = grouped_linear(selected_hidden_states_g, up, offsets, bias=up_bias, is_transposed=transposed)
     proj_out = self._apply_gate(proj_out) if has_gate else self.act_fn(proj_out)
     down_bias = self.down_proj_bias[expert_ids_g] if has_bias else None
-    proj_out = _grouped_linear(proj_out, self.down_proj, offsets, bias=down_bias, is_transposed=transposed)
+    proj_out = grouped_linear(proj_out, self.down_proj, offsets, bias=down_bias, is_transposed=transposed)
     if getattr(self, "has_post_expert_norm", False):
         proj_out = self.post_expert_norm(proj_out)
 
@@ -59,10 +54,8 @@ def grouped_mm_skip_forward(self, hidden_states: torch.Tensor, top_k_index: torc
 
 def register() -> bool:
     """Register the implementation with transformers; False where this transformers has no ExpertsInterface."""
-    try:
-        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
-    except ImportError:  # pragma: no cover
+    registry = experts_functions()
+    if registry is None:  # pragma: no cover
         return False
-    if NAME not in ALL_EXPERTS_FUNCTIONS:
-        ALL_EXPERTS_FUNCTIONS[NAME] = grouped_mm_skip_forward
+    registry.setdefault(NAME, grouped_mm_skip_forward)
     return True

@@ -1,4 +1,4 @@
-"""Routing metrics: fixed-size accumulators, registered buffers on each layer's device, updated in place.
+"""The routing recorder: fixed-size accumulators, registered buffers on each layer's device, updated in place.
 
 Two ways in, one set of accumulators:
   * traced (torch.compile) or captured (CUDA graphs): the hook reduces the call's routing at once with in-place
@@ -10,57 +10,16 @@ Two ways in, one set of accumulators:
     frame is asked for, the staged routing of all layers is reduced in a handful of kernels.
 Memory is fixed: staging for `capacity` tokens plus O(E) accumulators per layer and phase, whatever the tokens seen.
 Token counts live on the device too (the k histogram sums to them): Python reads the buffers only for a frame.
-
-Definitions (p = the router's distribution over experts for one token, in fp32; S = the selected set):
-  router_entropy   H(p) / ln E, averaged over tokens            (H in nats; 1 = uniform router)
-  top1_prob        p_(1), averaged over tokens
-  top1_margin      p_(1) - p_(2), averaged over tokens
-  selected_mass    sum_{e in S} p_e, averaged over tokens
-  k                |S| per token (sentinel / zero-compute slots excluded); k_mean, k_hist
-  load c_e         number of (token, slot) assignments to expert e (zero-count experts included)
-  gate_mass G_e    sum of the combine weights given to expert e
-  importance I_e   sum of p_e over tokens
-  load_cv          std(c) / mean(c) (population std)
-  load_gini        2 * sum_i i * c_(i) / (E * sum c) - (E + 1) / E, c sorted ascending, i = 1..E
-  load_entropy     -sum f_e ln f_e / ln E, f = c / sum c (1 = perfectly balanced)
-  load_max_mean    max(c) / mean(c)
-  dead_experts     number of experts with c_e = 0
-p: softmax of the logits for softmax routers; sigmoid scores normalised to sum 1 for sigmoid routers;
-the router's own probabilities where it returns them.
+The metric definitions are in runner/profiler/metrics.py.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-SUMS = ("entropy", "top1", "margin", "selected_mass")
-
-
-def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
-    logits = logits.float()
-    if scoring == "softmax":
-        return torch.softmax(logits, dim=-1)
-    if scoring == "sigmoid":
-        scores = torch.sigmoid(logits)
-        return scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-30)
-    if scoring == "probs":
-        return logits
-    raise ValueError(f"unknown scoring {scoring!r}")
-
-
-def top1_and_margin(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """p_(1) and p_(1) - p_(2) over the last dim, as topk(2) gives them (a tied maximum: margin 0), from max
-    reductions that inductor fuses (topk is a kernel of its own in a compiled graph)."""
-    if probs.shape[-1] < 2:  # one expert: no runner-up, margin 0
-        return probs[..., 0], torch.zeros_like(probs[..., 0])
-    top1 = probs.amax(-1, keepdim=True)
-    at_top = probs == top1
-    others = probs.masked_fill(at_top, float("-inf")).amax(-1, keepdim=True)
-    second = torch.where(at_top.sum(-1, keepdim=True) > 1, top1, others)
-    return top1.squeeze(-1), (top1 - second).squeeze(-1)
+from .metrics import SUMS, router_probs, top1_and_margin
+from .upstream import mark_static
 
 
 def _capturing() -> bool:
@@ -93,7 +52,7 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("columns", torch.arange(max(W, len(SUMS), P), **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
-            torch._dynamo.mark_static_address(buffer)
+            mark_static(buffer)
 
     @torch.no_grad()
     def accumulate(self, rows: slice, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
@@ -316,24 +275,3 @@ class RoutingRecorder:
         """Device bytes the recorder holds: accumulators plus the staging buffers."""
         held = [t for group in self.groups for t in group.buffers()] + [t for s in self._stage.values() for t in s]
         return sum(t.numel() * t.element_size() for t in held)
-
-
-def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:
-    """Balance metrics of one layer's expert loads (definitions in the module docstring)."""
-    c = counts[:num_experts].astype(np.float64)
-    total = c.sum()
-    if total <= 0:
-        nan = float("nan")
-        return dict(load_cv=nan, load_gini=nan, load_entropy=nan, load_max_mean=nan, dead_experts=num_experts)
-    mean = c.mean()
-    f = c / total
-    nz = f[f > 0]
-    ranks = np.arange(1, num_experts + 1)
-    gini = 2.0 * (ranks * np.sort(c)).sum() / (num_experts * total) - (num_experts + 1) / num_experts
-    return dict(
-        load_cv=float(c.std() / mean),
-        load_gini=float(gini),
-        load_entropy=float(-(nz * np.log(nz)).sum() / math.log(num_experts)) if num_experts > 1 else 1.0,
-        load_max_mean=float(c.max() / mean),
-        dead_experts=int((c == 0).sum()),
-    )

@@ -1,0 +1,204 @@
+"""The profiler's hooks on a model: on and off, phases, and what each hook does with one call's routing.
+
+Hooks are added, never modules replaced. Each router hook hands the call's (logits, selected indices, combine
+weights) to the recorder and, with a dynamic-k selector set, returns the router's output with dropped slots. Python
+flags (`live`, `enabled`) are read, never written, inside a hook: compiled code guards on them.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from . import upstream
+from .metrics import router_probs
+from .scan import MoELayer, read_live_top_k
+
+
+class ProfilerError(ValueError):
+    """A request the model or the profiler cannot honour; the message says why and what to do."""
+
+
+# (layer, logits, index, weights) -> (index, weights) with dropped slots: a dynamic-k selector, set by routing.py
+Select = Callable[[MoELayer, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Attachment:
+    def __init__(self, model: nn.Module, layers: list[MoELayer], recorder, timer, model_type: str | None):
+        self.model, self.layers, self.recorder, self.timer, self.model_type = model, layers, recorder, timer, model_type
+        self.handles: list[Any] = []
+        self.saved: list[tuple[Any, str, Any]] = []  # (object, attribute, original value), undone by detach()
+        self.live = False  # hooks attached
+        self.enabled = True  # False while paused (a reference pass)
+        self.phase = "prefill"
+        self.select: Select | None = None
+
+    # -- on / off ----------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Add the hooks. torch.compile traces hooks that exist when it compiles: attach before compiling. Where
+        compiled code already exists, dynamo's caches are reset (with a warning) so the next call re-traces with
+        the hooks instead of silently running without them."""
+        if self.handles:
+            return
+        self.live = True
+        for layer in self.layers:
+            if layer.router is not None and layer.router_output != "none":
+                if layer.router_output == "logits" and layer.experts_take_routing:
+                    slot: list = [None]  # the router's logits, consumed by the experts' pre-hook of the same call
+                    self.handles.append(layer.router.register_forward_hook(self._router_hook(layer, slot)))
+                    self.handles.append(layer.experts.register_forward_pre_hook(self._experts_hook(layer, slot)))
+                else:
+                    self.handles.append(layer.router.register_forward_hook(self._router_hook(layer, None)))
+            if self.timer is not None:
+                self.handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
+                self.handles.append(layer.block.register_forward_hook(self._timer_stop(layer)))
+        if upstream.hook_guards_skipped():  # code compiled so far ignores hooks added or removed
+            if upstream.has_compiled_code(self.model, [layer.block for layer in self.layers]):
+                warnings.warn(
+                    "MOEProfiler attached to a model that already has torch.compile'd code, compiled without guards on "
+                    "hooks (it would run without the profiler's): dynamo's caches were reset, every compiled function "
+                    "recompiles on its next call. Attach the profiler before compiling to avoid this.", stacklevel=3)
+                upstream.reset_compiled_code()
+            upstream.guard_hooks()
+
+    def detach(self) -> None:
+        """Remove every hook and restore every attribute changed (top-k, sentinel flags): the model is as before.
+        Compiled code traced with the hooks guards on `live`, so it re-traces without them on its next call."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.live = False
+        for obj, attr, value in reversed(self.saved):
+            setattr(obj, attr, value)
+        self.saved.clear()
+        self.select = None
+
+    def save_once(self, obj: Any, attr: str) -> None:
+        """Remember an attribute's original value before the profiler first changes it."""
+        if not any(o is obj and a == attr for o, a, _ in self.saved):
+            self.saved.append((obj, attr, getattr(obj, attr)))
+
+    # -- phases and pauses -------------------------------------------------------------------------
+    def set_phase(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ProfilerError(f"a phase is a non-empty name, got {name!r}")
+        if self.recorder is not None:
+            self.recorder.set_phase(name)
+        self.phase = name
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        previous, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+    @contextmanager
+    def default_routing(self) -> Iterator[None]:
+        current = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in self.saved]
+        for obj, attr, original in self.saved:
+            setattr(obj, attr, original)
+        try:
+            with self.paused():
+                yield
+        finally:
+            for obj, attr, value in current:
+                setattr(obj, attr, value)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _record(self, position: int, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
+        if self.recorder is not None:
+            self.recorder.record(position, logits, index, weights)
+
+    def _router_hook(self, layer: MoELayer, slot: list | None):
+        handler, position = layer.handler, layer.position
+        positions: list[tuple[int, int, int]] = []  # (logits, weights, index) slots, found on the first eager call
+
+        def hook(module, args, output):
+            if not (self.live and self.enabled):  # Python flags: compiled code guards on them
+                return None
+            if layer.router_output == "triple":
+                if torch.compiler.is_compiling():  # no Python state written while tracing: found again (free)
+                    i_logits, i_weights, i_index = self._routing_positions(module, layer, output)
+                else:
+                    if not positions:
+                        positions.append(self._routing_positions(module, layer, output))
+                    i_logits, i_weights, i_index = positions[0]
+                logits, weights, index = output[i_logits], output[i_weights], output[i_index]
+                if self.select is None:
+                    self._record(position, logits, index, weights)
+                    return None
+                index, weights = self.select(layer, logits, index, weights)
+                self._record(position, logits, index, weights)
+                output = list(output)
+                output[i_index], output[i_weights] = index, weights
+                return tuple(output)
+            logits = output if layer.logits_index is None else output[layer.logits_index]
+            if slot is not None:  # indices arrive at the experts' input, in the same block call
+                slot[0] = logits
+                return None
+            probs = router_probs(logits.reshape(-1, logits.shape[-1]), handler.scoring)
+            weights, index = probs.topk(read_live_top_k(layer) or 1, dim=-1)
+            self._record(position, logits, index, weights)
+            return None
+
+        return hook
+
+    def _routing_positions(self, module: nn.Module, layer: MoELayer, output: Any) -> tuple[int, int, int]:
+        """Where the logits, weights and indices sit in a router's output: by kind, not by order, since
+        releases differ ((logits, w, idx) vs (idx, w, logits)). Fixed per router class, so found once."""
+        i_index = next((i for i, t in enumerate(output[:3]) if isinstance(t, torch.Tensor)
+                        and not t.is_floating_point()), None)
+        if i_index is None or len(output) < 3:
+            raise ProfilerError(
+                f"{type(module).__name__} returned {len(output)} outputs without (logits, weights, indices): "
+                f"this transformers release routes {self.model_type} in a way the profiler does not know")
+        floats = [i for i in range(3) if i != i_index]
+        i_weights = next((i for i in floats if output[i].shape[-1] == output[i_index].shape[-1]
+                          and i != layer.logits_index), floats[-1])
+        i_logits = next(i for i in floats if i != i_weights)
+        return i_logits, i_weights, i_index
+
+    def _experts_hook(self, layer: MoELayer, slot: list):
+        position = layer.position
+
+        def hook(module, args):
+            logits, slot[0] = slot[0], None  # consumed: no reference outlives the block call
+            if logits is not None and self.live and self.enabled:
+                hidden, index, weights = args[:3]
+                self._record(position, logits, index, weights)
+            return None
+
+        return hook
+
+    # per-block timing is eager only: compiled code fuses across blocks, and events/clocks would break the graph
+    def _timer_start(self, layer: MoELayer):
+        def hook(module, args):
+            if torch.compiler.is_compiling():
+                return
+            if self.live and self.enabled and args and isinstance(args[0], torch.Tensor):
+                self.timer.start(layer.position, args[0].device)
+
+        return hook
+
+    def _timer_stop(self, layer: MoELayer):
+        def hook(module, args, output):
+            if torch.compiler.is_compiling():
+                return
+            if self.live and self.enabled:
+                self.timer.stop(layer.position)
+
+        return hook
+
+
+def layer_device(layer: MoELayer) -> torch.device:
+    """Where a layer's routing lives: its router's (or block's) first parameter."""
+    for module in (layer.router, layer.block):
+        if module is not None:
+            for param in module.parameters():
+                return param.device
+    return torch.device("cpu")

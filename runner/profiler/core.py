@@ -1,0 +1,217 @@
+"""MOEProfiler: attach to any transformers MoE model with hooks (no module replacement) and report routing, exact
+FLOPs, latency and memory per MoE layer.
+
+A thin facade over parts with one job each: scan.py finds the MoE layers, attach.py owns the hooks and phases,
+routing.py changes top-k and selectors, record.py accumulates routing on the device, cost.py counts FLOPs and
+parameters, frames.py lays the results out.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import frames, upstream
+from .attach import Attachment, ProfilerError, layer_device
+from .cost import Cost
+from .latency import LayerTimer
+from .record import RoutingRecorder
+from .routing import Routing
+from .scan import MoELayer, scan_model, text_config
+
+__all__ = ["MOEProfiler", "ProfilerError"]
+
+
+class MOEProfiler:
+    """Profile the MoE layers of `model`.
+
+    overrides / fallbacks: dimension values placed above / below `model.config` in the priority chain
+    (keys: num_experts, top_k, hidden_dim, expert_dim, shared_expert_dim).
+    selector: a dynamic-k policy name (see runner.profiler.selectors) or a function probs[T, E] -> keep mask [T, k_max].
+    latency: time each MoE block (CUDA events on GPU); adds hooks, off by default.
+    phases: the labels `set_phase()` switches between without recompiling compiled code (others can be added later,
+    at the cost of one re-trace).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        overrides: Mapping[str, int] | None = None,
+        fallbacks: Mapping[str, int] | None = None,
+        selector: str | Callable | None = None,
+        selector_params: Mapping[str, Any] | None = None,
+        renormalize: str | bool = "auto",
+        metrics: bool = True,
+        latency: bool = False,
+        warmup: int = 1,
+        buffer_tokens: int | None = None,
+        phases: Sequence[str] = ("prefill", "decode"),
+        verbose: bool = True,
+    ):
+        if isinstance(model, upstream.compiled_wrapper_type()):  # torch.compile(model): profile the module it wraps
+            model = model._orig_mod
+        self.model = model
+        self.config = text_config(model)
+        self.model_type = getattr(self.config, "model_type", None)
+        self.layers: list[MoELayer] = scan_model(model, overrides=overrides, fallbacks=fallbacks)
+        self.handler = self.layers[0].handler
+        for layer in self.layers:
+            for message in layer.warnings:
+                warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
+        observable = self.layers[0].router_output != "none"
+        self.recorder = (
+            RoutingRecorder(
+                len(self.layers), router_width=[l.router_width for l in self.layers],
+                num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
+                devices=[layer_device(l) for l in self.layers], phases=tuple(phases),
+            )
+            if metrics and observable else None
+        )
+        self.timer = LayerTimer(len(self.layers), warmup=warmup) if latency else None
+        self.attachment = Attachment(model, self.layers, self.recorder, self.timer, self.model_type)
+        self.routing = Routing(self.attachment, self.layers, self.config, self.model_type, renormalize)
+        self.cost = Cost(model, self.layers)
+        self.attach()
+        if selector is not None:
+            self.set_selector(selector, **dict(selector_params or {}))
+        if verbose:
+            print(self.scan_report())
+
+    # -- attach / detach ---------------------------------------------------------------------------
+    def attach(self) -> "MOEProfiler":
+        """Add the hooks. torch.compile traces hooks that exist when it compiles: attach before compiling. Where
+        compiled code already exists, dynamo's caches are reset (with a warning) so the next call re-traces with
+        the hooks instead of silently running without them."""
+        if not self.attachment.handles:
+            self.attachment.attach()
+            self.reset_memory_peaks()
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and restore every attribute changed (top-k, sentinel flags): the model is as before."""
+        self.attachment.detach()
+        self.routing.clear()
+
+    def __enter__(self) -> "MOEProfiler":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # -- phases ------------------------------------------------------------------------------------
+    @property
+    def current_phase(self) -> str:
+        return self.attachment.phase
+
+    def set_phase(self, name: str) -> None:
+        """Label what is recorded from now on ("prefill" by default, "decode", or any name): layers_df() gives one
+        row per (phase, layer). The phases given at construction are preallocated: switching between them is a
+        device-side fill, so compiled code does not recompile; a new name reallocates the accumulators (one re-trace)."""
+        self.attachment.set_phase(name)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """`with profiler.phase("decode"): ...` records under that label, then restores the previous one."""
+        previous = self.current_phase
+        self.set_phase(name)
+        try:
+            yield
+        finally:
+            self.set_phase(previous)
+
+    def paused(self):
+        """Run the model without recording or selecting (e.g. a reference pass). Compiled code guards on the flag:
+        the first paused call (and the first after) re-traces once, never runs stale hooks."""
+        return self.attachment.paused()
+
+    def default_routing(self):
+        """Run the model as it was before the profiler changed anything (original top-k, no selector, nothing
+        recorded): the reference for quality comparisons. Changes made through the profiler come back after."""
+        return self.attachment.default_routing()
+
+    # -- top-k and selectors -----------------------------------------------------------------------
+    def set_top_k(self, k: int) -> None:
+        """Change the routers' real top-k (compute changes with it); undone by detach()."""
+        self.routing.set_top_k(k)
+
+    @property
+    def top_k(self) -> int | None:
+        return self.routing.top_k
+
+    def set_selector(self, selector: str | Callable, *, fast_skip: bool = True, **params: Any) -> None:
+        """Per-token dynamic k: the routers propose k_max candidates, `selector` keeps a prefix of them and
+        dropped slots get the sentinel index (num_experts) and weight 0, so their experts are not computed.
+
+        fast_skip: under transformers' `grouped_mm`, run the experts through runner.profiler.experts' forward-only
+        variant (the same computation with one sentinel mask instead of training-time masks)."""
+        self.routing.set_selector(selector, fast_skip=fast_skip, **params)
+
+    @property
+    def selector_name(self) -> str | None:
+        return self.routing.selector_name
+
+    @property
+    def selector_params(self) -> dict[str, Any]:
+        return self.routing.selector_params
+
+    # -- FLOPs and parameters ----------------------------------------------------------------------
+    def measure_flops(self):
+        """Count the FLOPs that really run (FlopCounterMode + formulas for aten._grouped_mm and GQA attention) per
+        MoE layer, under the current phase.
+
+        Attribution uses hooks on each layer's own modules, so it holds however the model is called. Under
+        torch.compile: FlopCounterMode is a dispatch mode, and dynamo does not compile under one (it skips the frames,
+        and with fullgraph=True raises instead). So inside this block compiled models run eagerly, by
+        torch.compiler.set_stance("force_eager"): the forward never breaks, the count is exact (the code that runs is
+        the model's own), and it is slower; compiled code is used again after the block (its caches are kept)."""
+        return self.cost.measure_flops(self.current_phase)
+
+    def flops_per_token(self, k: float | None = None) -> pd.DataFrame:
+        """Analytic forward FLOPs per token of each MoE layer at top-k `k` (default: the live top-k). No forward pass
+        needed: works on a model built on the meta device."""
+        return self.cost.flops_per_token(k)
+
+    def param_counts(self, k: float | None = None) -> dict[str, float]:
+        """Total parameters, routed-expert parameters, and parameters active per token at top-k `k`."""
+        return self.cost.param_counts(k)
+
+    # -- frames and reports ------------------------------------------------------------------------
+    def layers_df(self) -> pd.DataFrame:
+        """One row per (phase, MoE layer): tokens, k, analytic (and measured) FLOPs, routing and balance metrics,
+        latency when timed, and every resolved dimension with its source. Phases that recorded nothing are left
+        out (with nothing recorded at all: one row per layer under the current phase)."""
+        return frames.layers_frame(self)
+
+    def experts_df(self) -> pd.DataFrame:
+        """One row per (phase, MoE layer, expert), zero-count experts included."""
+        return frames.experts_frame(self)
+
+    def memory_df(self) -> pd.DataFrame:
+        """Peak memory per CUDA device since attach/reset (empty on CPU)."""
+        return frames.memory_frame(self.model)
+
+    def scan_report(self) -> str:
+        """What was found and where each dimension came from, once per group of identical layers."""
+        return frames.scan_report(self)
+
+    def report(self) -> str:
+        """Scan report plus a per-layer summary of what was recorded."""
+        return frames.report(self)
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (hooks stay attached)."""
+        if self.recorder is not None:
+            self.recorder.reset()
+        self.cost.reset()
+        if self.timer is not None:
+            self.timer = self.attachment.timer = LayerTimer(len(self.layers), warmup=self.timer.warmup)
+        self.reset_memory_peaks()
+
+    def reset_memory_peaks(self) -> None:
+        for device in frames.cuda_devices(self.model):
+            torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,81 @@
+"""What the MoE layers cost: analytic FLOPs per token from the resolved dimensions (no forward pass needed, so it
+works on the meta device), FLOPs measured by FlopCounterMode per layer and phase, and parameter counts."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pandas as pd
+from torch import nn
+
+from . import upstream
+from .flops import count_flops
+from .scan import MoELayer, read_live_top_k
+
+
+class Cost:
+    def __init__(self, model: nn.Module, layers: list[MoELayer]):
+        self.model, self.layers = model, layers
+        self.measured: dict[str, list[int]] = {}  # phase -> measured FLOPs per layer
+        self.taken = False  # whether measure_flops() ran since the last reset
+
+    def reset(self) -> None:
+        self.measured, self.taken = {}, False
+
+    def measured_in(self, phase: str) -> list[int] | None:
+        return self.measured.get(phase) if self.taken else None
+
+    @contextmanager
+    def measure_flops(self, phase: str) -> Iterator[Any]:
+        handles = []
+        measured = self.measured.setdefault(phase, [0] * len(self.layers))
+        with count_flops() as counter, upstream.force_eager():
+            for layer in self.layers:
+                for module in layer.measured_modules():
+                    handles += _flop_hooks(counter, measured, layer.position, module)
+            try:
+                yield counter
+            finally:
+                for handle in handles:
+                    handle.remove()
+        self.taken = True
+
+    def live_k(self, layer: MoELayer, k: float | None) -> float:
+        return float(k if k is not None else (read_live_top_k(layer) or layer.dims["top_k"].value))
+
+    def flops_per_token(self, k: float | None = None) -> pd.DataFrame:
+        rows = []
+        for layer in self.layers:
+            kk = self.live_k(layer, k)
+            cost = layer.cost
+            rows.append(dict(
+                layer=layer.layer_id, k=kk, flops_router=cost.router, flops_experts=kk * cost.per_expert,
+                flops_shared=cost.shared, flops=cost.per_token(kk), exact=layer.handler.exact,
+            ))
+        return pd.DataFrame(rows)
+
+    def param_counts(self, k: float | None = None) -> dict[str, float]:
+        total = sum(p.numel() for p in self.model.parameters())
+        experts = 0
+        active_experts = 0.0
+        for layer in self.layers:
+            n = sum(p.numel() for p in layer.experts.parameters())
+            experts += n
+            active_experts += n * self.live_k(layer, k) / layer.num_experts
+        return dict(params_total=total, params_experts=experts, params_active=total - experts + active_experts)
+
+
+def _flop_hooks(counter, measured: list[int], position: int, module: nn.Module) -> list:
+    """FLOPs counted between a module's pre- and post-hook go to its layer (nested calls are fine: a stack)."""
+    starts: list[int] = []
+
+    def total() -> int:
+        return int(sum(counter.flop_counts["Global"].values()))
+
+    def pre(mod, args):
+        starts.append(total())
+
+    def post(mod, args, output):
+        measured[position] += total() - starts.pop()
+
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]

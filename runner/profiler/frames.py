@@ -1,0 +1,148 @@
+"""What the profiler hands back: pandas frames (one row per phase and layer, or per phase, layer and expert), peak
+memory, and the text reports. Metric definitions are in metrics.py; this file only lays them out."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from handlers.base import DIMENSIONS
+
+from .metrics import expert_metrics, layer_metrics
+from .scan import MoELayer, read_live_top_k
+
+if TYPE_CHECKING:
+    from .core import MOEProfiler
+
+EXPERT_COLUMNS = ["phase", "layer", "expert", "tokens", "load_fraction", "gate_mass", "mean_prob"]
+
+
+def recorded_phases(p: "MOEProfiler") -> dict[str, dict[str, np.ndarray] | None]:
+    """The phases that recorded anything, each with its accumulators (None without a recorder), from one read
+    of the device; with nothing recorded at all, the current phase."""
+    measured = p.cost.measured
+    if p.recorder is None:
+        seen = [phase for phase in measured if any(measured[phase])]
+        return dict.fromkeys(seen or [p.current_phase])
+    phases = p.recorder.read_phases()
+    seen = {phase: values for phase, values in phases.items()
+            if values["k_hist"].any() or any(measured.get(phase, ()))}
+    return seen or {p.current_phase: phases.get(p.current_phase)}
+
+
+def layers_frame(p: "MOEProfiler") -> pd.DataFrame:
+    rows = []
+    for phase, snapshot in recorded_phases(p).items():
+        measured = p.cost.measured_in(phase)
+        for layer in p.layers:
+            rows.append(_layer_row(p, layer, phase, snapshot, measured))
+    return pd.DataFrame(rows)
+
+
+def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str, np.ndarray] | None,
+               measured: list[int] | None) -> dict[str, Any]:
+    pos = layer.position
+    row: dict[str, Any] = dict(phase=phase, layer=layer.layer_id, position=pos, module=layer.name,
+                               block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=0)
+    if snapshot is not None:
+        metrics = layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"])
+        balance = {k: metrics.pop(k) for k in list(metrics) if k.startswith("load_") or k == "dead_experts"}
+        confidence = {k: metrics.pop(k) for k in ("router_entropy", "top1_prob", "top1_margin", "selected_mass")}
+        row.update(metrics)
+        row.update(layer.cost.flops(row["tokens"], row["assignments"]))
+        row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
+        row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
+        row.update(confidence)
+        row.update(balance)
+    row["flops_measured"] = measured[pos] if measured is not None else None
+    if p.timer is not None:
+        row.update(p.timer.summary(pos))
+    row.update(exact=layer.handler.exact, note=layer.handler.note,
+               dims_warning="; ".join(layer.warnings) or None)  # a config or override that contradicts the weights
+    for dim in DIMENSIONS:
+        resolved = layer.dims[dim]
+        column = "default_top_k" if dim == "top_k" else dim  # `top_k` is the live value that ran
+        row[column] = resolved.value
+        row[f"{column}_source"] = resolved.source
+        row[f"{column}_detail"] = resolved.detail
+    return row
+
+
+def experts_frame(p: "MOEProfiler") -> pd.DataFrame:
+    if p.recorder is None:
+        return pd.DataFrame(columns=EXPERT_COLUMNS)
+    frames = []
+    for phase, snapshot in recorded_phases(p).items():
+        for layer in p.layers:
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert=np.arange(layer.num_experts),
+                                            **expert_metrics(snapshot, layer.position, layer.num_experts))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXPERT_COLUMNS)
+
+
+# -- memory -------------------------------------------------------------------------------------------------------
+def cuda_devices(model: torch.nn.Module) -> list[torch.device]:
+    devices = {param.device for param in model.parameters() if param.device.type == "cuda"}
+    return sorted(devices, key=lambda d: d.index or 0)
+
+
+def memory_frame(model: torch.nn.Module) -> pd.DataFrame:
+    rows = [dict(device=str(d), name=torch.cuda.get_device_name(d),
+                 peak_allocated_bytes=torch.cuda.max_memory_allocated(d),
+                 peak_reserved_bytes=torch.cuda.max_memory_reserved(d)) for d in cuda_devices(model)]
+    return pd.DataFrame(rows, columns=["device", "name", "peak_allocated_bytes", "peak_reserved_bytes"])
+
+
+# -- reports ------------------------------------------------------------------------------------------------------
+def scan_report(p: "MOEProfiler") -> str:
+    handler = p.handler
+    name = "generic (no handler for this model_type)" if handler.model_types == ("<generic>",) else handler.model_types[0]
+    lines = [f"MoE scan: {type(p.model).__name__} (model_type={p.model_type!r}, handler: {name}) — "
+             f"{len(p.layers)} MoE layers"]
+    groups: list[tuple[tuple, list[MoELayer]]] = []
+    for layer in p.layers:
+        key = (type(layer.block).__name__, tuple((d, str(r)) for d, r in layer.dims.items()), layer.cost,
+               tuple(n.replace(layer.name, "") for n, _ in layer.shared), tuple(layer.warnings))
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(layer)
+        else:
+            groups.append((key, [layer]))
+    for _, members in groups:
+        first = members[0]
+        ids = [m.layer_id for m in members]
+        span = f"{ids[0]}" if len(ids) == 1 else (f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids)))
+        pattern = re.sub(rf"(^|\.){first.layer_id}(?=\.|$)", r"\1{i}", first.name, count=1) if len(members) > 1 else first.name
+        lines.append(f"Layers {span} ({len(members)} x {type(first.block).__name__} @ {pattern})")
+        router = type(first.router).__name__ if first.router is not None else "none"
+        lines.append(f"  Router: {router}, {handler.scoring} scores, top-k at {first.top_k_attr}, width {first.router_width}")
+        for dim in DIMENSIONS:
+            label = "Top-k" if dim == "top_k" else dim.replace("_", " ").capitalize()
+            lines.append(f"  {label}: {first.dims[dim]}")
+        k = read_live_top_k(first) or first.dims["top_k"].value
+        cost = first.cost
+        lines.append(f"  FLOPs/token: router {cost.router:,} + k x {cost.per_expert:,} + shared {cost.shared:,} "
+                     f"= {int(cost.per_token(k)):,} at k={k}")
+        for shared_name, _ in first.shared:
+            lines.append(f"  Shared: {shared_name}")
+        for message in first.warnings:
+            lines.append(f"  WARNING: {message}")
+    if handler.note:
+        lines.append(f"Note: {handler.note}")
+    if not handler.exact:
+        lines.append("Note: FLOPs for this architecture are NOT exact (see note); frames carry exact=False")
+    return "\n".join(lines)
+
+
+def report(p: "MOEProfiler") -> str:
+    df = layers_frame(p)
+    lines = [scan_report(p), ""]
+    cols = [c for c in ("layer", "tokens", "k_mean", "flops_per_token", "flops", "flops_measured", "router_entropy",
+                        "top1_prob", "load_cv", "dead_experts", "latency_ms_p50") if c in df.columns]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        lines.append(df[cols].to_string(index=False))
+    if "flops" in df and df["tokens"].sum():
+        lines.append(f"Total MoE FLOPs: {int(df['flops'].sum()):,} over {int(df['tokens'].max()):,} tokens "
+                     f"({df['flops'].sum() / df['tokens'].max():,.0f} per token)")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Routing metric definitions: every per-layer and per-expert routing number of the frames, defined once.
+
+Definitions (p = the router's distribution over experts for one token, in fp32; S = the selected set):
+  router_entropy   H(p) / ln E, averaged over tokens            (H in nats; 1 = uniform router)
+  top1_prob        p_(1), averaged over tokens
+  top1_margin      p_(1) - p_(2), averaged over tokens
+  selected_mass    sum_{e in S} p_e, averaged over tokens
+  k                |S| per token (sentinel / zero-compute slots excluded); k_mean, k_hist
+  load c_e         number of (token, slot) assignments to expert e (zero-count experts included)
+  gate_mass G_e    sum of the combine weights given to expert e
+  importance I_e   sum of p_e over tokens
+  load_cv          std(c) / mean(c) (population std)
+  load_gini        2 * sum_i i * c_(i) / (E * sum c) - (E + 1) / E, c sorted ascending, i = 1..E
+  load_entropy     -sum f_e ln f_e / ln E, f = c / sum c (1 = perfectly balanced)
+  load_max_mean    max(c) / mean(c)
+  dead_experts     number of experts with c_e = 0
+p: softmax of the logits for softmax routers; sigmoid scores normalised to sum 1 for sigmoid routers;
+the router's own probabilities where it returns them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+SUMS = ("entropy", "top1", "margin", "selected_mass")
+
+
+def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
+    logits = logits.float()
+    if scoring == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if scoring == "sigmoid":
+        scores = torch.sigmoid(logits)
+        return scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    if scoring == "probs":
+        return logits
+    raise ValueError(f"unknown scoring {scoring!r}")
+
+
+def top1_and_margin(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_(1) and p_(1) - p_(2) over the last dim, as topk(2) gives them (a tied maximum: margin 0), from max
+    reductions that inductor fuses (topk is a kernel of its own in a compiled graph)."""
+    if probs.shape[-1] < 2:  # one expert: no runner-up, margin 0
+        return probs[..., 0], torch.zeros_like(probs[..., 0])
+    top1 = probs.amax(-1, keepdim=True)
+    at_top = probs == top1
+    others = probs.masked_fill(at_top, float("-inf")).amax(-1, keepdim=True)
+    second = torch.where(at_top.sum(-1, keepdim=True) > 1, top1, others)
+    return top1.squeeze(-1), (top1 - second).squeeze(-1)
+
+
+def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:
+    """Balance metrics of one layer's expert loads (definitions in the module docstring)."""
+    c = counts[:num_experts].astype(np.float64)
+    total = c.sum()
+    if total <= 0:
+        nan = float("nan")
+        return dict(load_cv=nan, load_gini=nan, load_entropy=nan, load_max_mean=nan, dead_experts=num_experts)
+    mean = c.mean()
+    f = c / total
+    nz = f[f > 0]
+    ranks = np.arange(1, num_experts + 1)
+    gini = 2.0 * (ranks * np.sort(c)).sum() / (num_experts * total) - (num_experts + 1) / num_experts
+    return dict(
+        load_cv=float(c.std() / mean),
+        load_gini=float(gini),
+        load_entropy=float(-(nz * np.log(nz)).sum() / math.log(num_experts)) if num_experts > 1 else 1.0,
+        load_max_mean=float(c.max() / mean),
+        dead_experts=int((c == 0).sum()),
+    )
+
+
+def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int, router_width: int,
+                  top_k: int | None) -> dict[str, Any]:
+    """One layer's routing numbers (definitions above) from a recorder snapshot: tokens, k statistics, router
+    entropy / confidence means and load balance."""
+    hist = snapshot["k_hist"][position]
+    tokens = int(hist.sum())
+    counts = snapshot["counts"][position]
+    assignments = int(counts[:num_experts].sum())
+    last = int(np.nonzero(hist)[0].max()) if hist.any() else 0
+    sums = snapshot["sums"][position] / max(tokens, 1)
+    return dict(
+        tokens=tokens, assignments=assignments, k_mean=assignments / tokens if tokens else float("nan"),
+        k_hist=[int(v) for v in hist[: last + 1]],
+        k_at_1=float(hist[1] / tokens) if tokens else float("nan"),
+        k_at_max=float(hist[top_k] / tokens) if tokens and top_k and top_k < len(hist) else float("nan"),
+        router_entropy=float(sums[0] / math.log(router_width)) if router_width > 1 else 0.0,
+        top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
+        **load_balance(counts, num_experts),
+    )
+
+
+def expert_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int) -> dict[str, np.ndarray]:
+    """One layer's per-expert numbers: load c_e, its share of the layer's assignments, gate mass G_e, and the mean
+    router probability I_e / tokens."""
+    counts = snapshot["counts"][position][:num_experts]
+    tokens = max(int(snapshot["k_hist"][position].sum()), 1)
+    return dict(tokens=counts.astype(np.int64), load_fraction=counts / max(counts.sum(), 1),
+                gate_mass=snapshot["gate_mass"][position][:num_experts],
+                mean_prob=snapshot["importance"][position][:num_experts] / tokens)
