@@ -128,6 +128,48 @@ def test_readme_library_example_runs_offline(capsys):
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
 
 
+def test_readme_is_a_front_door():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines; move details to docs/"
+
+
+def _github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file (lowercase, punctuation dropped, spaces -> '-')."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_relative_links_in_readme_and_docs_point_at_existing_files():
+    broken = []
+    for path in DOC_FILES:
+        text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)  # no links inside code blocks
+        text = re.sub(r"`[^`\n]*`", "", text)  # nor inside code spans
+        for target in re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
+                continue
+            file, _, fragment = target.partition("#")
+            resolved = (path.parent / file).resolve() if file else path
+            where = f"{path.relative_to(ROOT)}: ({target})"
+            if not resolved.exists():
+                broken.append(f"{where}: no such file")
+            elif not resolved.is_relative_to(ROOT):
+                broken.append(f"{where}: outside the repository")
+            elif fragment and resolved.suffix == ".md" and fragment not in _github_anchors(resolved):
+                broken.append(f"{where}: no heading with that anchor")
+    assert not broken, "\n".join(broken)
+
+
 def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
                                                 capsys):
     from runner.errors import ResultsNotFound
