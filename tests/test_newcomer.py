@@ -85,27 +85,90 @@ def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
     assert printed == out["run_id"] and len(runs[runs["run_id"] == printed]) == 1
 
 
-# -- §3.2 / §3.5 / §3.10: the README's loading snippets, run as written on a real sweep ------------------------------------
+# -- §3.2 / §3.5 / §3.10: the documentation's snippets, run as written (loading ones on a real sweep) ---------------------
 README = ROOT / "README.md"
-# ```python blocks of the README that this test does not run, by the heading they sit under, and why
-NOT_RUN = {"The profiler (library)": "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub",
-           "torch.compile, CUDA graphs and phases": "continues the library example above (its model and batch)"}
+DOCS = ROOT / "docs"
+DOC_FILES = (README, *sorted(DOCS.glob("*.md")))
+# ```python blocks of README.md and docs/*.md that no test runs, by (file, heading they sit under), and why
+NOT_RUN = {("docs/profiler.md", "The profiler (library)"): "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub",
+           ("docs/profiler.md", "torch.compile, CUDA graphs and phases"):
+               "continues the library example above (its model and batch)"}
+# the README's library example: a tiny random-weight model, run offline on its own below
+LIBRARY = ("README.md", "The library")
 
 
-def readme_blocks(language: str) -> list[tuple[str, str]]:
-    """(heading, code) of every ```language block of README.md, in order."""
-    heading, blocks, code = "", [], None
-    for line in README.read_text().splitlines():
-        if code is None and line.startswith("#") and not line.startswith("#!"):
-            heading = line.lstrip("#").strip()
-        elif code is None and line.strip() == f"```{language}":
-            code = []
-        elif code is not None and line.strip() == "```":
-            blocks.append((heading, "\n".join(code)))
-            code = None
-        elif code is not None:
-            code.append(line)
+def doc_blocks(language: str) -> list[tuple[str, str, str]]:
+    """(file relative to the repo, heading, code) of every ```language block of README.md and docs/*.md, in order."""
+    blocks = []
+    for path in DOC_FILES:
+        heading, code = "", None
+        for line in path.read_text().splitlines():
+            if code is None and line.startswith("#") and not line.startswith("#!"):
+                heading = line.lstrip("#").strip()
+            elif code is None and line.strip() == f"```{language}":
+                code = []
+            elif code is not None and line.strip() == "```":
+                blocks.append((path.relative_to(ROOT).as_posix(), heading, "\n".join(code)))
+                code = None
+            elif code is not None:
+                code.append(line)
     return blocks
+
+
+def test_readme_library_example_runs_offline(capsys):
+    """The README's library example as written: tiny OLMoE, kneedle, measured FLOPs; the model comes back untouched."""
+    (code,) = [code for name, heading, code in doc_blocks("python") if (name, heading) == LIBRARY]
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert printed.startswith("MoE scan: OlmoeForCausalLM") and "= 25,600 at k=2" in printed
+    layers, experts, model = namespace["layers"], namespace["experts"], namespace["model"]
+    assert list(layers["layer"]) == [0, 1] and list(layers["tokens"]) == [4 * 64] * 2 and len(experts) == 2 * 8
+    assert layers["k_mean"].between(1, 4).all() and (layers["flops_measured"] == layers["flops"]).all()  # skipped
+    assert all(layer.mlp.gate.top_k == 2 for layer in model.model.layers)  # detached: the model's own top-k again
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+
+
+def test_readme_is_a_front_door():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines; move details to docs/"
+
+
+def _github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file (lowercase, punctuation dropped, spaces -> '-')."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_relative_links_in_readme_and_docs_point_at_existing_files():
+    broken = []
+    for path in DOC_FILES:
+        text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)  # no links inside code blocks
+        text = re.sub(r"`[^`\n]*`", "", text)  # nor inside code spans
+        for target in re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
+                continue
+            file, _, fragment = target.partition("#")
+            resolved = (path.parent / file).resolve() if file else path
+            where = f"{path.relative_to(ROOT)}: ({target})"
+            if not resolved.exists():
+                broken.append(f"{where}: no such file")
+            elif not resolved.is_relative_to(ROOT):
+                broken.append(f"{where}: outside the repository")
+            elif fragment and resolved.suffix == ".md" and fragment not in _github_anchors(resolved):
+                broken.append(f"{where}: no heading with that anchor")
+    assert not broken, "\n".join(broken)
 
 
 def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
@@ -120,15 +183,16 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     with pytest.raises(ResultsNotFound, match="no results in outputs/results"):
         load("runs")
     assert run_job(outputs, "max_batches=1", "seq_len=32")["status"] == "ok"  # another seq_len in the same results_dir
-    blocks = readme_blocks("python")
-    assert set(NOT_RUN) <= {heading for heading, _ in blocks}, "NOT_RUN names a heading the README no longer has"
-    loading = [code for heading, code in blocks if heading not in NOT_RUN]
-    assert len(loading) == 2
+    blocks = doc_blocks("python")
+    assert set(NOT_RUN) | {LIBRARY} <= {(name, heading) for name, heading, _ in blocks}, \
+        "NOT_RUN or LIBRARY names a (file, heading) the docs no longer have"
+    loading = [(name, code) for name, heading, code in blocks if (name, heading) not in NOT_RUN and (name, heading) != LIBRARY]
+    assert [name for name, _ in loading] == ["README.md", "docs/results.md"]
     namespace: dict = {}
     sweep_dir = outputs / "multirun" / "sweep"
     with sweep(hydra_sweep_runner, outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
-        for code in loading:
-            exec(compile(code, str(README), "exec"), namespace)
+        for name, code in loading:
+            exec(compile(code, str(ROOT / name), "exec"), namespace)
         assert list(load("runs", sweep=sweep_dir)["topk"]) == [1, 2]
     capsys.readouterr()
     runs, summary, everything = namespace["runs"], namespace["summary"], namespace["everything"]
@@ -141,7 +205,7 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
 
     # the documented duckdb query keeps the two seq_len apart instead of averaging over them
     duckdb = pytest.importorskip("duckdb")
-    (sql,) = [code for _, code in readme_blocks("sql")]
+    (sql,) = [code for _, _, code in doc_blocks("sql")]
     got = duckdb.sql(sql).df()
     at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]
     assert sorted(at_k2["seq_len"]) == [32, 64] and list(at_k2["runs"]) == [1, 1]
