@@ -5,7 +5,7 @@
     python -m runner.baseline check  --results DIR --file pinned.csv   # a sweep's runs against a pinned file
     python -m runner.baseline update --results DIR --file pinned.csv   # pin a sweep
 
-What the built-in baseline holds (README, "FLOPs baselines"):
+What the built-in baseline holds (docs/baselines.md):
 
 * every `conf/model/*.yaml` with `weights: pretrained` (the full-size checkpoints), built on the meta device: analytic
   FLOPs per token per MoE layer, total MoE FLOPs per token and active parameters at the model's default top-k and at a

@@ -455,7 +455,7 @@ def help_text() -> str:
         lines += ["", f"== {name}.* =="] + [f"  {key:<{width}}{text}" for key, text in keys]
     lines += ["", "== Launchers (-m hydra/launcher=NAME) =="]
     lines += [f"  {name:<{width}}{text}" for name, text in {**HYDRA_LAUNCHERS, **launcher_presets()}.items()]
-    lines += ["", "More: README.md (The Hydra runner); --hydra-help for Hydra's own flags."]
+    lines += ["", "More: docs/runner.md; --hydra-help for Hydra's own flags."]
     return "\n".join(lines).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS") + "\n"
 
 
