@@ -11,6 +11,7 @@ records describe the stored columns. Adding a column changes what is stored: bum
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -139,6 +140,7 @@ class RunRecord(KeyColumns):
     pid: Int64 = col("process id")
     config_yaml: String = col("the resolved job config (`${oc.env:...}` kept as written outside `out_root` and "
                               "`results_dir`)")
+
     def update(self, **columns: Any) -> RunRecord:
         """Set columns by name (a dict of results, e.g. provenance()); an unknown name is an AttributeError."""
         for name, value in columns.items():
@@ -166,10 +168,8 @@ class RunRecord(KeyColumns):
         """A row that did not finish `ok` (failed, interrupted): its status, error and wall time; the provenance is
         best effort (the row is written anyway)."""
         self.update(status=status, error=error, error_type=error_type, wall_s=wall_s)
-        try:
+        with contextlib.suppress(Exception):  # recording the failure matters more than the versions
             self.stamp_provenance()
-        except Exception:  # noqa: BLE001 - recording the failure matters more than the versions
-            pass
         return self
 
     def skipped(self, prior: Any, wall_s: float) -> RunRecord:
@@ -182,6 +182,8 @@ class RunRecord(KeyColumns):
 
 @dataclasses.dataclass(slots=True)
 class _LayerColumns(KeyColumns):
+    """The layers columns up to the dimension columns (LayerRecord adds those, one triple per dimension)."""
+
     phase: String = col("`prefill` (the scoring passes) or `decode` (the generated tokens, with `decode_tokens`)")
     layer: Int32 = col("the model's own layer index")
     position: Int32 = col("index among the MoE layers")
@@ -261,6 +263,7 @@ class ExpertRecord(KeyColumns):
     load_fraction: Double = col("the expert's share of the layer's assignments, f_e")
     gate_mass: Double = col("sum of the combine weights given to the expert")
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
+
 
 RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord}
 TABLES = tuple(RECORDS)
