@@ -1,5 +1,7 @@
 """Hydra callback: at the end of a multirun, one combined table and a one-screen summary per sweep.
 
+This module is the Hydra glue only: the summary table and its rendering are runner/results/summaries.py.
+
 on_multirun_start (launching process): works out the planned job list (basic sweeper), writes <sweep>/sweep.json.
 on_multirun_end: rows of this sweep from results_dir/table=runs -> <sweep>/summary.parquet; prints k vs FLOPs/token vs
 loss per model and the failed jobs; a planned job with no row (its process died: os._exit, OOM kill, timeout) gets a
@@ -18,6 +20,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ class SweepSummary(Callback):
         try:
             failed = self.finish(self._state)
         except Exception as exc:  # noqa: BLE001 - Hydra would only log a callback's exception and exit 0
-            print(f"runner: error: sweep summary failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+            print(f"runner: error: sweep summary failed: {type(exc).__name__}: {one_line(exc, 300)}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
         if failed and self.exit_on_failure:
@@ -108,6 +112,8 @@ class SweepSummary(Callback):
     # -- work ------------------------------------------------------------------------------------------------------------
     def finish(self, state: dict[str, Any]) -> int:
         """Record lost jobs, write summary.parquet, print the summary. Returns the number of failed jobs."""
+        from .results import combine, render, sweep_runs
+
         state["done"] = True
         runs = sweep_runs(state["results_dir"], state["sweep_id"])
         lost = self._record_lost(state, runs)
@@ -126,7 +132,6 @@ class SweepSummary(Callback):
 
     def _record_lost(self, state: dict[str, Any], runs) -> int:
         from . import results
-        from .provenance import provenance
 
         seen = {int(n) for n in runs["job_num"].dropna()} if len(runs) else set()
         jobs: dict[int, list[str]] = {}
@@ -146,15 +151,15 @@ class SweepSummary(Callback):
             # the sweep's default top-k is the default model's: another model's job has its own (unknown here)
             same_model = model == state["model"]
             topk = values.get("topk", str(state["defaults"].get("topk")) if same_model else None)
-            row = dict(schema_version=results.SCHEMA_VERSION, run_id=results.new_run_id(), sweep_id=state["sweep_id"],
-                       sweep_dir=state["sweep_dir"], job_num=num, job_dir=str(sweep_dir / str(num)),
-                       timestamp=dt.datetime.now(dt.timezone.utc), status="failed", error=LOST, error_type="LostJob",
-                       overrides=json.dumps(overrides), topk=int(topk) if topk and topk.isdigit() else None,
-                       selector=values.get("selector", values.get("selector.name", state["defaults"].get("selector"))),
-                       dataset=values.get("dataset", values.get("dataset.name", state["defaults"].get("dataset"))))
-            row.update(provenance())
+            row = results.RunRecord(
+                run_id=results.new_run_id(), sweep_id=state["sweep_id"], sweep_dir=state["sweep_dir"], job_num=num,
+                job_dir=str(sweep_dir / str(num)), timestamp=dt.datetime.now(dt.timezone.utc),
+                overrides=json.dumps(overrides), topk=int(topk) if topk and topk.isdigit() else None,
+                selector=values.get("selector", values.get("selector.name", state["defaults"].get("selector"))),
+                dataset=values.get("dataset", values.get("dataset.name", state["defaults"].get("dataset"))))
+            row.ended("failed", None, error=LOST, error_type="LostJob")
             try:
-                results.write_part(state["results_dir"], "runs", model, [row], None, row["run_id"])
+                results.write_part(state["results_dir"], "runs", model, [row], None, row.run_id)
                 lost += 1
             except Exception as exc:  # noqa: BLE001
                 log.error("could not record lost job %d: %s", num, exc)
@@ -171,97 +176,3 @@ def _select(config: DictConfig, path: str) -> Any:
 def _absolute(path: str, cwd: str) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else Path(cwd) / p)
-
-
-def sweep_runs(results_dir: str, sweep_id: str):
-    import pyarrow.dataset as ds
-
-    from .results import read_table
-
-    return read_table(results_dir, "runs", filter=ds.field("sweep_id") == sweep_id)
-
-
-def combine(runs, results_dir: str):
-    """Latest row per job; a `skipped` (resumed) job shows the metrics of the run it reused."""
-    import pandas as pd
-
-    from .results import read_table
-
-    if not len(runs):
-        return runs
-    runs = runs.sort_values("timestamp").groupby("job_num", dropna=False, sort=False).tail(1)
-    skipped = runs[runs["status"] == "skipped"]
-    if len(skipped):
-        import pyarrow.dataset as ds
-
-        prior = read_table(results_dir, "runs", filter=ds.field("run_id").isin(list(skipped["resumed_from"].dropna())))
-        prior = prior.set_index("run_id")
-        keep = ["status", "run_id", "resumed_from", "sweep_id", "sweep_dir", "job_num", "job_dir", "timestamp", "overrides"]
-        filled = []
-        for _, row in runs.iterrows():
-            if row["status"] == "skipped" and row["resumed_from"] in prior.index:
-                old = prior.loc[row["resumed_from"]].copy()
-                for key in keep:
-                    old[key] = row[key]
-                filled.append(old)
-            else:
-                filled.append(row)
-        runs = pd.DataFrame(filled, columns=runs.columns).astype(runs.dtypes.to_dict())  # rows lose the dtypes
-    runs = runs.copy()
-    runs["model"] = runs["model"].astype(str)
-    return runs.sort_values(["job_num", "timestamp"], na_position="last").reset_index(drop=True)
-
-
-# shown by the summary's own columns (model, selector, k), so not again as a swept key
-_SHOWN = {"model", "selector", "selector.name", "topk"}
-
-
-def swept_keys(summary) -> dict[str, list[str]]:
-    """Each key whose override value differs between the jobs (in first-seen order) -> its value per job."""
-    per_job = []
-    for raw in summary["overrides"]:
-        overrides = json.loads(raw) if isinstance(raw, str) else []
-        per_job.append(dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
-    keys = dict.fromkeys(key for job in per_job for key in job if key not in _SHOWN)
-    return {key: [_short(job.get(key, "-")) for job in per_job] for key in keys
-            if len({job.get(key) for job in per_job}) > 1}
-
-
-def _short(value: str, width: int = 32) -> str:
-    return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
-
-
-def render(summary, state: dict[str, Any], path: Path) -> str:
-    import pandas as pd
-
-    n = len(summary)
-    planned = len(state["planned"]) if state["planned"] is not None else None
-    head = f"sweep {state['sweep_id']}: {n} job(s)" + (f" of {planned} planned" if planned is not None else "")
-    if not n:
-        return head + " - no results recorded"
-    counts = summary["status"].value_counts().to_dict()
-    head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
-    columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
-               "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
-               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
-               "wall_s": "wall s", "status": "status"}
-    table = summary[list(columns)].rename(columns=columns)
-    for col in ("MoE FLOPs/tok", "measured", "tok/s"):
-        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
-    for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
-                     ("wall s", ".1f")):
-        table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
-    table["k"] = table["k"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
-    table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
-    for position, (key, values) in enumerate(swept_keys(summary).items(), start=4):  # after model, selector, k
-        table.insert(position, key, values)
-    lines = [head, table.to_string(index=False)]
-    failed = summary[summary["status"] == "failed"]
-    if len(failed):
-        lines.append(f"FAILED ({len(failed)}):")
-        for _, row in failed.iterrows():
-            job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
-            overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
-            lines.append(f"  job {job} [{overrides}]: {row['error']}")
-    lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
-    return "\n".join(lines)

@@ -23,9 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import data, results
-from .results import sweep_id_for
-from .errors import ConfigError, RunnerError, describe, known_errors
+from .errors import ConfigError, RunnerError, describe, known_errors, one_line
+from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
+from .threads import intra_op_threads
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -155,40 +156,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
     run_id = results.new_run_id()
-    row: dict[str, Any] = dict(
-        schema_version=results.SCHEMA_VERSION, run_id=run_id, sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir,
-        job_num=ctx.job_num, job_dir=ctx.job_dir, timestamp=started, overrides=json.dumps(ctx.overrides),
-        experiment=ctx.choices.get("experiment"), tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"),
-        topk=_raw(cfg, "topk"), selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"),
-        weights=_raw(cfg, "model.weights"), hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
+    row = RunRecord(
+        run_id=run_id, sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir, job_num=ctx.job_num, job_dir=ctx.job_dir,
+        timestamp=started, overrides=json.dumps(ctx.overrides), experiment=ctx.choices.get("experiment"),
+        tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"), topk=_raw(cfg, "topk"),
+        selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"), weights=_raw(cfg, "model.weights"),
+        hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
     )
     model_slug = str(_raw(cfg, "model.name") or "unknown")
     results_dir: str | None = None
     try:
         conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
-        row["config_hash"] = config_hash(cfg)
-        stored = stored_config(cfg)
-        row["config_yaml"] = OmegaConf.to_yaml(stored, resolve=True)
-        row.update(settings(conf))  # also on a row that fails later: what was asked for
+        row.config_hash = config_hash(cfg)
+        row.config_yaml = OmegaConf.to_yaml(stored_config(cfg), resolve=True)
+        row.update(**settings(conf))  # also on a row that fails later: what was asked for
         results_dir = ctx.absolute(conf.results_dir)
         results.check_writable(results_dir)
         if conf.resume:
-            prior = results.find_ok(results_dir, row["config_hash"])
+            prior = results.find_ok(results_dir, row.config_hash)
             if prior is not None:
                 return _skip(conf, ctx, row, prior, results_dir, start)
         frames = execute(conf, ctx, row)
-        row["status"] = "ok"
-        row["wall_s"] = time.perf_counter() - start
-        keys = {name: row.get(name) for name, _ in results.KEY_FIELDS}
-        results.write_part(results_dir, "layers", conf.model.name, list(results.rows_from_frame(frames[0], keys)),
-                           row["config_hash"], run_id)
-        if frames[1] is not None:
-            results.write_part(results_dir, "experts", conf.model.name,
-                               list(results.rows_from_frame(frames[1], keys)), row["config_hash"], run_id)
-        results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], run_id)
-        print_summary(row, ctx, results_dir, conf.model.name)
-        return dict(status="ok", run_id=run_id, config_hash=row["config_hash"], loss=row.get("loss"),
-                    flops_per_token=row.get("flops_per_token_analytic"))
+        row.update(status="ok", wall_s=time.perf_counter() - start)
+        for table, frame in zip(("layers", "experts"), frames):
+            if frame is not None:
+                results.write_part(results_dir, table, conf.model.name,
+                                   list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
+        results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
+        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir))
+        return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
+                    flops_per_token=row.flops_per_token_analytic)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
         _interrupted(cfg, ctx, row, model_slug, results_dir, start)
         raise
@@ -196,40 +193,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _failed(exc, cfg, ctx, row, model_slug, results_dir, start)
 
 
-def _interrupted(cfg: DictConfig, ctx: JobContext, row: dict, model_slug: str, results_dir: str | None,
+def _interrupted(cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str, results_dir: str | None,
                  start: float) -> None:
     from .errors import INTERRUPT
 
     with contextlib.suppress(BaseException):  # a second Ctrl-C while recording gives up on the row
         results_dir = results_dir or str(results.check_writable(ctx.absolute(str(_raw(cfg, "results_dir")))))
-        row.update(status="interrupted", error="interrupted (Ctrl-C / SIGINT) before the job finished",
-                   error_type="KeyboardInterrupt", wall_s=time.perf_counter() - start)
-        with contextlib.suppress(Exception):
-            from .provenance import provenance
-
-            row.update(provenance())
-        results.write_part(results_dir, "runs", model_slug, [row], row.get("config_hash"), row["run_id"])
+        row.ended("interrupted", time.perf_counter() - start, error_type="KeyboardInterrupt",
+                  error="interrupted (Ctrl-C / SIGINT) before the job finished")
+        results.write_part(results_dir, "runs", model_slug, [row], row.config_hash, row.run_id)
         INTERRUPT["job"] = f"job {ctx.job_num}" if ctx.job_num is not None else "the job"
 
 
-def _skip(conf: RunnerConfig, ctx: JobContext, row: dict, prior, results_dir: str, start: float) -> dict[str, Any]:
-    row.update(status="skipped", resumed_from=prior["run_id"], wall_s=time.perf_counter() - start,
-               topk=prior["topk"], selector=prior["selector"])
-    from .provenance import provenance
-
-    row.update(provenance())
-    results.write_part(results_dir, "runs", conf.model.name, [row], row["config_hash"], row["run_id"])
-    job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
-    say(f"runner: {job}{conf.model.name} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
-        f"result of run {prior['run_id']} from {prior['timestamp']}")
-    return dict(status="skipped", run_id=row["run_id"], resumed_from=prior["run_id"], config_hash=row["config_hash"])
+def _skip(conf: RunnerConfig, ctx: JobContext, row: RunRecord, prior, results_dir: str,
+          start: float) -> dict[str, Any]:
+    row.skipped(prior, wall_s=time.perf_counter() - start)
+    results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, row.run_id)
+    say(results.skip_summary(row, conf.model.name, prior))
+    return dict(status="skipped", run_id=row.run_id, resumed_from=prior["run_id"], config_hash=row.config_hash)
 
 
-def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_slug: str, results_dir: str | None,
-            start: float) -> dict[str, Any]:
+def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str,
+            results_dir: str | None, start: float) -> dict[str, Any]:
     mode = _on_error(cfg, ctx)
     known = isinstance(exc, known_errors())
-    message = describe(exc) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    message = describe(exc) if known else f"{type(exc).__name__}: {one_line(exc, 500)}"
     if mode == "record" or not known or _full_errors(cfg):  # a single run's known error is the stderr line alone
         log.error("job failed: %s", message, exc_info=not known or _full_errors(cfg))
     if mode == "record" and results_dir is None:  # failed before validation finished: best effort from the raw config
@@ -238,21 +226,14 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_s
             with contextlib.suppress(RunnerError):
                 results_dir = str(results.check_writable(ctx.absolute(raw_dir)))
     if mode == "record" and results_dir is not None:
-        row.update(status="failed", error=message, error_type=type(exc).__name__, wall_s=time.perf_counter() - start)
-        with contextlib.suppress(Exception):
-            from .provenance import provenance
-
-            row.update(provenance())
+        row.ended("failed", time.perf_counter() - start, error=message, error_type=type(exc).__name__)
         try:
-            results.write_part(results_dir, "runs", model_slug, [row], row.get("config_hash"), row["run_id"])
+            results.write_part(results_dir, "runs", model_slug, [row], row.config_hash, row.run_id)
         except RunnerError as write_error:
             log.error("could not record the failure: %s", write_error)
-    job = f"job {ctx.job_num} " if ctx.job_num is not None else ""
     if mode == "record" and ctx.multirun:
-        return dict(status="failed", run_id=row["run_id"], error=message)
-    if _full_errors(cfg) or (ctx.multirun and not known):
-        raise exc
-    if not known:  # a bug, not a user error: keep the traceback
+        return dict(status="failed", run_id=row.run_id, error=message)
+    if not known or _full_errors(cfg):  # a bug, not a user error (or debug=true): keep the traceback
         raise exc
     with contextlib.suppress(OSError):
         printed_copy.error("runner: error: %s", message)  # stderr gets it from SystemExit
@@ -260,17 +241,14 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: dict, model_s
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
+def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
     """Load, profile and evaluate; fills `row`; returns (layers frame, experts frame or None)."""
-    import torch
-
     from . import models
     from .profiler import MOEProfiler
     from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
-    from .provenance import provenance
 
     m, d = conf.model, conf.dataset
-    row.update(provenance())
+    row.stamp_provenance()
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
 
     documents = None
@@ -304,7 +282,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         row.update(topk=live_k, default_topk=default_k, k_max=live_k if conf.selector.name != "topk" else None,
                    moe_layers=len(profiler.layers))
         if conf.selector.name != "topk":
-            row["selector_params"] = json.dumps(profiler.selector_params, sort_keys=True, default=str)
+            row.selector_params = json.dumps(profiler.selector_params, sort_keys=True, default=str)
 
         analytic = profiler.flops_per_token()
         params = profiler.param_counts()
@@ -320,9 +298,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         t = time.perf_counter()
         needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
         blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d), max_tokens=needed)
-        row["data_s"] = data_s + time.perf_counter() - t
+        row.data_s = data_s + time.perf_counter() - t
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
-        with _cpu_threads(conf, loaded, row["params_total"]):
+        with intra_op_threads(_cpu_threads(conf, loaded, row.params_total)):
             measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
         profiler_layers = without_prompt_pass(profiler.layers_df())
         layers = profiler_layers.merge(
@@ -330,17 +308,17 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
         prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table
         if "flops_measured" in layers and measured_tokens:
             layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
-            row["flops_per_token_measured"] = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
-            row["flops_measured_tokens"] = measured_tokens
+            row.flops_per_token_measured = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
+            row.flops_measured_tokens = measured_tokens
         if "flops" in prefill and "tokens" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
-            row["flops_per_token_routed"] = float((prefill["flops"] / prefill["tokens"]).sum())
+            row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
         if "k_mean" in prefill:
-            row["k_mean"] = float(prefill["k_mean"].mean())
+            row.k_mean = float(prefill["k_mean"].mean())
         memory = profiler.memory_df()
         if len(memory):
             row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
-        row["peak_rss_bytes"] = _peak_rss()
+        row.peak_rss_bytes = _peak_rss()
         return layers, without_prompt_pass(profiler.experts_df())
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
@@ -349,24 +327,14 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: dict[str, Any]):
 TINY_PARAMS = 100_000_000
 
 
-@contextlib.contextmanager
-def _cpu_threads(conf: RunnerConfig, loaded, params_total: int):
-    """Intra-op threads on CPU: device.num_threads, or 1 for tiny models (at that size extra threads only add
-    synchronisation, and on a busy machine they make each op 100x slower). Restored afterwards."""
-    import torch
-
-    wanted = conf.device.num_threads
-    if wanted is None and loaded.device.type == "cpu" and params_total < TINY_PARAMS:
-        wanted = 1
-    if wanted is None or loaded.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _cpu_threads(conf: RunnerConfig, loaded, params_total: int) -> int | None:
+    """Intra-op threads for the evaluation on CPU: device.num_threads, or 1 for tiny models (at that size extra
+    threads only add synchronisation, and on a busy machine they make each op 100x slower); None: leave them."""
+    if loaded.device.type != "cpu":
+        return None
+    if conf.device.num_threads is not None:
+        return conf.device.num_threads
+    return 1 if params_total < TINY_PARAMS else None
 
 
 def _peak_rss() -> int:
@@ -409,7 +377,7 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
     log.info("%s", profiler.scan_report().splitlines()[0])
 
 
-def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: dict[str, Any]) -> int:
+def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord) -> int:
     """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
     FLOP-counted tokens."""
     from .profiler.evaluate import evaluate
@@ -426,57 +394,6 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         decode_tokens=conf.decode_tokens or 0,
         decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
-        desc=f"{conf.model.name} k={row.get('topk')} {conf.selector.name}")
+        desc=f"{conf.model.name} k={row.topk} {conf.selector.name}")
     row.update(documents=blocks.documents, **result.row())
     return result.measured_tokens
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-def print_summary(row: dict[str, Any], ctx: JobContext, results_dir: str, model: str) -> None:
-    def num(v: Any, fmt: str = ",.0f") -> str:
-        return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
-
-    job = f"job {ctx.job_num}: " if ctx.job_num is not None else ""
-    name = Path(results_dir)
-    selector = row.get("selector") or "topk"
-    routing = "own routing" if selector == "topk" else f"{selector} {row.get('selector_params')}"
-    lines = [f"runner: {job}{model} ({_model_label(row)}) k={row.get('topk')} ({routing}) "
-             f"on {row.get('dataset_source')} [{row.get('device_name')}, {row.get('dtype')}]"]
-    if row.get("tokens"):
-        quality = f"loss {num(row.get('loss'), '.4f')}  ppl {num(row.get('ppl'), ',.2f')}"
-        if row.get("reference"):
-            quality += (f"  | default routing: loss {num(row.get('ref_loss'), '.4f')}, KL {num(row.get('kl'), '.4g')}, "
-                        f"top-1 agreement {num(row.get('top1_agreement'), '.3f')}")
-        lines.append(f"  {row['tokens']:,} tokens ({row['blocks']} blocks x {row['seq_len']}): {quality}")
-    flops = f"analytic {num(row.get('flops_per_token_analytic'))}"
-    if row.get("flops_per_token_measured") is not None:
-        flops += f", measured {num(row.get('flops_per_token_measured'))}"
-    if row.get("k_mean") is not None and row.get("selector") != "topk":
-        flops += f", routed {num(row.get('flops_per_token_routed'))} (mean k {num(row.get('k_mean'), '.2f')})"
-    lines.append(f"  MoE FLOPs/token over {row.get('moe_layers')} MoE layers: {flops}; params "
-                 f"{_count(row.get('params_total'))} total, {_count(row.get('params_active'))} active")
-    if row.get("ttft_ms") is not None:
-        lines.append(f"  decode {row.get('decode_tokens')} tokens/prompt (static cache): TTFT {num(row['ttft_ms'], '.2f')} ms, "
-                     f"TPOT {num(row.get('tpot_ms'), '.2f')} ms")
-    if row.get("tokens"):
-        lines.append(f"  {num(row.get('tokens_per_s'))} tokens/s, wall {num(row.get('wall_s'), '.2f')} s "
-                     f"(model load {num(row.get('model_load_s'), '.2f')} s{', reused' if row.get('model_reused') else ''})"
-                     f", peak RSS {_count(row.get('peak_rss_bytes'), 'B')}")
-    lines.append(f"  results: {name} (run_id {row['run_id']}, config {row.get('config_hash')})"
-                 + (f"; job dir: {ctx.job_dir}" if ctx.job_dir and not ctx.multirun else ""))
-    say("\n".join(lines))
-
-
-def _model_label(row: dict[str, Any]) -> str:
-    label = row.get("hf_id") or row.get("model_type")
-    return f"{label} [{row.get('weights')}]"
-
-
-def _count(value: Any, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    value = float(value)
-    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{suffix}{unit}"
-    return f"{value:.0f}{unit}"

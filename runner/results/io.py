@@ -1,4 +1,4 @@
-"""Tidy parquet results: explicit pyarrow schemas, one hive-partitioned dataset per results dir, atomic part files.
+"""Reading and writing the results: one hive-partitioned parquet dataset per results dir, atomic part files.
 
 Layout (partition keys live only in directory names, never inside the files):
 
@@ -6,133 +6,40 @@ Layout (partition keys live only in directory names, never inside the files):
     <results_dir>/table=layers/model=<slug>/part-....parquet
     <results_dir>/table=experts/model=<slug>/part-....parquet
 
-Read with `pandas.read_parquet(results_dir / "table=runs")`, `runner.results.read_table(results_dir, "runs")` or DuckDB
+Read with `runner.results.load("runs")` (one sweep), `runner.results.read_table(results_dir, "runs")` (everything),
+`pandas.read_parquet(results_dir / "table=runs")` or DuckDB
 `read_parquet('<results_dir>/table=runs/**/*.parquet', hive_partitioning=true, union_by_name=true)`.
+The schemas are the records' (records.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 
-from .errors import OutputError, ResultsNotFound
+from ..errors import OutputError, ResultsNotFound, one_line
+from .columns import coerce
+from .records import PARTITION, SCHEMA_VERSION, SCHEMAS, TABLES, full_schema
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-TABLES = ("runs", "layers", "experts")
-PARTITION = pa.schema([("model", pa.string())])
-
-_s, _i32, _i64, _f64, _b = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
-_ts = pa.timestamp("us", tz="UTC")
-
-# Columns every table carries to join back to its run.
-KEY_FIELDS = [
-    ("schema_version", _i32), ("run_id", _s), ("sweep_id", _s), ("job_num", _i32), ("config_hash", _s),
-    ("timestamp", _ts), ("topk", _i32), ("selector", _s), ("dataset", _s), ("weights", _s),
-]
-
-RUNS = pa.schema(KEY_FIELDS + [
-    # identity and bookkeeping
-    ("status", _s), ("error", _s), ("error_type", _s), ("resumed_from", _s), ("sweep_dir", _s), ("job_dir", _s),
-    ("overrides", _s), ("experiment", _s), ("tag", _s),
-    # what ran
-    ("hf_id", _s), ("model_type", _s), ("revision", _s), ("topk_requested", _i32), ("default_topk", _i32),
-    ("selector_params", _s), ("k_max", _i32), ("dataset_kind", _s), ("dataset_source", _s), ("seq_len", _i32),
-    ("batch_size", _i32), ("max_batches", _i32), ("device", _s), ("device_name", _s), ("dtype", _s),
-    ("experts_implementation", _s), ("tokenizer", _s), ("seed", _i64), ("measure_flops", _b), ("compile", _b),
-    ("compile_mode", _s), ("decode_tokens", _i32),
-    ("dims_override", _s), ("dims_fallback", _s),
-    # data
-    ("documents", _i64), ("blocks", _i64), ("batches", _i64), ("tokens", _i64), ("targets", _i64),
-    # quality
-    ("loss", _f64), ("ppl", _f64), ("reference", _b), ("ref_loss", _f64), ("ref_ppl", _f64), ("kl", _f64),
-    ("top1_agreement", _f64),
-    # routing and FLOPs (MoE layers only)
-    ("moe_layers", _i32), ("k_mean", _f64), ("flops_per_token_analytic", _f64), ("flops_per_token_routed", _f64),
-    ("flops_per_token_measured", _f64), ("flops_measured_tokens", _i64), ("flops_exact", _b),
-    ("params_total", _i64), ("params_active", _f64),
-    # time and memory
-    ("model_load_s", _f64), ("model_reused", _b), ("data_s", _f64), ("forward_s", _f64), ("reference_s", _f64),
-    ("tokens_per_s", _f64), ("ttft_ms", _f64), ("tpot_ms", _f64), ("decode_steps", _i64), ("wall_s", _f64), ("peak_rss_bytes", _i64), ("peak_allocated_bytes", _i64),
-    ("peak_reserved_bytes", _i64),
-    # provenance
-    ("runner_version", _s), ("torch_version", _s), ("transformers_version", _s), ("python_version", _s),
-    ("git_sha", _s), ("git_dirty", _b), ("host", _s), ("pid", _i64), ("config_yaml", _s),
-])
-
-try:  # the profiler's resolved dimensions (value, source, detail each); handlers.base is torch-free
-    from handlers.base import DIMENSIONS as _DIMS
-except ImportError:  # pragma: no cover
-    _DIMS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")
-# `top_k` is the live k that ran; the resolved top-k dimension (the model's own) is `default_top_k`
-_DIM_COLUMNS = tuple("default_top_k" if d == "top_k" else d for d in _DIMS)
-LAYERS = pa.schema(KEY_FIELDS + [
-    ("phase", _s), ("layer", _i32), ("position", _i32), ("module", _s), ("block_class", _s), ("top_k", _i64), ("tokens", _i64),
-    ("assignments", _i64), ("k_mean", _f64), ("k_hist", pa.list_(_i64)), ("k_at_1", _f64), ("k_at_max", _f64),
-    ("flops_router", _f64), ("flops_experts", _f64), ("flops_shared", _f64), ("flops", _f64),
-    ("flops_per_token", _f64), ("flops_per_token_analytic", _f64), ("flops_measured", _f64),
-    ("flops_measured_per_token", _f64),
-    ("router_entropy", _f64), ("top1_prob", _f64), ("top1_margin", _f64), ("selected_mass", _f64),
-    ("load_cv", _f64), ("load_gini", _f64), ("load_entropy", _f64), ("load_max_mean", _f64), ("dead_experts", _i64),
-    ("latency_ms_mean", _f64), ("latency_ms_p50", _f64), ("latency_calls", _i64), ("exact", _b), ("note", _s),
-    ("dims_warning", _s),
-] + [f for d in _DIM_COLUMNS for f in ((d, _i64), (f"{d}_source", _s), (f"{d}_detail", _s))])
-
-EXPERTS = pa.schema(KEY_FIELDS + [
-    ("phase", _s), ("layer", _i32), ("expert", _i32), ("tokens", _i64), ("load_fraction", _f64), ("gate_mass", _f64),
-    ("mean_prob", _f64),
-])
-
-SCHEMAS = {"runs": RUNS, "layers": LAYERS, "experts": EXPERTS}
 _warned: set[tuple[str, str]] = set()
 
 
-def full_schema(table: str) -> pa.Schema:
-    """The file schema plus the `model` partition column (what readers see)."""
-    return SCHEMAS[table].append(pa.field("model", pa.string()))
-
-
-def _coerce(value: Any, typ: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, (list, tuple)) and getattr(value, "ndim", 0) == 0:
-        value = value.item()  # numpy scalar
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    try:
-        import pandas as pd
-
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover
-        pass
-    if pa.types.is_integer(typ):
-        if isinstance(value, float):
-            return int(value) if value.is_integer() else None
-        return int(value)
-    if pa.types.is_floating(typ):
-        return float(value)
-    if pa.types.is_boolean(typ):
-        return bool(value)
-    if pa.types.is_string(typ):
-        return str(value)
-    if pa.types.is_list(typ):
-        return [int(v) for v in value] if value is not None else None
-    return value
-
-
-def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
+    """Rows (dicts by column name, or records) as an arrow table of `table`'s schema; a key the schema lacks is
+    dropped with one warning per table and key."""
     schema = SCHEMAS[table]
+    rows = [row.as_row() if hasattr(row, "as_row") else row for row in rows]
     names = set(schema.names)
     for row in rows:
         for key in row:
@@ -140,7 +47,7 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
                 _warned.add((table, key))
                 log.warning("results: column %r of table %s is not in the schema (v%d); dropped", key, table,
                             SCHEMA_VERSION)
-    arrays = [pa.array([_coerce(row.get(f.name), f.type) for row in rows], type=f.type) for f in schema]
+    arrays = [pa.array([coerce(row.get(f.name), f.type) for row in rows], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -187,7 +94,7 @@ def nullable_types(arrow_type: pa.DataType):
     Int64) instead of turning into float64 wherever a value is missing."""
     import pandas as pd
 
-    return {_i32: pd.Int32Dtype(), _i64: pd.Int64Dtype()}.get(arrow_type)
+    return {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}.get(arrow_type)
 
 
 def read_table(results_dir: str | os.PathLike, table: str, filter: Any = None, columns: list[str] | None = None):
@@ -243,9 +150,7 @@ def readable_parts(root: Path) -> list[str]:
 def _skip_corrupt(path: str, exc: BaseException) -> None:
     if path not in _skipped:
         _skipped.add(path)
-        import sys
-
-        print(f"runner: warning: skipping unreadable results file {path} ({' '.join(str(exc).split())[:160]}); "
+        print(f"runner: warning: skipping unreadable results file {path} ({one_line(exc, 160)}); "
               "delete it or move it out of the results dir", file=sys.stderr, flush=True)
 
 

@@ -1,0 +1,279 @@
+"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord).
+
+Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
+arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
+docs/results.md are all generated from them. The partition column `model` lives only in the directory names
+(`model=<name>`), so it is no field here; readers get it as a last column (full_schema).
+
+A job fills a RunRecord as it goes; a misspelt column is an AttributeError, never a silent new key. The layers and
+experts tables are the profiler's frames (MOEProfiler.layers_df / experts_df) plus the run's KeyColumns; their
+records describe the stored columns. Adding a column changes what is stored: bump SCHEMA_VERSION.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import pyarrow as pa
+
+from handlers.base import DIMENSIONS
+from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(slots=True)
+class KeyColumns:
+    """The columns every table starts with: they join a layers or experts row back to its run."""
+
+    schema_version: Int32 = col("version of the results schemas (1)", default=SCHEMA_VERSION)
+    run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
+                         joined="the job's `run_id`")
+    sweep_id: String = col("a hash of the sweep directory; null for single runs",
+                           joined="the job's `sweep_id`; null for single runs")
+    job_num: Int32 = col("the job's number in its sweep; null for single runs")
+    config_hash: String = col("a hash of the resolved job config minus `hydra` and the output/reporting keys "
+                              "(`out_root, results_dir, resume, on_error, progress, debug, tag`): equal hash means "
+                              "the same measurement (data source and slice, `seq_len`, batch settings, dtype, device, "
+                              "seed, ...)", joined="the job's `config_hash`")
+    timestamp: Timestamp = col("when the job started")
+    topk: Int32 = col("the live top-k that ran; `k_max` under a dynamic selector",
+                      joined="the job's live top-k (k_max under a selector)")
+    selector: String = col("the selector (`topk` = the model's own routing)", joined="the job's selector")
+    dataset: String = col("the dataset label: `dataset.name`, else derived from what was loaded "
+                          "([runner.md](runner.md#datasets))", joined="the job's dataset label")
+    weights: String = col("`pretrained`, `random` or `meta`")
+
+
+@dataclasses.dataclass(slots=True)
+class RunRecord(KeyColumns):
+    """One row of `runs`: one job attempt, whatever its status (ok, failed, skipped, interrupted)."""
+
+    # identity and bookkeeping
+    status: String = col("`ok`, `failed`, `skipped` or `interrupted`")
+    error: String = col("the one-line error of a failed or interrupted job")
+    error_type: String = col("the exception's class name (`LostJob` for a job process that died without a row, "
+                             "`KeyboardInterrupt` for Ctrl-C)")
+    resumed_from: String = col("for a `skipped` row: the `run_id` whose results it reused")
+    sweep_dir: String = col("the sweep directory; null for single runs")
+    job_dir: String = col("the job's own directory (Hydra's output dir)")
+    overrides: String = col("JSON list of the job's overrides")
+    experiment: String = col("the `experiment` option, if any")
+    tag: String = col("the `tag` key (`${oc.env:...}` kept as written)")
+    # what ran
+    hf_id: String = col("`model.hf_id` (hub id or local directory); null for the tiny models")
+    model_type: String = col("the transformers `model_type`")
+    revision: String = col("`model.revision`")
+    topk_requested: Int32 = col("the `topk` key as given; null = the model's own top-k")
+    default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
+    selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
+    k_max: Int32 = col("the selector's `k_max`; null under `topk`")
+    dataset_kind: String = col("`builtin`, `hf` or `local`")
+    dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
+                                 "/data/eval.jsonl`)")
+    seq_len: Int32 = col("tokens per block")
+    batch_size: Int32 = col("blocks per batch")
+    max_batches: Int32 = col("the cap on batches; null = the whole slice")
+    device: String = col("the device config's name (`cpu`, `cuda`, `auto`)")
+    device_name: String = col("the device that ran: the GPU's name, or the CPU with its core count")
+    dtype: String = col("the dtype of the loaded weights")
+    experts_implementation: String = col("transformers' experts implementation the model ran with (e.g. `grouped_mm`)")
+    tokenizer: String = col("the tokenizer used (`none` for `meta` weights)")
+    seed: Int64 = col("the `seed` key (seed for random weights)")
+    measure_flops: Bool = col("FLOPs counted on every batch (false: on the first batch only)")
+    compile: Bool = col("the model ran under torch.compile")
+    compile_mode: String = col("the torch.compile mode; null when not compiled")
+    decode_tokens: Int32 = col("tokens generated after each batch (0: no decode)")
+    dims_override: String = col("JSON of the `dims.override.*` given")
+    dims_fallback: String = col("JSON of the `dims.fallback.*` given")
+    # data
+    documents: Int64 = col("documents read")
+    blocks: Int64 = col("blocks of `seq_len` tokens evaluated")
+    batches: Int64 = col("batches evaluated")
+    tokens: Int64 = col("tokens evaluated (0 for `meta` weights)")
+    targets: Int64 = col("next-token targets the loss averages over (`seq_len - 1` per block)")
+    # quality
+    loss: Double = col("token-level mean NLL over the targets")
+    ppl: Double = col("exp(loss)")
+    reference: Bool = col("a reference pass with the model's own routing ran (`quality`)")
+    ref_loss: Double = col("the reference pass's loss")
+    ref_ppl: Double = col("exp(ref_loss)")
+    kl: Double = col("mean KL(P_ref ‖ P_job) of the next-token distributions")
+    top1_agreement: Double = col("share of targets where the reference and the job predict the same next token")
+    # routing and FLOPs (MoE layers only)
+    moe_layers: Int32 = col("number of MoE layers")
+    k_mean: Double = col("mean over the MoE layers of their prefill `k_mean`")
+    flops_per_token_analytic: Double = col("analytic MoE FLOPs per token, summed over the MoE layers, at the job's k "
+                                           "(k_max for a selector)")
+    flops_per_token_routed: Double = col("MoE FLOPs per token from the recorded assignments (follows the dynamic k), "
+                                         "summed over the MoE layers")
+    flops_per_token_measured: Double = col("FlopCounterMode MoE FLOPs over the measured tokens, summed over the MoE "
+                                           "layers")
+    flops_measured_tokens: Int64 = col("tokens the measured count covers")
+    flops_exact: Bool = col("every MoE layer's analytic count is exact for this architecture")
+    params_total: Int64 = col("all parameters")
+    params_active: Double = col("parameters active per token at the job's k")
+    # time and memory
+    model_load_s: Double = col("seconds to load the model (0 when reused)")
+    model_reused: Bool = col("the model came from the previous job of the same process")
+    data_s: Double = col("seconds to read and tokenize the data")
+    forward_s: Double = col("seconds of the profiled forward passes")
+    reference_s: Double = col("seconds of the reference passes")
+    tokens_per_s: Double = col("tokens per second over the batches without FLOP counting (over all batches when every "
+                               "batch counted FLOPs)")
+    ttft_ms: Double = col("with `decode_tokens`: time to first token (first token out minus start), mean over batches")
+    tpot_ms: Double = col("with `decode_tokens`: mean time of each later decode step, for the whole batch")
+    decode_steps: Int64 = col("decode steps timed, over all batches")
+    wall_s: Double = col("the job's wall time")
+    peak_rss_bytes: Int64 = col("the process's peak RSS (it only grows across jobs run in one process)")
+    peak_allocated_bytes: Int64 = col("peak CUDA memory allocated (null on CPU)")
+    peak_reserved_bytes: Int64 = col("peak CUDA memory reserved (null on CPU)")
+    # provenance
+    runner_version: String = col("this package's version")
+    torch_version: String = col("torch's version")
+    transformers_version: String = col("transformers' version")
+    python_version: String = col("Python's version")
+    git_sha: String = col("HEAD of the checkout the runner ran from")
+    git_dirty: Bool = col("that checkout had uncommitted changes to tracked files")
+    host: String = col("host name")
+    pid: Int64 = col("process id")
+    config_yaml: String = col("the resolved job config (`${oc.env:...}` kept as written outside `out_root` and "
+                              "`results_dir`)")
+
+    def update(self, **columns: Any) -> RunRecord:
+        """Set columns by name (a dict of results, e.g. provenance()); an unknown name is an AttributeError."""
+        for name, value in columns.items():
+            if name not in _RUN_COLUMN_SET:
+                raise AttributeError(f"runs has no column {name!r} (the columns are the fields of RunRecord, "
+                                     "runner/results/records.py)")
+            setattr(self, name, value)
+        return self
+
+    def keys(self) -> dict[str, Any]:
+        """The KeyColumns of this run: what its layers and experts rows carry."""
+        return {name: getattr(self, name) for name in KEY_COLUMNS}
+
+    def as_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RUN_COLUMNS}
+
+    def stamp_provenance(self) -> RunRecord:
+        """Versions, git state, host and pid (runner/provenance.py)."""
+        from ..provenance import provenance
+
+        return self.update(**provenance())
+
+    def ended(self, status: str, wall_s: float | None, error: str | None = None,
+              error_type: str | None = None) -> RunRecord:
+        """A row that did not finish `ok` (failed, interrupted): its status, error and wall time; the provenance is
+        best effort (the row is written anyway)."""
+        self.update(status=status, error=error, error_type=error_type, wall_s=wall_s)
+        with contextlib.suppress(Exception):  # recording the failure matters more than the versions
+            self.stamp_provenance()
+        return self
+
+    def skipped(self, prior: Any, wall_s: float) -> RunRecord:
+        """A resumed job (resume=true): `prior` is the ok runs row whose results it reuses; the sweep summary and the
+        baseline show that run's metrics (summaries.fill_resumed)."""
+        self.update(status="skipped", resumed_from=prior["run_id"], wall_s=wall_s, topk=prior["topk"],
+                    selector=prior["selector"])
+        return self.stamp_provenance()
+
+
+@dataclasses.dataclass(slots=True)
+class _LayerColumns(KeyColumns):
+    """The layers columns up to the dimension columns (LayerRecord adds those, one triple per dimension)."""
+
+    phase: String = col("`prefill` (the scoring passes) or `decode` (the generated tokens, with `decode_tokens`)")
+    layer: Int32 = col("the model's own layer index")
+    position: Int32 = col("index among the MoE layers")
+    module: String = col("the MoE block's module path (`model.layers.3.mlp`)")
+    block_class: String = col("the MoE block's class (`OlmoeSparseMoeBlock`)")
+    top_k: Int64 = col("the live top-k that ran (k_max under a selector)")
+    tokens: Int64 = col("tokens seen by the layer")
+    assignments: Int64 = col("Σ_t k_t")
+    k_mean: Double = col("mean k_t")
+    k_hist: Int64List = col("histogram of k_t over 0..k")
+    k_at_1: Double = col("share of tokens with k_t = 1")
+    k_at_max: Double = col("share of tokens at the live top-k")
+    flops_router: Double = col("router FLOPs over the tokens seen")
+    flops_experts: Double = col("routed-expert FLOPs over the tokens seen (real per-token k)")
+    flops_shared: Double = col("shared-expert FLOPs over the tokens seen")
+    flops: Double = col("flops_router + flops_experts + flops_shared")
+    flops_per_token: Double = col("flops / tokens")
+    flops_per_token_analytic: Double = col("analytic FLOPs per token at the live top-k")
+    flops_measured: Double = col("FlopCounterMode FLOPs of the layer over the measured batches; null when not measured")
+    flops_measured_per_token: Double = col("flops_measured / the measured tokens (prefill rows)")
+    router_entropy: Double = col("mean H(p)/ln E (1 = uniform router)")
+    top1_prob: Double = col("mean p₍₁₎")
+    top1_margin: Double = col("mean p₍₁₎ − p₍₂₎")
+    selected_mass: Double = col("mean router probability of the experts used")
+    load_cv: Double = col("std/mean of the expert loads")
+    load_gini: Double = col("Gini coefficient of the expert loads")
+    load_entropy: Double = col("normalised entropy of the expert loads (1 = perfectly balanced)")
+    load_max_mean: Double = col("max/mean of the expert loads")
+    dead_experts: Int64 = col("experts that got no token")
+    latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
+    latency_ms_p50: Double = col("with `latency=true`: median block time per call")
+    latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")
+    exact: Bool = col("the analytic count is exact for this architecture")
+    note: String = col("why it is not exact, or what the architecture cannot do")
+    dims_warning: String = col("a config or `dims.override` value that contradicts the module's weights, with both "
+                               "values; null when none")
+
+# The profiler's resolved dimensions (handlers.base.DIMENSIONS), three columns each: the value, where it came from and
+# what it was read from. `top_k` is the live k that ran; the model's own top-k is the column `default_top_k`.
+DIMENSION_MEANINGS = {  # dimension -> (meaning of the value, an example of where it is read from)
+    "num_experts": ("routed experts", "model.config.num_experts"),
+    "top_k": ("the model's own top-k (the live one is `top_k`)", "model.config.num_experts_per_tok"),
+    "hidden_dim": ("hidden size H", "model.config.hidden_size"),
+    "expert_dim": ("a routed expert's width I", "experts.down_proj.shape[2]"),
+    "shared_expert_dim": ("the shared experts' width (0: none)", None),
+}
+
+
+def _dimension_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    out = []
+    for dim in DIMENSIONS:
+        column = "default_top_k" if dim == "top_k" else dim
+        meaning, example = DIMENSION_MEANINGS.get(dim, (dim.replace("_", " "), None))
+        out += [(column, Int64, col(meaning)),
+                (f"{column}_source", String, col(f"where `{column}` came from: `override`, `config`, `module`, "
+                                                  "`fallback` or `default`")),
+                (f"{column}_detail", String, col("the field, attribute or shape it was read from"
+                                                  + (f" (`{example}`)" if example else "")))]
+    return out
+
+
+LayerRecord = dataclasses.make_dataclass("LayerRecord", _dimension_fields(), bases=(_LayerColumns,), slots=True)
+LayerRecord.__module__ = __name__
+LayerRecord.__doc__ = ("One row of `layers`: one job x phase x MoE layer (MOEProfiler.layers_df() plus the run's "
+                       "KeyColumns and the dimension columns).")
+
+
+@dataclasses.dataclass(slots=True)
+class ExpertRecord(KeyColumns):
+    """One row of `experts`: one job x phase x MoE layer x expert, zero-count experts included
+    (MOEProfiler.experts_df() plus the run's KeyColumns)."""
+
+    phase: String = col("`prefill` or `decode`")
+    layer: Int32 = col("the model's own layer index")
+    expert: Int32 = col("the expert's index")
+    tokens: Int64 = col("(token, slot) assignments to the expert, c_e")
+    load_fraction: Double = col("the expert's share of the layer's assignments, f_e")
+    gate_mass: Double = col("sum of the combine weights given to the expert")
+    mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
+
+
+RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord}
+TABLES = tuple(RECORDS)
+SCHEMAS: dict[str, pa.Schema] = {table: schema_of(record) for table, record in RECORDS.items()}
+KEY_COLUMNS = tuple(f.name for f in dataclasses.fields(KeyColumns))
+RUN_COLUMNS = tuple(SCHEMAS["runs"].names)
+_RUN_COLUMN_SET = frozenset(RUN_COLUMNS)
+PARTITION = pa.schema([("model", pa.string())])
+
+
+def full_schema(table: str) -> pa.Schema:
+    """The file schema plus the `model` partition column (what readers see)."""
+    return SCHEMAS[table].append(PARTITION.field("model"))

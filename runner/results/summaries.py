@@ -1,0 +1,172 @@
+"""What the runner prints and keeps about finished work: one job's summary lines, and a sweep's summary table
+(<sweep dir>/summary.parquet and its one-screen rendering). The Hydra callback that calls these at the end of a
+multirun is runner/callbacks.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .io import read_table
+
+# the columns of a resumed (`skipped`) row that stay its own when it takes the metrics of the run it reused
+RESUMED_OWN = ("status", "run_id", "resumed_from", "sweep_id", "sweep_dir", "job_num", "job_dir", "timestamp",
+               "overrides")
+
+
+def fill_resumed(runs, reused=None):
+    """Each `skipped` row (a resumed job, `resumed_from=<run_id>`) with the metrics of the run it reused, found in
+    `reused` (runs rows; default: `runs` itself); the RESUMED_OWN columns stay the skipped row's. A row whose run is
+    not there stays as it is. Returns a new frame, same columns and dtypes, index 0..n-1."""
+    import pandas as pd
+
+    skipped = runs["status"] == "skipped" if len(runs) else None
+    if skipped is None or not skipped.any():
+        return runs.reset_index(drop=True)
+    reused = runs if reused is None else reused
+    by_id = reused.drop_duplicates("run_id", keep="last").set_index("run_id")
+    rows = []
+    for _, row in runs.iterrows():
+        prior = row["resumed_from"]
+        if row["status"] == "skipped" and isinstance(prior, str) and prior in by_id.index:
+            filled = by_id.loc[prior].copy()
+            for key in RESUMED_OWN:
+                filled[key] = row[key]
+            rows.append(filled)
+        else:
+            rows.append(row)
+    return pd.DataFrame(rows, columns=runs.columns).astype(runs.dtypes.to_dict()).reset_index(drop=True)
+
+
+def sweep_runs(results_dir: str, sweep_id: str):
+    """Every runs row of one sweep (all attempts)."""
+    import pyarrow.dataset as ds
+
+    return read_table(results_dir, "runs", filter=ds.field("sweep_id") == sweep_id)
+
+
+def combine(runs, results_dir: str):
+    """The sweep summary: the latest row per job, in job order; a `skipped` (resumed) job shows the metrics of the
+    run it reused (fill_resumed, that run read from results_dir)."""
+    import pyarrow.dataset as ds
+
+    if not len(runs):
+        return runs
+    runs = runs.sort_values("timestamp").groupby("job_num", dropna=False, sort=False).tail(1)
+    resumed = list(runs.loc[runs["status"] == "skipped", "resumed_from"].dropna())
+    if resumed:
+        runs = fill_resumed(runs, read_table(results_dir, "runs", filter=ds.field("run_id").isin(resumed)))
+    runs = runs.copy()
+    runs["model"] = runs["model"].astype(str)
+    return runs.sort_values(["job_num", "timestamp"], na_position="last").reset_index(drop=True)
+
+
+# shown by the summary's own columns (model, selector, k), so not again as a swept key
+_SHOWN = {"model", "selector", "selector.name", "topk"}
+
+
+def swept_keys(summary) -> dict[str, list[str]]:
+    """Each key whose override value differs between the jobs (in first-seen order) -> its value per job."""
+    per_job = []
+    for raw in summary["overrides"]:
+        overrides = json.loads(raw) if isinstance(raw, str) else []
+        per_job.append(dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
+    keys = dict.fromkeys(key for job in per_job for key in job if key not in _SHOWN)
+    return {key: [_short(job.get(key, "-")) for job in per_job] for key in keys
+            if len({job.get(key) for job in per_job}) > 1}
+
+
+def _short(value: str, width: int = 32) -> str:
+    return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
+
+
+def render(summary, state: dict[str, Any], path: Path) -> str:
+    """The sweep's one-screen summary: a line of counts, a row per job (k vs FLOPs/token vs loss, one column per
+    swept key), the failed jobs with their errors, where the summary and the results are."""
+    import pandas as pd
+
+    n = len(summary)
+    planned = len(state["planned"]) if state["planned"] is not None else None
+    head = f"sweep {state['sweep_id']}: {n} job(s)" + (f" of {planned} planned" if planned is not None else "")
+    if not n:
+        return head + " - no results recorded"
+    counts = summary["status"].value_counts().to_dict()
+    head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+    columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
+               "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
+               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
+               "wall_s": "wall s", "status": "status"}
+    table = summary[list(columns)].rename(columns=columns)
+    for col in ("MoE FLOPs/tok", "measured", "tok/s"):
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
+    for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
+                     ("wall s", ".1f")):
+        table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
+    table["k"] = table["k"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    for position, (key, values) in enumerate(swept_keys(summary).items(), start=4):  # after model, selector, k
+        table.insert(position, key, values)
+    lines = [head, table.to_string(index=False)]
+    failed = summary[summary["status"] == "failed"]
+    if len(failed):
+        lines.append(f"FAILED ({len(failed)}):")
+        for _, row in failed.iterrows():
+            job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
+            overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
+            lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
+    return "\n".join(lines)
+
+
+def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -> str:
+    """What one finished job prints: what ran where, quality, MoE FLOPs/token and parameters, decode times, speed,
+    where its rows are. `run` is its RunRecord; `job_dir` is named when given (a single run's)."""
+    def num(v: Any, fmt: str = ",.0f") -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+    job = f"job {run.job_num}: " if run.job_num is not None else ""
+    selector = run.selector or "topk"
+    routing = "own routing" if selector == "topk" else f"{selector} {run.selector_params}"
+    lines = [f"runner: {job}{model} ({run.hf_id or run.model_type} [{run.weights}]) k={run.topk} ({routing}) "
+             f"on {run.dataset_source} [{run.device_name}, {run.dtype}]"]
+    if run.tokens:
+        quality = f"loss {num(run.loss, '.4f')}  ppl {num(run.ppl, ',.2f')}"
+        if run.reference:
+            quality += (f"  | default routing: loss {num(run.ref_loss, '.4f')}, KL {num(run.kl, '.4g')}, "
+                        f"top-1 agreement {num(run.top1_agreement, '.3f')}")
+        lines.append(f"  {run.tokens:,} tokens ({run.blocks} blocks x {run.seq_len}): {quality}")
+    flops = f"analytic {num(run.flops_per_token_analytic)}"
+    if run.flops_per_token_measured is not None:
+        flops += f", measured {num(run.flops_per_token_measured)}"
+    if run.k_mean is not None and run.selector != "topk":
+        flops += f", routed {num(run.flops_per_token_routed)} (mean k {num(run.k_mean, '.2f')})"
+    lines.append(f"  MoE FLOPs/token over {run.moe_layers} MoE layers: {flops}; params "
+                 f"{_count(run.params_total)} total, {_count(run.params_active)} active")
+    if run.ttft_ms is not None:
+        lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
+                     f"TPOT {num(run.tpot_ms, '.2f')} ms")
+    if run.tokens:
+        lines.append(f"  {num(run.tokens_per_s)} tokens/s, wall {num(run.wall_s, '.2f')} s "
+                     f"(model load {num(run.model_load_s, '.2f')} s{', reused' if run.model_reused else ''})"
+                     f", peak RSS {_count(run.peak_rss_bytes, 'B')}")
+    lines.append(f"  results: {Path(results_dir)} (run_id {run.run_id}, config {run.config_hash})"
+                 + (f"; job dir: {job_dir}" if job_dir else ""))
+    return "\n".join(lines)
+
+
+def skip_summary(run, model: str, prior) -> str:
+    """What a resumed job prints: `prior` is the ok runs row whose results it reuses."""
+    job = f"job {run.job_num}: " if run.job_num is not None else ""
+    return (f"runner: {job}{model} topk={prior['topk']} selector={prior['selector']}: skipped (resume=true), "
+            f"result of run {prior['run_id']} from {prior['timestamp']}")
+
+
+def _count(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}{unit}"
+    return f"{value:.0f}{unit}"
