@@ -52,8 +52,7 @@ class Routing:
                     stacklevel=3,
                 )
         for layer in self.layers:
-            owner_name, _, attr = layer.top_k_attr.partition(".")
-            self.attachment.save_once(top_k_owner(layer, owner_name), attr)
+            self.attachment.save_once(top_k_owner(layer, layer.top_k_attr.owner), layer.top_k_attr.attr)
             write_live_top_k(layer, k)
 
     def set_selector(self, selector: str | Callable, *, fast_skip: bool = True, **params: Any) -> None:
