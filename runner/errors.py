@@ -53,11 +53,18 @@ def known_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def one_line(value: object, limit: int | None = 300) -> str:
+    """A message (an exception's, or any text) on one line: every run of whitespace, newlines included, becomes one
+    space; cut to `limit` characters (None: not cut)."""
+    text = " ".join(str(value).split())
+    return text if limit is None else text[:limit]
+
+
 def describe(exc: BaseException) -> str:
     """One line: '<Kind>: message' for engine errors, the message alone for the runner's."""
-    from .schema import one_line
+    from .schema import config_message
 
-    message = one_line(exc) if not isinstance(exc, RunnerError) else " ".join(str(exc).split())
+    message = config_message(exc) if not isinstance(exc, RunnerError) else one_line(exc, None)
     kind = type(exc).__name__
     if isinstance(exc, RunnerError) or not message:
         return message or kind

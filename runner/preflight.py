@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 # `_target_` values that may be instantiated: the project's classes and Hydra's launcher/sweeper plugins
 ALLOWED_TARGETS = ("runner.", "handlers.", "hydra._internal.", "hydra_plugins.")
@@ -179,7 +179,7 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
             return (f"{mark.name}: not valid YAML ({getattr(cause, 'problem', None) or type(cause).__name__} at line "
                     f"{mark.line + 1}, column {mark.column + 1}); fix or remove it")
         if isinstance(cause, (UnicodeDecodeError, yaml.YAMLError)):
-            return _bad_yaml(dirs) or f"a config file cannot be read: {' '.join(str(cause).split())}"
+            return _bad_yaml(dirs) or f"a config file cannot be read: {one_line(cause, None)}"
         cause = cause.__cause__ or cause.__context__
     from omegaconf.errors import ConfigKeyError
 
@@ -196,10 +196,10 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
                 return unknown[0]
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, ValueError) and "Config group override" in str(exc):
-        return _non_string_group(overrides, loader) or " ".join(str(exc).split())
+        return _non_string_group(overrides, loader) or one_line(exc, None)
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc, None) or type(exc).__name__
 
 
 def preflight(argv: list[str]) -> Optional[str]:
@@ -209,7 +209,7 @@ def preflight(argv: list[str]) -> Optional[str]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from .schema import CONFIG_DIR, one_line, register_configs
+    from .schema import CONFIG_DIR, config_message, register_configs
 
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
@@ -262,7 +262,7 @@ def preflight(argv: list[str]) -> Optional[str]:
             try:
                 job_cfg = loader.load_sweep_config(cfg, list(job))
             except Exception as exc:  # noqa: BLE001
-                why = _explain(exc, list(job), loader, dirs) or one_line(exc)
+                why = _explain(exc, list(job), loader, dirs) or config_message(exc)
                 return f"{label}{why}; nothing was run"
             try:
                 check_composed(job_cfg, label)

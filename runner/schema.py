@@ -347,7 +347,7 @@ def validate(cfg: DictConfig) -> RunnerConfig:
         cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
         if cause is not None:
             raise cause from None
-        raise ConfigError(one_line(exc)) from None
+        raise ConfigError(config_message(exc)) from None
     assert isinstance(obj, RunnerConfig)
     return obj
 
@@ -397,8 +397,9 @@ def check_command_line(argv: list[str]) -> Optional[str]:
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    """OmegaConf/Hydra messages carry 'full_key: ...' detail lines; keep the message and the key."""
+def config_message(exc: BaseException) -> str:
+    """An OmegaConf/Hydra error on one line: their messages carry 'full_key: ...' detail lines; keep the message (its
+    first line) and the key."""
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
