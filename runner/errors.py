@@ -45,7 +45,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import ValidationError
 
     types: list[type[BaseException]] = [RunnerError, ValidationError]
-    for module, name in (("runner.profiler", "ProfilerError"), ("runner.profiler", "NoMoEError"),
+    for module, name in (("runner.profiler.attach", "ProfilerError"), ("runner.profiler.scan", "NoMoEError"),
                          ("runner.profiler.selectors", "SelectorError"), ("torch", "OutOfMemoryError")):
         found = getattr(sys.modules.get(module), name, None)
         if isinstance(found, type):

@@ -4,7 +4,8 @@ The schema is the first entry of conf/config.yaml's defaults list, so every valu
 and every unknown key fails at composition time, naming the key. `validate(cfg)` (called by the job before anything is
 loaded) converts the composed config into these dataclasses, which runs the cross-field checks in `__post_init__`.
 
-No torch or transformers imports here: composing and validating a config stays fast.
+No torch or transformers imports here, nor in what this imports (handlers, runner.profiler.selector_names,
+runner.tokenizer): composing and validating a config stays fast.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from handlers.base import EXPERT_COUNT_FIELDS
+
 from .errors import ConfigError
+from .profiler.selector_names import SELECTOR_NAMES
+from .tokenizer import BYTE_VOCAB_SIZE
 
 # conf/ ships inside the wheel as runner/conf (pyproject force-include); a checkout or editable install has <repo>/conf.
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -27,14 +32,9 @@ if not CONFIG_DIR.is_dir():
 
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
-DIMENSIONS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")  # = handlers.base.DIMENSIONS
-# config-field spellings of the routed-expert count, used to check topk before a model loads
-EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 # config-field spellings of the model's own top-k, checked against the expert count before a model loads
 TOPK_FIELDS = ("num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k")
-BYTE_VOCAB_SIZE = 259  # = runner.tokenizer.BYTE_VOCAB_SIZE (torch-free here)
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1  # the results columns: seed is int64, the other integer keys int32
-SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.profiler.selectors.SELECTORS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -128,7 +128,7 @@ class SelectorConfig:
 
 
 @dataclass
-class DimValues:
+class DimValues:  # one field per handlers.base.DIMENSIONS (tests/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
     hidden_dim: Optional[int] = doc("model width H", None)
