@@ -106,11 +106,13 @@ def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
     device = first.device if first is not None else target
     if model_cfg.weights is not Weights.meta and model.get_input_embeddings() is not None:
         device = model.get_input_embeddings().weight.device
+    from .profiler.upstream import experts_implementation
+
     loaded = Loaded(
         model=model, tokenizer=tokenizer, device=device, device_name=_device_name(device),
         dtype=str(first.dtype).removeprefix("torch.") if first is not None else str(dtype),
         load_s=time.perf_counter() - start, reused=False, tokenizer_name=tokenizer_name,
-        experts_implementation=getattr(model.config, "_experts_implementation", None),
+        experts_implementation=experts_implementation(model.config),
     )
     _CACHE[key] = loaded
     return loaded
@@ -149,12 +151,14 @@ def _build(model_cfg: ModelConfig, target, dtype, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .profiler.upstream import EXPERTS_IMPLEMENTATION
+
     try:
         config = AutoConfig.for_model(model_cfg.model_type, **dict(model_cfg.config))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"model.model_type / model.config: {one_line(exc, None)}") from None
     if model_cfg.experts_implementation:
-        config._experts_implementation = model_cfg.experts_implementation
+        setattr(config, EXPERTS_IMPLEMENTATION, model_cfg.experts_implementation)
     torch.manual_seed(seed)
     try:
         with torch.device(target):
