@@ -376,10 +376,11 @@ def unknown_keys(data: dict, cls: type = None, prefix: str = "") -> list[str]:
 def check_command_line(argv: list[str]) -> Optional[str]:
     """The first override on a `python -m runner` command line whose key the schema lacks (`topK=4`, `+topK=4`,
     `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    from .hydra_internals import args_parser
+
+    args, _ = args_parser().parse_known_args(argv)
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
