@@ -34,15 +34,16 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     if not target.endswith("BasicSweeper"):
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from .hydra_internals import sweep_batches
 
         params = OmegaConf.select(config, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
         loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-        batches = BasicSweeper.split_arguments(parsed, OmegaConf.select(config, "hydra.sweeper.max_batch_size"))
+        batches = sweep_batches(parsed, OmegaConf.select(config, "hydra.sweeper.max_batch_size"))
         return [list(job) for batch in batches for job in batch]
     except Exception as exc:  # noqa: BLE001 - the plan is a convenience; job dirs are the fallback
         log.warning("could not work out the planned jobs: %s", exc)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import DataError
+from .errors import DataError, one_line
 from .schema import SLICE, DatasetConfig, DatasetKind
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def _parquet_documents(path: Path, field: str) -> Iterator[str]:
     try:
         file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
+        raise DataError(f"{path}: not a readable parquet file ({one_line(exc, 200)})") from None
     if field not in file.schema_arrow.names:
         raise DataError(f"{path}: no column {field!r} (columns: {', '.join(file.schema_arrow.names[:8])}); "
                         "set dataset.field")
@@ -314,12 +314,12 @@ def _hf_documents(cfg: DatasetConfig) -> Documents:
         raise
     except (FileNotFoundError, ConnectionError) as exc:
         offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
-        raise DataError(f"{where} is not available locally{offline}: {_short(exc)}; cache it first, or use "
+        raise DataError(f"{where} is not available locally{offline}: {one_line(exc, 300)}; cache it first, or use "
                         "dataset=local / dataset=builtin") from None
     except (ValueError, KeyError, OSError, IndexError) as exc:
-        raise DataError(f"{where}: {_short(exc)}") from None
+        raise DataError(f"{where}: {one_line(exc, 300)}") from None
     except Exception as exc:  # datasets wraps builder failures in its own exception types (DatasetGenerationError, ...)
-        raise DataError(f"{where}: {type(exc).__name__}: {_short(exc)}") from None
+        raise DataError(f"{where}: {type(exc).__name__}: {one_line(exc, 300)}") from None
     if cfg.field not in ds.column_names:
         raise DataError(f"{where}: no column {cfg.field!r} (columns: {', '.join(ds.column_names[:8])}); set dataset.field")
     column = ds.select_columns([cfg.field])
@@ -329,10 +329,6 @@ def _hf_documents(cfg: DatasetConfig) -> Documents:
             yield from (d for d in batch[cfg.field] if isinstance(d, str) and d.strip())
 
     return Documents(rows, spec, where, f"{where} is empty (no non-blank {cfg.field!r} values)")
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 # Tokens near the end of a cut-off text may merge with what follows it; this many are dropped after such a cut.

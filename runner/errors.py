@@ -45,7 +45,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import ValidationError
 
     types: list[type[BaseException]] = [RunnerError, ValidationError]
-    for module, name in (("runner.profiler", "ProfilerError"), ("runner.profiler", "NoMoEError"),
+    for module, name in (("runner.profiler.attach", "ProfilerError"), ("runner.profiler.scan", "NoMoEError"),
                          ("runner.profiler.selectors", "SelectorError"), ("torch", "OutOfMemoryError")):
         found = getattr(sys.modules.get(module), name, None)
         if isinstance(found, type):
@@ -62,9 +62,9 @@ def one_line(text_or_exc: object, limit: int | None = None) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line: '<Kind>: message' for engine errors, the message alone for the runner's."""
-    from .schema import one_line as config_message  # OmegaConf's message and its full_key
+    from .schema import config_message
 
-    message = config_message(exc) if not isinstance(exc, RunnerError) else one_line(exc)
+    message = config_message(exc) if not isinstance(exc, RunnerError) else one_line(exc, None)
     kind = type(exc).__name__
     if isinstance(exc, RunnerError) or not message:
         return message or kind

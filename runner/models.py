@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
-from .errors import ConfigError, DeviceError, ModelUnavailable
+from .errors import ConfigError, DeviceError, ModelUnavailable, one_line
 from .schema import DeviceConfig, ModelConfig, Weights
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,13 @@ def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
     device = first.device if first is not None else target
     if model_cfg.weights is not Weights.meta and model.get_input_embeddings() is not None:
         device = model.get_input_embeddings().weight.device
+    from .profiler.upstream import experts_implementation
+
     loaded = Loaded(
         model=model, tokenizer=tokenizer, device=device, device_name=_device_name(device),
         dtype=str(first.dtype).removeprefix("torch.") if first is not None else str(dtype),
         load_s=time.perf_counter() - start, reused=False, tokenizer_name=tokenizer_name,
-        experts_implementation=getattr(model.config, "_experts_implementation", None),
+        experts_implementation=experts_implementation(model.config),
     )
     _CACHE[key] = loaded
     return loaded
@@ -149,19 +151,21 @@ def _build(model_cfg: ModelConfig, target, dtype, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .profiler.upstream import EXPERTS_IMPLEMENTATION
+
     try:
         config = AutoConfig.for_model(model_cfg.model_type, **dict(model_cfg.config))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"model.model_type / model.config: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"model.model_type / model.config: {one_line(exc, None)}") from None
     if model_cfg.experts_implementation:
-        config._experts_implementation = model_cfg.experts_implementation
+        setattr(config, EXPERTS_IMPLEMENTATION, model_cfg.experts_implementation)
     torch.manual_seed(seed)
     try:
         with torch.device(target):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
     except (ValueError, AssertionError, IndexError) as exc:  # an inconsistent model.config (e.g. a pad id >= vocab)
         raise ConfigError(f"model {model_cfg.name!r}: cannot build a causal LM for model_type "
-                          f"{model_cfg.model_type!r}: {' '.join(str(exc).split())[:300]}") from None
+                          f"{model_cfg.model_type!r}: {one_line(exc, 300)}") from None
 
 
 def _is_local(name: str) -> bool:
@@ -178,7 +182,7 @@ def _from_pretrained(fn, name: str, what: str, model_cfg: ModelConfig, **kwargs)
         try:
             return fn(str(path), **kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"model {model_cfg.name!r}: cannot load {what} from {name}: {_short(exc)}") from None
+            raise ModelUnavailable(f"model {model_cfg.name!r}: cannot load {what} from {name}: {one_line(exc, 300)}") from None
     try:
         return fn(name, local_files_only=True, **kwargs)
     except OSError as exc:
@@ -188,17 +192,13 @@ def _from_pretrained(fn, name: str, what: str, model_cfg: ModelConfig, **kwargs)
             return fn(name, **kwargs)
         except OSError as exc:
             raise ModelUnavailable(f"model {model_cfg.name!r}: cannot load {what} {name!r} from the hub: "
-                                   f"{_short(exc)}") from None
+                                   f"{one_line(exc, 300)}") from None
     log.debug("from_pretrained(%s, local_files_only=True) failed: %s", name, cached_error)
     raise ModelUnavailable(
         f"model {model_cfg.name!r}: {what} {name!r} is not in the local Hugging Face cache and {hub.why_offline()}; "
         f"download it on a machine with network (`hf download {name}`) into this HF cache "
         f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}), point model.hf_id at a local directory, or use "
         "model.weights=random (random init, full size) or model.weights=meta (analytic FLOPs only)")
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _load_pretrained(model_cfg: ModelConfig, device_cfg: DeviceConfig, target, dtype):
@@ -213,7 +213,7 @@ def _load_pretrained(model_cfg: ModelConfig, device_cfg: DeviceConfig, target, d
         return _from_pretrained(AutoModelForCausalLM.from_pretrained, model_cfg.hf_id, "pretrained weights", model_cfg,
                                 **kwargs)
     except ImportError as exc:  # device_map="auto" without accelerate, missing optional kernels
-        raise ModelUnavailable(f"model {model_cfg.name!r}: {_short(exc)}") from None
+        raise ModelUnavailable(f"model {model_cfg.name!r}: {one_line(exc, 300)}") from None
 
 
 def load_tokenizer(model_cfg: ModelConfig, model) -> tuple[Any, str]:

@@ -19,7 +19,8 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
+from .hydra_internals import Composer, app_search_path, args_parser, child_node, group_exists, locate, raw_value
 
 # `_target_` values that may be instantiated: the project's classes and Hydra's launcher/sweeper plugins
 ALLOWED_TARGETS = ("runner.", "handlers.", "hydra._internal.", "hydra_plugins.")
@@ -39,13 +40,13 @@ def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
     """(path, key, node) for every key of every mapping under `node` (interpolations left unresolved)."""
     if isinstance(node, DictConfig):
         for key in node.keys():
-            child = node._get_node(key)
+            child = child_node(node, key)
             yield path, str(key), node
             if isinstance(child, (DictConfig, ListConfig)):
                 yield from _walk(child, f"{path}.{key}" if path else str(key))
     elif isinstance(node, ListConfig):
         for i in range(len(node)):
-            child = node._get_node(i)
+            child = child_node(node, i)
             if isinstance(child, (DictConfig, ListConfig)):
                 yield from _walk(child, f"{path}[{i}]")
 
@@ -58,10 +59,8 @@ def _target_class(value: Any, prefixes: tuple[str, ...]) -> Optional[str]:
     if not isinstance(value, str) or not value.startswith(prefixes):
         return "not one of the project's classes (runner.*, handlers.*) or Hydra's plugins (hydra._internal.*, " \
                "hydra_plugins.*)"
-    from hydra._internal.utils import _locate
-
     try:
-        obj = _locate(value)
+        obj = locate(value)
     except Exception as exc:  # noqa: BLE001
         return f"cannot be imported ({type(exc).__name__})"
     # runner.job.os.system or runner.job.Path.touch: reached through an allowed module, defined elsewhere
@@ -78,7 +77,7 @@ def check_targets(cfg: DictConfig) -> None:
         logging_section = path.startswith(("hydra.job_logging", "hydra.hydra_logging"))
         where = f"{path}.{key}" if path else key
         if logging_section and key == "filename":
-            raw = parent._get_node(key)._value()
+            raw = raw_value(parent, key)
             if not (isinstance(raw, str) and raw.startswith(LOG_DIRS) and ".." not in raw):
                 raise ConfigError(f"{where}: {raw!r}: log files go in the job's directory; start the path with "
                                   "${hydra.runtime.output_dir}/ (no '..')")
@@ -86,7 +85,7 @@ def check_targets(cfg: DictConfig) -> None:
             try:
                 value = parent[key]
             except Exception:  # noqa: BLE001 - an interpolation that does not resolve here
-                value = parent._get_node(key)._value()
+                value = raw_value(parent, key)
             if logging_section and key != "_target_" and isinstance(value, str) and \
                     value.startswith(ALLOWED_LOGGING) and _is_class(value):
                 continue
@@ -106,10 +105,8 @@ def _under(module: Any, prefixes: tuple[str, ...]) -> bool:
 def _is_class(value: str) -> bool:
     import inspect
 
-    from hydra._internal.utils import _locate
-
     try:
-        obj = _locate(value)
+        obj = locate(value)
         return inspect.isclass(obj) and _under(getattr(obj, "__module__", ""), ALLOWED_LOGGING)
     except Exception:  # noqa: BLE001
         return False
@@ -156,7 +153,7 @@ def _non_string_group(overrides: list[str], loader) -> Optional[str]:
         return None
     for override in parsed:
         key = override.key_or_group
-        if override.is_sweep_override() or not loader.repository.group_exists(key):
+        if override.is_sweep_override() or not group_exists(loader, key):
             continue
         value = override.value()
         if not isinstance(value, str):
@@ -179,7 +176,7 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
             return (f"{mark.name}: not valid YAML ({getattr(cause, 'problem', None) or type(cause).__name__} at line "
                     f"{mark.line + 1}, column {mark.column + 1}); fix or remove it")
         if isinstance(cause, (UnicodeDecodeError, yaml.YAMLError)):
-            return _bad_yaml(dirs) or f"a config file cannot be read: {' '.join(str(cause).split())}"
+            return _bad_yaml(dirs) or f"a config file cannot be read: {one_line(cause, None)}"
         cause = cause.__cause__ or cause.__context__
     from omegaconf.errors import ConfigKeyError
 
@@ -196,24 +193,21 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
                 return unknown[0]
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, ValueError) and "Config group override" in str(exc):
-        return _non_string_group(overrides, loader) or " ".join(str(exc).split())
+        return _non_string_group(overrides, loader) or one_line(exc, None)
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc, None) or type(exc).__name__
 
 
 def preflight(argv: list[str]) -> Optional[str]:
     """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
 
-    from .schema import CONFIG_DIR, one_line, register_configs
+    from .schema import CONFIG_DIR, config_message, register_configs
 
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = args_parser().parse_known_args(argv)
     if args.experimental_rerun is not None:  # Hydra unpickles the file: code would run before any check
         return "--experimental-rerun is not supported: it loads a pickled config, which can run code; run the job's " \
                "overrides again instead (<job dir>/.hydra/overrides.yaml)"
@@ -221,8 +215,7 @@ def preflight(argv: list[str]) -> Optional[str]:
         return None
     config_name = args.config_name or "config"
     dirs = [CONFIG_DIR]
-    search_path = create_automatic_config_search_path(str(Path(__file__).parent / "__main__.py"), None,
-                                                      str(CONFIG_DIR))
+    search_path = app_search_path(str(Path(__file__).parent / "__main__.py"), str(CONFIG_DIR))
     if args.config_dir is not None:
         extra = Path(args.config_dir).absolute()
         if not extra.is_dir():
@@ -239,13 +232,12 @@ def preflight(argv: list[str]) -> Optional[str]:
     overrides = list(args.overrides)
     GlobalHydra.instance().clear()
     try:
-        hydra = Hydra.create_main_hydra2(task_name="runner", config_search_path=search_path)
-        loader = hydra.config_loader
+        composer = Composer("runner", search_path)
+        loader = composer.loader
         try:
-            mode = hydra.get_mode(config_name=config_name, overrides=overrides)
-            multirun = args.multirun or mode == RunMode.MULTIRUN
-            cfg = hydra.compose_config(config_name, overrides + [f"hydra.mode={'MULTIRUN' if multirun else 'RUN'}"],
-                                       run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+            multirun = composer.is_multirun(config_name, overrides) or args.multirun
+            cfg = composer.compose(config_name, overrides + [f"hydra.mode={'MULTIRUN' if multirun else 'RUN'}"],
+                                   multirun)
         except Exception as exc:  # noqa: BLE001
             return _explain(exc, overrides, loader, dirs)
         try:
@@ -262,7 +254,7 @@ def preflight(argv: list[str]) -> Optional[str]:
             try:
                 job_cfg = loader.load_sweep_config(cfg, list(job))
             except Exception as exc:  # noqa: BLE001
-                why = _explain(exc, list(job), loader, dirs) or one_line(exc)
+                why = _explain(exc, list(job), loader, dirs) or config_message(exc)
                 return f"{label}{why}; nothing was run"
             try:
                 check_composed(job_cfg, label)

@@ -4,7 +4,8 @@ The schema is the first entry of conf/config.yaml's defaults list, so every valu
 and every unknown key fails at composition time, naming the key. `validate(cfg)` (called by the job before anything is
 loaded) converts the composed config into these dataclasses, which runs the cross-field checks in `__post_init__`.
 
-No torch or transformers imports here: composing and validating a config stays fast.
+No torch or transformers imports here, nor in what this imports (handlers, runner.profiler.selector_names,
+runner.tokenizer): composing and validating a config stays fast.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from handlers.base import EXPERT_COUNT_FIELDS
+
 from .errors import ConfigError
+from .profiler.selector_names import SELECTOR_NAMES
+from .tokenizer import BYTE_VOCAB_SIZE
 
 # conf/ ships inside the wheel as runner/conf (pyproject force-include); a checkout or editable install has <repo>/conf.
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -27,14 +32,9 @@ if not CONFIG_DIR.is_dir():
 
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
-DIMENSIONS = ("num_experts", "top_k", "hidden_dim", "expert_dim", "shared_expert_dim")  # = handlers.base.DIMENSIONS
-# config-field spellings of the routed-expert count, used to check topk before a model loads
-EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 # config-field spellings of the model's own top-k, checked against the expert count before a model loads
 TOPK_FIELDS = ("num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k")
-BYTE_VOCAB_SIZE = 259  # = runner.tokenizer.BYTE_VOCAB_SIZE (torch-free here)
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1  # the results columns: seed is int64, the other integer keys int32
-SELECTOR_NAMES = ("topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p")  # = runner.profiler.selectors.SELECTORS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -128,7 +128,7 @@ class SelectorConfig:
 
 
 @dataclass
-class DimValues:
+class DimValues:  # one field per handlers.base.DIMENSIONS (tests/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
     hidden_dim: Optional[int] = doc("model width H", None)
@@ -347,7 +347,7 @@ def validate(cfg: DictConfig) -> RunnerConfig:
         cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
         if cause is not None:
             raise cause from None
-        raise ConfigError(one_line(exc)) from None
+        raise ConfigError(config_message(exc)) from None
     assert isinstance(obj, RunnerConfig)
     return obj
 
@@ -376,10 +376,11 @@ def unknown_keys(data: dict, cls: type = None, prefix: str = "") -> list[str]:
 def check_command_line(argv: list[str]) -> Optional[str]:
     """The first override on a `python -m runner` command line whose key the schema lacks (`topK=4`, `+topK=4`,
     `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    from .hydra_internals import args_parser
+
+    args, _ = args_parser().parse_known_args(argv)
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
@@ -397,8 +398,9 @@ def check_command_line(argv: list[str]) -> Optional[str]:
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    """OmegaConf/Hydra messages carry 'full_key: ...' detail lines; keep the message and the key."""
+def config_message(exc: BaseException) -> str:
+    """An OmegaConf/Hydra error on one line: their messages carry 'full_key: ...' detail lines; keep the message (its
+    first line) and the key."""
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:

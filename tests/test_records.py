@@ -17,7 +17,6 @@ import pytest
 from handlers.base import DIMENSIONS
 from runner import baseline as bl
 from runner import results
-from runner.errors import one_line
 from runner.results import columns, docs, records
 from runner.threads import intra_op_threads
 
@@ -199,11 +198,6 @@ def test_sweep_summary_and_baseline_fill_resumed_jobs_alike(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
-def test_one_line():
-    assert one_line("a\n  b\tc ") == "a b c"
-    assert one_line(ValueError("x\ny" * 100), 7) == "x yx yx"
-
-
 def test_intra_op_threads_sets_and_restores():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()

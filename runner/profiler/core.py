@@ -53,8 +53,7 @@ class MOEProfiler:
         phases: Sequence[str] = ("prefill", "decode"),
         verbose: bool = True,
     ):
-        if isinstance(model, upstream.compiled_wrapper_type()):  # torch.compile(model): profile the module it wraps
-            model = model._orig_mod
+        model = upstream.unwrap_compiled(model)  # torch.compile(model): profile the module it wraps
         self.model = model
         self.config = text_config(model)
         self.model_type = getattr(self.config, "model_type", None)

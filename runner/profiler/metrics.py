@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from handlers.base import Scoring
+
 SUMS = ("entropy", "top1", "margin", "selected_mass")
 
 
-def router_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
+def router_probs(logits: torch.Tensor, scoring: Scoring) -> torch.Tensor:
     logits = logits.float()
     if scoring == "softmax":
         return torch.softmax(logits, dim=-1)

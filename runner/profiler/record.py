@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from handlers.base import Scoring
+
 from .metrics import SUMS, router_probs, top1_and_margin
 from .upstream import mark_static
 
@@ -56,7 +58,7 @@ class LayerAccumulators(nn.Module):
 
     @torch.no_grad()
     def accumulate(self, rows: slice, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                   scoring: str, dense: bool = False) -> None:
+                   scoring: Scoring, dense: bool = False) -> None:
         """Add [L', n, w] logits and [L', n, slots] routing of rows `rows` to the current phase, in place.
 
         dense (where the call is traced): per-expert counts, gate mass and the k histogram as one-hot reductions,
@@ -119,7 +121,7 @@ class RoutingRecorder:
     front (more can be added with set_phase, which reallocates the accumulators once).
     """
 
-    def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: str,
+    def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: Scoring,
                  capacity: int | None = None, devices: list[torch.device] | None = None,
                  phases: tuple[str, ...] = ("prefill", "decode")):
         self.num_layers = num_layers

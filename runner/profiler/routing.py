@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import experts, selectors
+from . import experts, selectors, upstream
 from .attach import Attachment, ProfilerError
 from .metrics import router_probs
 from .scan import MoELayer, read_live_top_k, top_k_owner, write_live_top_k
@@ -52,8 +52,7 @@ class Routing:
                     stacklevel=3,
                 )
         for layer in self.layers:
-            owner_name, _, attr = layer.top_k_attr.partition(".")
-            self.attachment.save_once(top_k_owner(layer, owner_name), attr)
+            self.attachment.save_once(top_k_owner(layer, layer.top_k_attr.owner), layer.top_k_attr.attr)
             write_live_top_k(layer, k)
 
     def set_selector(self, selector: str | Callable, *, fast_skip: bool = True, **params: Any) -> None:
@@ -69,13 +68,13 @@ class Routing:
             selectors.validate_params(selector, {"k_max": k_max, **params}, self.layers[0].num_experts)
         self.set_top_k(k_max)
         for layer in self.layers:
-            if hasattr(layer.experts, "_is_expert_parallel"):  # transformers >= 5.2x: sentinel handling is opt-in
-                self.attachment.save_once(layer.experts, "_is_expert_parallel")
-                layer.experts._is_expert_parallel = True  # masks sentinel rows instead of reading uninitialised memory
+            if hasattr(layer.experts, upstream.EXPERT_PARALLEL):  # transformers >= 5.2x: sentinel handling is opt-in
+                self.attachment.save_once(layer.experts, upstream.EXPERT_PARALLEL)
+                setattr(layer.experts, upstream.EXPERT_PARALLEL, True)  # masks sentinel rows, not uninitialised memory
             config = getattr(layer.experts, "config", None)
             if use_fast and config is not None:
-                self.attachment.save_once(config, "_experts_implementation")
-                config._experts_implementation = experts.NAME  # grouped_mm with one inference-time mask
+                self.attachment.save_once(config, upstream.EXPERTS_IMPLEMENTATION)
+                setattr(config, upstream.EXPERTS_IMPLEMENTATION, experts.NAME)  # grouped_mm, one inference-time mask
         self.selector, self.selector_name = function, name
         self.selector_params = {"k_max": k_max, **params}
         self.attachment.select = self.select
@@ -86,13 +85,13 @@ class Routing:
 
     def _skip_implementation(self, fast_skip: bool) -> bool:
         """Whether dropped slots go through runner.profiler.experts' grouped forward; raises where nothing can skip them."""
-        implementation = getattr(self.config, "_experts_implementation", None)
+        implementation = upstream.experts_implementation(self.config)
         experts_module = self.layers[0].experts
         decorated = implementation is not None and any(
             isinstance(getattr(experts_module, name, None), torch.Tensor) for name in ("gate_up_proj", "up_proj"))
         # transformers before the opt-in flag: eager experts one-hot over E classes and reject the sentinel
         eager_rejects = implementation == "eager" and (
-            implementation in self.handler.sentinel_breaks or not hasattr(experts_module, "_is_expert_parallel"))
+            implementation in self.handler.sentinel_breaks or not hasattr(experts_module, upstream.EXPERT_PARALLEL))
         if implementation == "grouped_mm":
             return fast_skip
         if eager_rejects or implementation in self.handler.sentinel_breaks:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from handlers import Handler, Resolved, get_handler, resolve_dim
-from handlers.base import DIMENSIONS, GENERIC
+from handlers.base import DIMENSIONS, GENERIC, RouterOutput, TopKLocation, TopKOwner
 
 from .flops import LayerCost, layer_cost
 
@@ -35,10 +35,10 @@ class MoELayer:
     cost: LayerCost | None = None
     warnings: list[str] = field(default_factory=list)
     # what this transformers version really does (older 5.x releases differ from the handler's defaults)
-    router_output: str = "triple"
+    router_output: RouterOutput = "triple"
     logits_index: int | None = 0
     experts_take_routing: bool = True
-    top_k_attr: str = "router.top_k"
+    top_k_attr: TopKLocation = TopKLocation("router", "top_k")
 
     @property
     def num_experts(self) -> int:
@@ -123,7 +123,7 @@ def _introspect(layer: MoELayer) -> dict[str, tuple[int, str]]:
         found["num_experts"] = (router_weight.shape[0], "router weight shape[0]")
     top_k = read_live_top_k(layer)
     if top_k is not None:
-        found["top_k"] = (top_k, layer.top_k_attr)
+        found["top_k"] = (top_k, str(layer.top_k_attr))
     shared_width = 0
     hidden = found.get("hidden_dim", (None,))[0]
     for _, module in layer.shared:
@@ -159,38 +159,38 @@ def _adapt_to_installed_version(layer: MoELayer) -> None:
         params = []
     if len(params) >= 2 and "index" not in params[1] and "idx" not in params[1] and "expert" not in params[1]:
         layer.experts_take_routing = False
-    owner, _, attr = handler.top_k_attr.partition(".")
-    if owner in ("router", "block") and not isinstance(getattr(top_k_owner(layer, owner), attr, None), int):
+    where = handler.top_k_attr
+    if where.owner in ("router", "block") and not isinstance(_read(layer, where), int):
         config_field = next((f for f in handler.top_k if isinstance(f, str) and "." not in f), "num_experts_per_tok")
-        for alternative in ("block.top_k", "router.top_k", f"config.{config_field}"):
-            alt_owner, _, alt_attr = alternative.partition(".")
-            if isinstance(getattr(top_k_owner(layer, alt_owner), alt_attr, None), int):
+        for alternative in (TopKLocation("block", "top_k"), TopKLocation("router", "top_k"),
+                            TopKLocation("config", config_field)):
+            if isinstance(_read(layer, alternative), int):
                 layer.top_k_attr = alternative
                 break
 
 
+def _read(layer: MoELayer, where: TopKLocation) -> Any:
+    target = top_k_owner(layer, where.owner)
+    return getattr(target, where.attr, None) if target is not None else None
+
+
 def read_live_top_k(layer: MoELayer) -> int | None:
-    owner, _, attr = layer.top_k_attr.partition(".")
-    target = top_k_owner(layer, owner)
-    value = getattr(target, attr, None) if target is not None else None
+    value = _read(layer, layer.top_k_attr)
     return value if isinstance(value, int) else None
 
 
 def write_live_top_k(layer: MoELayer, k: int) -> None:
-    owner, _, attr = layer.top_k_attr.partition(".")
-    setattr(top_k_owner(layer, owner), attr, k)
+    setattr(top_k_owner(layer, layer.top_k_attr.owner), layer.top_k_attr.attr, k)
 
 
-def top_k_owner(layer: MoELayer, owner: str) -> Any:
+def top_k_owner(layer: MoELayer, owner: TopKOwner) -> Any:
     """The object holding the live top-k: the router, the block, or the config the modules read it from."""
     if owner == "router":
         return layer.router
     if owner == "block":
         return layer.block
-    if owner == "config":
-        return next((c for c in (getattr(m, "config", None) for m in (layer.router, layer.block, layer.experts))
-                     if c is not None), None)
-    raise ValueError(f"bad top_k_attr {layer.top_k_attr!r}")
+    return next((c for c in (getattr(m, "config", None) for m in (layer.router, layer.block, layer.experts))
+                 if c is not None), None)
 
 
 def scan_model(

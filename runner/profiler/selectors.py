@@ -35,6 +35,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .selector_names import SELECTOR_NAMES
+
 __all__ = [
     "SelectorFn",
     "SelectorError",
@@ -266,14 +268,8 @@ def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -
     return _finish(k, k_min, k_max)
 
 
-SELECTORS: dict[str, SelectorFn] = {
-    "topk": topk,
-    "kneedle": kneedle,
-    "cumsum": cumsum,
-    "entropy": entropy,
-    "gap_ratio": gap_ratio,
-    "min_p": min_p,
-}
+# name -> function: the function of each name in SELECTOR_NAMES (defined above; a missing one fails here at import)
+SELECTORS: dict[str, SelectorFn] = {name: globals()[name] for name in SELECTOR_NAMES}
 
 # Extra (non-k) parameters and their checks, per selector.
 _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {

@@ -1,6 +1,7 @@
 """The private torch and transformers internals the profiler relies on, each used from here only.
 
-Upstream may move any of them in a release; tests/unit/test_upstream.py checks every one and names what changed.
+Upstream may move any of them in a release; tests/test_upstream.py checks every one and names what changed.
+(Hydra's internals, which only the runner app uses, are in runner/hydra_internals.py.)
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def compiled_wrapper_type() -> type:
     return OptimizedModule
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module `torch.compile(module)` wraps; any other module as it is."""
+    return model._orig_mod if isinstance(model, compiled_wrapper_type()) else model
+
+
 def hook_guards_skipped() -> bool:
     """Whether dynamo compiles without guards on nn.Module hooks (its default)."""
     return bool(torch._dynamo.config.skip_nnmodule_hook_guards)
@@ -89,6 +95,18 @@ def has_compiled_code(model: nn.Module, blocks: list[nn.Module]) -> bool:
 
 
 # -- transformers ------------------------------------------------------------------------------------------------
+
+# PreTrainedConfig attribute naming the experts implementation the model runs ("eager", "grouped_mm", a registered
+# name; None: transformers' default). The profiler reads it and, for dynamic k, sets it (saved and restored).
+EXPERTS_IMPLEMENTATION = "_experts_implementation"
+# Flag of an experts module (transformers >= 5.2x) that makes the stock kernels mask the sentinel index
+# (num_experts) instead of reading uninitialised memory; absent on older releases.
+EXPERT_PARALLEL = "_is_expert_parallel"
+
+
+def experts_implementation(config: Any) -> str | None:
+    return getattr(config, EXPERTS_IMPLEMENTATION, None)
+
 
 try:  # transformers >= 5: its dispatcher picks torch's grouped_mm kernel or its portable fallback
     from transformers.integrations.moe import _grouped_linear as grouped_linear

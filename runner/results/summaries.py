@@ -73,11 +73,11 @@ def swept_keys(summary) -> dict[str, list[str]]:
         overrides = json.loads(raw) if isinstance(raw, str) else []
         per_job.append(dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o))
     keys = dict.fromkeys(key for job in per_job for key in job if key not in _SHOWN)
-    return {key: [_short(job.get(key, "-")) for job in per_job] for key in keys
+    return {key: [_cell_tail(job.get(key, "-")) for job in per_job] for key in keys
             if len({job.get(key) for job in per_job}) > 1}
 
 
-def _short(value: str, width: int = 32) -> str:
+def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of a long value
     return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
 
 
