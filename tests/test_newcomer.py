@@ -42,8 +42,10 @@ def test_unreachable_hub_fails_every_job_fast_with_one_line_each(tmp_path):
     assert out.returncode == 1, text
     runs = results.read_table(tmp_path / "results", "runs")
     assert list(runs["status"]) == ["failed"] * 4
-    # was ~25 s of retries per job; ~1 s each when idle (the bound leaves room for a loaded machine)
-    assert runs["wall_s"].max() <= 10.0, (runs["wall_s"].tolist(), elapsed)
+    # was ~25 s of retries per job (~100 s in all); 1-5 s each when idle, 10-16 s for the first under a load of 7 on
+    # 2 cores (it imports torch and transformers): the bounds tell the two apart on a busy machine too
+    wall = runs.sort_values("job_num")["wall_s"]
+    assert wall.sum() <= 50.0 and wall.iloc[1:].max() <= 10.0, (wall.tolist(), elapsed)
     failed = [line for line in text.splitlines() if "job failed:" in line]
     assert len(failed) == 4, text
     model_lines = [line for line in failed if "pretrained weights 'allenai/OLMoE-1B-7B-0924'" in line]
