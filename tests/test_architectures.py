@@ -6,7 +6,7 @@ import torch
 
 from handlers import REGISTRY
 from runner import MOEProfiler, ProfilerError
-from tiny_configs import available_model_types, build_tiny_model, supports_experts_implementation
+from helpers.tiny_configs import available_model_types, build_tiny_model, supports_experts_implementation
 
 MODEL_TYPES = available_model_types()
 IMPLEMENTATIONS = ["eager", "grouped_mm"]

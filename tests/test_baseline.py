@@ -16,18 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from helpers import BASELINES, ROOT
+from helpers.jobs import run_job
 from runner import baseline as bl
-from runner import data, job
-from runner.schema import CONFIG_DIR, DatasetConfig, Weights, register_configs
+from runner import data
+from runner.schema import DatasetConfig, Weights
 
-register_configs()
-
-ROOT = Path(__file__).resolve().parents[1]
-STORED = ROOT / "tests" / "baselines" / "flops.csv"
+STORED = BASELINES / "flops.csv"
 FULL_SIZE = ("deepseek_v2_lite", "deepseek_v3", "gpt_oss", "granite_moe", "mixtral", "olmoe", "phimoe", "qwen3_moe",
              "qwen_moe")
 TINY = ("deepseek_v3_tiny", "mixtral_tiny", "olmoe_tiny", "qwen2_moe_tiny")
@@ -321,22 +317,13 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sweeps
-def run_job(tmp_path: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        cfg = compose("config", overrides=[f"out_root={tmp_path}", "seq_len=64", "max_batches=1", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return job.run(cfg)
-
-
+ONE_BATCH = ("seq_len=64", "max_batches=1")
 SETTING = "builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu weights=random seed=0"  # run_setting
 
 
 def test_sweep_results_pin_and_check(tmp_path, capsys):
-    assert run_job(tmp_path, "topk=2")["status"] == "ok"
-    assert run_job(tmp_path, "selector=kneedle", "topk=4")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=2")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "selector=kneedle", "topk=4")["status"] == "ok"
     results, pinned = tmp_path / "results", tmp_path / "pinned.csv"
     code, out, _ = run_main(capsys, "update", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK and "8 entries written" in out
@@ -353,12 +340,12 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     assert code == bl.EXIT_OK and out.startswith("baseline OK: 8 entries match")
 
     # a resumed job (status skipped, newer) reports the metrics of the run it reused: still OK
-    assert run_job(tmp_path, "topk=2", "resume=true")["status"] == "skipped"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=2", "resume=true")["status"] == "skipped"
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK, out
 
     # a job the pin does not know, and a loss outside its tolerance
-    assert run_job(tmp_path, "topk=1")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=1")["status"] == "ok"
     lines = set_value(lines_of(pinned), f"{knee}|loss", repr(s[f"{knee}|loss"].value * 1.01))
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(write(pinned, lines)))
     assert code == bl.EXIT_DIFF

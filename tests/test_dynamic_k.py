@@ -7,7 +7,7 @@ import torch
 from handlers import REGISTRY
 from runner import MOEProfiler, ProfilerError
 from runner.selectors import SELECTORS, SelectorError
-from tiny_configs import available_model_types, build_tiny_model, supports_experts_implementation
+from helpers.tiny_configs import available_model_types, build_tiny_model, supports_experts_implementation
 
 SKIPPABLE = [mt for mt in available_model_types() if REGISTRY.get(mt).can_skip and REGISTRY.get(mt).top_k_settable]
 NOT_SKIPPABLE = [mt for mt in available_model_types() if not REGISTRY.get(mt).can_skip]

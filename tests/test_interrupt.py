@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from test_errors import ROOT, cli_env
-from test_job import run_job
-from test_sweeps import sweep
+from helpers import ROOT
+from helpers.cli import cli_env
+from helpers.jobs import run_job
 
 MODELS = "model=olmoe_tiny,mixtral_tiny,qwen2_moe_tiny,deepseek_v3_tiny"
 
@@ -22,7 +22,7 @@ def runner(tmp_path: Path, *args: str) -> subprocess.Popen:
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_9_mid_sweep_then_resume(tmp_path, hydra_sweep_runner, hydra_restore_singletons):
+def test_kill_9_mid_sweep_then_resume(tmp_path, run_sweep):
     runs_dir = tmp_path / "results" / "table=runs"
     proc = runner(tmp_path, MODELS)
     deadline = time.time() + 120
@@ -39,7 +39,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, hydra_sweep_runner, hydra_restor
     assert 1 <= len(first) < 4 and set(first["status"]) == {"ok"}
 
     # the resumed sweep runs in-process (the kill above is what needs a real process)
-    with sweep(hydra_sweep_runner, tmp_path, MODELS, "seq_len=64", "resume=true", name="resumed") as resumed:
+    with run_sweep(tmp_path, MODELS, "seq_len=64", "resume=true", name="resumed") as resumed:
         (batch,) = resumed.returns
         assert len(batch) == 4
     runs = pd.read_parquet(runs_dir)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import DATA, ROOT
+from helpers.cli import cli_env
+from helpers.jobs import compose_job, latest_run, run_job
 from runner import results
-from test_errors import ROOT, cli_env
-from test_job import latest_run, run_job
 
 SMALL = ("max_batches=1", "seq_len=64")
 
@@ -107,11 +108,9 @@ def readme_blocks(language: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
-                                                capsys):
+def test_readme_loading_snippets_run_as_written(run_sweep, tmp_path, monkeypatch, capsys):
     from runner.errors import ResultsNotFound
     from runner.results import load
-    from test_sweeps import sweep
 
     monkeypatch.chdir(tmp_path)  # the snippets read the default outputs/results
     monkeypatch.delenv("RUNNER_OUT", raising=False)
@@ -125,7 +124,7 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     assert len(loading) == 2
     namespace: dict = {}
     sweep_dir = outputs / "multirun" / "sweep"
-    with sweep(hydra_sweep_runner, outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
+    with run_sweep(outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
         for code in loading:
             exec(compile(code, str(README), "exec"), namespace)
         assert list(load("runs", sweep=sweep_dir)["topk"]) == [1, 2]
@@ -157,7 +156,7 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
 # -- §3.3: dataset labels describe what was loaded --------------------------------------------------------------------------
 def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    data = DATA / "tiny.jsonl"
     run_job(tmp_path, "dataset=hf", "dataset.path=json", f"dataset.data_files={data}", *SMALL)
     row = latest_run(tmp_path)
     assert row["status"] == "ok" and row["dataset"] == "json-tiny.jsonl" and row["dataset_kind"] == "hf"
@@ -174,7 +173,6 @@ def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
 def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
     from runner.errors import ConfigError
     from runner.schema import validate
-    from test_job import compose_job
 
     with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
         validate(compose_job(tmp_path, "dataset=hf"))
@@ -184,17 +182,15 @@ def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
 
 
 # -- §3.4: the sweep summary shows what differs between jobs, in job order ------------------------------------------------
-def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_restore_singletons, tmp_path, capsys):
-    from test_sweeps import sweep
-
-    data = ROOT / "tests" / "data" / "tiny.jsonl"
+def test_sweep_summary_has_a_column_per_swept_key(run_sweep, tmp_path, capsys):
+    data = DATA / "tiny.jsonl"
     first, second = tmp_path / "a" / "eval.jsonl", tmp_path / "b" / "other.jsonl"
     for path in (first, second):
         path.parent.mkdir()
         path.write_text(data.read_text())
     overrides = ("dataset=local", f"dataset.path={first},{second}", "selector=cumsum", "selector.threshold=0.5,0.9",
                  "topk=4", *SMALL)
-    with sweep(hydra_sweep_runner, tmp_path, *overrides):
+    with run_sweep(tmp_path, *overrides):
         summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     printed = capsys.readouterr().out
     table = printed[printed.index("sweep "):].splitlines()
@@ -208,7 +204,7 @@ def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_rest
     assert list(summary["job_num"]) == [0, 1, 2, 3] and list(summary["dataset"]) == ["eval.jsonl"] * 2 + ["other.jsonl"] * 2
 
     # a resumed sweep: every job skipped, the summary shows the reused rows with their integer columns intact
-    with sweep(hydra_sweep_runner, tmp_path, *overrides, "resume=true", name="again"):
+    with run_sweep(tmp_path, *overrides, "resume=true", name="again"):
         again = pd.read_parquet(tmp_path / "again" / "summary.parquet")
     assert list(again["job_num"]) == [0, 1, 2, 3] and again["loss"].tolist() == summary["loss"].tolist()
     assert str(again["tokens"].dtype) == "Int64" and str(again["topk"].dtype) == "Int32"
@@ -304,7 +300,6 @@ def test_unknown_keys_name_the_closest_valid_key(cli_runs, case, key):
 def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
     from runner.errors import ConfigError
     from runner.schema import validate
-    from test_job import compose_job
 
     with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
                                           r"\(did you mean selector.threshold\?\)"):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import DATA, ROOT
+from helpers.cli import cli_env
+from helpers.jobs import latest_run, run_job
 from runner.preflight import preflight
-from test_errors import ROOT, cli_env
 
 EVIL = """# @package _global_
 hydra:
@@ -203,7 +205,7 @@ def test_a_config_dir_file_the_project_shadows_is_refused(tmp_path):
 
 def test_the_test_only_allow_list(monkeypatch, tmp_path):
     plugin = ["+hydra.callbacks.c._target_=crash_callback.CrashOnTopk", f"out_root={tmp_path}"]
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "data" / "plugins"))
+    monkeypatch.syspath_prepend(str(DATA / "plugins"))
     assert "'crash_callback.CrashOnTopk' not one of the project's classes" in preflight(plugin)
     monkeypatch.setenv("RUNNER_ALLOW_TARGETS", "crash_callback")
     assert preflight(plugin) is None
@@ -211,8 +213,6 @@ def test_the_test_only_allow_list(monkeypatch, tmp_path):
 
 # -- 17: environment variables stay out of stored configs, except the documented path keys -------------------------------
 def test_environment_interpolations_are_stored_unresolved(tmp_path, monkeypatch):
-    from test_job import latest_run, run_job
-
     monkeypatch.setenv("SECRET_TOKEN", "hf_s3cr3t")
     monkeypatch.setenv("RUNNER_OUT", str(tmp_path))
     out = run_job(tmp_path, "out_root=${oc.env:RUNNER_OUT,outputs}", "tag=${oc.env:SECRET_TOKEN}",
@@ -227,8 +227,6 @@ def test_environment_interpolations_are_stored_unresolved(tmp_path, monkeypatch)
 
 
 def test_a_failed_row_keeps_the_tag_unresolved(tmp_path, monkeypatch):
-    from test_job import latest_run, run_job
-
     monkeypatch.setenv("SECRET_TOKEN", "hf_s3cr3t")
     with pytest.raises(SystemExit, match="topk: 9 exceeds the 8 experts"):
         run_job(tmp_path, "tag=${oc.env:SECRET_TOKEN}", "topk=9", "on_error=record")

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+from helpers.cli import cli_env
+from helpers.jobs import compose_job, run_job, table
 from runner import baseline as bl
 from runner import data, models, results
 from runner.callbacks import SweepSummary
 from runner.schema import DatasetConfig, DatasetKind
 from runner.tokenizer import byte_tokenizer
-from test_errors import ROOT, cli_env
-from test_job import SMALL, run_job, table
 
+SMALL = ("max_batches=2", "seq_len=64")
 ERROR_PREFIX = "runner: error: "
 
 
@@ -275,8 +277,6 @@ def test_a_checkpoints_own_config_is_checked_once_loaded(tmp_path, change, text)
     """A checkpoint brings its own config (the model yaml's model.config is not applied): the same refusals, after
     loading."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from test_job import compose_job
 
     cfg = compose_job(tmp_path)
     config = AutoConfig.for_model("olmoe", **{**dict(cfg.model.config), **change})

@@ -9,31 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runner import job, results
-from runner.schema import CONFIG_DIR
-from test_errors import ROOT, cli_env
-from test_job import E, H, I, moe_flops
+from helpers import DATA, ROOT
+from helpers.cli import cli_env
+from helpers.jobs import E, H, I, moe_flops, runs_of
+from runner import results
 
 SMALL = ["max_batches=1", "seq_len=64"]
 
 
-def sweep(hydra_sweep_runner, tmp_path: Path, *overrides: str, name: str = "sweep"):
-    return hydra_sweep_runner(calling_file=None, calling_module="runner", task_function=job.run,
-                              config_path=str(CONFIG_DIR), config_name="config",
-                              overrides=[f"out_root={tmp_path}", *overrides], temp_dir=str(tmp_path / name))
-
-
-def runs_of(tmp_path: Path, sweep_dir: Path) -> pd.DataFrame:
-    runs = results.read_table(tmp_path / "results", "runs")
-    return runs[runs["sweep_id"] == job.sweep_id_for(str(sweep_dir))].sort_values("job_num").reset_index(drop=True)
-
-
-def test_inprocess_topk_sweep_matches_formula_and_reuses_the_model(hydra_sweep_runner, hydra_restore_singletons,
-                                                                   tmp_path):
+def test_inprocess_topk_sweep_matches_formula_and_reuses_the_model(run_sweep, tmp_path):
     from runner.models import clear_cache
 
     clear_cache()  # earlier tests in this process may have left olmoe_tiny loaded
-    with sweep(hydra_sweep_runner, tmp_path, "model=olmoe_tiny", "topk=1,2,4", *SMALL) as s:
+    with run_sweep(tmp_path, "model=olmoe_tiny", "topk=1,2,4", *SMALL) as s:
         (batch,) = s.returns
         assert [r.return_value["status"] for r in batch] == ["ok", "ok", "ok"]
         summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
@@ -50,8 +38,8 @@ def test_inprocess_topk_sweep_matches_formula_and_reuses_the_model(hydra_sweep_r
     assert len(layers) == 6 and layers["run_id"].isin(runs["run_id"]).all()
 
 
-def test_smoke_experiment_over_four_architectures(hydra_sweep_runner, hydra_restore_singletons, tmp_path):
-    with sweep(hydra_sweep_runner, tmp_path, "experiment=smoke", "max_batches=1") as s:
+def test_smoke_experiment_over_four_architectures(run_sweep, tmp_path):
+    with run_sweep(tmp_path, "experiment=smoke", "max_batches=1") as s:
         (batch,) = s.returns
         assert len(batch) == 12 and {r.return_value["status"] for r in batch} == {"ok"}
     runs = runs_of(tmp_path, tmp_path / "sweep")
@@ -63,10 +51,10 @@ def test_smoke_experiment_over_four_architectures(hydra_sweep_runner, hydra_rest
     assert {m: sorted(g["topk"]) for m, g in runs.groupby(runs["model"].astype(str))} == {m: [1, 2, 4] for m in shared}
 
 
-def test_resume_runs_only_what_is_missing(hydra_sweep_runner, hydra_restore_singletons, tmp_path):
-    with sweep(hydra_sweep_runner, tmp_path, "topk=1,2", *SMALL, name="first"):
+def test_resume_runs_only_what_is_missing(run_sweep, tmp_path):
+    with run_sweep(tmp_path, "topk=1,2", *SMALL, name="first"):
         pass
-    with sweep(hydra_sweep_runner, tmp_path, "topk=1,2,4", "resume=true", *SMALL, name="second") as s:
+    with run_sweep(tmp_path, "topk=1,2,4", "resume=true", *SMALL, name="second") as s:
         (batch,) = s.returns
         assert [r.return_value["status"] for r in batch] == ["skipped", "skipped", "ok"]
         summary = pd.read_parquet(tmp_path / "second" / "summary.parquet")
@@ -108,7 +96,7 @@ def test_failed_job_is_recorded_and_the_sweep_exits_nonzero(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_sweep_survives_a_hard_crash(tmp_path):
-    plugins = Path(__file__).parent / "data" / "plugins"
+    plugins = DATA / "plugins"
     out = cli(tmp_path, "hydra/launcher=submitit_local", "topk=1,2", *SMALL,
               "+hydra.callbacks.crash._target_=crash_callback.CrashOnTopk", "+hydra.callbacks.crash.topk=2",
               PYTHONPATH=f"{ROOT}:{plugins}", RUNNER_ALLOW_TARGETS="crash_callback")  # test-only allow-list entry
