@@ -1,15 +1,15 @@
-"""User errors end in one clear line and a non-zero exit, never a traceback (issue 6)."""
+"""User errors end in one clear line and a non-zero exit, never a traceback (issue 6): `python -m runner` and
+`python -m runner.baseline` in subprocesses. The same errors in-process: tests/integration/test_errors.py."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import DATA, ROOT
+from helpers import ROOT
 from helpers.cli import cli_env, finish, start
-from helpers.jobs import run_job
 
 
 # Each case: CLI arguments, text the message must contain. All started at once (they are independent processes).
@@ -82,50 +82,11 @@ def test_help_lists_the_groups():
         assert text in out.stdout
 
 
-# -- in-process: the same SystemExit(one line) path, for the data and model errors -----------------------------------------
-def one_line_error(tmp_path: Path, *overrides: str) -> str:
-    with pytest.raises(SystemExit) as info:
-        run_job(tmp_path, *overrides)
-    message = str(info.value)
-    assert message.startswith("runner: error: ") and "\n" not in message
-    return message
-
-
-@pytest.mark.parametrize("overrides,needle", [
-    (["dataset.slice=\"[100:200]\""], "is empty (16 documents available)"),
-    (["dataset.slice=\"[3:3]\""], "is empty"),
-    (["seq_len=100000", "model.config.max_position_embeddings=100000"], "less than one block of seq_len=100000"),
-    ([f"dataset=local", f"dataset.path={DATA / 'malformed.jsonl'}"], "malformed.jsonl:2: malformed JSON line"),
-    ([f"dataset=local", f"dataset.path={DATA / 'wrong_field.jsonl'}"], "no field 'text' (fields: body)"),
-    ([f"dataset=local", f"dataset.path={DATA / 'missing.jsonl'}"], "does not exist"),
-    ([f"dataset=local", f"dataset.path={DATA}"], "is not a file"),
-    ([f"dataset=local", f"dataset.path={DATA / '*.csv'}"], "matches no files"),
-    (["dataset=hf", f"dataset.path={DATA / 'no_such_dataset'}", "dataset.config_name=null"], "dataset"),
-])
-def test_dataset_errors(tmp_path, overrides, needle):
-    assert needle in one_line_error(tmp_path, *overrides)
-
-
-def test_unreadable_binary_and_bad_parquet(tmp_path):
-    binary = tmp_path / "bytes.txt"
-    binary.write_bytes(b"\xff\xfe\x00\x81" * 64)
-    assert "not UTF-8 text" in one_line_error(tmp_path, "dataset=local", f"dataset.path={binary}")
-    fake = tmp_path / "fake.parquet"
-    fake.write_text("not parquet at all")
-    assert "not a readable parquet file" in one_line_error(tmp_path, "dataset=local", f"dataset.path={fake}")
-
-
-def test_model_without_moe_block(tmp_path):
-    message = one_line_error(tmp_path, "model.model_type=llama", "model.name=llama_tiny", "topk=null",
-                             "model.default_topk=null")
-    assert "NoMoEError" in message
-
-
-def test_unknown_model_type(tmp_path):
-    assert "model.model_type" in one_line_error(tmp_path, "model.model_type=not_a_model")
-
-
-def test_selector_the_architecture_cannot_apply_is_one_line(tmp_path):
-    # k_max above the experts of the real model (the config check cannot know the count when dims hide it)
-    message = one_line_error(tmp_path, "selector=kneedle", "selector.k_max=8", "dims.override.num_experts=4")
-    assert "k_max" in message or "experts" in message
+# -- python -m runner.baseline: a corrupt baseline file (tests/integration/test_baseline.py runs the rest in-process) --
+def test_corrupt_file_end_to_end_has_no_traceback(tmp_path):
+    path = tmp_path / "base.csv"
+    path.write_text("not,a,baseline\n")
+    proc = subprocess.run([sys.executable, "-m", "runner.baseline", "check", "--file", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "corrupt baseline file" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
-"""Killing a sweep mid-run (kill -9) leaves only complete parquet files; resume runs only what is missing;
-re-running never overwrites older results (issue 6)."""
+"""Interrupted sweeps of `python -m runner -m`: killing one mid-run (kill -9) leaves only complete parquet files and
+resume runs only what is missing (issue 6); Ctrl-C ends in one line, exit 130, the running job recorded as interrupted
+(issue 13, item 9). Re-running a job never overwrites older results: tests/integration/test_job.py."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,6 @@ import pyarrow.parquet as pq
 
 from helpers import ROOT
 from helpers.cli import cli_env
-from helpers.jobs import run_job
 
 MODELS = "model=olmoe_tiny,mixtral_tiny,qwen2_moe_tiny,deepseek_v3_tiny"
 
@@ -49,10 +49,63 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, run_sweep):
     assert set(latest["model"].astype(str)) == {"olmoe_tiny", "mixtral_tiny", "qwen2_moe_tiny", "deepseek_v3_tiny"}
 
 
-def test_rerunning_a_job_never_overwrites_results(tmp_path):
-    # in-process: what keeps parts apart is the run id in the file name, not the process
-    for _ in range(2):
-        assert run_job(tmp_path, "seq_len=64", "max_batches=1")["status"] == "ok"
-    runs = pd.read_parquet(tmp_path / "results" / "table=runs")
-    assert len(runs) == 2 and runs["run_id"].is_unique and runs["config_hash"].nunique() == 1
-    assert len(list((tmp_path / "results" / "table=runs").rglob("part-*.parquet"))) == 2
+# -- Ctrl-C mid-sweep (issue 13, item 9) -------------------------------------------------------------------------------
+def test_ctrl_c_mid_sweep_is_one_line_rc_130_and_the_job_is_recorded_interrupted(tmp_path):
+    import random
+    import signal
+    import time
+
+    import pandas as pd
+
+    words = "the of and to in is was for on that with as by at from his her an which or were are be".split()
+    rng = random.Random(0)
+    big = tmp_path / "big.txt"  # ~1.2 MB: job 1 takes tens of seconds, job 0 (max_batches=1) a moment
+    big.write_text("\n".join(" ".join(rng.choice(words) for _ in range(200)) for _ in range(1500)))
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "max_batches=1,null", "dataset=local",
+                             f"dataset.path={big}", "seq_len=64", f"out_root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and not (sweep_dir / "1").is_dir() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # job 1 is loading or profiling its text
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == ("runner: interrupted (Ctrl-C): job 1 is recorded with status=interrupted; run the same "
+                           "command with resume=true to run only what is missing"), err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    runs = pd.read_parquet(tmp_path / "results" / "table=runs").sort_values("job_num")
+    assert list(runs["status"]) == ["ok", "interrupted"] and list(runs["job_num"]) == [0, 1]
+    assert runs["error"].iloc[1] == "interrupted (Ctrl-C / SIGINT) before the job finished"
+    assert "hard crash" not in " ".join(runs["error"].dropna())
+
+
+def test_ctrl_c_anywhere_in_a_sweep_of_quick_jobs_is_one_line(tmp_path):
+    """Jobs of a few ms (meta weights): the interrupt lands in a job, in Hydra's config loader or its launcher."""
+    import re
+    import signal
+    import time
+
+    import pandas as pd
+
+    delays = (0.0, 0.15)
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", "model.weights=meta", "topk=1,2,3,4,5,6,7,8",
+                               f"out_root={tmp_path / str(i)}", f"hydra.sweep.dir={tmp_path / str(i) / 'sweep'}"],
+                              cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(len(delays))]
+    for i, (proc, delay) in enumerate(zip(procs, delays)):
+        runs = tmp_path / str(i) / "results" / "table=runs"
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/part-*.parquet")):
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert re.fullmatch(r"runner: interrupted \(Ctrl-C\): (job \d is recorded with status=interrupted|no job was "
+                            r"running); run the same command with resume=true to run only what is missing\n", err), err
+        assert "Traceback" not in out and "Error" not in out
+        status = pd.read_parquet(tmp_path / str(i) / "results" / "table=runs")["status"]
+        assert set(status) <= {"ok", "interrupted"} and (status == "interrupted").sum() <= 1

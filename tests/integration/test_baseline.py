@@ -1,4 +1,5 @@
-"""The stored FLOPs baseline (tests/baselines/flops.csv) and `python -m runner.baseline check|update`.
+"""The stored FLOPs baseline (tests/baselines/flops.csv) and `python -m runner.baseline check|update`, in-process
+(`runner.baseline.main`); the command itself in a subprocess is tests/e2e/test_cli_errors.py.
 
 Diff labels are from the point of view of the code now: `missing` = in the baseline file, not produced now;
 `extra` = produced now, not in the file; `renamed: old -> new` = a missing and an extra entry with the same value whose
@@ -8,16 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import BASELINES, ROOT
+from helpers import BASELINES
 from helpers.jobs import run_job
 from runner import baseline as bl
 from runner import data
@@ -292,15 +290,6 @@ def test_missing_or_corrupt_file_is_one_line_exit_2(tmp_path, capsys, content, m
     code, out, err = run_main(capsys, "check", "--file", str(path))  # fails before anything is computed
     assert code == bl.EXIT_USAGE and out == ""
     assert err.startswith("baseline: error: ") and err.count("\n") == 1 and message in err, err
-
-
-def test_corrupt_file_end_to_end_has_no_traceback(tmp_path):
-    path = tmp_path / "base.csv"
-    path.write_text("not,a,baseline\n")
-    proc = subprocess.run([sys.executable, "-m", "runner.baseline", "check", "--file", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "corrupt baseline file" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):

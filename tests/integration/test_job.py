@@ -1,4 +1,5 @@
-"""Single jobs in-process on tiny models: parquet schemas and values, FLOPs, quality, meta, pretrained, datasets."""
+"""Single jobs in-process on tiny models: parquet schemas and values, FLOPs, quality, meta, pretrained, datasets,
+resume, and re-runs that never overwrite older results."""
 from __future__ import annotations
 
 import json
@@ -165,6 +166,15 @@ def test_resume_skips_a_config_with_an_ok_result(tmp_path):
     assert other["status"] == "ok"
     runs = table(tmp_path, "runs")
     assert sorted(runs["status"]) == ["ok", "ok", "skipped"] and runs["run_id"].is_unique
+
+
+def test_rerunning_a_job_never_overwrites_results(tmp_path):
+    # in-process: what keeps parts apart is the run id in the file name, not the process
+    for _ in range(2):
+        assert run_job(tmp_path, "seq_len=64", "max_batches=1")["status"] == "ok"
+    runs = pd.read_parquet(tmp_path / "results" / "table=runs")
+    assert len(runs) == 2 and runs["run_id"].is_unique and runs["config_hash"].nunique() == 1
+    assert len(list((tmp_path / "results" / "table=runs").rglob("part-*.parquet"))) == 2
 
 
 # -- pretrained through the real from_pretrained path, hf datasets through the real load_dataset path -------------------
