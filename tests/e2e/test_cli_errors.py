@@ -64,7 +64,7 @@ def test_composition_errors_exit_nonzero_without_traceback(cli_results, case):
 
 def test_cuda_without_gpu(cli_results):
     if _cuda():
-        pytest.skip("a GPU is present")
+        pytest.skip("a GPU is present: device=cuda runs, the no-GPU error cannot happen")
     code, _, err = cli_results["cuda_without_gpu"]
     assert code == 1 and err.strip().count("\n") == 0 and "no CUDA GPU" in err and "device=cpu" in err
 

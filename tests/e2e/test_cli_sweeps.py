@@ -36,7 +36,8 @@ def test_failed_job_is_recorded_and_the_sweep_exits_nonzero(tmp_path):
     summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert len(summary) == 4 and (summary["status"] == "ok").sum() == 2
     # duckdb reads the same tree with its hive partition
-    duckdb = pytest.importorskip("duckdb")
+    duckdb = pytest.importorskip("duckdb", exc_type=ModuleNotFoundError,
+                                 reason="duckdb (pyproject's test extra) is not installed")
     root = tmp_path / "results"
     got = duckdb.sql(f"SELECT model, topk, status FROM read_parquet('{root}/table=runs/**/*.parquet', "
                      "hive_partitioning=true, union_by_name=true) ORDER BY model, topk").fetchall()

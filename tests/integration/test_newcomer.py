@@ -102,7 +102,8 @@ def test_readme_loading_snippets_run_as_written(run_sweep, tmp_path, monkeypatch
     assert str(everything["job_num"].dtype) == "Int32" and str(everything["documents"].dtype) == "Int64"
 
     # the documented duckdb query keeps the two seq_len apart instead of averaging over them
-    duckdb = pytest.importorskip("duckdb")
+    duckdb = pytest.importorskip("duckdb", exc_type=ModuleNotFoundError,
+                                 reason="duckdb (pyproject's test extra) is not installed")
     (sql,) = [code for _, code in readme_blocks("sql")]
     got = duckdb.sql(sql).df()
     at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]

@@ -1,6 +1,7 @@
 """The suite's own layout. Test files live in tests/unit (the library, no Hydra), tests/integration (Hydra configs
 composed and jobs run in-process) or tests/e2e (CLI subprocesses); their names are unique (pytest imports them by
-file name); no test module imports another: shared code is tests/helpers and the fixtures of tests/conftest.py."""
+file name); no test module imports another: shared code is tests/helpers and the fixtures of tests/conftest.py. A skip
+or xfail names its condition: none catches every exception."""
 from __future__ import annotations
 
 import ast
@@ -58,7 +59,8 @@ def test_no_test_module_imports_another():
 
 
 def test_test_files_live_in_unit_integration_or_e2e():
-    misplaced = [str(p.relative_to(TESTS)) for p in TEST_FILES if p.parent.parent != TESTS or p.parent.name not in KINDS]
+    misplaced = [str(p.relative_to(TESTS)) for p in TEST_FILES
+                 if p.parent.parent != TESTS or p.parent.name not in KINDS]
     assert not misplaced
     assert all(any(p.parent.name == kind for p in TEST_FILES) for kind in KINDS)
 
@@ -92,3 +94,42 @@ def test_unit_tests_compose_no_hydra_config(path):
     hydra = sorted(m for m in modules if m.split(".")[0] == "hydra" or m in ("helpers.jobs", "helpers.cli",
                                                                              "helpers.config_dirs"))
     assert not hydra, f"{path.relative_to(TESTS)} composes Hydra configs or runs jobs ({hydra}): tests/integration"
+
+
+def catch_all_skips(source: str) -> list[str]:
+    """Skips and xfails that hide unknown failures: pytest.skip / xfail / importorskip in an `except` clause that
+    catches everything (bare, Exception, BaseException), and xfail marks without the exception they expect (raises=)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ExceptHandler):
+            caught = node.type
+            names = {n.id for n in ast.walk(caught) if isinstance(n, ast.Name)} if caught is not None else {"(bare)"}
+            if names & {"(bare)", "Exception", "BaseException"}:
+                calls = [c.func.attr for c in ast.walk(node) if isinstance(c, ast.Call)
+                         and isinstance(c.func, ast.Attribute) and c.func.attr in ("skip", "xfail", "importorskip")]
+                clause = ast.unparse(caught) if caught else ""
+                found += [f"line {node.lineno}: except {clause}: pytest.{call}" for call in calls]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "xfail"
+              and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "mark"
+              and "raises" not in {k.arg for k in node.keywords}):
+            found.append(f"line {node.lineno}: pytest.mark.xfail without raises=")
+    return found
+
+
+@pytest.mark.parametrize("source, flagged", [
+    ("try:\n    f()\nexcept Exception as e:\n    pytest.skip(str(e))", True),
+    ("try:\n    f()\nexcept:\n    pytest.xfail('x')", True),
+    ("try:\n    f()\nexcept (ValueError, Exception):\n    pytest.skip('x')", True),
+    ("@pytest.mark.xfail(reason='flaky')\ndef test_x(): pass", True),
+    ("try:\n    f()\nexcept ProfilerError:\n    raise", False),
+    ("@pytest.mark.xfail(raises=KeyError, reason='known')\ndef test_x(): pass", False),
+    ("if gpu:\n    pytest.skip('a GPU is present')", False),
+])
+def test_the_scan_finds_catch_all_skips(source, flagged):
+    assert bool(catch_all_skips(source)) is flagged
+
+
+def test_no_skip_or_xfail_hides_an_unknown_failure():
+    offenders = {str(path.relative_to(TESTS)): found for path in PYTHON_FILES
+                 if (found := catch_all_skips(path.read_text()))}
+    assert not offenders, f"skip or xfail on a named condition or a specific exception instead: {offenders}"
