@@ -99,6 +99,8 @@ def test_every_discovered_moe_type_has_a_handler():
 
 @pytest.mark.parametrize("model_type", sorted(NOT_SUPPORTED))
 def test_not_supported_entries_still_hold(model_type):
+    if model_type not in CONFIG_MAPPING:  # the entries are written for the newest release
+        pytest.skip(f"{model_type} is not in transformers {transformers.__version__}")
     assert model_type in discover(), "no longer in transformers' mappings (or no longer MoE): remove the entry"
     assert model_type not in REGISTRY.handlers, "it has a handler now: remove the entry"
     assert model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "transformers has a causal LM for it now"
@@ -125,7 +127,8 @@ def test_every_supported_type_has_a_tiny_config():
 
 
 def test_eager_only_archs_are_named():
-    assert sorted(t for t in MODEL_TYPES if not supports_experts_implementation(t)) == sorted(EAGER_ONLY_EXPERTS)
+    eager_only = sorted(t for t in MODEL_TYPES if not supports_experts_implementation(t))
+    assert eager_only == sorted(t for t in EAGER_ONLY_EXPERTS if t in MODEL_TYPES)
 
 
 # -- exact FLOPs on a tiny model of each ------------------------------------------------------------------------------
