@@ -3,7 +3,7 @@
 Hydra 1.3 offers no public API for what `python -m runner` does before Hydra starts (runner/preflight.py composes the
 config the way @hydra.main will, parses Hydra's own flags, lists a sweep's jobs): these wrap the `hydra._internal`
 pieces it uses, and the two OmegaConf node accessors that read a value without resolving it. Upstream may move any of
-them in a release; tests/test_upstream.py checks every one and names what changed. The library (runner/profiler/)
+them in a release; tests/integration/test_upstream.py checks every one and names what changed. The library (runner/profiler/)
 never imports this module: it imports no Hydra.
 """
 from __future__ import annotations

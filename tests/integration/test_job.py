@@ -1,50 +1,17 @@
-"""Single jobs in-process on tiny models: parquet schemas and values, FLOPs, quality, meta, pretrained, datasets."""
+"""Single jobs in-process on tiny models: parquet schemas and values, FLOPs, quality, meta, pretrained, datasets,
+resume, and re-runs that never overwrite older results."""
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from runner import job, results
-from runner.schema import CONFIG_DIR, register_configs
-
-register_configs()
-
-H, I, E = 64, 32, 8  # olmoe_tiny / mixtral_tiny
-
-
-def moe_flops(k: int, layers: int = 2, shared: int = 0) -> int:
-    """Survey §7: router 2HE + k * 6HI (+ shared 6H*I_s) per MoE layer."""
-    return layers * (2 * H * E + k * 6 * H * I + shared)
-
-
-def compose_job(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        cfg = compose("config", overrides=[f"out_root={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def run_job(tmp_path: Path, *overrides: str) -> dict:
-    return job.run(compose_job(tmp_path, *overrides))
-
-
-def table(tmp_path: Path, name: str) -> pd.DataFrame:
-    return results.read_table(tmp_path / "results", name)
-
-
-def latest_run(tmp_path: Path) -> pd.Series:
-    return table(tmp_path, "runs").sort_values("timestamp").iloc[-1]
-
+from helpers import DATA
+from helpers.jobs import E, H, I, compose_job, latest_run, moe_flops, run_job, table
+from runner import results
 
 SMALL = ("max_batches=2", "seq_len=64")
 
@@ -201,6 +168,15 @@ def test_resume_skips_a_config_with_an_ok_result(tmp_path):
     assert sorted(runs["status"]) == ["ok", "ok", "skipped"] and runs["run_id"].is_unique
 
 
+def test_rerunning_a_job_never_overwrites_results(tmp_path):
+    # in-process: what keeps parts apart is the run id in the file name, not the process
+    for _ in range(2):
+        assert run_job(tmp_path, "seq_len=64", "max_batches=1")["status"] == "ok"
+    runs = pd.read_parquet(tmp_path / "results" / "table=runs")
+    assert len(runs) == 2 and runs["run_id"].is_unique and runs["config_hash"].nunique() == 1
+    assert len(list((tmp_path / "results" / "table=runs").rglob("part-*.parquet"))) == 2
+
+
 # -- pretrained through the real from_pretrained path, hf datasets through the real load_dataset path -------------------
 @pytest.fixture(scope="module")
 def saved_tiny_model(tmp_path_factory):
@@ -292,6 +268,5 @@ def test_local_parquet_with_custom_field(tmp_path):
 
 
 def test_fixture_files_in_tests_data(tmp_path):
-    data = Path(__file__).parent / "data"
-    run_job(tmp_path, "dataset=local", f"dataset.path={data / 'tiny.jsonl'}", *SMALL)
+    run_job(tmp_path, "dataset=local", f"dataset.path={DATA / 'tiny.jsonl'}", *SMALL)
     assert latest_run(tmp_path)["status"] == "ok"

@@ -1,22 +1,19 @@
 """Robustness round 2 (issue 13): bad model configs, seeds, data files, results files and baselines end in one clear
-line and a non-zero exit (or a named warning), never a traceback, lost results or a silently wrong number."""
+line and a non-zero exit (or a named warning), never a traceback, lost results or a silently wrong number. Jobs run
+in-process; the streaming data readers (item 18) are tests/unit/test_data_readers.py, a run on 50 MB files through
+the CLI tests/e2e/test_cli_robustness.py."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.jobs import compose_job, run_job, table
 from runner import baseline as bl
-from runner import data, models, results
+from runner import models, results
 from runner.callbacks import SweepSummary
-from runner.schema import DatasetConfig, DatasetKind
-from runner.tokenizer import byte_tokenizer
-from test_errors import ROOT, cli_env
-from test_job import SMALL, run_job, table
 
+SMALL = ("max_batches=2", "seq_len=64")
 ERROR_PREFIX = "runner: error: "
 
 
@@ -166,107 +163,7 @@ def test_baseline_value_that_is_not_a_number_is_corrupt_exit_2(tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# streaming tokenization (item 18)
-def test_capped_tokenization_gives_the_leading_blocks_of_the_whole_stream():
-    tok = byte_tokenizer()
-    docs = data.load_documents(DatasetConfig())
-    whole = data.tokenize(docs, tok, 128, "builtin")
-    for cap in (128, 128 * 8, 128 * 8 * 3, 10**9):
-        capped = data.tokenize(docs, tok, 128, "builtin", max_tokens=cap)
-        assert capped.num_blocks == min(whole.num_blocks, cap // 128)
-        assert capped.ids.equal(whole.ids[: capped.num_blocks])
-    long_doc = ["the quick brown fox jumps over the lazy dog. " * 20_000, "tail"]
-    whole = data.tokenize(long_doc, tok, 64, "long")
-    capped = data.tokenize(long_doc, tok, 64, "long", max_tokens=64 * 4)
-    assert capped.num_blocks == 4 and capped.ids.equal(whole.ids[:4])
-
-
-def test_peak_memory_does_not_grow_with_the_file(tmp_path):
-    """max_batches=1 on 50 MB files of every streamed form (one jsonl line, 40k jsonl lines, a JSON list, text
-    paragraphs, parquet rows) stays within +200 MB of the same job on a 1 MB file (one process, the small job first:
-    ru_maxrss only grows, so a job's peak minus the first's bounds what its file added)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    word, big = "lorem ipsum dolor sit amet ", 50 << 20
-    line = word * ((big // 40_000) // len(word))
-    files = [tmp_path / "small.jsonl", tmp_path / "one_line.jsonl", tmp_path / "lines.jsonl", tmp_path / "list.json",
-             tmp_path / "paragraphs.txt", tmp_path / "rows.parquet"]
-    files[0].write_text(json.dumps({"text": word * ((1 << 20) // len(word))}) + "\n")
-    files[1].write_text(json.dumps({"text": word * (big // len(word))}) + "\n")
-    files[2].write_text("".join(json.dumps({"text": line}) + "\n" for _ in range(40_000)))
-    files[3].write_text("[" + ",\n".join(json.dumps({"text": line}) for _ in range(40_000)) + "]")
-    files[4].write_text("".join(line + "\n\n" for _ in range(40_000)))
-    pq.write_table(pa.table({"text": [line] * 40_000}), files[5], row_group_size=1000)
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}", f"hydra.sweep.dir={sweep}", "dataset=local",
-         f"dataset.path={','.join(map(str, files))}", "max_batches=1", "batch_size=2", "seq_len=64"],
-        cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = results.read_table(tmp_path / "results", "runs").sort_values("job_num")
-    assert list(runs["status"]) == ["ok"] * 6 and list(runs["tokens"]) == [128] * 6
-    # the documents read: the few that fill the blocks (tokenized in groups of ~16k characters), of 40,000
-    assert runs["documents"].max() < 20, list(runs["documents"])
-    small, *bigs = (int(v) for v in runs["peak_rss_bytes"])
-    assert all(b - small < 200 << 20 for b in bigs), (small, bigs)
-
-
-@pytest.mark.parametrize("spec", ["[:3]", "[2:5]", "[-3:]", "[:-2]", "[-4:-1]", "[:50%]", "[25%:75%]", "[-25%:]",
-                                  "[5:2]", "[:100]", "[0:]"])
-def test_streamed_slices_are_python_slices(tmp_path, spec):
-    path = tmp_path / "ten.jsonl"
-    docs = [f"document {i}" for i in range(10)]
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    expected = eval(f"docs{spec.replace('%', '')}") if "%" not in spec else None
-    if expected is None:  # datasets' percent slices: round(n * p / 100)
-        start, stop = (None if not t else round(10 * int(t[:-1]) / 100) for t in spec[1:-1].split(":"))
-        expected = docs[start:stop]
-    cfg = DatasetConfig(kind=DatasetKind.local, path=str(path), slice=spec)
-    if not expected:
-        with pytest.raises(data.DataError, match=r"is empty \(10 documents available\)"):
-            data.load_documents(cfg)
-        return
-    documents = data.load_documents(cfg)
-    assert list(documents) == expected and list(documents) == expected  # every pass streams the file again
-    assert documents.read == len(expected)
-
-
-def test_json_lists_are_decoded_an_item_at_a_time(tmp_path, monkeypatch):
-    """A chunk far smaller than an item (and numbers cut at a chunk boundary) decodes exactly as json.loads does."""
-    records = [{"text": "x" * n, "n": 10 ** (n % 12), "nested": {"a": [1, 2.5, None, True]}} for n in range(1, 60)]
-    path = tmp_path / "list.json"
-    path.write_text("  [\n" + " ,\n ".join(json.dumps(r) for r in records) + "\n]  \n")
-    for chunk in (1, 3, 7, 64, 1 << 20):
-        monkeypatch.setattr(data, "_CHUNK", chunk)
-        assert list(data.load_documents(DatasetConfig(kind=DatasetKind.local, path=str(path)))) == [r["text"] for r in records]
-
-
-@pytest.mark.parametrize("content, text", [
-    ('[{"text": "a"} {"text": "b"}]', "malformed JSON (expected ',' or ']' after item 0)"),
-    ('[{"text": "a"}, {"text": "b"', "malformed JSON (item 1: "),
-    ('[{"text": "a"},', "malformed JSON (the list is not closed)"),
-    ('[{"text": "a"}] {}', "malformed JSON (extra data after the list)"),
-    ('[{"text": "a"}, 7]', "list.json[1]: expected a JSON object with a 'text' field, got int"),
-    ('"text"', "expected a JSON list of objects with a 'text' field"),
-])
-def test_malformed_json_lists_are_one_line(tmp_path, monkeypatch, content, text):
-    monkeypatch.setattr(data, "_CHUNK", 4)
-    path = tmp_path / "list.json"
-    path.write_text(content)
-    with pytest.raises(data.DataError) as info:
-        list(data.load_documents(DatasetConfig(kind=DatasetKind.local, path=str(path))))
-    assert text in str(info.value) and "\n" not in str(info.value)
-
-
-def test_a_capped_run_reads_only_the_documents_it_needs(tmp_path):
-    path = tmp_path / "many.txt"
-    path.write_text("".join(f"paragraph {i} " * 20 + "\n\n" for i in range(5000)))
-    documents = data.load_documents(DatasetConfig(kind=DatasetKind.local, path=str(path)))
-    blocks = data.tokenize(documents, byte_tokenizer(), 64, "many", max_tokens=64 * 8)
-    assert blocks.num_blocks == 8 and blocks.documents == documents.read < 100  # of 5,000 (grouped by ~16k characters)
-
-
+# a checkpoint's own config: the same refusals, once loaded
 @pytest.mark.parametrize("change, text", [
     (dict(max_position_embeddings=64), "seq_len: seq_len=128 exceeds the model's max_position_embeddings=64"),
     (dict(num_experts_per_tok=9), "model.config.num_experts_per_tok: top-k 9 exceeds the 8 experts of layer 0"),
@@ -275,8 +172,6 @@ def test_a_checkpoints_own_config_is_checked_once_loaded(tmp_path, change, text)
     """A checkpoint brings its own config (the model yaml's model.config is not applied): the same refusals, after
     loading."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from test_job import compose_job
 
     cfg = compose_job(tmp_path)
     config = AutoConfig.for_model("olmoe", **{**dict(cfg.model.config), **change})

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from runner import MOEProfiler
 from runner.profiler.flops import attention_backward_flops, attention_flops, count_flops
-from tiny_configs import build_tiny_model
+from helpers.tiny_configs import build_tiny_model
 
 BACKEND = "aot_eager"
 # architectures: plain (olmoe), GQA attention (qwen3_moe: 4 query heads, 2 K/V heads), shared expert (qwen2_moe)

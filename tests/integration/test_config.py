@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from helpers import ROOT
+from helpers.jobs import compose_config as make
 from runner.errors import ConfigError
 from runner.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs, validate
 
@@ -40,11 +40,6 @@ HUB_IDS = {
     "deepseek_v3": "deepseek-ai/DeepSeek-V3", "gpt_oss": "openai/gpt-oss-20b",
     "granite_moe": "ibm-granite/granite-3.0-1b-a400m-base", "phimoe": "microsoft/Phi-3.5-MoE-instruct",
 }
-
-
-def make(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_groups_are_complete():
@@ -203,4 +198,4 @@ def test_full_size_meta_numbers_match_the_survey(model):
 
 
 def test_config_dir_is_the_repo_conf():
-    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert CONFIG_DIR == ROOT / "conf"

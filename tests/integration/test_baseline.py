@@ -1,4 +1,5 @@
-"""The stored FLOPs baseline (tests/baselines/flops.csv) and `python -m runner.baseline check|update`.
+"""The stored FLOPs baseline (tests/baselines/flops.csv) and `python -m runner.baseline check|update`, in-process
+(`runner.baseline.main`); the command itself in a subprocess is tests/e2e/test_cli_errors.py.
 
 Diff labels are from the point of view of the code now: `missing` = in the baseline file, not produced now;
 `extra` = produced now, not in the file; `renamed: old -> new` = a missing and an extra entry with the same value whose
@@ -8,26 +9,19 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from helpers import BASELINES
+from helpers.jobs import run_job
 from runner import baseline as bl
-from runner import data, job
-from runner.schema import CONFIG_DIR, DatasetConfig, Weights, register_configs
+from runner import data
+from runner.schema import DatasetConfig, Weights
 
-register_configs()
-
-ROOT = Path(__file__).resolve().parents[1]
-STORED = ROOT / "tests" / "baselines" / "flops.csv"
+STORED = BASELINES / "flops.csv"
 FULL_SIZE = ("deepseek_v2_lite", "deepseek_v3", "gpt_oss", "granite_moe", "mixtral", "olmoe", "phimoe", "qwen3_moe",
              "qwen_moe")
 TINY = ("deepseek_v3_tiny", "mixtral_tiny", "olmoe_tiny", "qwen2_moe_tiny")
@@ -298,15 +292,6 @@ def test_missing_or_corrupt_file_is_one_line_exit_2(tmp_path, capsys, content, m
     assert err.startswith("baseline: error: ") and err.count("\n") == 1 and message in err, err
 
 
-def test_corrupt_file_end_to_end_has_no_traceback(tmp_path):
-    path = tmp_path / "base.csv"
-    path.write_text("not,a,baseline\n")
-    proc = subprocess.run([sys.executable, "-m", "runner.baseline", "check", "--file", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "corrupt baseline file" in proc.stderr and "Traceback" not in proc.stderr
-
-
 def test_usage_errors_exit_2(tmp_path, capsys):
     code, _, err = run_main(capsys, "check", "--results", str(tmp_path))
     assert code == bl.EXIT_USAGE and "--results needs --file" in err
@@ -321,22 +306,13 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sweeps
-def run_job(tmp_path: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        cfg = compose("config", overrides=[f"out_root={tmp_path}", "seq_len=64", "max_batches=1", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return job.run(cfg)
-
-
+ONE_BATCH = ("seq_len=64", "max_batches=1")
 SETTING = "builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu weights=random seed=0"  # run_setting
 
 
 def test_sweep_results_pin_and_check(tmp_path, capsys):
-    assert run_job(tmp_path, "topk=2")["status"] == "ok"
-    assert run_job(tmp_path, "selector=kneedle", "topk=4")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=2")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "selector=kneedle", "topk=4")["status"] == "ok"
     results, pinned = tmp_path / "results", tmp_path / "pinned.csv"
     code, out, _ = run_main(capsys, "update", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK and "8 entries written" in out
@@ -353,12 +329,12 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     assert code == bl.EXIT_OK and out.startswith("baseline OK: 8 entries match")
 
     # a resumed job (status skipped, newer) reports the metrics of the run it reused: still OK
-    assert run_job(tmp_path, "topk=2", "resume=true")["status"] == "skipped"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=2", "resume=true")["status"] == "skipped"
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK, out
 
     # a job the pin does not know, and a loss outside its tolerance
-    assert run_job(tmp_path, "topk=1")["status"] == "ok"
+    assert run_job(tmp_path, *ONE_BATCH, "topk=1")["status"] == "ok"
     lines = set_value(lines_of(pinned), f"{knee}|loss", repr(s[f"{knee}|loss"].value * 1.01))
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(write(pinned, lines)))
     assert code == bl.EXIT_DIFF

@@ -249,6 +249,18 @@ def supports_experts_implementation(model_type: str) -> bool:
     return _causal_lm_class(model_type, cfg)._can_set_experts_implementation()
 
 
+# The archs whose experts have only their own eager forward (not `@use_experts_implementation`-decorated, so
+# `experts_implementation="grouped_mm"` is ignored), and why. tests/unit/test_architectures.py checks that this is
+# exactly the set for which supports_experts_implementation() is False on the installed transformers.
+EAGER_ONLY_EXPERTS: dict[str, str] = {
+    "dbrx": "DbrxExperts loop over 2-D concatenated w1/v1/w2 weights",
+    "doge": "product-key retrieval over embedding experts (DogeCDMoE), no experts module",
+    "jetmoe": "JetMoeParallelExperts take per-expert row counts, not (index, weight) pairs",
+    "llama4_text": "Llama4TextExperts run one dense bmm over all experts",
+    "longcat_flash": "LongcatFlashExperts loop, with zero-computation identity experts",
+}
+
+
 @torch.no_grad()
 def _sanitize(model: torch.nn.Module, seed: int) -> None:
     """Replace any non-finite (uninitialised ``torch.empty``) floating param/buffer with N(0, 0.02)."""

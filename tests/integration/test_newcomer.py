@@ -1,60 +1,23 @@
-"""Issue 10 §2/§3: a newcomer's first hour. Offline hub, loading results, labels, summary, keys, help, typos, logs."""
+"""Issue 10 §2/§3: a newcomer's first hour, in-process. Hub probe, loading results, labels, summary, keys. Through the
+CLI (unreachable hub, help, typos, logs): tests/e2e/test_cli_newcomer.py."""
 from __future__ import annotations
 
 import http.server
-import json
-import re
-import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
+import re
+import threading
 
 import pandas as pd
 import pytest
 
+from helpers import DATA, ROOT
+from helpers.jobs import compose_job, latest_run, run_job
 from runner import results
-from test_errors import ROOT, cli_env
-from test_job import latest_run, run_job
 
 SMALL = ("max_batches=1", "seq_len=64")
 
 
-def online_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
-    """HF_HUB_OFFLINE unset (conftest sets it for the suite), an empty HF cache, a hub endpoint of our choosing."""
-    env = cli_env(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"))
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        env.pop(key, None)
-    return env
-
-
-# -- §2: an unreachable hub costs one probe per process, not 25 s of retries per job ---------------------------------
-def test_unreachable_hub_fails_every_job_fast_with_one_line_each(tmp_path):
-    # nothing listens on port 9 of this host: the hub is unreachable, as on a machine without network
-    env = online_env(tmp_path, "http://127.0.0.1:9")
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=olmoe", "dataset=builtin,wikitext2",
-                          "topk=4,8", *SMALL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
-    elapsed = time.perf_counter() - start
-    text = out.stdout + out.stderr
-    assert out.returncode == 1, text
-    runs = results.read_table(tmp_path / "results", "runs")
-    assert list(runs["status"]) == ["failed"] * 4
-    # was ~25 s of retries per job (~100 s in all); 1-5 s each when idle, 10-16 s for the first under a load of 7 on
-    # 2 cores (it imports torch and transformers): the bounds tell the two apart on a busy machine too
-    wall = runs.sort_values("job_num")["wall_s"]
-    assert wall.sum() <= 50.0 and wall.iloc[1:].max() <= 10.0, (wall.tolist(), elapsed)
-    failed = [line for line in text.splitlines() if "job failed:" in line]
-    assert len(failed) == 4, text
-    model_lines = [line for line in failed if "pretrained weights 'allenai/OLMoE-1B-7B-0924'" in line]
-    data_lines = [line for line in failed if "dataset 'wikitext'" in line]
-    assert len(model_lines) == len(data_lines) == 2, text
-    assert all("the hub (http://127.0.0.1:9) is unreachable" in line for line in failed), text
-    assert "Retrying" not in text and "thrown while requesting" not in text and "Traceback" not in text
-
-
+# -- §2: a hub that answers keeps the online path (an unreachable one: tests/e2e) --------------------------------------
 def test_reachable_hub_keeps_the_online_path(monkeypatch):
     """A hub that answers (a local HTTP server here) is reachable: the runner goes online after a cache miss."""
     from huggingface_hub import constants
@@ -173,11 +136,9 @@ def test_relative_links_in_readme_and_docs_point_at_existing_files():
     assert not broken, "\n".join(broken)
 
 
-def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch,
-                                                capsys):
+def test_readme_loading_snippets_run_as_written(run_sweep, tmp_path, monkeypatch, capsys):
     from runner.errors import ResultsNotFound
     from runner.results import load
-    from test_sweeps import sweep
 
     monkeypatch.chdir(tmp_path)  # the snippets read the default outputs/results
     monkeypatch.delenv("RUNNER_OUT", raising=False)
@@ -192,7 +153,7 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     assert [name for name, _ in loading] == ["README.md", "docs/results.md"]
     namespace: dict = {}
     sweep_dir = outputs / "multirun" / "sweep"
-    with sweep(hydra_sweep_runner, outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
+    with run_sweep(outputs, "topk=1,2", *SMALL, name="multirun/sweep"):  # removed on exit
         for name, code in loading:
             exec(compile(code, str(ROOT / name), "exec"), namespace)
         assert list(load("runs", sweep=sweep_dir)["topk"]) == [1, 2]
@@ -206,7 +167,8 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
     assert str(everything["job_num"].dtype) == "Int32" and str(everything["documents"].dtype) == "Int64"
 
     # the documented duckdb query keeps the two seq_len apart instead of averaging over them
-    duckdb = pytest.importorskip("duckdb")
+    duckdb = pytest.importorskip("duckdb", exc_type=ModuleNotFoundError,
+                                 reason="duckdb (pyproject's test extra) is not installed")
     (sql,) = [code for _, _, code in doc_blocks("sql")]
     got = duckdb.sql(sql).df()
     at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]
@@ -224,7 +186,7 @@ def test_readme_loading_snippets_run_as_written(hydra_sweep_runner, hydra_restor
 # -- §3.3: dataset labels describe what was loaded --------------------------------------------------------------------------
 def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    data = ROOT / "tests" / "data" / "tiny.jsonl"
+    data = DATA / "tiny.jsonl"
     run_job(tmp_path, "dataset=hf", "dataset.path=json", f"dataset.data_files={data}", *SMALL)
     row = latest_run(tmp_path)
     assert row["status"] == "ok" and row["dataset"] == "json-tiny.jsonl" and row["dataset_kind"] == "hf"
@@ -241,7 +203,6 @@ def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
 def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
     from runner.errors import ConfigError
     from runner.schema import validate
-    from test_job import compose_job
 
     with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
         validate(compose_job(tmp_path, "dataset=hf"))
@@ -251,17 +212,15 @@ def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
 
 
 # -- §3.4: the sweep summary shows what differs between jobs, in job order ------------------------------------------------
-def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_restore_singletons, tmp_path, capsys):
-    from test_sweeps import sweep
-
-    data = ROOT / "tests" / "data" / "tiny.jsonl"
+def test_sweep_summary_has_a_column_per_swept_key(run_sweep, tmp_path, capsys):
+    data = DATA / "tiny.jsonl"
     first, second = tmp_path / "a" / "eval.jsonl", tmp_path / "b" / "other.jsonl"
     for path in (first, second):
         path.parent.mkdir()
         path.write_text(data.read_text())
     overrides = ("dataset=local", f"dataset.path={first},{second}", "selector=cumsum", "selector.threshold=0.5,0.9",
                  "topk=4", *SMALL)
-    with sweep(hydra_sweep_runner, tmp_path, *overrides):
+    with run_sweep(tmp_path, *overrides):
         summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     printed = capsys.readouterr().out
     table = printed[printed.index("sweep "):].splitlines()
@@ -275,7 +234,7 @@ def test_sweep_summary_has_a_column_per_swept_key(hydra_sweep_runner, hydra_rest
     assert list(summary["job_num"]) == [0, 1, 2, 3] and list(summary["dataset"]) == ["eval.jsonl"] * 2 + ["other.jsonl"] * 2
 
     # a resumed sweep: every job skipped, the summary shows the reused rows with their integer columns intact
-    with sweep(hydra_sweep_runner, tmp_path, *overrides, "resume=true", name="again"):
+    with run_sweep(tmp_path, *overrides, "resume=true", name="again"):
         again = pd.read_parquet(tmp_path / "again" / "summary.parquet")
     assert list(again["job_num"]) == [0, 1, 2, 3] and again["loss"].tolist() == summary["loss"].tolist()
     assert str(again["tokens"].dtype) == "Int64" and str(again["topk"].dtype) == "Int32"
@@ -318,75 +277,12 @@ def test_kl_rounding_noise_is_clamped_at_zero():
         assert 0.0 <= sums["kl"] < 1e-4 and sums["targets"] == 2 * 15
 
 
-# -- §3.6 / §3.7 / §3.9: the command line's own behaviour, in processes started together -----------------------------------
-CLI = {
-    "help": ["--help"],
-    "typo": ["topK=4"],
-    "typo_appended": ["+topK=4"],
-    "typo_nested_in_a_sweep": ["-m", "+selector.treshold=0.5,0.9"],
-    "single_run": ["max_batches=1", "seq_len=64", "quality=always"],
-}
-
-
-@pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    procs = {name: subprocess.Popen([sys.executable, "-m", "runner", *args, f"out_root={tmp / name}",
-                                     f"hydra.run.dir={tmp / name / 'run'}"], cwd=ROOT, env=cli_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, args in CLI.items()}
-    done = {name: (proc.communicate(timeout=170), proc.returncode) for name, proc in procs.items()}
-    return tmp, {name: (code, out, err) for name, ((out, err), code) in done.items()}
-
-
-def test_help_explains_every_group_and_key_and_lists_the_launchers(cli_runs):
-    import dataclasses
-
-    from runner.schema import RunnerConfig
-
-    code, out, err = cli_runs[1]["help"]
-    assert code == 0, err
-    lines = out.splitlines()
-    for field in dataclasses.fields(RunnerConfig):  # one line each, with the schema's help text
-        assert sum(line.split()[:1] == [field.name] and field.metadata["help"] in line for line in lines) == 1, field.name
-    for text in ("experiment ", "model: deepseek_v2_lite, deepseek_v3", "dataset.slice ", "selector.threshold ",
-                 "dims.{override,fallback}.expert_dim ", "seed for random weights"):
-        assert text in out, text
-    launchers = out[out.index("== Launchers"):]
-    for name in ("basic", "joblib", "submitit_local", "submitit_slurm", "local_parallel", "slurm"):
-        assert f"\n  {name} " in launchers, name
-    assert "preset: SLURM array jobs" in launchers and "$" not in out.replace("$RUNNER_OUT", "")
-
-
-@pytest.mark.parametrize("case,key", [("typo", "topK"), ("typo_appended", "topK"),
-                                      ("typo_nested_in_a_sweep", "selector.treshold")])
-def test_unknown_keys_name_the_closest_valid_key(cli_runs, case, key):
-    code, out, err = cli_runs[1][case]
-    closest = {"topK": "topk", "selector.treshold": "selector.threshold"}[key]
-    assert code == 1 and err.strip() == (f"runner: error: {key}: unknown key (did you mean {closest}?); "
-                                         "python -m runner --help lists every key"), err
-    assert "+topK" not in err and "Traceback" not in err and not out
-
-
+# -- §3.7: unknown keys from a config are refused too (from the command line: tests/e2e) -------------------------------
 def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
     from runner.errors import ConfigError
     from runner.schema import validate
-    from test_job import compose_job
 
     with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
                                           r"\(did you mean selector.threshold\?\)"):
         validate(compose_job(tmp_path, "+model.hiden_size=64", "+selector.treshold=0.5"))
     validate(compose_job(tmp_path, "+model.config.rope_theta=1000"))  # model.config takes any transformers kwarg
-
-
-def test_runner_log_holds_the_job_summary(cli_runs):
-    tmp, runs = cli_runs
-    code, out, err = runs["single_run"]
-    assert code == 0, err
-    log = (tmp / "single_run" / "run" / "runner.log").read_text()
-    summary = out[out.index("runner: olmoe_tiny"):].splitlines()
-    assert len(summary) == 5 and summary[-1].startswith("  results: ")
-    assert all(line in log for line in summary) and "MoE scan:" in log
-    run_id = re.search(r"\(run_id (\w+),", out).group(1)
-    row = results.load("runs", sweep=run_id, results_dir=tmp / "single_run" / "results").iloc[0]
-    assert row["kl"] >= 0 and "KL -" not in out  # §3.8 in the printed line too

@@ -20,7 +20,7 @@ from runner import results
 from runner.results import columns, docs, records
 from runner.threads import intra_op_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT  # noqa: E402
 DOC = ROOT / "docs" / "results.md"
 
 # schema_version -> sha256 of the three file schemas as pyarrow prints them: stored results depend on them, so a
