@@ -128,7 +128,7 @@ class SelectorConfig:
 
 
 @dataclass
-class DimValues:  # one field per handlers.base.DIMENSIONS (tests/test_definitions.py)
+class DimValues:  # one field per handlers.base.DIMENSIONS (tests/unit/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
     hidden_dim: Optional[int] = doc("model width H", None)

@@ -1,7 +1,7 @@
 """The column tables of docs/results.md, generated from the records (their fields, arrow types and meanings).
 
     python -m runner.results.docs            # rewrite the tables under `### runs`, `### layers`, `### experts`
-    python -m runner.results.docs --check    # exit 1 when one is out of date (tests/test_records.py runs this)
+    python -m runner.results.docs --check    # exit 1 when one is out of date (tests/integration/test_records.py runs this)
 
 The tables list the columns stored in the files; the partition column `model` is described in the text around them.
 """
