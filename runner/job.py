@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import data, results
 from .errors import ConfigError, RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
-from .schema import NON_RESULT_KEYS, RunnerConfig, Weights, validate
+from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, validate
 from .threads import intra_op_threads
 
 log = logging.getLogger("runner")
@@ -270,7 +270,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
         _check_loaded(conf, loaded.model, profiler)
         default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
         k = conf.topk if conf.topk is not None else default_k
-        if conf.selector.name == "topk":
+        if conf.selector.name == OWN_ROUTING:
             if k != default_k:
                 profiler.set_top_k(k)
         else:
@@ -278,10 +278,10 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
             params.setdefault("k_max", k)
             profiler.set_selector(conf.selector.name, **params)
         live_k = profiler.top_k or k
-        routing_changed = conf.selector.name != "topk" or live_k != default_k
+        routing_changed = conf.selector.name != OWN_ROUTING or live_k != default_k
         row.update(topk=live_k, default_topk=default_k, k_max=live_k if conf.selector.name != "topk" else None,
                    moe_layers=len(profiler.layers))
-        if conf.selector.name != "topk":
+        if conf.selector.name != OWN_ROUTING:
             row.selector_params = json.dumps(profiler.selector_params, sort_keys=True, default=str)
 
         analytic = profiler.flops_per_token()

@@ -23,6 +23,11 @@ from handlers.base import EXPERT_COUNT_FIELDS
 
 from .errors import ConfigError
 from .profiler.selector_names import SELECTOR_NAMES
+
+# `selector=router`: the model's own router at `topk`, no per-token selection. The other app selectors are the
+# library's dynamic-k policies (its static "topk" policy is for library use: the router does that itself).
+OWN_ROUTING = "router"
+APP_SELECTORS = (OWN_ROUTING, *(name for name in SELECTOR_NAMES if name != "topk"))
 from .tokenizer import BYTE_VOCAB_SIZE
 
 # conf/ ships inside the wheel as runner/conf (pyproject force-include); a checkout or editable install has <repo>/conf.
@@ -113,7 +118,7 @@ class DeviceConfig:
 class SelectorConfig:
     """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
-    name: str = doc("topk (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", "topk")
+    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", OWN_ROUTING)
     k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
     k_min: Optional[int] = doc("fewest experts per token", None)
     k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
@@ -310,11 +315,14 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
 
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
     name, params = selector.name, dict(selector.params)
-    if name not in SELECTOR_NAMES:
-        _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(SELECTOR_NAMES)}")
-    if name == "topk":
+    if name == "topk":  # the name of the model's own routing before it was `router`
+        _fail("selector.name", "selector 'topk' is now called 'router' (the model's own routing); use "
+              "selector=router, and topk=K for its k")
+    if name not in APP_SELECTORS:
+        _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(APP_SELECTORS)}")
+    if name == OWN_ROUTING:
         if params:
-            _fail(f"selector.{next(iter(params))}", "selector 'topk' is the model's own routing and takes no "
+            _fail(f"selector.{next(iter(params))}", "selector 'router' is the model's own routing and takes no "
                   "parameters; set topk=K")
         return
     for key, value in params.items():

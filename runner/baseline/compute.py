@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
+from ..schema import OWN_ROUTING
 from ..threads import intra_op_threads
 from .entries import LOSS_RTOL, ROUTING_RTOL, Entry, clean, grouped, selector_label
 
@@ -64,7 +65,7 @@ def measured_entries(name: str, loaded, profiler, ids, k: int, selector: str) ->
     sums = batch_sums(logits, ids, None, None)
     frame = profiler.layers_df()
     tokens = int(ids.numel())
-    routing = ROUTING_RTOL if not selector.startswith("topk") else None
+    routing = ROUTING_RTOL if selector != OWN_ROUTING else None
     fields = dict(k=k, selector=selector, dataset=DATASET)
     per_layer = [(layer, measured / tokens) for layer, measured in zip(frame["layer"], frame["flops_measured"])]
     out = grouped(name, "flops_measured_per_token", per_layer, tolerance=routing, **fields)
@@ -105,7 +106,7 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
                 try:
                     if k != default_k:
                         profiler.set_top_k(k)
-                    out += measured_entries(model_cfg.name, loaded, profiler, ids, k, "topk")
+                    out += measured_entries(model_cfg.name, loaded, profiler, ids, k, OWN_ROUTING)
                 finally:
                     profiler.detach()
             name, params = SELECTOR

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import one_line
+from ..schema import OWN_ROUTING
 from .entries import ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, Entry, clean, selector_label
 
 
@@ -74,11 +75,13 @@ def sweep_entries(runs, loss_rtol: float = SWEEP_LOSS_RTOL) -> list[Entry]:
     latest: dict[tuple, Any] = {}
     for _, row in runs.iterrows():
         topk = clean(row.get("topk"))
-        selector = str(row.get("selector") or "topk")
+        selector = str(row.get("selector") or OWN_ROUTING)
+        if selector == "topk":  # results written before the own-routing selector was named `router`
+            selector = OWN_ROUTING
         params = _json_dict(row.get("selector_params"))
-        if selector != "topk" and params.get("k_max") is None and topk is not None:
+        if selector != OWN_ROUTING and params.get("k_max") is None and topk is not None:
             params["k_max"] = topk  # a job that failed before its selector resolved k_max
-        label = selector_label(selector, params) if selector != "topk" else "topk"
+        label = selector_label(selector, params) if selector != OWN_ROUTING else OWN_ROUTING
         latest[(str(row["model"]), topk, label, run_setting(row))] = row
     out: list[Entry] = []
     for (model, topk, label, dataset), row in latest.items():
@@ -87,7 +90,7 @@ def sweep_entries(runs, loss_rtol: float = SWEEP_LOSS_RTOL) -> list[Entry]:
         out.append(Entry(model, "status", "ok" if status == "skipped" else status, **fields))
         for column, metric, tolerance in (
             ("flops_per_token_analytic", "moe_flops_per_token", None),
-            ("flops_per_token_measured", "moe_flops_per_token_measured", None if label == "topk" else ROUTING_RTOL),
+            ("flops_per_token_measured", "moe_flops_per_token_measured", None if label == OWN_ROUTING else ROUTING_RTOL),
             ("loss", "loss", loss_rtol),
         ):
             value = clean(row.get(column))

@@ -40,7 +40,7 @@ class KeyColumns:
     timestamp: Timestamp = col("when the job started")
     topk: Int32 = col("the live top-k that ran; `k_max` under a dynamic selector",
                       joined="the job's live top-k (k_max under a selector)")
-    selector: String = col("the selector (`topk` = the model's own routing)", joined="the job's selector")
+    selector: String = col("the selector (`router` = the model's own routing)", joined="the job's selector")
     dataset: String = col("the dataset label: `dataset.name`, else derived from what was loaded "
                           "([runner.md](runner.md#datasets))", joined="the job's dataset label")
     weights: String = col("`pretrained`, `random` or `meta`")
@@ -68,7 +68,7 @@ class RunRecord(KeyColumns):
     topk_requested: Int32 = col("the `topk` key as given; null = the model's own top-k")
     default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
-    k_max: Int32 = col("the selector's `k_max`; null under `topk`")
+    k_max: Int32 = col("the selector's `k_max`; null under `router`")
     dataset_kind: String = col("`builtin`, `hf` or `local`")
     dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
                                  "/data/eval.jsonl`)")

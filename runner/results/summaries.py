@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..schema import OWN_ROUTING
 from .io import read_table
 
 # the columns of a resumed (`skipped`) row that stay its own when it takes the metrics of the run it reused
@@ -126,8 +127,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -
         return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
 
     job = f"job {run.job_num}: " if run.job_num is not None else ""
-    selector = run.selector or "topk"
-    routing = "own routing" if selector == "topk" else f"{selector} {run.selector_params}"
+    selector = run.selector or OWN_ROUTING
+    routing = "own routing" if selector == OWN_ROUTING else f"{selector} {run.selector_params}"
     lines = [f"runner: {job}{model} ({run.hf_id or run.model_type} [{run.weights}]) k={run.topk} ({routing}) "
              f"on {run.dataset_source} [{run.device_name}, {run.dtype}]"]
     if run.tokens:
@@ -139,7 +140,7 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -
     flops = f"analytic {num(run.flops_per_token_analytic)}"
     if run.flops_per_token_measured is not None:
         flops += f", measured {num(run.flops_per_token_measured)}"
-    if run.k_mean is not None and run.selector != "topk":
+    if run.k_mean is not None and run.selector != OWN_ROUTING:
         flops += f", routed {num(run.flops_per_token_routed)} (mean k {num(run.k_mean, '.2f')})"
     lines.append(f"  MoE FLOPs/token over {run.moe_layers} MoE layers: {flops}; params "
                  f"{_count(run.params_total)} total, {_count(run.params_active)} active")

@@ -106,11 +106,11 @@ def test_stored_file_holds_the_documented_numbers():
     for model, layers, per_layer in (("olmoe_tiny", "0-1", 25_600), ("mixtral_tiny", "0-1", 25_600),
                                      ("qwen2_moe_tiny", "0-1", 44_160), ("deepseek_v3_tiny", "1-2", 37_888)):
         assert s[f"{model}|k=2|flops_per_token[{layers}]"].value == per_layer
-        measured = s[f"{model}|k=2|topk|{bl.DATASET}|flops_measured_per_token[{layers}]"]
+        measured = s[f"{model}|k=2|router|{bl.DATASET}|flops_measured_per_token[{layers}]"]
         assert measured.value == per_layer and measured.tolerance is None
-        assert s[f"{model}|k=2|topk|{bl.DATASET}|moe_flops_per_token_measured"].value == 2 * per_layer
-        assert 5.0 < s[f"{model}|k=2|topk|{bl.DATASET}|loss"].value < 6.0  # random init: near ln(259) = 5.56
-    assert s[f"olmoe_tiny|k=4|topk|{bl.DATASET}|flops_measured_per_token[0-1]"].value == 1024 + 4 * 12_288
+        assert s[f"{model}|k=2|router|{bl.DATASET}|moe_flops_per_token_measured"].value == 2 * per_layer
+        assert 5.0 < s[f"{model}|k=2|router|{bl.DATASET}|loss"].value < 6.0  # random init: near ln(259) = 5.56
+    assert s[f"olmoe_tiny|k=4|router|{bl.DATASET}|flops_measured_per_token[0-1]"].value == 1024 + 4 * 12_288
     # kneedle (k_max 4) really skips experts: between k=1 and k=4, and its FLOPs follow its mean k exactly
     knee = f"olmoe_tiny|k=4|kneedle(k_max=4)|{bl.DATASET}"
     k_mean = s[f"{knee}|k_mean"].value
@@ -208,7 +208,7 @@ def test_tolerance_only_where_measured(tmp_path, cached, capsys):
     code, out, _ = run_main(capsys, "check", "--file", str(write(tmp_path / "knee.csv", lines)))
     assert code == bl.EXIT_DIFF and f"changed: {knee}" in out
 
-    loss = f"olmoe_tiny|k=2|topk|{bl.DATASET}|loss"
+    loss = f"olmoe_tiny|k=2|router|{bl.DATASET}|loss"
     value = stored()[loss].value
     code, _, _ = run_main(capsys, "check", "--file",
                           str(write(tmp_path / "l1.csv", set_value(lines_of(STORED), loss, repr(value * (1 + 2e-6))))))
@@ -218,7 +218,7 @@ def test_tolerance_only_where_measured(tmp_path, cached, capsys):
     assert code == bl.EXIT_DIFF and f"changed: {loss}" in out
 
     # an exact (analytic) number off by one FLOP fails; a hand-edited tolerance is a difference too
-    exact = f"olmoe_tiny|k=2|topk|{bl.DATASET}|moe_flops_per_token_measured"
+    exact = f"olmoe_tiny|k=2|router|{bl.DATASET}|moe_flops_per_token_measured"
     code, out, _ = run_main(capsys, "check", "--file",
                             str(write(tmp_path / "e.csv", set_value(lines_of(STORED), exact, "51201"))))
     assert code == bl.EXIT_DIFF and f"changed: {exact}" in out
@@ -317,10 +317,10 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     code, out, _ = run_main(capsys, "update", "--results", str(results), "--file", str(pinned))
     assert code == bl.EXIT_OK and "8 entries written" in out
     s = {e.key: e for e in bl.load(pinned)}
-    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|status"].value == "ok"
-    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token"].value == 51_200
-    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token_measured"].value == 51_200
-    assert s[f"olmoe_tiny|k=2|topk|{SETTING}|moe_flops_per_token_measured"].tolerance is None
+    assert s[f"olmoe_tiny|k=2|router|{SETTING}|status"].value == "ok"
+    assert s[f"olmoe_tiny|k=2|router|{SETTING}|moe_flops_per_token"].value == 51_200
+    assert s[f"olmoe_tiny|k=2|router|{SETTING}|moe_flops_per_token_measured"].value == 51_200
+    assert s[f"olmoe_tiny|k=2|router|{SETTING}|moe_flops_per_token_measured"].tolerance is None
     knee = f"olmoe_tiny|k=4|kneedle(k_max=4,k_min=1)|{SETTING}"
     assert s[f"{knee}|moe_flops_per_token"].value == 2 * (1024 + 4 * 12_288)  # analytic at k_max
     assert s[f"{knee}|moe_flops_per_token_measured"].tolerance == bl.ROUTING_RTOL
@@ -338,7 +338,7 @@ def test_sweep_results_pin_and_check(tmp_path, capsys):
     lines = set_value(lines_of(pinned), f"{knee}|loss", repr(s[f"{knee}|loss"].value * 1.01))
     code, out, _ = run_main(capsys, "check", "--results", str(results), "--file", str(write(pinned, lines)))
     assert code == bl.EXIT_DIFF
-    assert f"changed: {knee}|loss" in out and f"extra: olmoe_tiny|k=1|topk|{SETTING}|status" in out
+    assert f"changed: {knee}|loss" in out and f"extra: olmoe_tiny|k=1|router|{SETTING}|status" in out
 
 
 def test_sweep_dir_summary_parquet(tmp_path, capsys):
@@ -355,8 +355,8 @@ def test_sweep_dir_summary_parquet(tmp_path, capsys):
     code, _, _ = run_main(capsys, "update", "--results", str(sweep), "--file", str(pinned), "--loss-rtol", "0.01")
     assert code == bl.EXIT_OK
     text = pinned.read_text()
-    assert "olmoe|k=4|topk|wikitext|moe_flops_per_token,olmoe,4,topk,wikitext,moe_flops_per_token,,809500672,\n" in text
-    assert "olmoe|k=8|topk|wikitext|loss,olmoe,8,topk,wikitext,loss,,2.43,0.01\n" in text
+    assert "olmoe|k=4|router|wikitext|moe_flops_per_token,olmoe,4,router,wikitext,moe_flops_per_token,,809500672,\n" in text
+    assert "olmoe|k=8|router|wikitext|loss,olmoe,8,router,wikitext,loss,,2.43,0.01\n" in text
     assert '"olmoe|k=8|cumsum(k_max=8,threshold=0.9)|wikitext|status",olmoe,8,' in text  # quoted: the key has a comma
     assert len(bl.load(pinned)) == 4 + 3 + 1
     runs.loc[2, ["status", "flops_per_token_analytic"]] = ["ok", 1_614_807_040.0]  # the failed job now runs

@@ -46,7 +46,7 @@ def test_groups_are_complete():
     assert set(FULL) == set(SURVEY)
     assert {"olmoe_tiny", "mixtral_tiny", "qwen2_moe_tiny", "deepseek_v3_tiny"} <= set(TINY)
     assert set(DEVICES) == {"cpu", "cuda", "auto"}
-    assert set(SELECTORS) == {"topk", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p"}
+    assert set(SELECTORS) == {"router", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p"}
     assert set(DATASETS) == {"builtin", "hf", "local", "wikitext2"}
     assert {"smoke", "paper_topk"} <= set(EXPERIMENTS)
 
@@ -57,7 +57,7 @@ def test_default_config():
     assert isinstance(conf, RunnerConfig)
     assert conf.model.name == "olmoe_tiny" and conf.model.weights is Weights.random
     assert conf.topk == conf.model.default_topk == 2  # topk follows the model by interpolation
-    assert conf.selector.name == "topk" and conf.dataset.name == "builtin" and conf.device.name == "cpu"
+    assert conf.selector.name == "router" and conf.dataset.name == "builtin" and conf.device.name == "cpu"
     assert conf.results_dir.endswith("results")
 
 
@@ -75,7 +75,7 @@ def test_every_model_and_device_validates(model, device):
 def test_every_selector_validates(selector):
     conf = validate(make(f"selector={selector}", "topk=4"))
     assert conf.selector.name == selector
-    if selector != "topk":
+    if selector != "router":
         assert conf.selector.k_max is None and conf.selector.k_min == 1  # k_max null: the job's topk
         conf = validate(make(f"selector={selector}", "selector.k_max=4"))  # the issue's `selector.k_max=8` form
         assert conf.selector.params["k_max"] == 4
@@ -146,7 +146,8 @@ def test_composition_errors_name_the_key(override, needle):
     (["selector=cumsum", "selector.threshold=1.5"], "threshold must be in [0, 1]"),
     (["selector=kneedle", "selector.alpha=0.1"], "unknown parameter(s) alpha"),
     (["selector=kneedle", "selector.k_max=64"], "exceeds the number of experts"),
-    (["selector=topk", "selector.k=2"], "takes no parameters"),
+    (["selector=router", "selector.k=2"], "takes no parameters"),
+    (["selector.name=topk"], "selector 'topk' is now called 'router' (the model's own routing); use selector=router"),
     (["model.name=a/b"], "model.name"),
     (["dims.override.expert_dim=0"], "dims.override.expert_dim"),
     (["model.weights=pretrained"], "model.hf_id"),

@@ -33,7 +33,7 @@ def test_default_job_writes_three_tidy_tables(tmp_path):
     assert list(runs["model"].astype(str)) == ["olmoe_tiny"]
     row = latest_run(tmp_path)
     assert row["status"] == "ok" and row["schema_version"] == results.SCHEMA_VERSION
-    assert row["topk"] == 2 and row["default_topk"] == 2 and row["selector"] == "topk"
+    assert row["topk"] == 2 and row["default_topk"] == 2 and row["selector"] == "router"
     assert row["tokens"] == row["blocks"] * 128 and row["targets"] == row["blocks"] * 127
     assert math.isclose(row["ppl"], math.exp(row["loss"]))
     assert 4.0 < row["loss"] < 7.0  # random init near log(259) = 5.56

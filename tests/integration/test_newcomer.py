@@ -171,7 +171,7 @@ def test_readme_loading_snippets_run_as_written(run_sweep, tmp_path, monkeypatch
                                  reason="duckdb (pyproject's test extra) is not installed")
     (sql,) = [code for _, _, code in doc_blocks("sql")]
     got = duckdb.sql(sql).df()
-    at_k2 = got[(got["topk"] == 2) & (got["selector"] == "topk")]
+    at_k2 = got[(got["topk"] == 2) & (got["selector"] == "router")]
     assert sorted(at_k2["seq_len"]) == [32, 64] and list(at_k2["runs"]) == [1, 1]
 
     # latest = what ran last: now a single run; a sweep by directory or id; unknown ids fail with one line
@@ -258,7 +258,7 @@ def test_baseline_key_keeps_settings_apart(tmp_path, capsys):
         # other keys (missing / extra, or renamed where the value is the same), never one key that matches
         assert code == 1 and kinds and kinds <= {"missing", "extra", "renamed"}, (setting, printed)
     keys = [entry.key for entry in baseline.load(pinned)]
-    assert "olmoe_tiny|k=2|topk|builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu " \
+    assert "olmoe_tiny|k=2|router|builtin seq_len=64 batch_size=8 max_batches=1 dtype=float32 device=cpu " \
            "weights=random seed=0|loss" in keys
 
 

@@ -143,9 +143,9 @@ def test_run_record_endings_fill_status_error_and_provenance():
     failed = results.RunRecord(run_id="r1").ended("failed", 1.5, error="boom", error_type="ValueError")
     assert (failed.status, failed.error, failed.error_type, failed.wall_s) == ("failed", "boom", "ValueError", 1.5)
     assert failed.host and failed.pid and failed.python_version
-    prior = pd.Series({"run_id": "r0", "topk": 4, "selector": "topk"})
+    prior = pd.Series({"run_id": "r0", "topk": 4, "selector": "router"})
     skipped = results.RunRecord(run_id="r2", topk=None).skipped(prior, wall_s=0.1)
-    assert (skipped.status, skipped.resumed_from, skipped.topk, skipped.selector) == ("skipped", "r0", 4, "topk")
+    assert (skipped.status, skipped.resumed_from, skipped.topk, skipped.selector) == ("skipped", "r0", 4, "router")
 
 
 def test_a_record_is_written_through_the_generated_schema(tmp_path):
@@ -162,11 +162,11 @@ def test_a_record_is_written_through_the_generated_schema(tmp_path):
 def write_resumed(root: Path) -> None:
     """An ok run (loss 3.0) of an earlier sweep and a resumed job of sweep s2 that reused it."""
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    ok = results.RunRecord(run_id="old", sweep_id="s1", job_num=0, timestamp=t0, status="ok", topk=2, selector="topk",
+    ok = results.RunRecord(run_id="old", sweep_id="s1", job_num=0, timestamp=t0, status="ok", topk=2, selector="router",
                            loss=3.0, flops_per_token_analytic=100.0, dataset_source="builtin", seq_len=64,
                            overrides='["topk=2"]', sweep_dir="/sweeps/1", job_dir="/sweeps/1/0")
     resumed = results.RunRecord(run_id="new", sweep_id="s2", job_num=0, timestamp=t0 + dt.timedelta(hours=1),
-                                status="skipped", resumed_from="old", topk=2, selector="topk",
+                                status="skipped", resumed_from="old", topk=2, selector="router",
                                 overrides='["topk=2", "resume=true"]', sweep_dir="/sweeps/2", job_dir="/sweeps/2/0")
     for row in (ok, resumed):
         results.write_part(root, "runs", "olmoe_tiny", [row], "h", row.run_id)
@@ -193,7 +193,7 @@ def test_sweep_summary_and_baseline_fill_resumed_jobs_alike(tmp_path):
     assert list(summary["run_id"]) == ["new"] and summary.iloc[0]["loss"] == from_gate["loss"] == 3.0
     assert summary.iloc[0]["status"] == from_gate["status"] == "skipped"
     entries = {e.key: e for e in bl.sweep_entries(gate)}
-    assert entries["olmoe_tiny|k=2|topk|builtin seq_len=64|status"].value == "ok"
+    assert entries["olmoe_tiny|k=2|router|builtin seq_len=64|status"].value == "ok"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -215,3 +215,13 @@ def test_modules_stay_readable(package):
     sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / package).glob("*.py")}
     sizes["job.py"] = len((ROOT / "runner" / "job.py").read_text().splitlines())
     assert max(sizes.values()) <= 400, sizes
+
+
+def test_results_from_before_the_router_name_pin_under_router(tmp_path):
+    """Rows written when the model's own routing was `selector=topk` give the same baseline keys as `router` rows."""
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    old = results.RunRecord(run_id="old", sweep_id="s1", job_num=0, timestamp=t0, status="ok", topk=2, selector="topk",
+                            loss=3.0, dataset_source="builtin", seq_len=64, overrides='["topk=2"]')
+    results.write_part(tmp_path, "runs", "olmoe_tiny", [old], "h", old.run_id)
+    keys = {e.key for e in bl.sweep_entries(bl.read_runs(tmp_path))}
+    assert "olmoe_tiny|k=2|router|builtin seq_len=64|loss" in keys and not any("|topk|" in k for k in keys)

@@ -36,8 +36,8 @@ def test_binary_yaml_is_named(tmp_path):
 
 # -- 10: a typo inside a sweep fails the sweep before any job runs ------------------------------------------------------
 @pytest.mark.parametrize("argv,needle", [
-    (["-m", "topk=1,2", "selector=topk,top_p"], "job 1 [topk=1 selector=top_p out_root="),
-    (["-m", "topk=1,2", "selector=topk,top_p"], "]: In 'config': Could not find 'selector/top_p'"),
+    (["-m", "topk=1,2", "selector=router,top_p"], "job 1 [topk=1 selector=top_p out_root="),
+    (["-m", "topk=1,2", "selector=router,top_p"], "]: In 'config': Could not find 'selector/top_p'"),
     (["-m", "model=olmoe_tiny,mixtral_tiny", "+model.weigths=random,meta"],
      "job 0 [model=olmoe_tiny +model.weigths=random out_root="),
     (["-m", "model=olmoe_tiny,mixtral_tiny", "+model.weigths=random,meta"],

@@ -158,7 +158,7 @@ def test_baseline_value_that_is_not_a_number_is_corrupt_exit_2(tmp_path, capsys)
     assert code == bl.EXIT_USAGE and out == ""
     assert err.count("\n") == 1 and "value 'abc' of metric 'params_total' is not a number" in err, err
     # status is the one word-valued metric
-    path.write_text(",".join(bl.COLUMNS) + "\nolmoe|k=2|topk|builtin|status,olmoe,2,topk,builtin,status,,ok,\n")
+    path.write_text(",".join(bl.COLUMNS) + "\nolmoe|k=2|router|builtin|status,olmoe,2,router,builtin,status,,ok,\n")
     assert [e.value for e in bl.load(path)] == ["ok"]
 
 

@@ -80,7 +80,7 @@ def test_selector_names_are_defined_once():
     assert schema.SELECTOR_NAMES is SELECTOR_NAMES
     assert tuple(SELECTORS) == SELECTOR_NAMES
     assert all(fn.__name__ == name for name, fn in SELECTORS.items())
-    assert {p.stem for p in (schema.CONFIG_DIR / "selector").glob("*.yaml")} == set(SELECTOR_NAMES), \
+    assert {p.stem for p in (schema.CONFIG_DIR / "selector").glob("*.yaml")} == set(schema.APP_SELECTORS), \
         "every selector has a conf/selector/<name>.yaml and every such file a selector"
 
 
