@@ -12,7 +12,8 @@ import signal
 import sys
 
 from runner.errors import INTERRUPT
-from runner.schema import CONFIG_DIR, check_command_line, register_configs
+from runner.schema import CONFIG_DIR, register_configs
+from runner.validation import check_command_line
 
 register_configs()
 

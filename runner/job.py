@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import data, results
 from .errors import ConfigError, RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
-from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, validate
+from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
+from .validation import validate
 from .threads import intra_op_threads
 
 log = logging.getLogger("runner")
@@ -344,7 +345,7 @@ def _peak_rss() -> int:
 def _check_loaded(conf: RunnerConfig, model, profiler) -> None:
     """What only the loaded model can tell: its own top-k against its experts, its position table against seq_len;
     and a dimension given by hand (or in the config) that contradicts the weights, as one warning line."""
-    from .schema import check_positions
+    from .validation import check_positions
 
     for layer in profiler.layers:
         k, experts = layer.dims["top_k"].value, layer.dims["num_experts"].value

@@ -114,7 +114,7 @@ def _is_class(value: str) -> bool:
 
 def check_composed(cfg: DictConfig, job: str = "") -> None:
     """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
-    from .schema import unknown_keys
+    from .validation import unknown_keys
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     unknown = unknown_keys(plain)
@@ -180,7 +180,7 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
         cause = cause.__cause__ or cause.__context__
     from omegaconf.errors import ConfigKeyError
 
-    from .schema import unknown_keys
+    from .validation import unknown_keys
 
     cause = exc
     while cause is not None:  # a key an experiment or --config-dir file sets that the schema lacks
@@ -203,7 +203,8 @@ def preflight(argv: list[str]) -> Optional[str]:
     """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from .schema import CONFIG_DIR, config_message, register_configs
+    from .schema import CONFIG_DIR, register_configs
+    from .validation import config_message
 
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 

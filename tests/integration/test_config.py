@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from helpers import ROOT
 from helpers.jobs import compose_config as make
 from runner.errors import ConfigError
-from runner.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs, validate
+from runner.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs
+from runner.validation import validate
 
 register_configs()
 

@@ -202,7 +202,7 @@ def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
 
 def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
     from runner.errors import ConfigError
-    from runner.schema import validate
+    from runner.validation import validate
 
     with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
         validate(compose_job(tmp_path, "dataset=hf"))
@@ -280,7 +280,7 @@ def test_kl_rounding_noise_is_clamped_at_zero():
 # -- §3.7: unknown keys from a config are refused too (from the command line: tests/e2e) -------------------------------
 def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
     from runner.errors import ConfigError
-    from runner.schema import validate
+    from runner.validation import validate
 
     with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
                                           r"\(did you mean selector.threshold\?\)"):

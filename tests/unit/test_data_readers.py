@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runner import data
+from runner import data, readers
 from runner.schema import DatasetConfig, DatasetKind
 from runner.tokenizer import byte_tokenizer
 
@@ -52,7 +52,7 @@ def test_json_lists_are_decoded_an_item_at_a_time(tmp_path, monkeypatch):
     path = tmp_path / "list.json"
     path.write_text("  [\n" + " ,\n ".join(json.dumps(r) for r in records) + "\n]  \n")
     for chunk in (1, 3, 7, 64, 1 << 20):
-        monkeypatch.setattr(data, "_CHUNK", chunk)
+        monkeypatch.setattr(readers, "_CHUNK", chunk)
         assert list(data.load_documents(DatasetConfig(kind=DatasetKind.local, path=str(path)))) == [r["text"] for r in records]
 
 
@@ -65,7 +65,7 @@ def test_json_lists_are_decoded_an_item_at_a_time(tmp_path, monkeypatch):
     ('"text"', "expected a JSON list of objects with a 'text' field"),
 ])
 def test_malformed_json_lists_are_one_line(tmp_path, monkeypatch, content, text):
-    monkeypatch.setattr(data, "_CHUNK", 4)
+    monkeypatch.setattr(readers, "_CHUNK", 4)
     path = tmp_path / "list.json"
     path.write_text(content)
     with pytest.raises(data.DataError) as info:

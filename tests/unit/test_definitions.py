@@ -17,7 +17,7 @@ import pytest
 import handlers
 from handlers import GENERIC, REGISTRY
 from handlers.base import DIMENSIONS, EXPERT_COUNT_FIELDS, Handler, TopKLocation
-from runner import schema
+from runner import schema, validation
 from runner.errors import one_line
 
 from helpers import ROOT  # noqa: E402
@@ -65,7 +65,7 @@ def test_dimensions_are_defined_once():
 
 
 def test_expert_count_fields_are_the_handlers_own():
-    assert schema.EXPERT_COUNT_FIELDS is EXPERT_COUNT_FIELDS
+    assert validation.EXPERT_COUNT_FIELDS is EXPERT_COUNT_FIELDS
     assert GENERIC.num_experts == EXPERT_COUNT_FIELDS
     # every plain spelling an entry reads is one the schema checks topk against before a model loads
     plain = {spec for handler in REGISTRY.handlers.values() for spec in handler.num_experts
@@ -87,7 +87,7 @@ def test_selector_names_are_defined_once():
 def test_byte_vocab_size_and_slice_syntax_are_defined_once():
     from runner import data, tokenizer
 
-    assert schema.BYTE_VOCAB_SIZE is tokenizer.BYTE_VOCAB_SIZE
+    assert validation.BYTE_VOCAB_SIZE is tokenizer.BYTE_VOCAB_SIZE
     assert data.SLICE is schema.SLICE
     slice_pattern = re.compile(r"re\.compile\(r?[\"']\^\\\[")  # a regex for '[a:b]' text
     copies = [str(p.relative_to(ROOT)) for p in (ROOT / "runner").rglob("*.py") if slice_pattern.search(p.read_text())]
