@@ -260,6 +260,22 @@ EAGER_ONLY_EXPERTS: dict[str, str] = {
     "longcat_flash": "LongcatFlashExperts loop, with zero-computation identity experts",
 }
 
+# What older transformers releases do differently (the GPU machines run 5.17): model_type -> (the first release the
+# tests know it to work as on 5.24, and what happens before it). Checked on 5.17 and 5.24.
+BEFORE_RELEASE: dict[str, tuple[tuple[int, int], str]] = {
+    "aria_text": ((5, 24), "eager-only experts (no experts_implementation, no sentinel opt-in): dynamic k is refused"),
+    "doge": ((5, 24), "the tiny doge fails inside transformers' own forward (dropout() given a tuple)"),
+    "longcat_flash": ((5, 24), "its router returns 2 outputs: the profiler refuses it with a ProfilerError"),
+}
+TRANSFORMERS_RELEASE = tuple(int(v) for v in transformers.__version__.split(".")[:2])
+
+
+def older_release(model_type: str) -> str | None:
+    """Why `model_type` behaves differently on the installed transformers, or None when it is as recent as the tests
+    know (see BEFORE_RELEASE)."""
+    first, why = BEFORE_RELEASE.get(model_type, ((0, 0), ""))
+    return f"transformers {transformers.__version__} < {first[0]}.{first[1]}: {why}" if TRANSFORMERS_RELEASE < first else None
+
 
 @torch.no_grad()
 def _sanitize(model: torch.nn.Module, seed: int) -> None:

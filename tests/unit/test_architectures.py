@@ -14,8 +14,8 @@ from transformers.models.auto import modeling_auto
 
 from handlers import GENERIC, REGISTRY
 from helpers.tiny_configs import (EAGER_ONLY_EXPERTS, available_model_types, build_tiny_model,
-                                  supports_experts_implementation)
-from runner import MOEProfiler
+                                  older_release, supports_experts_implementation)
+from runner import MOEProfiler, ProfilerError
 
 MODEL_TYPES = available_model_types()
 IMPLEMENTATIONS = ["eager", "grouped_mm"]
@@ -128,7 +128,8 @@ def test_every_supported_type_has_a_tiny_config():
 
 def test_eager_only_archs_are_named():
     eager_only = sorted(t for t in MODEL_TYPES if not supports_experts_implementation(t))
-    assert eager_only == sorted(t for t in EAGER_ONLY_EXPERTS if t in MODEL_TYPES)
+    named = {t for t in EAGER_ONLY_EXPERTS if t in MODEL_TYPES} | ({"aria_text"} & {t for t in MODEL_TYPES if older_release(t)})
+    assert eager_only == sorted(named)
 
 
 # -- exact FLOPs on a tiny model of each ------------------------------------------------------------------------------
@@ -144,7 +145,16 @@ def forward(model, profiler, seed=0):
 def test_analytic_flops_equal_measured(model_type, implementation):
     if implementation != "eager" and model_type in EAGER_ONLY_EXPERTS:
         pytest.skip(f"{model_type} has only its native eager experts: {EAGER_ONLY_EXPERTS[model_type]}")
+    older = older_release(model_type)
+    if older and model_type in ("doge", "aria_text"):  # transformers' own forward, or its experts, differ: named
+        if model_type == "doge" or implementation != "eager":
+            pytest.skip(older)
     model = build_tiny_model(model_type, experts_implementation=implementation)
+    if older and model_type == "longcat_flash":  # the profiler refuses the older router: one clear error, checked
+        with pytest.raises(ProfilerError, match="returned 2 outputs without"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            forward(model, MOEProfiler(model, verbose=False))
+        return
     with torch.no_grad():
         model(input_ids=torch.randint(2, 128, (1, 4)))  # a bare forward first
     with warnings.catch_warnings():

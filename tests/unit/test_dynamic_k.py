@@ -7,9 +7,10 @@ import torch
 from handlers import REGISTRY
 from runner import MOEProfiler, ProfilerError
 from runner.profiler.selectors import SELECTORS, SelectorError
-from helpers.tiny_configs import EAGER_ONLY_EXPERTS, available_model_types, build_tiny_model
+from helpers.tiny_configs import EAGER_ONLY_EXPERTS, available_model_types, build_tiny_model, older_release
 
 SKIPPABLE = [mt for mt in available_model_types() if REGISTRY.get(mt).can_skip and REGISTRY.get(mt).top_k_settable]
+
 NOT_SKIPPABLE = [mt for mt in available_model_types() if not REGISTRY.get(mt).can_skip]
 
 
@@ -35,6 +36,10 @@ def test_dropped_experts_are_not_computed(model_type, implementation):
     if implementation != "eager" and model_type in EAGER_ONLY_EXPERTS:  # none of SKIPPABLE today
         pytest.skip(f"{model_type} has only its native eager experts: {EAGER_ONLY_EXPERTS[model_type]}")
     model = build_tiny_model(model_type, experts_implementation=implementation)
+    if model_type == "aria_text" and older_release(model_type):  # refused with one clear error: checked instead
+        with pytest.raises(ProfilerError, match="experts reject the sentinel index; use experts_implementation="):
+            profile(model, selector="cumsum", selector_params={"k_max": 4, "threshold": 0.3})
+        return
     if implementation in REGISTRY.get(model_type).sentinel_breaks:
         with pytest.warns(UserWarning, match="reject the sentinel index: dropped slots run through"):
             MOEProfiler(model, selector="cumsum", selector_params={"k_max": 4, "threshold": 0.3}, verbose=False).detach()
