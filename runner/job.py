@@ -1,8 +1,7 @@
 """One job of `python -m runner`: validate the config, load data + model, profile, evaluate, write parquet.
 
-`run(cfg)` is the Hydra task function's body. It never lets a known error escape as a traceback: in a single run it
-exits with one line on stderr (SystemExit), in a multirun (on_error=record, the default there) it writes a `failed`
-row and returns so the other jobs and the end-of-sweep summary still run.
+`run(cfg)` is the Hydra task function's body. A known error never escapes as a traceback: a single run exits with one
+line on stderr (SystemExit); a multirun (on_error=record) writes a `failed` row and returns, so the sweep goes on.
 """
 from __future__ import annotations
 
@@ -26,8 +25,9 @@ from . import data, results
 from .errors import ConfigError, RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
-from .validation import validate
+from .slurm import job_id as slurm_job_id
 from .threads import intra_op_threads
+from .validation import validate
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -162,7 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         timestamp=started, overrides=json.dumps(ctx.overrides), experiment=ctx.choices.get("experiment"),
         tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"), topk=_raw(cfg, "topk"),
         selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"), weights=_raw(cfg, "model.weights"),
-        hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
+        hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"), slurm_job_id=slurm_job_id(),
     )
     model_slug = str(_raw(cfg, "model.name") or "unknown")
     results_dir: str | None = None

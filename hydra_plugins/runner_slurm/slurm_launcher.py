@@ -9,7 +9,7 @@
   TimeLimit error (submitit would raise `UncompletedJobError: ... timed-out too many times` wherever the job was);
   on a preemption the job is requeued and starts over, as submitit does.
 
-Hydra loads launchers only from the hydra_plugins package, hence this file; the logic is in runner/slurm.py.
+Hydra loads launchers only from the hydra_plugins package, hence this file; the logic is in runner/slurm/.
 """
 from __future__ import annotations
 

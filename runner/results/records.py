@@ -20,14 +20,14 @@ import pyarrow as pa
 from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass(slots=True)
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (1)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2: adds `slurm_job_id`)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -138,6 +138,7 @@ class RunRecord(KeyColumns):
     git_dirty: Bool = col("that checkout had uncommitted changes to tracked files")
     host: String = col("host name")
     pid: Int64 = col("process id")
+    slurm_job_id: String = col("the SLURM job id (`<array>_<task>`) when the job ran under SLURM (added in v2)")
     config_yaml: String = col("the resolved job config (`${oc.env:...}` kept as written outside `out_root` and "
                               "`results_dir`)")
 

@@ -113,3 +113,10 @@ def test_messages_are_shortened_by_one_line_only(path):
 
 # -- torch-free imports -------------------------------------------------------------------------------------------
 
+
+
+def test_no_module_is_over_400_lines():
+    """A module a newcomer can read in one sitting: split by job, not by accident."""
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+             for folder in ("runner", "handlers", "hydra_plugins") for path in (ROOT / folder).rglob("*.py")}
+    assert {path: n for path, n in sizes.items() if n > 400} == {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/helpers/..)
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 INSTALL = "apt-get install -y --no-install-recommends slurm-wlm munge"
@@ -92,7 +92,7 @@ def _node() -> tuple[str, int, int, str]:
 def _write_conf(root: Path, node_line: str, node: str, ports: list[int]) -> Path:
     conf = root / "slurm.conf"
     (root / "plugstack.conf").write_text("")  # none of the host's SPANK plugins
-    conf.write_text(f"""# written by tests/slurm/conftest.py: a private one-node cluster
+    conf.write_text(f"""# written by tests/helpers/slurm_cluster.py: a private one-node cluster
 ClusterName=moeprof-test
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ports[0]}

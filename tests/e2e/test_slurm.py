@@ -1,6 +1,6 @@
 """Sweeps on a real (private, single-node) SLURM cluster through the project's presets: a sweep as an array, faults
 (scancel mid-run, a memory-limit kill), resume, misconfiguration refused in one line; and the pieces of
-runner/slurm.py that need no cluster."""
+runner/slurm/ that need no cluster."""
 from __future__ import annotations
 
 import json
@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 
 from runner import results, slurm
+from helpers import DATA, ROOT
+from helpers.slurm_cluster import runner_sweep, slurm_cluster  # noqa: F401 - fixtures
 
-ROOT = Path(__file__).resolve().parents[2]
-PLUGINS = Path(__file__).parent / "plugins"
+PLUGINS = DATA / "plugins"
 TINY = ["model=olmoe_tiny", "max_batches=1", "seq_len=32", "batch_size=2"]
 # the CPU preset sized for the test node (2 CPUs): two 1-CPU, 1 GB jobs at a time
 CPU = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
        "hydra.launcher.array_parallelism=2"]
 SWEEP_S = 300
-# the fault-injecting callbacks of tests/slurm/plugins (a test-only allow-list entry for the preflight)
+# the fault-injecting callbacks of tests/data/plugins (a test-only allow-list entry for the preflight)
 FAULTS = dict(PYTHONPATH=f"{ROOT}:{PLUGINS}", RUNNER_ALLOW_TARGETS="slurm_faults")
 
 
@@ -209,10 +210,10 @@ def test_job_id_names_an_array_task_as_squeue_does():
 
 
 def test_slurm_units():
-    assert [slurm._minutes(t) for t in ("UNLIMITED", "30", "5:00", "02:00:00", "1-00:00:00", "2-12")] == \
+    assert [slurm.cluster._minutes(t) for t in ("UNLIMITED", "30", "5:00", "02:00:00", "1-00:00:00", "2-12")] == \
         [None, 30, 5, 120, 1440, 3600]
-    assert [slurm._megabytes(m) for m in ("64GB", "4000M", "2G", "512")] == [65536, 4000, 2048, 512]
-    assert [slurm._gpus(g) for g in ("(null)", "gpu:4", "gpu:a100:4(S:0-1),gpu:h100:2", "gpu", "nic:1")] == \
+    assert [slurm.cluster._megabytes(m) for m in ("64GB", "4000M", "2G", "512")] == [65536, 4000, 2048, 512]
+    assert [slurm.cluster._gpus(g) for g in ("(null)", "gpu:4", "gpu:a100:4(S:0-1),gpu:h100:2", "gpu", "nic:1")] == \
         [0, 4, 6, 1, 0]
 
 
@@ -230,7 +231,7 @@ def test_state_changes_are_logged_once_and_a_job_that_cannot_start_says_why(capl
         for state, reason, node in [("PENDING", "Priority", ""), ("PENDING", "Priority", ""),
                                     ("PENDING", "PartitionTimeLimit", ""), ("RUNNING", "None", "n1"),
                                     ("RUNNING", "None", "n1"), ("CANCELLED", "JobArrayTaskLimit", "n1")]:
-            slurm._observe(entry, state, reason, node, now=0.0, warned=warned)
+            slurm.jobs._observe(entry, state, reason, node, now=0.0, warned=warned)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[:3] == ["job 3 (SLURM 12_3): PENDING (Priority)", "job 3 (SLURM 12_3): PENDING (PartitionTimeLimit)",
                          lines[2]] and lines[2].startswith("job 3 (SLURM 12_3) cannot start as requested")
@@ -243,7 +244,7 @@ def test_lost_error_names_the_limit_to_raise(tmp_path):
     log = tmp_path / "job.err"
     log.write_text("slurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***\n")
     entry = slurm.Tracked(0, [], _Job(), state="TIMEOUT", reason="TimeLimit")
-    assert slurm.lost_error(entry, slurm._stepd_line(log)) == (
+    assert slurm.lost_error(entry, slurm.jobs._stepd_line(log)) == (
         "SLURM job 12_3 ended TIMEOUT (TimeLimit) without recording a result: *** JOB 12 ON n1 CANCELLED AT "
         "2026-01-01T00:00:00 DUE TO TIME LIMIT ***; raise hydra.launcher.timeout_min; resume=true runs it again")
     gone = slurm.Tracked(0, [], _Job(), state="PENDING", gone=True)

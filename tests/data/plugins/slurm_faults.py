@@ -1,6 +1,6 @@
 """Test-only Hydra callbacks that make one job of a SLURM sweep misbehave, chosen by its topk.
 
-Used by tests/slurm through `+hydra.callbacks.<name>._target_=slurm_faults.<Class>` with this directory on PYTHONPATH
+Used by tests/e2e/test_slurm.py through `+hydra.callbacks.<name>._target_=slurm_faults.<Class>` with this directory on PYTHONPATH
 (and RUNNER_ALLOW_TARGETS=slurm_faults); never part of the runner.
 """
 import time
