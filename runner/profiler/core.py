@@ -198,6 +198,11 @@ class MOEProfiler:
         (needs analyses with co-activation on)."""
         return frames.coactivation_frame(self)
 
+    def transitions_df(self) -> pd.DataFrame:
+        """(phase, layer, next_layer, expert_a, expert_b, count): tokens routed to a at a MoE layer and to b at the
+        next one, nonzero entries only (needs analyses with transitions on)."""
+        return frames.transitions_frame(self)
+
     def placement_df(self, ep_sizes: Sequence[int] | None = None,
                      redundant: Sequence[int] | None = None) -> pd.DataFrame:
         """Expert-parallel placements of the measured loads: per (phase, layer, ep_size, placement) the imbalance,

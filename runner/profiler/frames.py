@@ -174,6 +174,27 @@ def coactivation_frame(p: "MOEProfiler") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COACTIVATION_COLUMNS)
 
 
+TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+
+
+def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
+    """(phase, layer, next_layer, expert_a, expert_b, count): tokens that selected a at `layer` and b at the next MoE
+    layer, nonzero entries only (metrics.md)."""
+    from .attach import ProfilerError
+
+    if p.recorder is None or not p.recorder.analyses.transitions:
+        raise ProfilerError("transitions are not recorded: MOEProfiler(model, analyses=Analyses(transitions=True)) "
+                            "or analyses=('capacity', 'transitions')")
+    frames = []
+    for phase, snapshot in recorded_phases(p).items():
+        for layer, following in zip(p.layers, p.layers[1:]):
+            matrix = snapshot["transitions"][layer.position][: layer.num_experts, : following.num_experts]
+            a, b = np.nonzero(matrix)
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, next_layer=following.layer_id,
+                                            expert_a=a, expert_b=b, count=matrix[a, b].astype(np.int64))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRANSITION_COLUMNS)
+
+
 def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = None) -> pd.DataFrame:
     """Expert-parallel placements of each (phase, layer)'s measured loads (placement.py): one row per (phase, layer,
     ep_size, placement). ep_sizes: default the candidates dividing E; redundant: numbers of redundant replicas for

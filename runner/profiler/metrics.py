@@ -20,6 +20,9 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   drop_rate_cf<cf> sum over calls of sum_e max(0, c_e - C) divided by sum over calls of T * k (c_e: that call's loads)
   coactivation     C[a, b] = number of tokens with both a and b in S (all pairs), C[a, a] = c_a;
                    P(b | a) = C[a, b] / c_a
+  transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
+  jaccard_next     |S^l & S^(l+1)| / |S^l | S^(l+1)| per token (expert ids compared as numbers), averaged over the
+                   tokens with a nonempty union; on layer l
 p: softmax of the logits for softmax routers; sigmoid scores normalised to sum 1 for sigmoid routers;
 the router's own probabilities where it returns them.
 """
@@ -124,7 +127,7 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
         k_at_max=float(hist[top_k] / tokens) if tokens and top_k and top_k < len(hist) else float("nan"),
         router_entropy=float(sums[0] / math.log(router_width)) if router_width > 1 else 0.0,
         top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
-        topk_boundary_margin=float(boundary), **drop_rates(snapshot, position),
+        topk_boundary_margin=float(boundary), **drop_rates(snapshot, position), **jaccard_next(snapshot, position),
         **load_balance(counts, num_experts),
     )
 
@@ -137,6 +140,14 @@ def drop_rates(snapshot: dict[str, np.ndarray], position: int) -> dict[str, floa
     drops = snapshot["drops"][position]  # [F + 1]: dropped per factor, then sum of T * k
     return {f"drop_rate_cf{float(cf)!r}": float(drops[i] / drops[-1]) if drops[-1] else float("nan")
             for i, cf in enumerate(factors)}
+
+
+def jaccard_next(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`jaccard_next`: the mean Jaccard similarity of the token's selections at this layer and the next MoE layer."""
+    if "jaccard" not in snapshot:
+        return {}
+    total, tokens = snapshot["jaccard"][position]
+    return dict(jaccard_next=float(total / tokens) if tokens else float("nan"))
 
 
 def expert_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int) -> dict[str, np.ndarray]:

@@ -36,11 +36,14 @@ def _capturing() -> bool:
 class Analyses:
     """Routing analyses beyond the load-balance metrics (definitions in metrics.py, bytes in docs/metrics.md).
     The top-k boundary margin is always on (two sums). capacity_factors: one `drop_rate_cf<cf>` column each (() for
-    none); coactivation: an E x E count matrix per layer and phase (off by default)."""
+    none); coactivation: an E x E count matrix per layer and phase (off by default); transitions: an E x E count
+    matrix and the Jaccard similarity per pair of consecutive MoE layers and phase, plus each layer's last selection
+    (off by default)."""
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     coactivation: bool = False
+    transitions: bool = False
 
-    NAMES = ("capacity", "coactivation")
+    NAMES = ("capacity", "coactivation", "transitions")
 
     @classmethod
     def of(cls, value: "Analyses | Iterable[str] | None") -> "Analyses":
@@ -51,24 +54,27 @@ class Analyses:
         if names - set(cls.NAMES):
             raise ValueError(f"unknown analyses {sorted(names - set(cls.NAMES))}; known: {list(cls.NAMES)}")
         return cls(capacity_factors=CAPACITY_FACTORS if "capacity" in names else (),
-                   coactivation="coactivation" in names)
+                   coactivation="coactivation" in names, transitions="transitions" in names)
 
 
 class LayerAccumulators(nn.Module):
     """Accumulators of the MoE layers that share one device and router width, as flat registered buffers.
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
-    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W (or nothing).
+    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
+    V * V and jaccard 2 (V: the widest router of the model), or nothing where the analysis is off. `selection` holds
+    each row's last call's [tokens, V] selection (not per phase) and `selection_tokens` its size (-1: none).
     The current phase is a device scalar (`phase`), so switching phases changes no Python
     state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
-                 analyses: Analyses = Analyses()):
+                 analyses: Analyses = Analyses(), transition_width: int = 0):
         super().__init__()
         self.positions, self.width, self.phases = positions, width, phases
         self.num_factors, self.coactive = len(analyses.capacity_factors), analyses.coactivation
         L, W, P, F = len(positions), width, phases, len(analyses.capacity_factors)
+        V = self.transition_width = transition_width if analyses.transitions else 0
         with torch.inference_mode(False):  # normal tensors, updatable in and out of inference mode
             i64, f64 = dict(dtype=torch.int64, device=device), dict(dtype=torch.float64, device=device)
             self.register_buffer("counts", torch.zeros(L * P * W, **i64))
@@ -79,10 +85,14 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("drops", torch.zeros(L * P * (F + 1) if F else 0, **i64))
             self.register_buffer("coactivation", torch.zeros(L * P * W * W if self.coactive else 0, **i64))
             self.register_buffer("factors", torch.tensor(analyses.capacity_factors, **f64))
+            self.register_buffer("transitions", torch.zeros(L * P * V * V, **i64))
+            self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
+            self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
+            self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
-            entries = max(W * W if self.coactive else W, len(SUMS), P, F + 1)
+            entries = max(W * W if self.coactive else W, V * V, len(SUMS), P, F + 1)
             self.register_buffer("columns", torch.arange(entries, **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
@@ -181,7 +191,54 @@ class LayerAccumulators(nn.Module):
             shapes["drops"] = (self.num_factors + 1,)
         if self.coactive:
             shapes["coactivation"] = (W, W)
+        if self.transition_width:
+            shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
         return shapes
+
+    # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
+    def selected(self, rows: slice, index: torch.Tensor, dense: bool) -> torch.Tensor:
+        """One call's [n, V] 0/1 selection (uint8) of row `rows` (sentinel / zero-compute slots excluded)."""
+        V, index = self.transition_width, index[0]
+        valid = (index >= 0) & (index < self.real[rows][0])
+        safe = index.clamp(0, V - 1).long()
+        if dense:
+            hit = ((safe.unsqueeze(-1) == self.columns[:V]) & valid.unsqueeze(-1)).sum(1)
+        else:
+            hit = torch.zeros(index.shape[0], V, dtype=torch.int64, device=index.device).scatter_add_(
+                -1, safe, valid.long())
+        return hit.clamp_max(1).to(torch.uint8)
+
+    def keep_selection(self, row: int, mask: torch.Tensor) -> None:
+        """Copy (never reference) a call's selection for the next layer; eager calls grow the buffer when larger."""
+        n = mask.shape[0]
+        if n > self.selection.shape[1]:
+            if torch.compiler.is_compiling() or _capturing():  # cannot grow here: the next layer pairs nothing
+                self.selection_tokens[row].fill_(-1)
+                return
+            grown = torch.zeros(self.selection.shape[0], n, self.transition_width, dtype=torch.uint8,
+                                device=self.selection.device)
+            grown[:, : self.selection.shape[1]] = self.selection
+            self.selection = grown
+            mark_static(self.selection)
+        self.selection[row, :n].copy_(mask)
+        self.selection_tokens[row].fill_(n)
+
+    def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
+        """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
+        the same tokens: transition counts prevᵀ·mask and the per-token Jaccard sum, added only where the kept call
+        had as many tokens."""
+        n = mask.shape[0]
+        if n > self.selection.shape[1]:
+            return
+        before, after = self.selection[row, :n].to(mask.device).float(), mask.float()
+        same = (self.selection_tokens[row] == n).to(mask.device)
+        counts = torch.mm(before.t(), after).round().long() * same  # [V, V]
+        union = ((before + after) > 0).sum(-1)
+        jaccard = torch.where(union > 0, (before * after).sum(-1) / union.clamp_min(1), 0.0)
+        sums = torch.stack([jaccard.sum(dtype=torch.float64), (union > 0).sum().double()]) * same
+        rows = slice(row, row + 1)
+        self._add("transitions", rows, counts.flatten().unsqueeze(0).to(self.transitions.device), dense)
+        self._add("jaccard", rows, sums.unsqueeze(0).to(self.jaccard.device), dense)
 
 
 class RoutingRecorder:
@@ -215,7 +272,7 @@ class RoutingRecorder:
             keyed.setdefault((str(device), width), []).append(position)
         old = getattr(self, "groups", None)
         self.groups = [LayerAccumulators(positions, width, [self.num_experts[p] for p in positions], len(self.phases),
-                                         self.devices[positions[0]], self.analyses)
+                                         self.devices[positions[0]], self.analyses, self.router_width)
                        for (_, width), positions in keyed.items()]
         self._where = {p: (group, row) for group in self.groups for row, p in enumerate(group.positions)}
         if old is not None:  # more phases: carry what was recorded over
@@ -260,6 +317,12 @@ class RoutingRecorder:
             weight.detach().reshape(1, -1, slots)
         if group.num_factors:  # per call, whatever the staging does
             group.add_drops(slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
+        if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
+            mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
+            if layer > 0:
+                previous, previous_row = self._where[layer - 1]
+                previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
+            group.keep_selection(row, mask)
         if torch.compiler.is_compiling() or _capturing():
             # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
@@ -348,6 +411,7 @@ class RoutingRecorder:
         for group in self.groups:
             for name in group.shapes():
                 getattr(group, name).zero_()
+            group.selection_tokens.fill_(-1)
 
     @property
     def buffer_bytes(self) -> int:

@@ -85,15 +85,16 @@ def test_capacity_factors_are_configurable_and_can_be_off():
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
     assert [name for g in off.groups for name, t in g.named_buffers() if t.numel() == 0] == [
-        "drops", "coactivation", "factors"]  # nothing held for what is off
+        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens"]  # all off
 
 
 def test_analyses_names():
     assert Analyses.of(None) == Analyses() and Analyses().coactivation is False
     assert Analyses.of(("coactivation",)) == Analyses(capacity_factors=(), coactivation=True)
     assert Analyses.of(["capacity", "coactivation"]).capacity_factors == (1.0, 1.25, 1.5, 2.0)
+    assert Analyses.of("transitions") == Analyses(capacity_factors=(), transitions=True)
     with pytest.raises(ValueError, match="unknown analyses"):
-        Analyses.of(("transitions",))
+        Analyses.of(("capacity", "coactivations"))
 
 
 def test_coactivation_by_hand():
@@ -211,3 +212,63 @@ def test_placement_df_scores_each_layers_loads():
     default = p.placement_df()
     assert set(default["ep_size"]) == {n for n in (2, 4, 8, 16, 32, 64) if n <= E and E % n == 0}
     assert isinstance(default, pd.DataFrame)
+
+
+# -- cross-layer transitions ----------------------------------------------------------------------------------------
+
+def two_layers(**kwargs):
+    return RoutingRecorder(2, router_width=4, num_experts=[4, 4], scoring="softmax", analyses=("transitions",),
+                           **kwargs)
+
+
+def call(rec, layer, index):
+    index = torch.tensor(index)
+    rec.record(layer, torch.zeros(len(index), 4), index, torch.ones(index.shape))
+
+
+def test_transitions_and_jaccard_by_hand():
+    rec = two_layers()
+    call(rec, 0, [[0, 1], [2, 3]])
+    call(rec, 1, [[0, 2], [2, 3]])  # token 1: {0, 1} -> {0, 2}, Jaccard 1/3; token 2: {2, 3} -> {2, 3}, Jaccard 1
+    call(rec, 0, [[1, 4]])          # next forward, one token, one slot dropped (sentinel)
+    call(rec, 1, [[3, 1]])          # {1} -> {1, 3}: Jaccard 1/2
+    call(rec, 0, [[0, 1], [0, 1]])
+    call(rec, 1, [[0, 1], [0, 1], [0, 1]])  # not the same tokens (3 vs 2): nothing paired
+    snap = rec.snapshot()
+    assert snap["transitions"][0].tolist() == [[1, 0, 1, 0],
+                                               [1, 1, 1, 1],
+                                               [0, 0, 1, 1],
+                                               [0, 0, 1, 1]]
+    assert not snap["transitions"][1].any()  # the last layer has no next
+    total, tokens = snap["jaccard"][0]
+    assert tokens == 3 and total == pytest.approx(1 / 3 + 1 + 1 / 2)
+    assert layer_metrics(snap, 0, 4, 4, 2)["jaccard_next"] == pytest.approx((1 / 3 + 1.5) / 3)
+    assert math.isnan(layer_metrics(snap, 1, 4, 4, 2)["jaccard_next"])
+
+
+def test_transitions_keep_a_copy_sized_for_the_largest_call():
+    rec = two_layers()
+    index = torch.tensor([[0, 1], [2, 3]])
+    rec.record(0, torch.zeros(2, 4), index, torch.ones(2, 2))
+    index[:] = 0  # the router's output is overwritten (a CUDA-graph pool): the kept selection is a copy
+    group = rec.groups[0]
+    assert group.selection.shape == (2, 2, 4)
+    call(rec, 1, [[0, 1], [2, 3]])
+    assert rec.snapshot()["jaccard"][0].tolist() == [2.0, 2.0]
+    call(rec, 0, [[0, 1]] * 5)
+    assert group.selection.shape == (2, 5, 4)  # grown once, for the larger call
+    call(rec, 0, [[0, 1]])
+    assert group.selection.shape == (2, 5, 4)
+
+
+def test_transitions_on_a_tiny_model():
+    _, p = tiny_profile(analyses=("transitions",))
+    df = p.layers_df()
+    assert df["jaccard_next"].iloc[0] >= 0 and math.isnan(df["jaccard_next"].iloc[1])
+    flow = p.transitions_df()
+    assert list(flow.columns) == ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+    assert set(zip(flow["layer"], flow["next_layer"])) == {(0, 1)} and (flow["count"] > 0).all()
+    k = int(df["top_k"].iloc[0])
+    assert flow["count"].sum() == k * k * df["tokens"].iloc[0]  # every token: k x k pairs
+    with pytest.raises(ProfilerError, match="transitions are not recorded"):
+        tiny_profile()[1].transitions_df()
