@@ -5,8 +5,8 @@ Imports are lazy (`from runner.profiler import MOEProfiler` loads torch then), s
 selector_names can be read by the runner's schema without importing torch."""
 from __future__ import annotations
 
-__all__ = ["MOEProfiler", "ProfilerError", "NoMoEError"]
-_HOMES = {"MOEProfiler": "core", "ProfilerError": "attach", "NoMoEError": "scan"}
+__all__ = ["Analyses", "MOEProfiler", "ProfilerError", "NoMoEError"]
+_HOMES = {"Analyses": "record", "MOEProfiler": "core", "ProfilerError": "attach", "NoMoEError": "scan"}
 
 
 def __getattr__(name: str):

@@ -19,11 +19,11 @@ from . import frames, upstream
 from .attach import Attachment, ProfilerError, layer_device
 from .cost import Cost
 from .latency import LayerTimer
-from .record import RoutingRecorder
+from .record import Analyses, RoutingRecorder
 from .routing import Routing
 from .scan import MoELayer, scan_model, text_config
 
-__all__ = ["MOEProfiler", "ProfilerError"]
+__all__ = ["Analyses", "MOEProfiler", "ProfilerError"]
 
 
 class MOEProfiler:
@@ -35,6 +35,8 @@ class MOEProfiler:
     latency: time each MoE block (CUDA events on GPU); adds hooks, off by default.
     phases: the labels `set_phase()` switches between without recompiling compiled code (others can be added later,
     at the cost of one re-trace).
+    analyses: the routing analyses beyond load balance (an `Analyses`, or names: `("capacity", "coactivation")`);
+    default: capacity-factor drops at 1, 1.25, 1.5 and 2 on, co-activation off. The top-k boundary margin is always on.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class MOEProfiler:
         warmup: int = 1,
         buffer_tokens: int | None = None,
         phases: Sequence[str] = ("prefill", "decode"),
+        analyses: Analyses | Sequence[str] | None = None,
         verbose: bool = True,
     ):
         model = upstream.unwrap_compiled(model)  # torch.compile(model): profile the module it wraps
@@ -67,7 +70,7 @@ class MOEProfiler:
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
-                devices=[layer_device(l) for l in self.layers], phases=tuple(phases),
+                devices=[layer_device(l) for l in self.layers], phases=tuple(phases), analyses=analyses,
             )
             if metrics and observable else None
         )
@@ -189,6 +192,23 @@ class MOEProfiler:
     def experts_df(self) -> pd.DataFrame:
         """One row per (phase, MoE layer, expert), zero-count experts included."""
         return frames.experts_frame(self)
+
+    def coactivation_df(self) -> pd.DataFrame:
+        """(phase, layer, expert_a, expert_b, count): tokens that selected both experts, nonzero pairs a != b only
+        (needs analyses with co-activation on)."""
+        return frames.coactivation_frame(self)
+
+    def transitions_df(self) -> pd.DataFrame:
+        """(phase, layer, next_layer, expert_a, expert_b, count): tokens routed to a at a MoE layer and to b at the
+        next one, nonzero entries only (needs analyses with transitions on)."""
+        return frames.transitions_frame(self)
+
+    def placement_df(self, ep_sizes: Sequence[int] | None = None,
+                     redundant: Sequence[int] | None = None) -> pd.DataFrame:
+        """Expert-parallel placements of the measured loads: per (phase, layer, ep_size, placement) the imbalance,
+        balancedness, busiest rank's tokens and the placement (expert -> ranks). ep_sizes: default those of
+        placement.EP_SIZES dividing E; redundant: replica counts for `balanced+r<R>` (default: R = ep_size)."""
+        return frames.placement_frame(self, ep_sizes, redundant)
 
     def memory_df(self) -> pd.DataFrame:
         """Peak memory per CUDA device since attach/reset (empty on CPU)."""

@@ -146,3 +146,69 @@ def report(p: "MOEProfiler") -> str:
         lines.append(f"Total MoE FLOPs: {int(df['flops'].sum()):,} over {int(df['tokens'].max()):,} tokens "
                      f"({df['flops'].sum() / df['tokens'].max():,.0f} per token)")
     return "\n".join(lines)
+
+
+# -- analyses -----------------------------------------------------------------------------------------------------
+COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count"]
+PLACEMENT_COLUMNS = ["phase", "layer", "ep_size", "placement", "imbalance", "balancedness", "busiest_rank_tokens",
+                     "expert_ranks"]
+
+
+def coactivation_frame(p: "MOEProfiler") -> pd.DataFrame:
+    """(phase, layer, expert_a, expert_b, count): the nonzero off-diagonal entries of each layer's co-activation
+    matrix (metrics.md); both (a, b) and (b, a) are listed."""
+    from .attach import ProfilerError
+
+    if p.recorder is None or not p.recorder.analyses.coactivation:
+        raise ProfilerError("co-activation is not recorded: MOEProfiler(model, analyses=Analyses(coactivation=True)) "
+                            "or analyses=('capacity', 'coactivation')")
+    frames = []
+    for phase, snapshot in recorded_phases(p).items():
+        for layer in p.layers:
+            E = layer.num_experts
+            matrix = snapshot["coactivation"][layer.position][:E, :E].copy()
+            np.fill_diagonal(matrix, 0)
+            a, b = np.nonzero(matrix)
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert_a=a, expert_b=b,
+                                            count=matrix[a, b].astype(np.int64))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COACTIVATION_COLUMNS)
+
+
+TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+
+
+def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
+    """(phase, layer, next_layer, expert_a, expert_b, count): tokens that selected a at `layer` and b at the next MoE
+    layer, nonzero entries only (metrics.md)."""
+    from .attach import ProfilerError
+
+    if p.recorder is None or not p.recorder.analyses.transitions:
+        raise ProfilerError("transitions are not recorded: MOEProfiler(model, analyses=Analyses(transitions=True)) "
+                            "or analyses=('capacity', 'transitions')")
+    frames = []
+    for phase, snapshot in recorded_phases(p).items():
+        for layer, following in zip(p.layers, p.layers[1:]):
+            matrix = snapshot["transitions"][layer.position][: layer.num_experts, : following.num_experts]
+            a, b = np.nonzero(matrix)
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, next_layer=following.layer_id,
+                                            expert_a=a, expert_b=b, count=matrix[a, b].astype(np.int64))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRANSITION_COLUMNS)
+
+
+def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = None) -> pd.DataFrame:
+    """Expert-parallel placements of each (phase, layer)'s measured loads (placement.py): one row per (phase, layer,
+    ep_size, placement). ep_sizes: default the candidates dividing E; redundant: numbers of redundant replicas for
+    `balanced+r<R>` (default: one per rank, R = ep_size)."""
+    from . import placement
+
+    experts = experts_frame(p)
+    rows = []
+    for (phase, layer_id), group in experts.groupby(["phase", "layer"], sort=False):
+        loads = group["tokens"].to_numpy(np.float64)
+        sizes = placement.ep_sizes(len(loads)) if ep_sizes is None else [n for n in ep_sizes if len(loads) % n == 0]
+        for size in sizes:
+            extra = (size,) if redundant is None else tuple(redundant)
+            for placed in placement.placements(loads, size, extra):
+                rows.append(dict(phase=phase, layer=layer_id, ep_size=size, placement=placed.name,
+                                 **placed.score(loads), expert_ranks=[list(r) for r in placed.expert_ranks]))
+    return pd.DataFrame(rows, columns=PLACEMENT_COLUMNS)

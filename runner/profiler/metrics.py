@@ -14,6 +14,15 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   load_entropy     -sum f_e ln f_e / ln E, f = c / sum c (1 = perfectly balanced)
   load_max_mean    max(c) / mean(c)
   dead_experts     number of experts with c_e = 0
+  topk_boundary_margin  (min_{e in S} p_e - max_{e not in S} p_e) / min_{e in S} p_e, averaged over the tokens with
+                   1 <= |S| < width (a token with nothing, or everything, selected has no boundary)
+  capacity C       ceil(T * k / E * cf) for one router call (Megatron-Core get_capacity): T tokens, k slots per token
+  drop_rate_cf<cf> sum over calls of sum_e max(0, c_e - C) divided by sum over calls of T * k (c_e: that call's loads)
+  coactivation     C[a, b] = number of tokens with both a and b in S (all pairs), C[a, a] = c_a;
+                   P(b | a) = C[a, b] / c_a
+  transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
+  jaccard_next     |S^l & S^(l+1)| / |S^l | S^(l+1)| per token (expert ids compared as numbers), averaged over the
+                   tokens with a nonempty union; on layer l
 p: softmax of the logits for softmax routers; sigmoid scores normalised to sum 1 for sigmoid routers;
 the router's own probabilities where it returns them.
 """
@@ -28,7 +37,8 @@ from torch import nn
 
 from handlers.base import Scoring
 
-SUMS = ("entropy", "top1", "margin", "selected_mass")
+SUMS = ("entropy", "top1", "margin", "selected_mass", "boundary_margin", "boundary_tokens")
+CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
 
 
 def router_probs(logits: torch.Tensor, scoring: Scoring) -> torch.Tensor:
@@ -53,6 +63,27 @@ def top1_and_margin(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     others = probs.masked_fill(at_top, float("-inf")).amax(-1, keepdim=True)
     second = torch.where(at_top.sum(-1, keepdim=True) > 1, top1, others)
     return top1.squeeze(-1), (top1 - second).squeeze(-1)
+
+
+def boundary_margin(probs: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token (min over S of p - max outside S of p) / min over S of p, and whether it is defined (1 <= |S| <
+    width); `selected` is the [..., width] mask of S. Zero where undefined."""
+    lowest = probs.masked_fill(~selected, float("inf")).amin(-1)
+    highest = probs.masked_fill(selected, float("-inf")).amax(-1)
+    size = selected.sum(-1)
+    defined = (size >= 1) & (size < probs.shape[-1])
+    margin = (lowest - highest) / lowest.clamp_min(torch.finfo(probs.dtype).tiny)
+    return torch.where(defined, margin, 0.0), defined
+
+
+def capacity_drops(counts: torch.Tensor, factors: torch.Tensor, tokens: int, slots: int,
+                   num_experts: int) -> torch.Tensor:
+    """Assignments one router call drops at each capacity factor: sum_e max(0, c_e - C), C = ceil(T * k / E * cf)
+    (Megatron-Core's get_capacity, fp64 as Python computes it). counts: [..., E'] the call's loads (real experts only,
+    extra columns zero); factors: [F] fp64. Returns [..., F] int64."""
+    capacity = torch.ceil(factors * (tokens * slots / num_experts))  # [F]
+    over = counts.unsqueeze(-2).double() - capacity.unsqueeze(-1)  # [..., F, E']
+    return over.clamp_min(0).sum(-1).long()
 
 
 def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:
@@ -85,7 +116,10 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
     counts = snapshot["counts"][position]
     assignments = int(counts[:num_experts].sum())
     last = int(np.nonzero(hist)[0].max()) if hist.any() else 0
-    sums = snapshot["sums"][position] / max(tokens, 1)
+    raw = snapshot["sums"][position]
+    sums = raw / max(tokens, 1)
+    boundary = raw[SUMS.index("boundary_margin")] / raw[SUMS.index("boundary_tokens")] \
+        if raw[SUMS.index("boundary_tokens")] else float("nan")
     return dict(
         tokens=tokens, assignments=assignments, k_mean=assignments / tokens if tokens else float("nan"),
         k_hist=[int(v) for v in hist[: last + 1]],
@@ -93,8 +127,27 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
         k_at_max=float(hist[top_k] / tokens) if tokens and top_k and top_k < len(hist) else float("nan"),
         router_entropy=float(sums[0] / math.log(router_width)) if router_width > 1 else 0.0,
         top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
+        topk_boundary_margin=float(boundary), **drop_rates(snapshot, position), **jaccard_next(snapshot, position),
         **load_balance(counts, num_experts),
     )
+
+
+def drop_rates(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`drop_rate_cf<cf>` per capacity factor: dropped assignments / sum of T * k over the layer's calls."""
+    factors = snapshot.get("capacity_factors")
+    if factors is None or not len(factors):
+        return {}
+    drops = snapshot["drops"][position]  # [F + 1]: dropped per factor, then sum of T * k
+    return {f"drop_rate_cf{float(cf)!r}": float(drops[i] / drops[-1]) if drops[-1] else float("nan")
+            for i, cf in enumerate(factors)}
+
+
+def jaccard_next(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`jaccard_next`: the mean Jaccard similarity of the token's selections at this layer and the next MoE layer."""
+    if "jaccard" not in snapshot:
+        return {}
+    total, tokens = snapshot["jaccard"][position]
+    return dict(jaccard_next=float(total / tokens) if tokens else float("nan"))
 
 
 def expert_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int) -> dict[str, np.ndarray]:

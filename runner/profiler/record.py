@@ -14,13 +14,16 @@ The metric definitions are in runner/profiler/metrics.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable
+
 import numpy as np
 import torch
 from torch import nn
 
 from handlers.base import Scoring
 
-from .metrics import SUMS, router_probs, top1_and_margin
+from .metrics import CAPACITY_FACTORS, SUMS, boundary_margin, capacity_drops, router_probs, top1_and_margin
 from .upstream import mark_static
 
 
@@ -29,18 +32,49 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+@dataclass(frozen=True)
+class Analyses:
+    """Routing analyses beyond the load-balance metrics (definitions in metrics.py, bytes in docs/metrics.md).
+    The top-k boundary margin is always on (two sums). capacity_factors: one `drop_rate_cf<cf>` column each (() for
+    none); coactivation: an E x E count matrix per layer and phase (off by default); transitions: an E x E count
+    matrix and the Jaccard similarity per pair of consecutive MoE layers and phase, plus each layer's last selection
+    (off by default)."""
+    capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
+    coactivation: bool = False
+    transitions: bool = False
+
+    NAMES = ("capacity", "coactivation", "transitions")
+
+    @classmethod
+    def of(cls, value: "Analyses | Iterable[str] | None") -> "Analyses":
+        """None: the defaults; an Analyses as is; names (`("capacity", "coactivation")`): exactly those on."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        names = {value} if isinstance(value, str) else set(value)
+        if names - set(cls.NAMES):
+            raise ValueError(f"unknown analyses {sorted(names - set(cls.NAMES))}; known: {list(cls.NAMES)}")
+        return cls(capacity_factors=CAPACITY_FACTORS if "capacity" in names else (),
+                   coactivation="coactivation" in names, transitions="transitions" in names)
+
+
 class LayerAccumulators(nn.Module):
     """Accumulators of the MoE layers that share one device and router width, as flat registered buffers.
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
-    k_hist W + 1, sums 4. The current phase is a device scalar (`phase`), so switching phases changes no Python
+    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
+    V * V and jaccard 2 (V: the widest router of the model), or nothing where the analysis is off. `selection` holds
+    each row's last call's [tokens, V] selection (not per phase) and `selection_tokens` its size (-1: none).
+    The current phase is a device scalar (`phase`), so switching phases changes no Python
     state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
-    def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device):
+    def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
+                 analyses: Analyses = Analyses(), transition_width: int = 0):
         super().__init__()
         self.positions, self.width, self.phases = positions, width, phases
-        L, W, P = len(positions), width, phases
+        self.num_factors, self.coactive = len(analyses.capacity_factors), analyses.coactivation
+        L, W, P, F = len(positions), width, phases, len(analyses.capacity_factors)
+        V = self.transition_width = transition_width if analyses.transitions else 0
         with torch.inference_mode(False):  # normal tensors, updatable in and out of inference mode
             i64, f64 = dict(dtype=torch.int64, device=device), dict(dtype=torch.float64, device=device)
             self.register_buffer("counts", torch.zeros(L * P * W, **i64))
@@ -48,10 +82,18 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("importance", torch.zeros(L * P * W, **f64))
             self.register_buffer("k_hist", torch.zeros(L * P * (W + 1), **i64))
             self.register_buffer("sums", torch.zeros(L * P * len(SUMS), **f64))
+            self.register_buffer("drops", torch.zeros(L * P * (F + 1) if F else 0, **i64))
+            self.register_buffer("coactivation", torch.zeros(L * P * W * W if self.coactive else 0, **i64))
+            self.register_buffer("factors", torch.tensor(analyses.capacity_factors, **f64))
+            self.register_buffer("transitions", torch.zeros(L * P * V * V, **i64))
+            self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
+            self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
+            self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
-            self.register_buffer("columns", torch.arange(max(W, len(SUMS), P), **i64))
+            entries = max(W * W if self.coactive else W, V * V, len(SUMS), P, F + 1)
+            self.register_buffer("columns", torch.arange(entries, **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
             mark_static(buffer)
@@ -75,42 +117,128 @@ class LayerAccumulators(nn.Module):
         safe = index.clamp(0, w - 1).long()
         selected_mass = (probs.gather(-1, safe) * valid).sum(-1)
         k = valid.sum(-1)  # [L', n]
-        # fp64 sums: order-independent, so eager and compiled runs agree to rounding
-        sums = torch.stack([entropy, top1, margin, selected_mass], dim=-1).sum(1, dtype=torch.float64)
-        importance = probs.sum(1, dtype=torch.float64)  # [L', w]
         if dense:
-            L, P = len(self.positions), self.phases
-            in_phase = (self.columns[:P] == self.phase).view(1, P, 1)  # [1, P, 1]: the current phase's row
             hit = (safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)  # [L', n, slots, W]
+            chosen = hit.sum(2).float()  # [L', n, W]: slots on each expert
+        else:
+            chosen = torch.zeros(*k.shape, W, device=k.device).scatter_add_(-1, safe, valid.float())
+        boundary, defined = boundary_margin(probs, chosen[..., :w] > 0)
+        # fp64 sums: order-independent, so eager and compiled runs agree to rounding
+        sums = torch.stack([entropy, top1, margin, selected_mass, boundary, defined.float()],
+                           dim=-1).sum(1, dtype=torch.float64)
+        importance = torch.nn.functional.pad(probs.sum(1, dtype=torch.float64), (0, W - w))  # [L', W]
+        updates = dict(importance=importance, sums=sums)
+        if self.coactive:  # C = M^T M, M the [n, W] selection: exact in fp32 up to 2^24 tokens a reduction
+            updates["coactivation"] = torch.bmm(chosen.transpose(1, 2), chosen).round().long().flatten(1)
+        if dense:
             k_values = torch.arange(W + 1, device=k.device)
-            updates = dict(
+            updates.update(
                 counts=hit.sum((1, 2)), gate_mass=torch.where(hit, weight.unsqueeze(-1), 0).sum((1, 2), dtype=torch.float64),
-                k_hist=(k.unsqueeze(-1) == k_values).sum(1),
-                importance=torch.nn.functional.pad(importance, (0, W - w)), sums=sums)
-            for name, delta in updates.items():
-                block = getattr(self, name).view(L, P, -1)[rows]  # [L', P, entries]
-                block += torch.where(in_phase, delta.unsqueeze(1), 0).to(block.dtype)
+                k_hist=(k.unsqueeze(-1) == k_values).sum(1))
+        else:
+            slot = self.row_slots[rows] + self.phase  # [L']
+            expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
+            self.counts.index_add_(0, expert_at, valid.flatten().long())
+            self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
+            self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
+        for name, delta in updates.items():
+            self._add(name, rows, delta, dense)
+
+    def _add(self, name: str, rows: slice, delta: torch.Tensor, dense: bool) -> None:
+        """Add [L', entries] to the current phase of rows `rows` of buffer `name`: through a phase mask (traced:
+        no indexed write), or by `index_add_` (eager)."""
+        L, P, buffer = len(self.positions), self.phases, getattr(self, name)
+        if dense:
+            in_phase = (self.columns[:P] == self.phase).view(1, P, 1)  # [1, P, 1]: the current phase's row
+            block = buffer.view(L, P, -1)[rows]  # [L', P, entries]
+            block += torch.where(in_phase, delta.unsqueeze(1), 0).to(block.dtype)
             return
-        slot = self.row_slots[rows] + self.phase  # [L']
-        expert_at = (safe + (slot * W).view(-1, 1, 1)).flatten()
-        self.counts.index_add_(0, expert_at, valid.flatten().long())
-        self.gate_mass.index_add_(0, expert_at, torch.where(valid, weight, 0).flatten().double())
-        self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
-        self.importance.index_add_(0, ((slot * W).view(-1, 1) + self.columns[:w]).flatten(), importance.flatten())
-        self.sums.index_add_(0, ((slot * len(SUMS)).view(-1, 1) + self.columns[: len(SUMS)]).flatten(),
-                             sums.flatten())
+        size = delta.shape[-1]
+        at = ((self.row_slots[rows] + self.phase) * size).view(-1, 1) + self.columns[:size]
+        buffer.index_add_(0, at.flatten(), delta.flatten().to(buffer.dtype))
+
+    @torch.no_grad()
+    def add_drops(self, rows: slice, index: torch.Tensor, num_experts: int, dense: bool) -> None:
+        """One router call's capacity drops (metrics.capacity_drops) at every factor, and its T * k, for row `rows`:
+        per call, so the eager path runs it at once (one scatter of the call's loads), not on the staged tokens."""
+        W, (_, tokens, slots) = self.width, index.shape
+        valid = (index >= 0) & (index < self.real[rows])
+        safe = index.clamp(0, W - 1).long()
+        if dense:
+            counts = ((safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)).sum((1, 2))  # [1, W]
+        else:
+            counts = torch.zeros(W, dtype=torch.int64, device=index.device).index_add_(
+                0, safe.flatten(), valid.flatten().long()).unsqueeze(0)
+        dropped = capacity_drops(counts, self.factors, tokens, slots, num_experts)  # [1, F]
+        self._add("drops", rows, torch.cat([dropped, torch.full_like(dropped[:, :1], tokens * slots)], -1), dense)
 
     def read(self) -> dict[str, np.ndarray]:
         """Host copies shaped [L, P, ...] (the one sync)."""
-        L, P, W = len(self.positions), self.phases, self.width
-        shapes = dict(counts=W, gate_mass=W, importance=W, k_hist=W + 1, sums=len(SUMS))
+        L, P = len(self.positions), self.phases
         out = {}
-        for name, size in shapes.items():
+        for name, shape in self.shapes().items():
             buffer = getattr(self, name)
             if buffer.is_meta:  # a model built on the meta device records nothing
                 buffer = torch.zeros(buffer.shape, dtype=buffer.dtype)
-            out[name] = buffer.cpu().numpy().reshape(L, P, size)
+            out[name] = buffer.cpu().numpy().reshape(L, P, *shape)
         return out
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each accumulator's entries per (layer, phase); the analyses that are off are left out."""
+        W = self.width
+        shapes = dict(counts=(W,), gate_mass=(W,), importance=(W,), k_hist=(W + 1,), sums=(len(SUMS),))
+        if self.num_factors:
+            shapes["drops"] = (self.num_factors + 1,)
+        if self.coactive:
+            shapes["coactivation"] = (W, W)
+        if self.transition_width:
+            shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
+        return shapes
+
+    # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
+    def selected(self, rows: slice, index: torch.Tensor, dense: bool) -> torch.Tensor:
+        """One call's [n, V] 0/1 selection (uint8) of row `rows` (sentinel / zero-compute slots excluded)."""
+        V, index = self.transition_width, index[0]
+        valid = (index >= 0) & (index < self.real[rows][0])
+        safe = index.clamp(0, V - 1).long()
+        if dense:
+            hit = ((safe.unsqueeze(-1) == self.columns[:V]) & valid.unsqueeze(-1)).sum(1)
+        else:
+            hit = torch.zeros(index.shape[0], V, dtype=torch.int64, device=index.device).scatter_add_(
+                -1, safe, valid.long())
+        return hit.clamp_max(1).to(torch.uint8)
+
+    def keep_selection(self, row: int, mask: torch.Tensor) -> None:
+        """Copy (never reference) a call's selection for the next layer; eager calls grow the buffer when larger."""
+        n = mask.shape[0]
+        if n > self.selection.shape[1]:
+            if torch.compiler.is_compiling() or _capturing():  # cannot grow here: the next layer pairs nothing
+                self.selection_tokens[row].fill_(-1)
+                return
+            grown = torch.zeros(self.selection.shape[0], n, self.transition_width, dtype=torch.uint8,
+                                device=self.selection.device)
+            grown[:, : self.selection.shape[1]] = self.selection
+            self.selection = grown
+            mark_static(self.selection)
+        self.selection[row, :n].copy_(mask)
+        self.selection_tokens[row].fill_(n)
+
+    def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
+        """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
+        the same tokens: transition counts prevᵀ·mask and the per-token Jaccard sum, added only where the kept call
+        had as many tokens."""
+        n = mask.shape[0]
+        if n > self.selection.shape[1]:
+            return
+        before, after = self.selection[row, :n].to(mask.device).float(), mask.float()
+        same = (self.selection_tokens[row] == n).to(mask.device)
+        counts = torch.mm(before.t(), after).round().long() * same  # [V, V]
+        union = ((before + after) > 0).sum(-1)
+        jaccard = torch.where(union > 0, (before * after).sum(-1) / union.clamp_min(1), 0.0)
+        sums = torch.stack([jaccard.sum(dtype=torch.float64), (union > 0).sum().double()]) * same
+        rows = slice(row, row + 1)
+        self._add("transitions", rows, counts.flatten().unsqueeze(0).to(self.transitions.device), dense)
+        self._add("jaccard", rows, sums.unsqueeze(0).to(self.jaccard.device), dense)
 
 
 class RoutingRecorder:
@@ -123,8 +251,9 @@ class RoutingRecorder:
 
     def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: Scoring,
                  capacity: int | None = None, devices: list[torch.device] | None = None,
-                 phases: tuple[str, ...] = ("prefill", "decode")):
+                 phases: tuple[str, ...] = ("prefill", "decode"), analyses: Analyses | Iterable[str] | None = None):
         self.num_layers = num_layers
+        self.analyses = Analyses.of(analyses)
         widths = router_width if isinstance(router_width, (list, tuple)) else [router_width] * num_layers
         # a router may score more or fewer columns than its weight has rows (zero-compute experts, MLP routers)
         self.widths = [max(int(w), int(e)) for w, e in zip(widths, num_experts)]
@@ -143,12 +272,13 @@ class RoutingRecorder:
             keyed.setdefault((str(device), width), []).append(position)
         old = getattr(self, "groups", None)
         self.groups = [LayerAccumulators(positions, width, [self.num_experts[p] for p in positions], len(self.phases),
-                                         self.devices[positions[0]]) for (_, width), positions in keyed.items()]
+                                         self.devices[positions[0]], self.analyses, self.router_width)
+                       for (_, width), positions in keyed.items()]
         self._where = {p: (group, row) for group in self.groups for row, p in enumerate(group.positions)}
         if old is not None:  # more phases: carry what was recorded over
             for before, after in zip(old, self.groups):
                 for name, now in before.read().items():
-                    padded = np.zeros((now.shape[0], len(self.phases), now.shape[2]), dtype=now.dtype)
+                    padded = np.zeros((now.shape[0], len(self.phases), *now.shape[2:]), dtype=now.dtype)
                     padded[:, : now.shape[1]] = now
                     getattr(after, name).copy_(torch.from_numpy(padded.reshape(-1)))
         for group in self.groups:
@@ -185,6 +315,14 @@ class RoutingRecorder:
                              f"the profiler allocated for")
         logits, index, weight = logits.detach().reshape(1, -1, width), index.reshape(1, -1, slots), \
             weight.detach().reshape(1, -1, slots)
+        if group.num_factors:  # per call, whatever the staging does
+            group.add_drops(slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
+        if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
+            mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
+            if layer > 0:
+                previous, previous_row = self._where[layer - 1]
+                previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
+            group.keep_selection(row, mask)
         if torch.compiler.is_compiling() or _capturing():
             # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
@@ -238,14 +376,14 @@ class RoutingRecorder:
         """Host copies of every accumulator, per phase: {phase: {name: [L, entries]}} (one read of the device)."""
         self.flush()
         out: dict[str, np.ndarray] = {}
-        for group in self.groups:
+        for group in self.groups:  # groups of narrower routers are padded with zeros to the widest
             for name, values in group.read().items():
                 if name not in out:
-                    out[name] = np.zeros((self.num_layers, len(self.phases), self.router_width + 1), values.dtype)
-                out[name][group.positions, :, : values.shape[2]] = values
-        widths = dict(counts=self.router_width, gate_mass=self.router_width, importance=self.router_width,
-                      k_hist=self.router_width + 1, sums=len(SUMS))
-        return {phase: {name: v[:, i, : widths[name]] for name, v in out.items()}
+                    full = [max(g.shapes()[name][d] for g in self.groups) for d in range(values.ndim - 2)]
+                    out[name] = np.zeros((self.num_layers, len(self.phases), *full), values.dtype)
+                out[name][(group.positions, slice(None), *(slice(0, n) for n in values.shape[2:]))] = values
+        factors = np.array(self.analyses.capacity_factors, dtype=np.float64)
+        return {phase: {**{name: v[:, i] for name, v in out.items()}, "capacity_factors": factors}
                 for i, phase in enumerate(self.phases)}
 
     def snapshot(self, phase: str | None = None) -> dict[str, np.ndarray]:
@@ -253,7 +391,9 @@ class RoutingRecorder:
         phases = self.read_phases()
         if phase is not None:
             return phases[phase]
-        return {name: sum(values[name] for values in phases.values()) for name in next(iter(phases.values()))}
+        first = next(iter(phases.values()))
+        return {name: first[name] if name == "capacity_factors" else sum(values[name] for values in phases.values())
+                for name in first}
 
     def tokens_by_phase(self) -> dict[str, list[int]]:
         """Tokens seen per phase and layer: the k histogram sums to them."""
@@ -269,8 +409,9 @@ class RoutingRecorder:
         """Zero the accumulators in place (their addresses stay: compiled code and CUDA graphs keep using them)."""
         self._fill = [0] * self.num_layers
         for group in self.groups:
-            for name in ("counts", "gate_mass", "importance", "k_hist", "sums"):
+            for name in group.shapes():
                 getattr(group, name).zero_()
+            group.selection_tokens.fill_(-1)
 
     @property
     def buffer_bytes(self) -> int:

@@ -9,6 +9,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,9 @@ from helpers.tiny_configs import build_tiny_model
 BACKEND = "aot_eager"
 # architectures: plain (olmoe), GQA attention (qwen3_moe: 4 query heads, 2 K/V heads), shared expert (qwen2_moe)
 MODEL_TYPES = ["olmoe", "qwen3_moe", "qwen2_moe"]
-ROUTING_COLUMNS = ["tokens", "assignments", "k_hist", "flops", "flops_measured"]
-METRIC_COLUMNS = ["router_entropy", "top1_prob", "top1_margin", "selected_mass", "load_cv"]
+ROUTING_COLUMNS = ["tokens", "assignments", "k_hist", "flops", "flops_measured", "drop_rate_cf1.0", "drop_rate_cf1.25",
+                   "drop_rate_cf1.5", "drop_rate_cf2.0"]
+METRIC_COLUMNS = ["router_entropy", "top1_prob", "top1_margin", "selected_mass", "load_cv", "topk_boundary_margin"]
 
 
 def inputs(seed=0, batch=2, seq=8):
@@ -187,6 +189,33 @@ def test_every_selector_traces_whole_and_equals_eager(name):
             logits = compiled(input_ids=x).logits
     assert_same_frames(eager, p.layers_df())
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [BACKEND, "inductor"])
+def test_analyses_trace_whole_and_equal_eager(backend):
+    """Co-activation, transitions and capacity drops (per call) under fullgraph compile equal eager, with a selector
+    dropping slots; a second shape (decode-like calls) re-traces once and still counts per call. The kept selection
+    was sized by the eager calls (a compiled call cannot grow it)."""
+    model = tiny("olmoe")
+    params = dict(selector="kneedle", selector_params={"k_max": 4}, analyses=("capacity", "coactivation", "transitions"))
+    calls = [inputs(), inputs(seed=1, batch=3, seq=1), inputs(seed=2, batch=3, seq=1)]
+
+    def run(fn, p):
+        with torch.no_grad():
+            for x in calls:
+                fn(input_ids=x)
+        return p.layers_df(), p.coactivation_df(), p.transitions_df()
+
+    p = profile(model, **params)
+    eager, *eager_pairs = run(model, p)
+    p.reset()
+    compiled, *compiled_pairs = run(torch.compile(model, backend=backend, fullgraph=True), p)
+    assert_same_frames(eager, compiled)
+    np.testing.assert_allclose(compiled["jaccard_next"], eager["jaccard_next"], rtol=1e-9)
+    for before, after in zip(eager_pairs, compiled_pairs):
+        pd.testing.assert_frame_equal(before, after)
+        assert len(before)
+    assert eager["drop_rate_cf1.0"].gt(0).any() and eager["jaccard_next"].iloc[0] > 0
 
 
 # -- attach / detach around compiled code ------------------------------------------------------------------------
