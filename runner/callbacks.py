@@ -152,13 +152,11 @@ class SweepSummary(Callback):
             # the sweep's default top-k is the default model's: another model's job has its own (unknown here)
             same_model = model == state["model"]
             topk = values.get("topk", str(state["defaults"].get("topk")) if same_model else None)
-            row = results.RunRecord(
-                run_id=results.new_run_id(), sweep_id=state["sweep_id"], sweep_dir=state["sweep_dir"], job_num=num,
-                job_dir=str(sweep_dir / str(num)), timestamp=dt.datetime.now(dt.timezone.utc),
-                overrides=json.dumps(overrides), topk=int(topk) if topk and topk.isdigit() else None,
+            row = results.RunRecord.lost(
+                state["sweep_id"], state["sweep_dir"], num, overrides, LOST,
+                topk=int(topk) if topk and topk.isdigit() else None,
                 selector=values.get("selector", values.get("selector.name", state["defaults"].get("selector"))),
                 dataset=values.get("dataset", values.get("dataset.name", state["defaults"].get("dataset"))))
-            row.ended("failed", None, error=LOST, error_type="LostJob")
             try:
                 results.write_part(state["results_dir"], "runs", model, [row], None, row.run_id)
                 lost += 1

@@ -19,7 +19,8 @@ from . import frames, upstream
 from .attach import Attachment, ProfilerError, layer_device
 from .cost import Cost
 from .latency import LayerTimer
-from .record import Analyses, RoutingRecorder
+from .analyses import Analyses
+from .record import RoutingRecorder
 from .routing import Routing
 from .scan import MoELayer, scan_model, text_config
 

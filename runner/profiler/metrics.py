@@ -17,7 +17,7 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   topk_boundary_margin  (min_{e in S} p_e - max_{e not in S} p_e) / min_{e in S} p_e, averaged over the tokens with
                    1 <= |S| < width (a token with nothing, or everything, selected has no boundary)
   capacity C       ceil(T * k / E * cf) for one router call (Megatron-Core get_capacity): T tokens, k slots per token
-  drop_rate_cf<cf> sum over calls of sum_e max(0, c_e - C) divided by sum over calls of T * k (c_e: that call's loads)
+  drop_rate_cf<cf> (drop_rate_cf1_25 for cf 1.25) sum over calls of sum_e max(0, c_e - C) divided by sum over calls of T * k (c_e: that call's loads)
   coactivation     C[a, b] = number of tokens with both a and b in S (all pairs), C[a, a] = c_a;
                    P(b | a) = C[a, b] / c_a
   transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
 
 from handlers.base import Scoring
 
@@ -132,13 +132,19 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
     )
 
 
+def drop_rate_column(capacity_factor: float) -> str:
+    """The column of a capacity factor: drop_rate_cf1_25 for 1.25 (an underscore for the point, so that pandas
+    attribute access, DataFrame.query and duckdb take the name unquoted)."""
+    return f"drop_rate_cf{float(capacity_factor)!r}".replace(".", "_")
+
+
 def drop_rates(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
     """`drop_rate_cf<cf>` per capacity factor: dropped assignments / sum of T * k over the layer's calls."""
     factors = snapshot.get("capacity_factors")
     if factors is None or not len(factors):
         return {}
     drops = snapshot["drops"][position]  # [F + 1]: dropped per factor, then sum of T * k
-    return {f"drop_rate_cf{float(cf)!r}": float(drops[i] / drops[-1]) if drops[-1] else float("nan")
+    return {drop_rate_column(cf): float(drops[i] / drops[-1]) if drops[-1] else float("nan")
             for i, cf in enumerate(factors)}
 
 

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 2
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2: adds `slurm_job_id`)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -173,6 +173,21 @@ class RunRecord(KeyColumns):
             self.stamp_provenance()
         return self
 
+    @classmethod
+    def lost(cls, sweep_id: str, sweep_dir: str, job_num: int, overrides: list[str], error: str,
+             **keys: Any) -> RunRecord:
+        """The `failed` row (error_type LostJob) of a planned job whose process ended without writing one (a crash,
+        an OOM kill, a SLURM cancel or limit): `keys` are what is known of it (topk, selector, dataset, ...)."""
+        import datetime as dt
+        import json
+        import uuid
+        from pathlib import Path
+
+        row = cls(run_id=uuid.uuid4().hex, sweep_id=sweep_id, sweep_dir=sweep_dir, job_num=job_num,
+                  job_dir=str(Path(sweep_dir) / str(job_num)), timestamp=dt.datetime.now(dt.timezone.utc),
+                  overrides=json.dumps(overrides), **keys)
+        return row.ended("failed", None, error=error, error_type="LostJob")
+
     def skipped(self, prior: Any, wall_s: float) -> RunRecord:
         """A resumed job (resume=true): `prior` is the ok runs row whose results it reuses; the sweep summary and the
         baseline show that run's metrics (summaries.fill_resumed)."""
@@ -214,6 +229,14 @@ class _LayerColumns(KeyColumns):
     load_entropy: Double = col("normalised entropy of the expert loads (1 = perfectly balanced)")
     load_max_mean: Double = col("max/mean of the expert loads")
     dead_experts: Int64 = col("experts that got no token")
+    topk_boundary_margin: Double = col("mean (lowest selected − highest unselected score) / lowest selected score, over "
+                                       "tokens with a boundary (v2)")
+    drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call (v2)")
+    drop_rate_cf1_25: Double = col("the same at capacity factor 1.25 (v2)")
+    drop_rate_cf1_5: Double = col("the same at capacity factor 1.5 (v2)")
+    drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
+    jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
+                               "layer and the next MoE layer (v2)")
     latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
     latency_ms_p50: Double = col("with `latency=true`: median block time per call")
     latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")

@@ -2,8 +2,6 @@
 without a result (error_type LostJob, the SLURM state in its error)."""
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import re
 import time
@@ -191,8 +189,7 @@ def record_lost(results_dir: str, sweep_dir: str, num: int, overrides: list[str]
                 slurm_id: str) -> None:
     """A `failed` row (error_type LostJob, the SLURM state in `error`) for job `num` of the sweep, which SLURM ended
     before the job wrote one; `config` is the job's composed config (model, k, selector, dataset of the row)."""
-    from . import results
-    from .provenance import provenance
+    from .. import results
 
     def value(key: str) -> Any:
         try:
@@ -200,18 +197,13 @@ def record_lost(results_dir: str, sweep_dir: str, num: int, overrides: list[str]
         except Exception:  # noqa: BLE001 - an interpolation that needs the job's own context
             return None
 
-    row = dict(schema_version=results.SCHEMA_VERSION, run_id=results.new_run_id(),
-               sweep_id=results.sweep_id_for(sweep_dir), sweep_dir=sweep_dir, job_num=num,
-               job_dir=str(Path(sweep_dir) / str(num)), timestamp=dt.datetime.now(dt.timezone.utc), status="failed",
-               error=error, error_type="LostJob", overrides=json.dumps(overrides), topk=value("topk"),
-               selector=value("selector.name"), dataset=value("dataset.name"), weights=value("model.weights"),
-               hf_id=value("model.hf_id"), model_type=value("model.model_type"),
-               experiment=value("hydra.runtime.choices.experiment"))
-    if "slurm_job_id" in results.RUNS.names:
-        row["slurm_job_id"] = slurm_id
-    row.update(provenance())
+    row = results.RunRecord.lost(
+        results.sweep_id_for(sweep_dir), sweep_dir, num, overrides, error, topk=value("topk"),
+        selector=value("selector.name"), dataset=value("dataset.name"), weights=value("model.weights"),
+        hf_id=value("model.hf_id"), model_type=value("model.model_type"),
+        experiment=value("hydra.runtime.choices.experiment"), slurm_job_id=slurm_id)
     try:
-        results.write_part(results_dir, "runs", str(value("model.name") or "unknown"), [row], None, row["run_id"])
+        results.write_part(results_dir, "runs", str(value("model.name") or "unknown"), [row], None, row.run_id)
     except RunnerError as exc:
         log.error("could not record job %d (SLURM %s): %s", num, slurm_id, exc)
 
@@ -220,7 +212,7 @@ def recorded(results_dir: str, sweep_dir: str) -> set[int]:
     """The job numbers of the sweep that have a row in results_dir."""
     import pyarrow.dataset as ds
 
-    from . import results
+    from .. import results
 
     runs = results.read_table(results_dir, "runs", columns=["job_num"],
                               filter=ds.field("sweep_id") == results.sweep_id_for(sweep_dir))

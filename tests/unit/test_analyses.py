@@ -57,8 +57,8 @@ CALLS = [torch.tensor([[0, 1], [0, 1], [0, 2], [0, 3]]), torch.tensor([[0, 1], [
 # cf 1.25: C = 3, 2, 1     -> 1 + 0 + 0 = 1
 # cf 1.5:  C = 3, 2, 1     -> 1
 # cf 2.0:  C = 4, 2, 1     -> 0;  sum of T * k = 8 + 4 + 2 = 14
-DROPS_BY_HAND = {"drop_rate_cf1.0": 4 / 14, "drop_rate_cf1.25": 1 / 14, "drop_rate_cf1.5": 1 / 14,
-                 "drop_rate_cf2.0": 0.0}
+DROPS_BY_HAND = {"drop_rate_cf1_0": 4 / 14, "drop_rate_cf1_25": 1 / 14, "drop_rate_cf1_5": 1 / 14,
+                 "drop_rate_cf2_0": 0.0}
 
 
 def record_calls(rec, calls=CALLS):
@@ -80,7 +80,7 @@ def test_capacity_drops_per_call_by_hand(capacity):
 def test_capacity_factors_are_configurable_and_can_be_off():
     rec = recorder(analyses=Analyses(capacity_factors=(1.0, 3.0)))
     record_calls(rec)
-    assert drop_rates(rec.snapshot(), 0) == {"drop_rate_cf1.0": 4 / 14, "drop_rate_cf3.0": 0.0}
+    assert drop_rates(rec.snapshot(), 0) == {"drop_rate_cf1_0": 4 / 14, "drop_rate_cf3_0": 0.0}
     off = recorder(analyses=())
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
@@ -141,8 +141,8 @@ def test_tiny_model_columns_and_coactivation_invariant():
     df = p.layers_df()
     k = int(df["top_k"].iloc[0])
     for cf in ("1.0", "1.25", "1.5", "2.0"):
-        assert df[f"drop_rate_cf{cf}"].between(0, 1).all()
-    assert (df["drop_rate_cf1.0"] >= df["drop_rate_cf2.0"]).all() and (df["drop_rate_cf1.0"] > 0).any()
+        assert df[f"drop_rate_cf{cf}".replace(".", "_")].between(0, 1).all()
+    assert (df["drop_rate_cf1_0"] >= df["drop_rate_cf2_0"]).all() and (df["drop_rate_cf1_0"] > 0).any()
     assert df["topk_boundary_margin"].between(0, 1).all()  # native top-k: the selected are the most probable
     loads = p.experts_df().set_index(["phase", "layer", "expert"])["tokens"]
     co = p.coactivation_df()
@@ -180,12 +180,12 @@ def test_capacity_drops_on_a_tiny_model_equal_numpy_per_call():
             dropped[i] += np.maximum(0, counts - math.ceil(T * k / E * cf)).sum()
         slots += T * k
     row = p.layers_df().iloc[0]
-    assert [row[f"drop_rate_cf{cf}"] for cf in ("1.0", "1.25", "1.5", "2.0")] == list(dropped / slots)
+    assert [row[f"drop_rate_cf{cf}".replace(".", "_")] for cf in ("1.0", "1.25", "1.5", "2.0")] == list(dropped / slots)
 
 
 def test_coactivation_df_needs_the_analysis():
     _, p = tiny_profile()
-    assert "topk_boundary_margin" in p.layers_df() and "drop_rate_cf1.0" in p.layers_df()
+    assert "topk_boundary_margin" in p.layers_df() and "drop_rate_cf1_0" in p.layers_df()
     with pytest.raises(ProfilerError, match="co-activation is not recorded"):
         p.coactivation_df()
     _, off = tiny_profile(analyses=())

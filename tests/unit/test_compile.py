@@ -21,8 +21,8 @@ from helpers.tiny_configs import build_tiny_model
 BACKEND = "aot_eager"
 # architectures: plain (olmoe), GQA attention (qwen3_moe: 4 query heads, 2 K/V heads), shared expert (qwen2_moe)
 MODEL_TYPES = ["olmoe", "qwen3_moe", "qwen2_moe"]
-ROUTING_COLUMNS = ["tokens", "assignments", "k_hist", "flops", "flops_measured", "drop_rate_cf1.0", "drop_rate_cf1.25",
-                   "drop_rate_cf1.5", "drop_rate_cf2.0"]
+ROUTING_COLUMNS = ["tokens", "assignments", "k_hist", "flops", "flops_measured", "drop_rate_cf1_0", "drop_rate_cf1_25",
+                   "drop_rate_cf1_5", "drop_rate_cf2_0"]
 METRIC_COLUMNS = ["router_entropy", "top1_prob", "top1_margin", "selected_mass", "load_cv", "topk_boundary_margin"]
 
 
@@ -215,7 +215,7 @@ def test_analyses_trace_whole_and_equal_eager(backend):
     for before, after in zip(eager_pairs, compiled_pairs):
         pd.testing.assert_frame_equal(before, after)
         assert len(before)
-    assert eager["drop_rate_cf1.0"].gt(0).any() and eager["jaccard_next"].iloc[0] > 0
+    assert eager["drop_rate_cf1_0"].gt(0).any() and eager["jaccard_next"].iloc[0] > 0
 
 
 # -- attach / detach around compiled code ------------------------------------------------------------------------

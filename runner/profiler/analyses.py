@@ -1,0 +1,32 @@
+"""Which routing analyses the recorder keeps, beyond the load-balance metrics (their definitions: metrics.py)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .metrics import CAPACITY_FACTORS
+
+
+@dataclass(frozen=True)
+class Analyses:
+    """Routing analyses beyond the load-balance metrics (definitions in metrics.py, bytes in docs/metrics.md).
+    The top-k boundary margin is always on (two sums). capacity_factors: one `drop_rate_cf<cf>` column each (() for
+    none); coactivation: an E x E count matrix per layer and phase (off by default); transitions: an E x E count
+    matrix and the Jaccard similarity per pair of consecutive MoE layers and phase, plus each layer's last selection
+    (off by default)."""
+    capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
+    coactivation: bool = False
+    transitions: bool = False
+
+    NAMES = ("capacity", "coactivation", "transitions")
+
+    @classmethod
+    def of(cls, value: "Analyses | Iterable[str] | None") -> "Analyses":
+        """None: the defaults; an Analyses as is; names (`("capacity", "coactivation")`): exactly those on."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        names = {value} if isinstance(value, str) else set(value)
+        if names - set(cls.NAMES):
+            raise ValueError(f"unknown analyses {sorted(names - set(cls.NAMES))}; known: {list(cls.NAMES)}")
+        return cls(capacity_factors=CAPACITY_FACTORS if "capacity" in names else (),
+                   coactivation="coactivation" in names, transitions="transitions" in names)
