@@ -221,6 +221,11 @@ class Workload:
         return _timed_ms(lambda: self.decode_steps(state, self.decode_tokens), self.device) / self.decode_tokens
 
 
+# --analyses: what the profiler variants record beyond load balance (set once by main)
+ANALYSES = {"default": None, "none": (), "full": ("capacity", "coactivation", "transitions")}
+PROFILER_OPTIONS: dict[str, Any] = {}
+
+
 def make_profiler(model, variant: str):
     from runner.profiler import MOEProfiler
 
@@ -230,7 +235,7 @@ def make_profiler(model, variant: str):
     kwargs = dict(kwargs)
     if "selector_params" in kwargs:
         kwargs["selector_params"] = dict(kwargs["selector_params"])
-    return MOEProfiler(model, verbose=False, **kwargs)
+    return MOEProfiler(model, verbose=False, **PROFILER_OPTIONS, **kwargs)
 
 
 def _profiler_stats(profiler) -> dict[str, float]:
@@ -606,6 +611,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(VARIANTS)} (bare is always included)")
     p.add_argument("--out", default="outputs/benchmarks", help="directory for overhead.json / overhead.parquet")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--analyses", choices=list(ANALYSES), default="default",
+                   help="routing analyses of the profiler variants: default (boundary margin, capacity drops), none, "
+                        "full (+ co-activation, transitions)")
     args = p.parse_args(argv)
     for key, value in PRESETS["smoke" if args.smoke else "full"].items():
         if getattr(args, key) is None:
@@ -651,6 +659,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _main(args: argparse.Namespace) -> dict[str, Any]:
     import transformers
+
+    PROFILER_OPTIONS.clear()
+    if ANALYSES[args.analyses] is not None:
+        PROFILER_OPTIONS["analyses"] = ANALYSES[args.analyses]
 
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -14,7 +14,9 @@ class Analyses:
     none); coactivation: an E x E count matrix per layer and phase (off by default); transitions: an E x E count
     matrix and the Jaccard similarity per pair of consecutive MoE layers and phase, plus each layer's last selection
     (off by default)."""
-    capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
+    # opt-in (`analyses=("capacity",)` takes CAPACITY_FACTORS): per-call drop counting cost +3 % prefill and +10 % decode
+    # time in eager mode on an H100 (full-width OLMoE, BENCHMARKS.md), over the overhead target of the default profiler
+    capacity_factors: tuple[float, ...] = ()
     coactivation: bool = False
     transitions: bool = False
 

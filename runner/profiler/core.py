@@ -37,7 +37,8 @@ class MOEProfiler:
     phases: the labels `set_phase()` switches between without recompiling compiled code (others can be added later,
     at the cost of one re-trace).
     analyses: the routing analyses beyond load balance (an `Analyses`, or names: `("capacity", "coactivation")`);
-    default: capacity-factor drops at 1, 1.25, 1.5 and 2 on, co-activation off. The top-k boundary margin is always on.
+    default: the top-k boundary margin only (always on); capacity drops ("capacity": factors 1, 1.25, 1.5, 2),
+    co-activation and transitions are opt-in.
     """
 
     def __init__(

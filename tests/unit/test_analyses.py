@@ -69,7 +69,8 @@ def record_calls(rec, calls=CALLS):
 @pytest.mark.parametrize("capacity", [64, 2], ids=["staged-together", "flushed-between"])
 def test_capacity_drops_per_call_by_hand(capacity):
     """The eager path stages the three calls together (capacity 64) or not: drops are per call either way."""
-    rec = RoutingRecorder(1, router_width=4, num_experts=[4], scoring="softmax", capacity=capacity)
+    rec = RoutingRecorder(1, router_width=4, num_experts=[4], scoring="softmax", capacity=capacity,
+                          analyses=("capacity",))
     record_calls(rec)
     snap = rec.snapshot()
     assert snap["drops"][0].tolist() == [4, 1, 1, 0, 14]
@@ -162,7 +163,7 @@ def test_capacity_drops_on_a_tiny_model_equal_numpy_per_call():
     model = build_tiny_model("olmoe", num_hidden_layers=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = MOEProfiler(model, verbose=False)
+        p = MOEProfiler(model, verbose=False, analyses=("capacity",))
     router = p.layers[0].router
     seen = []
     handle = router.register_forward_hook(lambda m, a, out: seen.append(
@@ -184,12 +185,12 @@ def test_capacity_drops_on_a_tiny_model_equal_numpy_per_call():
 
 
 def test_coactivation_df_needs_the_analysis():
-    _, p = tiny_profile()
-    assert "topk_boundary_margin" in p.layers_df() and "drop_rate_cf1_0" in p.layers_df()
+    _, p = tiny_profile()  # the defaults: the boundary margin only (capacity drops are opt-in)
+    assert "topk_boundary_margin" in p.layers_df() and not any(c.startswith("drop_rate") for c in p.layers_df())
     with pytest.raises(ProfilerError, match="co-activation is not recorded"):
         p.coactivation_df()
-    _, off = tiny_profile(analyses=())
-    assert not any(c.startswith("drop_rate") for c in off.layers_df().columns)
+    _, on = tiny_profile(analyses=("capacity",))
+    assert "drop_rate_cf1_0" in on.layers_df()
 
 
 def test_placement_df_scores_each_layers_loads():

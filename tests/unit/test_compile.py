@@ -55,6 +55,8 @@ def _fresh_dynamo():
 def assert_same_frames(eager, compiled):
     assert eager["phase"].tolist() == compiled["phase"].tolist()
     for column in ROUTING_COLUMNS:
+        if column.startswith("drop_rate") and column not in eager and column not in compiled:
+            continue  # capacity drops are opt-in: the analyses test below compiles them
         assert eager[column].tolist() == compiled[column].tolist(), column
     for column in METRIC_COLUMNS:
         np.testing.assert_allclose(compiled[column], eager[column], rtol=1e-6, atol=1e-9, err_msg=column)
