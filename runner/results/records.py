@@ -231,7 +231,8 @@ class _LayerColumns(KeyColumns):
     dead_experts: Int64 = col("experts that got no token")
     topk_boundary_margin: Double = col("mean (lowest selected − highest unselected score) / lowest selected score, over "
                                        "tokens with a boundary (v2)")
-    drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call (v2)")
+    drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call; null unless capacity drops "
+                                  "are recorded (v2)")
     drop_rate_cf1_25: Double = col("the same at capacity factor 1.25 (v2)")
     drop_rate_cf1_5: Double = col("the same at capacity factor 1.5 (v2)")
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
