@@ -65,7 +65,7 @@ class Documents:
     the first document of the slice, so an empty source or slice fails before the model loads."""
 
     def __init__(self, source: Callable[[], Iterator[str]], spec: str | None, what: str, empty: str):
-        self._source, self.what = source, what
+        self._source = source
         self.start, self.stop = slice_bounds(spec, lambda: sum(1 for _ in source()))
         self.read = 0  # documents handed out by the last pass
         if next(iter(self._slice()), None) is None:

@@ -48,15 +48,10 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
     row: dict[str, Any] = dict(phase=phase, layer=layer.layer_id, position=pos, module=layer.name,
                                block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=0)
     if snapshot is not None:
-        metrics = layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"])
-        balance = {k: metrics.pop(k) for k in list(metrics) if k.startswith("load_") or k == "dead_experts"}
-        confidence = {k: metrics.pop(k) for k in ("router_entropy", "top1_prob", "top1_margin", "selected_mass")}
-        row.update(metrics)
+        row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
         row.update(layer.cost.flops(row["tokens"], row["assignments"]))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
-        row.update(confidence)
-        row.update(balance)
     row["flops_measured"] = measured[pos] if measured is not None else None
     if p.timer is not None:
         row.update(p.timer.summary(pos))

@@ -9,10 +9,10 @@
 `from runner import results; results.load("runs")` and the names below are the public surface (docs/results.md).
 """
 from .columns import coerce
-from .io import (check_writable, default_results_dir, find_ok, load, new_run_id, nullable_types, read_table,
+from .io import (check_writable, default_results_dir, find_ok, load, nullable_types, read_table,
                  readable_parts, rows_from_frame, sweep_id_for, to_arrow, write_part)
 from .records import (KEY_COLUMNS, PARTITION, RECORDS, SCHEMA_VERSION, SCHEMAS, TABLES, ExpertRecord, KeyColumns,
-                      LayerRecord, RunRecord, full_schema)
+                      LayerRecord, RunRecord, full_schema, new_run_id)
 from .summaries import combine, fill_resumed, job_summary, render, skip_summary, sweep_runs, swept_keys
 
 __all__ = [

@@ -238,10 +238,6 @@ def find_ok(results_dir: str | os.PathLike, config_hash: str):
     return df.sort_values("timestamp").iloc[-1]
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex
-
-
 def rows_from_frame(frame, keys: dict[str, Any]) -> Iterable[dict[str, Any]]:
     for record in frame.to_dict("records"):
         yield {**keys, **record}

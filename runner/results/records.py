@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +25,11 @@ from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
 SCHEMA_VERSION = 2
+
+
+def new_run_id() -> str:
+    """A run's id: unique per attempt, so nothing is ever overwritten."""
+    return uuid.uuid4().hex
 
 
 @dataclasses.dataclass(slots=True)
@@ -178,12 +187,7 @@ class RunRecord(KeyColumns):
              **keys: Any) -> RunRecord:
         """The `failed` row (error_type LostJob) of a planned job whose process ended without writing one (a crash,
         an OOM kill, a SLURM cancel or limit): `keys` are what is known of it (topk, selector, dataset, ...)."""
-        import datetime as dt
-        import json
-        import uuid
-        from pathlib import Path
-
-        row = cls(run_id=uuid.uuid4().hex, sweep_id=sweep_id, sweep_dir=sweep_dir, job_num=job_num,
+        row = cls(run_id=new_run_id(), sweep_id=sweep_id, sweep_dir=sweep_dir, job_num=job_num,
                   job_dir=str(Path(sweep_dir) / str(job_num)), timestamp=dt.datetime.now(dt.timezone.utc),
                   overrides=json.dumps(overrides), **keys)
         return row.ended("failed", None, error=error, error_type="LostJob")
