@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from .profiler.analyses import CAPACITY_FACTORS
 from .profiler.selector_names import SELECTOR_NAMES
 
 # `selector=router`: the model's own router at `topk`, no per-token selection. The other app selectors are the
@@ -129,6 +130,41 @@ class SelectorConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """routing analyses beyond load balance: analysis=basic | full | none, or one part: analysis.coactivation=true"""
+
+    name: str = doc("the preset this started from: basic | full | none", "basic")
+    capacity_factors: List[float] = doc("capacity factors whose drop rate goes into the layers table "
+                                        "(drop_rate_cf<cf>; any of 1.0, 1.25, 1.5, 2.0); []: none",
+                                        factory=lambda: list(CAPACITY_FACTORS))
+    coactivation: bool = doc("per layer, tokens that selected both experts a and b: table=coactivation "
+                             "(E x E int64 per layer and phase on the device)", False)
+    transitions: bool = doc("per pair of consecutive MoE layers: transition counts (table=transitions) and the mean "
+                            "Jaccard similarity (layers.jaccard_next)", False)
+    placement: bool = doc("expert-parallel placement simulation of the measured loads: table=placement", False)
+    ep_sizes: Optional[List[int]] = doc("EP sizes to simulate; null: those of 2, 4, ..., 64 that divide E", None)
+    redundant_experts: Optional[List[int]] = doc("replica counts R for the balanced+r<R> placements; null: R = EP size",
+                                                 None)
+    placement_from: Optional[str] = doc("fit the balanced placements on another run's loads and score them on this "
+                                        "one's: a results dir, sweep dir, sweep id or run id (latest: the newest)",
+                                        None)
+    vocab_specialization: bool = doc("per layer, the share of each frequent token id routed top-1 to its most "
+                                     "frequent expert (layers.vocab_specialization; V x E int32 per layer and phase)",
+                                     False)
+    min_token_count: int = doc("vocab_specialization: token ids seen fewer times are left out", 5)
+
+
+@dataclass
+class TraceConfig:
+    """per-token routing dump, table=trace (trace=true is short for trace.enabled=true)"""
+
+    enabled: bool = doc("write one row per (MoE layer, token): experts, weights, k, token id, position", False)
+    logits: bool = doc("add the full router distribution per token (router_probs, float16)", False)
+    max_tokens: int = doc("tokens traced per MoE layer and job, at most (the rest are counted, not written)",
+                          1_000_000)
+
+
+@dataclass
 class DimValues:  # one field per handlers.base.DIMENSIONS (tests/unit/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
@@ -155,6 +191,8 @@ class RunnerConfig:
     device: DeviceConfig = doc(DeviceConfig.__doc__, factory=DeviceConfig)
     selector: SelectorConfig = doc(SelectorConfig.__doc__, factory=SelectorConfig)
     dims: DimsConfig = doc(DimsConfig.__doc__, factory=DimsConfig)
+    analysis: AnalysisConfig = doc(AnalysisConfig.__doc__, factory=AnalysisConfig)
+    trace: TraceConfig = doc(TraceConfig.__doc__, factory=TraceConfig)
     topk: Optional[int] = doc("experts per token (sweep it: topk=1,2,4 -m); null: the model's own top-k", None)
     seq_len: int = doc("tokens per packed block (no padding)", 128)
     batch_size: int = doc("blocks per forward pass", 8)

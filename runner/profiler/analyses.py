@@ -1,10 +1,12 @@
-"""Which routing analyses the recorder keeps, beyond the load-balance metrics (their definitions: metrics.py)."""
+"""Which routing analyses the recorder keeps, beyond the load-balance metrics (their definitions: metrics.py).
+Torch-free: the runner's schema reads CAPACITY_FACTORS from here without importing torch."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .metrics import CAPACITY_FACTORS
+# the capacity factors of the drop-rate columns (drop_rate_cf1_0 ... in the results' layers table)
+CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
 
 
 @dataclass(frozen=True)

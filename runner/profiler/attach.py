@@ -35,6 +35,7 @@ class Attachment:
         self.enabled = True  # False while paused (a reference pass)
         self.phase = "prefill"
         self.select: Select | None = None
+        self.trace = None  # a RoutingTrace (trace.py) while tracing
 
     # -- on / off ----------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -87,6 +88,8 @@ class Attachment:
             raise ProfilerError(f"a phase is a non-empty name, got {name!r}")
         if self.recorder is not None:
             self.recorder.set_phase(name)
+        if self.trace is not None:
+            self.trace.set_phase(name)
         self.phase = name
 
     @contextmanager
@@ -111,8 +114,11 @@ class Attachment:
 
     # -- hooks -------------------------------------------------------------------------------------
     def _record(self, position: int, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
-        if self.recorder is not None:
-            self.recorder.record(position, logits, index, weights)
+        with upstream.unseen_by_dispatch_modes():  # the profiler's own ops are not the model's FLOPs
+            if self.recorder is not None:
+                self.recorder.record(position, logits, index, weights)
+            if self.trace is not None:
+                self.trace.add(position, logits, index, weights)
 
     def _router_hook(self, layer: MoELayer, slot: list | None):
         handler, position = layer.handler, layer.position

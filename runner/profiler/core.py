@@ -205,12 +205,37 @@ class MOEProfiler:
         next one, nonzero entries only (needs analyses with transitions on)."""
         return frames.transitions_frame(self)
 
-    def placement_df(self, ep_sizes: Sequence[int] | None = None,
-                     redundant: Sequence[int] | None = None) -> pd.DataFrame:
+    def placement_df(self, ep_sizes: Sequence[int] | None = None, redundant: Sequence[int] | None = None,
+                     fit_on: pd.DataFrame | None = None, fitted_on: str = "other") -> pd.DataFrame:
         """Expert-parallel placements of the measured loads: per (phase, layer, ep_size, placement) the imbalance,
         balancedness, busiest rank's tokens and the placement (expert -> ranks). ep_sizes: default those of
-        placement.EP_SIZES dividing E; redundant: replica counts for `balanced+r<R>` (default: R = ep_size)."""
-        return frames.placement_frame(self, ep_sizes, redundant)
+        placement.EP_SIZES dividing E; redundant: replica counts for `balanced+r<R>` (default: R = ep_size).
+        fit_on: other loads (layer, expert, tokens: e.g. another run's experts rows) to fit the balanced placements
+        on; they are scored on these loads beside the ones fitted here (rows labelled `fitted_on`)."""
+        return frames.placement_frame(self, ep_sizes, redundant, fit_on, fitted_on)
+
+    # -- routing trace -----------------------------------------------------------------------------
+    def start_trace(self, capacity: int, probs: bool = False) -> None:
+        """Keep every token's routing on the device (trace.py) until `drain_trace()`; `capacity`: tokens per MoE
+        layer between two drains (more are counted as overflow, not kept). Start it before compiling."""
+        from .trace import RoutingTrace
+
+        slots = max([self.top_k or 0, int(self.selector_params.get("k_max") or 0)]
+                    + [int(l.dims["top_k"].value or 0) for l in self.layers])
+        self.attachment.trace = RoutingTrace(
+            [l.num_experts for l in self.layers], [max(l.router_width, l.num_experts) for l in self.layers], slots, capacity,
+            [layer_device(l) for l in self.layers], self.handler.scoring, [self.current_phase], probs=probs)
+
+    def drain_trace(self) -> list[dict[str, Any]]:
+        """Per MoE layer, what the trace holds since the last drain (experts, weights, phase index, probs, overflow),
+        in call order; the trace is empty after. Phase names: `trace_phases`."""
+        if self.attachment.trace is None:
+            raise ProfilerError("no routing trace: call profiler.start_trace(capacity) first")
+        return self.attachment.trace.drain()
+
+    @property
+    def trace_phases(self) -> list[str]:
+        return self.attachment.trace.phases if self.attachment.trace is not None else []
 
     def memory_df(self) -> pd.DataFrame:
         """Peak memory per CUDA device since attach/reset (empty on CPU)."""
@@ -229,6 +254,8 @@ class MOEProfiler:
         if self.recorder is not None:
             self.recorder.reset()
         self.cost.reset()
+        if self.attachment.trace is not None:
+            self.attachment.trace.reset()
         if self.timer is not None:
             self.timer = self.attachment.timer = LayerTimer(len(self.layers), warmup=self.timer.warmup)
         self.reset_memory_peaks()

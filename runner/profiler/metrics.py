@@ -38,7 +38,6 @@ import torch
 from handlers.base import Scoring
 
 SUMS = ("entropy", "top1", "margin", "selected_mass", "boundary_margin", "boundary_tokens")
-CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
 
 
 def router_probs(logits: torch.Tensor, scoring: Scoring) -> torch.Tensor:

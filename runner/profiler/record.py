@@ -23,7 +23,8 @@ from torch import nn
 from handlers.base import Scoring
 
 from .analyses import Analyses
-from .metrics import SUMS, boundary_margin, capacity_drops, router_probs, top1_and_margin
+from .drops import add_call_drops, add_staged_drops
+from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
 
 
@@ -131,21 +132,6 @@ class LayerAccumulators(nn.Module):
         size = delta.shape[-1]
         at = ((self.row_slots[rows] + self.phase) * size).view(-1, 1) + self.columns[:size]
         buffer.index_add_(0, at.flatten(), delta.flatten().to(buffer.dtype))
-
-    @torch.no_grad()
-    def add_drops(self, rows: slice, index: torch.Tensor, num_experts: int, dense: bool) -> None:
-        """One router call's capacity drops (metrics.capacity_drops) at every factor, and its T * k, for row `rows`:
-        per call, so the eager path runs it at once (one scatter of the call's loads), not on the staged tokens."""
-        W, (_, tokens, slots) = self.width, index.shape
-        valid = (index >= 0) & (index < self.real[rows])
-        safe = index.clamp(0, W - 1).long()
-        if dense:
-            counts = ((safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)).sum((1, 2))  # [1, W]
-        else:
-            counts = torch.zeros(W, dtype=torch.int64, device=index.device).index_add_(
-                0, safe.flatten(), valid.flatten().long()).unsqueeze(0)
-        dropped = capacity_drops(counts, self.factors, tokens, slots, num_experts)  # [1, F]
-        self._add("drops", rows, torch.cat([dropped, torch.full_like(dropped[:, :1], tokens * slots)], -1), dense)
 
     def read(self) -> dict[str, np.ndarray]:
         """Host copies shaped [L, P, ...] (the one sync)."""
@@ -260,6 +246,7 @@ class RoutingRecorder:
             group.phase.fill_(self._phase)
         self._stage: dict[int, list[torch.Tensor]] = {}  # id(group) -> [logits, index, weight], [L, capacity, .]
         self._fill = [0] * self.num_layers  # staged tokens per layer (eager only)
+        self._calls: list[list[int]] = [[] for _ in range(self.num_layers)]  # their calls' sizes (capacity drops)
 
     # -- phases ----------------------------------------------------------------------------------
     @property
@@ -290,16 +277,16 @@ class RoutingRecorder:
                              f"the profiler allocated for")
         logits, index, weight = logits.detach().reshape(1, -1, width), index.reshape(1, -1, slots), \
             weight.detach().reshape(1, -1, slots)
-        if group.num_factors:  # per call, whatever the staging does
-            group.add_drops(slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
+        traced = torch.compiler.is_compiling() or _capturing()
+        if group.num_factors and traced:  # per call (eager: at flush, from the staged calls, drops.py)
+            add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
         if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
             mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
             if layer > 0:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
-        if torch.compiler.is_compiling() or _capturing():
-            # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
+        if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
                              dense=torch.compiler.is_compiling())
             return
@@ -313,7 +300,10 @@ class RoutingRecorder:
             self.flush()
         if tokens > self.capacity:  # one call larger than the staging buffer: reduce it directly
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring)
+            if group.num_factors:
+                add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=False)
             return
+        self._calls[layer].append(tokens)
         start = self._fill[layer]
         for staged, value in zip(stage, (logits[0], index[0], weight[0])):
             staged[row, start: start + tokens].copy_(value)
@@ -343,8 +333,11 @@ class RoutingRecorder:
                 for row, n in enumerate(fills):
                     if n:
                         group.accumulate(slice(row, row + 1), *(t[row: row + 1, :n] for t in stage), self.scoring)
+            if group.num_factors:
+                add_staged_drops(group, stage[1], [self._calls[p] for p in group.positions])
             for p in group.positions:
                 self._fill[p] = 0
+                self._calls[p] = []
 
     # -- read-out --------------------------------------------------------------------------------
     def read_phases(self) -> dict[str, dict[str, np.ndarray]]:
@@ -383,6 +376,7 @@ class RoutingRecorder:
     def reset(self) -> None:
         """Zero the accumulators in place (their addresses stay: compiled code and CUDA graphs keep using them)."""
         self._fill = [0] * self.num_layers
+        self._calls = [[] for _ in range(self.num_layers)]
         for group in self.groups:
             for name in group.shapes():
                 getattr(group, name).zero_()

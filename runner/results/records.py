@@ -1,4 +1,5 @@
-"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord).
+"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord); the
+routing-analysis tables (coactivation, transitions, placement, trace) are in analysis_records.py.
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -24,7 +25,7 @@ import pyarrow as pa
 from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def new_run_id() -> str:
@@ -36,7 +37,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -123,6 +124,16 @@ class RunRecord(KeyColumns):
     flops_exact: Bool = col("every MoE layer's analytic count is exact for this architecture")
     params_total: Int64 = col("all parameters")
     params_active: Double = col("parameters active per token at the job's k")
+    # routing analyses (docs/metrics.md): the prefill phase, averaged over the MoE layers (v3)
+    analysis: String = col("the `analysis` preset the job started from (`basic`, `full`, `none`)")
+    drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
+    jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
+                               "transitions are recorded")
+    ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
+    ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
+                                        "`ep_size_max`, fitted on this run's loads")
+    trace_rows: Int64 = col("rows written to `table=trace` (trace=true)")
+    trace_tokens_skipped: Int64 = col("tokens per MoE layer not traced because of `trace.max_tokens`")
     # time and memory
     model_load_s: Double = col("seconds to load the model (0 when reused)")
     model_reused: Bool = col("the model came from the previous job of the same process")
@@ -294,7 +305,9 @@ class ExpertRecord(KeyColumns):
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
 
-RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord}
+from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
+
+RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS}
 TABLES = tuple(RECORDS)
 SCHEMAS: dict[str, pa.Schema] = {table: schema_of(record) for table, record in RECORDS.items()}
 KEY_COLUMNS = tuple(f.name for f in dataclasses.fields(KeyColumns))

@@ -82,6 +82,10 @@ def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of
     return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
 
 
+# the routing-analysis columns of runs (runner/analysis.py), each in the summary when a job of the sweep has it
+ANALYSIS_COLUMNS = {"drop_rate_cf1_25": "drop@1.25", "jaccard_mean": "jaccard", "ep_imbalance_balanced": "EP imb"}
+
+
 def render(summary, state: dict[str, Any], path: Path) -> str:
     """The sweep's one-screen summary: a line of counts, a row per job (k vs FLOPs/token vs loss, one column per
     swept key), the failed jobs with their errors, where the summary and the results are."""
@@ -98,7 +102,13 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
                "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
                "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
                "wall_s": "wall s", "status": "status"}
+    for name, label in ANALYSIS_COLUMNS.items():  # shown where the sweep recorded them
+        if name in summary and summary[name].notna().any():
+            columns = {**dict(list(columns.items())[:-3]), name: label, **dict(list(columns.items())[-3:])}
     table = summary[list(columns)].rename(columns=columns)
+    for label in ANALYSIS_COLUMNS.values():
+        if label in table:
+            table[label] = table[label].map(lambda v: "-" if pd.isna(v) else format(v, ".3f"))
     for col in ("MoE FLOPs/tok", "measured", "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
     for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
@@ -144,6 +154,15 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -
         flops += f", routed {num(run.flops_per_token_routed)} (mean k {num(run.k_mean, '.2f')})"
     lines.append(f"  MoE FLOPs/token over {run.moe_layers} MoE layers: {flops}; params "
                  f"{_count(run.params_total)} total, {_count(run.params_active)} active")
+    analyses = [f"{label} {num(getattr(run, name), '.3f')}" for name, label in (
+        ("drop_rate_cf1_25", "drop rate at cf 1.25"), ("jaccard_mean", "Jaccard to the next layer"))
+        if getattr(run, name) is not None]
+    if run.ep_imbalance_balanced is not None:
+        analyses.append(f"EP{run.ep_size_max} imbalance {num(run.ep_imbalance_balanced, '.3f')} (balanced)")
+    if run.trace_rows is not None:
+        analyses.append(f"trace {run.trace_rows:,} rows")
+    if analyses:
+        lines.append("  routing: " + ", ".join(analyses))
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")

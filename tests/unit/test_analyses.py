@@ -196,7 +196,7 @@ def test_coactivation_df_needs_the_analysis():
 def test_placement_df_scores_each_layers_loads():
     _, p = tiny_profile()
     df = p.placement_df(ep_sizes=(2, 4), redundant=(1,))
-    assert list(df.columns) == ["phase", "layer", "ep_size", "placement", "imbalance", "balancedness",
+    assert list(df.columns) == ["phase", "layer", "ep_size", "placement", "fitted_on", "imbalance", "balancedness",
                                 "busiest_rank_tokens", "expert_ranks"]
     E = p.layers[0].num_experts
     assert len(df) == 2 * 2 * 4  # layers x ep sizes x (contiguous, round_robin, balanced, balanced+r1)
