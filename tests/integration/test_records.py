@@ -26,7 +26,8 @@ DOC = ROOT / "docs" / "results.md"
 # schema_version -> sha256 of the three file schemas as pyarrow prints them: stored results depend on them, so a
 # changed column (name, type or order) must come with a new SCHEMA_VERSION (and a new line here)
 FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b814e",
-                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994"}  # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
+                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",  # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
+                3: "4916f5270c252eb76dcd2a8023928e8a7e71bfc8a3dfbfb715abb41b7c7494df"}  # 3: the tasks table, runs.eval_tasks, runs.lm_eval_version
 
 
 def fingerprint() -> str:
@@ -38,9 +39,9 @@ def fingerprint() -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the schemas come from the records
 def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
-    assert results.TABLES == ("runs", "layers", "experts")
+    assert results.TABLES == ("runs", "layers", "experts", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
-                               "experts": results.ExpertRecord}
+                               "experts": results.ExpertRecord, "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table
