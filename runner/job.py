@@ -184,7 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 results.write_part(results_dir, table, conf.model.name,
                                    list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
         results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
-        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir))
+        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
         return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
                     flops_per_token=row.flops_per_token_analytic)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
