@@ -85,6 +85,7 @@ def prepare(ev: EvalConfig) -> None:
     if ev.name != LM_EVAL:
         return
     import datasets
+    from lm_eval.tasks import get_task_dict
 
     from . import hub
 
@@ -94,7 +95,7 @@ def prepare(ev: EvalConfig) -> None:
         hub.reachable()  # no answer: offline mode (cache only) instead of minutes of retries
     for name in ev.tasks:
         try:
-            manager.load([name])
+            get_task_dict([name], manager)
         except (FileNotFoundError, ConnectionError) as exc:
             offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
             raise DataError(f"eval.tasks: task {name!r}: its dataset is not available locally{offline}: "

@@ -10,9 +10,10 @@ import sys
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf, open_dict
 
 from helpers import DATA, ROOT
-from helpers.jobs import compose_job, run_job, table
+from helpers.jobs import compose_config, compose_job, run_job, table
 
 TASKS = DATA / "tasks"
 KNEEDLE = ("selector=kneedle", "topk=4")
@@ -144,3 +145,17 @@ def test_the_config_refusals_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # what Python does for a package that cannot be imported
     message = refusal(tmp_path, "eval=lm_eval", "eval.tasks=[x]")
     assert message.endswith('pip install -e ".[eval]"') and "lm_eval not installed" in message
+
+
+def test_the_paper_accuracy_experiment_is_declared_in_config():
+    from runner.validation import validate
+
+    cfg = compose_config("experiment=paper_accuracy", hydra=True)
+    assert cfg.model.name == "olmoe" and cfg.eval.name == "lm_eval" and cfg.tag == "paper_accuracy"
+    assert list(cfg.eval.tasks) == ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande"]
+    assert str(cfg.hydra.sweeper.params.topk) == "1,2,4,8"
+    assert str(cfg.hydra.sweeper.params.selector) == "router,kneedle,cumsum"
+    assert OmegaConf.select(cfg, "hydra.mode") is None
+    with open_dict(cfg):
+        del cfg["hydra"]
+    assert validate(cfg).eval.num_fewshot == 0
