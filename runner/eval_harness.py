@@ -99,9 +99,9 @@ def prepare(ev: EvalConfig) -> None:
         except (FileNotFoundError, ConnectionError) as exc:
             offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
             raise DataError(f"eval.tasks: task {name!r}: its dataset is not available locally{offline}: "
-                            f"{one_line(exc, 200)}; download it once online (python -m lm_eval run --tasks {name} "
-                            "--limit 1 ... or datasets.load_dataset), or point HF_DATASETS_CACHE at a cache that has "
-                            "it") from None
+                            f"{one_line(exc, 200)}; run it once with network (the datasets cache keeps it; "
+                            "HF_DATASETS_OFFLINE=1 then reads the cache), or point HF_DATASETS_CACHE at a cache that "
+                            "has it") from None
         except Exception as exc:  # noqa: BLE001 - a broken task YAML or dataset: one line naming the task
             raise DataError(f"eval.tasks: task {name!r} could not be loaded: {type(exc).__name__}: "
                             f"{one_line(exc, 300)}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 
 import pandas as pd
@@ -159,3 +160,18 @@ def test_the_paper_accuracy_experiment_is_declared_in_config():
     with open_dict(cfg):
         del cfg["hydra"]
     assert validate(cfg).eval.num_fewshot == 0
+
+
+@pytest.mark.parametrize("doc, heading", [("README.md", "## Task accuracy (lm-evaluation-harness)"),
+                                          ("docs/eval.md", "## Results: `table=tasks`")])
+def test_the_documented_tasks_snippets_run_as_written(evaluated, monkeypatch, capsys, doc, heading):
+    """The ```python block under the heading, on the results of the eval jobs above (`load` reads $RUNNER_OUT)."""
+    from runner.results import load
+
+    text = (ROOT / doc).read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text[text.index(heading + "\n"):].split("\n## ", 1)[0], flags=re.S)
+    monkeypatch.setenv("RUNNER_OUT", str(evaluated["out"]))
+    namespace = {"load": load, "runs": load("runs")}
+    exec(compile(code, doc, "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "tiny_sums" in printed and len(namespace["tasks"]) == 2  # the latest run's acc and acc_norm
