@@ -9,12 +9,13 @@ asks for it. docs/eval.md is the manual.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError, DataError, one_line
 from .schema import EvalConfig, Weights
@@ -90,12 +91,12 @@ def prepare(ev: EvalConfig) -> None:
     from . import hub
 
     manager = task_manager(ev)
-
     if not datasets.config.HF_HUB_OFFLINE:
         hub.reachable()  # no answer: offline mode (cache only) instead of minutes of retries
     for name in ev.tasks:
         try:
-            get_task_dict([name], manager)
+            with _quiet():
+                get_task_dict([name], manager)
         except (FileNotFoundError, ConnectionError) as exc:
             offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
             raise DataError(f"eval.tasks: task {name!r}: its dataset is not available locally{offline}: "
@@ -155,14 +156,14 @@ def run(conf, loaded, profiler, row):
     return pd.DataFrame(task_rows(results))
 
 
-class _quiet:
-    """lm-eval's INFO/WARNING chatter (seeds, few-shot overrides, model-instance notes) kept out of the job's output;
-    its errors still show."""
-
-    def __enter__(self):
-        self.logger = logging.getLogger("lm_eval")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval's INFO/WARNING chatter (seeds, few-shot overrides, notes on model instances) kept out of the job's
+    output for the length of the block; its errors still show."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
