@@ -21,12 +21,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, results
+from . import data, eval_harness, results
 from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
 from .slurm import job_id as slurm_job_id
-from .threads import intra_op_threads
+from .threads import cpu_threads, intra_op_threads
 from .validation import check_loaded, validate
 
 log = logging.getLogger("runner")
@@ -179,12 +179,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 return _skip(conf, ctx, row, prior, results_dir, start)
         frames = execute(conf, ctx, row, results_dir)
         row.update(status="ok", wall_s=time.perf_counter() - start)
-        for table, frame in zip(("layers", "experts"), frames):
+        for table, frame in zip(("layers", "experts", "tasks"), frames):
             if frame is not None:
                 results.write_part(results_dir, table, conf.model.name,
                                    list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
         results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
-        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir))
+        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
         return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
                     flops_per_token=row.flops_per_token_analytic)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
@@ -243,8 +243,8 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 
 # ---------------------------------------------------------------------------------------------------------------------
 def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
-    """Load, profile and evaluate; fills `row`, writes the analysis tables; returns (layers frame, experts frame or
-    None)."""
+    """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
+    frames (None: no rows)."""
     from . import analysis, models
     from .profiler import MOEProfiler
     from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
@@ -252,6 +252,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
     m, d = conf.model, conf.dataset
     row.stamp_provenance()
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
+    eval_harness.prepare(conf.eval)  # eval=lm_eval: an unknown task or a missing dataset is one line, before the model
 
     documents = None
     t = time.perf_counter()
@@ -266,7 +267,8 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         warnings.filterwarnings("ignore", message=r"layer \d+: ")
         profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
                                fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
-                               phases=PHASES, analyses=analysis.analyses_of(conf.analysis), verbose=False)
+                               phases=(*PHASES, *eval_harness.phases(conf.eval)),
+                               analyses=analysis.analyses_of(conf.analysis), verbose=False)
     try:
         _write_scan_report(ctx, profiler)
         check_loaded(conf, loaded.model, profiler)
@@ -295,7 +297,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
                                   on="layer", how="left")
             row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
-            return layers, None
+            return layers, None, None
 
         t = time.perf_counter()
         needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
@@ -304,14 +306,16 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
         tracer = analysis.TraceWriter(conf, profiler, blocks, row, results_dir) if conf.trace.enabled else None
         try:
-            with intra_op_threads(_cpu_threads(conf, loaded, row.params_total)):
+            with intra_op_threads(cpu_threads(conf.device, loaded.device, row.params_total)):
                 measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row, tracer)
+                if tracer is not None:
+                    tracer.close()  # the trace covers the evaluated batches, not the eval tasks
+                    tracer = None
+                tasks = eval_harness.run(conf, loaded, profiler, row)  # eval=lm_eval: phase=eval, the tasks table
         except BaseException:
             if tracer is not None:
                 tracer.abort()
             raise
-        if tracer is not None:
-            tracer.close()
         profiler_layers = without_prompt_pass(profiler.layers_df())
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
@@ -330,22 +334,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir)
-        return layers, without_prompt_pass(profiler.experts_df())
+        return layers, without_prompt_pass(profiler.experts_df()), tasks
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
-
-
-TINY_PARAMS = 100_000_000
-
-
-def _cpu_threads(conf: RunnerConfig, loaded, params_total: int) -> int | None:
-    """Intra-op threads for the evaluation on CPU: device.num_threads, or 1 for tiny models (at that size extra
-    threads only add synchronisation, and on a busy machine they make each op 100x slower); None: leave them."""
-    if loaded.device.type != "cpu":
-        return None
-    if conf.device.num_threads is not None:
-        return conf.device.num_threads
-    return 1 if params_total < TINY_PARAMS else None
 
 
 def _peak_rss() -> int:

@@ -165,6 +165,19 @@ class TraceConfig:
 
 
 @dataclass
+class EvalConfig:
+    """task accuracy through lm-evaluation-harness: eval=lm_eval eval.tasks=[arc_easy,piqa] (docs/eval.md)"""
+
+    name: str = doc("none (no task evaluation) | lm_eval (lm_eval.simple_evaluate on the job's model; table=tasks)",
+                    "none")
+    tasks: List[str] = doc("lm-eval task, group or tag names (local ones from eval.include_path)", factory=list)
+    num_fewshot: Optional[int] = doc("few-shot examples per prompt; null: each task's own default", None)
+    limit: Optional[float] = doc("examples per task (a fraction of the task when < 1); null: all", None)
+    batch_size: int = doc("lm-eval's batch size (requests per forward pass)", 8)
+    include_path: Optional[str] = doc("a directory of local task YAMLs (lm-eval's --include_path)", None)
+
+
+@dataclass
 class DimValues:  # one field per handlers.base.DIMENSIONS (tests/unit/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
@@ -193,6 +206,7 @@ class RunnerConfig:
     dims: DimsConfig = doc(DimsConfig.__doc__, factory=DimsConfig)
     analysis: AnalysisConfig = doc(AnalysisConfig.__doc__, factory=AnalysisConfig)
     trace: TraceConfig = doc(TraceConfig.__doc__, factory=TraceConfig)
+    eval: EvalConfig = doc(EvalConfig.__doc__, factory=EvalConfig)
     topk: Optional[int] = doc("experts per token (sweep it: topk=1,2,4 -m); null: the model's own top-k", None)
     seq_len: int = doc("tokens per packed block (no padding)", 128)
     batch_size: int = doc("blocks per forward pass", 8)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from handlers.base import EXPERT_COUNT_FIELDS
 
 from .errors import ConfigError
+from .eval_harness import check_config as check_eval
 from .help import OTHER_GROUPS
 from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DTYPES, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
                      DatasetKind, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
@@ -118,6 +119,7 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+    check_eval(cfg.eval, m.weights)
     check_analysis(cfg)
 
 

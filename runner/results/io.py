@@ -214,7 +214,7 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
          filter: Any = None):
     """Rows of one sweep (or one single run) as a pandas DataFrame.
 
-    table: runs | layers | experts, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
+    table: runs | layers | experts | tasks, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
     sweep: "latest" - what ran last: the sweep, or the single run, that wrote the newest row of results_dir;
            "all" - every row; a sweep directory (outputs/multirun/<date>/<time>); a sweep_id or run_id as printed.
     results_dir: default: the one a sweep directory's sweep.json names, else $RUNNER_OUT/results or outputs/results.

@@ -1,5 +1,6 @@
-"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord); the
-routing-analysis tables (coactivation, transitions, placement, trace) are in analysis_records.py.
+"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord),
+`tasks` (TaskRecord); the routing-analysis tables (coactivation, transitions, placement, trace) are in
+analysis_records.py.
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -37,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table and their runs columns)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -97,6 +98,7 @@ class RunRecord(KeyColumns):
     decode_tokens: Int32 = col("tokens generated after each batch (0: no decode)")
     dims_override: String = col("JSON of the `dims.override.*` given")
     dims_fallback: String = col("JSON of the `dims.fallback.*` given")
+    eval_tasks: String = col("JSON list of the `eval.tasks` asked for with `eval=lm_eval` (v3); null with `eval=none`")
     # data
     documents: Int64 = col("documents read")
     blocks: Int64 = col("blocks of `seq_len` tokens evaluated")
@@ -158,6 +160,7 @@ class RunRecord(KeyColumns):
     git_dirty: Bool = col("that checkout had uncommitted changes to tracked files")
     host: String = col("host name")
     pid: Int64 = col("process id")
+    lm_eval_version: String = col("lm-evaluation-harness's version, for a job with `eval=lm_eval` (v3)")
     slurm_job_id: String = col("the SLURM job id (`<array>_<task>`) when the job ran under SLURM (added in v2)")
     config_yaml: String = col("the resolved job config (`${oc.env:...}` kept as written outside `out_root` and "
                               "`results_dir`)")
@@ -215,7 +218,8 @@ class RunRecord(KeyColumns):
 class _LayerColumns(KeyColumns):
     """The layers columns up to the dimension columns (LayerRecord adds those, one triple per dimension)."""
 
-    phase: String = col("`prefill` (the scoring passes) or `decode` (the generated tokens, with `decode_tokens`)")
+    phase: String = col("`prefill` (the scoring passes), `decode` (the generated tokens, with `decode_tokens`) or `eval` "
+                         "(the tokens lm-eval scored, with `eval=lm_eval`; v3)")
     layer: Int32 = col("the model's own layer index")
     position: Int32 = col("index among the MoE layers")
     module: String = col("the MoE block's module path (`model.layers.3.mlp`)")
@@ -296,7 +300,7 @@ class ExpertRecord(KeyColumns):
     """One row of `experts`: one job x phase x MoE layer x expert, zero-count experts included
     (MOEProfiler.experts_df() plus the run's KeyColumns)."""
 
-    phase: String = col("`prefill` or `decode`")
+    phase: String = col("`prefill`, `decode` or `eval`")
     layer: Int32 = col("the model's own layer index")
     expert: Int32 = col("the expert's index")
     tokens: Int64 = col("(token, slot) assignments to the expert, c_e")
@@ -305,9 +309,27 @@ class ExpertRecord(KeyColumns):
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
 
+@dataclasses.dataclass(slots=True)
+class TaskRecord(KeyColumns):
+    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
+
+    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
+                       "of its own)")
+    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
+                               "only when equal")
+    metric: String = col("the metric: `acc`, `acc_norm`, ...")
+    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
+    value: Double = col("the metric's value over the scored examples")
+    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
+    n: Int64 = col("examples scored (after `eval.limit`)")
+    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
+    higher_is_better: Bool = col("the metric's direction")
+
+
 from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
 
-RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS}
+RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,
+                            "tasks": TaskRecord}
 TABLES = tuple(RECORDS)
 SCHEMAS: dict[str, pa.Schema] = {table: schema_of(record) for table, record in RECORDS.items()}
 KEY_COLUMNS = tuple(f.name for f in dataclasses.fields(KeyColumns))

@@ -126,13 +126,50 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
             job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
             overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
             lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    accuracy = task_accuracy(summary, state["results_dir"])
+    if accuracy is not None:
+        lines += ["task accuracy (eval=lm_eval; table=tasks) against MoE FLOPs/token:", accuracy.to_string(index=False)]
     lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
     return "\n".join(lines)
 
 
-def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -> str:
-    """What one finished job prints: what ran where, quality, MoE FLOPs/token and parameters, decode times, speed,
-    where its rows are. `run` is its RunRecord; `job_dir` is named when given (a single run's)."""
+def task_accuracy(summary, results_dir: str):
+    """The sweep's task scores (table=tasks) against the cost: one row per job with tasks rows (model, selector, k,
+    mean k, MoE FLOPs/token as routed on the text slice, else analytic), one column per task x metric (`value ±
+    stderr`); None when no job of the sweep evaluated tasks. A resumed job shows the scores of the run it reused."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    if not len(summary):
+        return None
+    scored_run = summary["resumed_from"].where(summary["status"] == "skipped", summary["run_id"])
+    tasks = read_table(results_dir, "tasks", filter=ds.field("run_id").isin(list(scored_run.dropna())))
+    if not len(tasks):
+        return None
+    tasks["score"] = [_score(value, stderr) for value, stderr in zip(tasks["value"], tasks["stderr"])]
+    scores = tasks.pivot_table(index="run_id", columns=["task", "metric"], values="score", aggfunc="first")
+    scores.columns = [f"{task} {metric}" for task, metric in scores.columns]
+    jobs = summary.assign(scored_run=scored_run)
+    flops = jobs["flops_per_token_routed"].fillna(jobs["flops_per_token_analytic"])
+    table = pd.DataFrame({"job": jobs["job_num"].map(lambda v: "-" if pd.isna(v) else str(int(v))),
+                          "model": jobs["model"], "selector": jobs["selector"],
+                          "k": jobs["topk"].map(lambda v: "-" if pd.isna(v) else str(int(v))),
+                          "k_mean": jobs["k_mean"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+                          "MoE FLOPs/tok": flops.map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}"),
+                          "scored_run": jobs["scored_run"]})
+    table = table.merge(scores, left_on="scored_run", right_index=True, how="inner")
+    return table.drop(columns="scored_run")
+
+
+def _score(value: float, stderr: float | None) -> str:
+    """A task score as printed: `0.375±0.183` (the value alone when lm-eval gives no standard error)."""
+    return f"{value:.3f}" + ("" if stderr is None or stderr != stderr else f"±{stderr:.3f}")
+
+
+def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, tasks=None) -> str:
+    """What one finished job prints: what ran where, quality, MoE FLOPs/token and parameters, decode times, task
+    scores, speed, where its rows are. `run` is its RunRecord; `job_dir` is named when given (a single run's); `tasks`
+    its tasks rows (eval=lm_eval)."""
     def num(v: Any, fmt: str = ",.0f") -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
 
@@ -166,6 +203,11 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")
+    if tasks is not None and len(tasks):
+        scores = "; ".join(f"{task} " + ", ".join(f"{r.metric} {_score(r.value, r.stderr)}" for r in rows.itertuples())
+                           + f" (n={rows['n'].iloc[0]}, {rows['num_fewshot'].iloc[0]}-shot)"
+                           for task, rows in tasks.groupby("task", sort=False))
+        lines.append(f"  tasks (lm-eval {run.lm_eval_version}): {scores}")
     if run.tokens:
         lines.append(f"  {num(run.tokens_per_s)} tokens/s, wall {num(run.wall_s, '.2f')} s "
                      f"(model load {num(run.model_load_s, '.2f')} s{', reused' if run.model_reused else ''})"

@@ -20,6 +20,7 @@ def test_default_job_writes_three_tidy_tables(tmp_path):
     out = run_job(tmp_path)
     assert out["status"] == "ok"
     root = tmp_path / "results"
+    assert not (root / "table=tasks").exists()  # eval=none (the default): no task rows
     for name in ("runs", "layers", "experts"):  # the analysis tables are opt-in (analysis=full, trace=true)
         schema = results.SCHEMAS[name]
         parts = list((root / f"table={name}" / "model=olmoe_tiny").glob("part-*.parquet"))

@@ -55,7 +55,9 @@ def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
 # ```python blocks of README.md and docs/*.md that no test runs, by (file, heading they sit under), and why
 NOT_RUN = {("docs/profiler.md", "The profiler (library)"): "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub",
            ("docs/profiler.md", "torch.compile, CUDA graphs and phases"):
-               "continues the library example above (its model and batch)"}
+               "continues the library example above (its model and batch)",
+           ("README.md", "Task accuracy (lm-evaluation-harness)"): "run by tests/integration/test_eval.py (eval=lm_eval)",
+           ("docs/eval.md", "Results: `table=tasks`"): "run by tests/integration/test_eval.py (eval=lm_eval)"}
 # the README's library example: a tiny random-weight model, run offline on its own below
 LIBRARY = ("README.md", "The library")
 

@@ -28,8 +28,8 @@ DOC = ROOT / "docs" / "results.md"
 FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b814e",
                 # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
                 2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",
-                # 3: the analysis tables (coactivation, transitions, placement, trace), runs columns summing them up
-                3: "2744636c6d71e3c8d5f995b6790bfad5776b356203a4c84eae1f713617af9987"}
+                # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, their runs columns
+                3: "00103ff9a477437045d7fae3526b7fe19dda5c31fa0e3e171cdd0b3071a42940"}
 
 
 def fingerprint() -> str:
@@ -44,10 +44,11 @@ def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
     from runner.results.analysis_records import (CoactivationRecord, PlacementRecord, TraceRecord,
                                                  TransitionRecord)
 
-    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace")
+    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
                                "experts": results.ExpertRecord, "coactivation": CoactivationRecord,
-                               "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord}
+                               "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord,
+                               "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table
