@@ -170,9 +170,11 @@ class TraceWriter:
         self.written[position] += n
 
     def close(self) -> None:
+        self.profiler.stop_trace()
         self.part.close()
         self.row.update(trace_rows=self.part.rows, trace_tokens_skipped=max(self.skipped))
 
     def abort(self) -> None:
+        self.profiler.stop_trace()
         self.part.abort()
 

@@ -233,6 +233,10 @@ class MOEProfiler:
             raise ProfilerError("no routing trace: call profiler.start_trace(capacity) first")
         return self.attachment.trace.drain()
 
+    def stop_trace(self) -> None:
+        """Stop tracing and free the trace's buffers (compiled code re-traces once without it)."""
+        self.attachment.trace = None
+
     @property
     def trace_phases(self) -> list[str]:
         return self.attachment.trace.phases if self.attachment.trace is not None else []

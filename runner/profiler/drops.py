@@ -5,6 +5,8 @@ time, instead of ~20 small kernels per layer per call (which cost +3 % prefill a
 The capacity is per call, so the recorder keeps each staged call's size. Traced or captured: per call (dense)."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .metrics import capacity_drops
@@ -23,21 +25,25 @@ def add_staged_drops(group, index: torch.Tensor, calls: list[list[int]]) -> None
 
 
 def _add(group, rows: slice, index: torch.Tensor, sizes: list[int]) -> None:
-    W, slots, device = group.width, index.shape[-1], index.device
-    n, calls = sum(sizes), len(sizes)
-    tokens = torch.tensor(sizes, dtype=torch.int64, device=device)
-    index = index[:, :n]
-    valid = (index >= 0) & (index < group.real[rows])
-    call_of = torch.repeat_interleave(torch.arange(calls, device=device), tokens)  # [n]
-    at = call_of.view(1, n, 1) * W + index.clamp(0, W - 1).long()  # [L', n, slots]: (call, expert) cells
-    counts = torch.zeros(index.shape[0], calls * W, dtype=torch.int64, device=device)
-    counts.scatter_add_(1, at.flatten(1), valid.flatten(1).long())
-    # C = ceil(cf * (T * k / E)) per call and row, in fp64 and in the order metrics.capacity_drops computes it
+    """Runs of consecutive calls of one size (a prefill's batches, a decode's steps) are reduced together: their
+    tokens reshape to [calls, T], so nothing about the sizes has to reach the device (no host-device sync)."""
+    dropped, start, W = 0, 0, group.width
     experts = group.real[rows].view(-1, 1, 1).double()  # [L', 1, 1]
-    capacity = torch.ceil(group.factors.view(1, 1, -1) * (tokens.view(1, -1, 1) * slots / experts))  # [L', C, F]
-    over = counts.view(-1, calls, 1, W).double() - capacity.unsqueeze(-1)  # [L', C, F, W]
-    dropped = over.clamp_min(0).sum(-1).long().sum(1)  # [L', F]
-    total = torch.full_like(dropped[:, :1], n * slots)
+    for tokens, run in itertools.groupby(sizes):
+        calls = len(list(run))
+        part = index[:, start: start + calls * tokens]  # [L', calls * T, slots]
+        start += calls * tokens
+        slots = part.shape[-1]
+        valid = (part >= 0) & (part < group.real[rows])
+        at = (torch.arange(calls, device=part.device) * W).repeat_interleave(tokens * slots).view(1, -1) \
+            + part.clamp(0, W - 1).long().flatten(1)  # [L', calls * T * slots]: (call, expert) cells
+        counts = torch.zeros(part.shape[0], calls * W, dtype=torch.int64, device=part.device)
+        counts.scatter_add_(1, at, valid.flatten(1).long())
+        # C = ceil(cf * (T * k / E)), fp64, in the order metrics.capacity_drops computes it
+        capacity = torch.ceil(group.factors.view(1, -1) * (tokens * slots / experts.view(-1, 1)))  # [L', F]
+        over = counts.view(-1, calls, 1, W).double() - capacity.view(-1, 1, capacity.shape[-1], 1)
+        dropped = dropped + over.clamp_min(0).sum(-1).long().sum(1)  # [L', F]
+    total = torch.full_like(dropped[:, :1], start * index.shape[-1])
     group._add("drops", rows, torch.cat([dropped, total], -1), dense=False)
 
 
