@@ -222,7 +222,7 @@ class Workload:
 
 
 # --analyses: what the profiler variants record beyond load balance (set once by main)
-ANALYSES = {"default": None, "none": (), "full": ("capacity", "coactivation", "transitions")}
+ANALYSES = {"default": None, "none": (), "full": ("capacity", "coactivation", "transitions"), "vocab": ("vocab",)}
 PROFILER_OPTIONS: dict[str, Any] = {}
 
 
@@ -613,7 +613,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--analyses", choices=list(ANALYSES), default="default",
                    help="routing analyses of the profiler variants: default (boundary margin, capacity drops), none, "
-                        "full (+ co-activation, transitions)")
+                        "full (+ co-activation, transitions), vocab (the vocabulary table alone)")
     args = p.parse_args(argv)
     for key, value in PRESETS["smoke" if args.smoke else "full"].items():
         if getattr(args, key) is None:
