@@ -6,7 +6,7 @@ The routers do not see token ids. A forward pre-hook on the top model (attach.py
 a static buffer on each recording device (`capture`: a copy, never a reference) and their number into a device
 scalar. Each router call of that forward (its tokens: the flattened [batch, seq] positions, in the same order) pairs its
 top-1 expert with them (`add_call`); a call with another number of tokens adds nothing (a forward given inputs_embeds
-captures nothing; looped or partial calls), and the top model's forward post-hook sets the number to -1, so router
+captures nothing; packed or partial calls), and the top model's forward post-hook sets the number to -1, so router
 calls outside a forward of the top model pair nothing. `vocab_tokens` (the tokens counted) shows what was paired.
 
 Eager, traced (torch.compile) and captured (CUDA graphs) calls run the same ops: registered buffers marked static (by
