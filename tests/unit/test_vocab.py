@@ -1,6 +1,7 @@
 """Vocabulary specialization (opt-in, analyses=("vocab",)): the definition and the recorder's table by hand, a tiny real
 model against a per-token recount (positional and keyword ids, generate's decode steps, inputs_embeds), and fixed
-memory of every analysis after 1k and after 100k tokens. Eager == torch.compile: tests/unit/test_compile.py."""
+memory of every analysis after 1k and after 100k tokens; group-limited routing (deepseek_v3). Eager == torch.compile:
+tests/unit/test_compile.py."""
 import math
 import warnings
 
@@ -143,3 +144,24 @@ def test_memory_is_fixed_after_1k_and_100k_tokens():
     group = p.recorder.groups[0]
     assert group.vocab.numel() * group.vocab.element_size() == 2 * 2 * 128 * 8 * 4  # L * P * V * E * int32
     assert p.layers_df()["vocab_tokens"].tolist() == [100_352, 100_352]
+
+
+def test_top1_is_the_best_selected_expert_under_group_limited_routing():
+    """deepseek_v3 routes within the best groups (n_group 4, topk_group 2, by each group's top-2 score sum), so a
+    token's argmax expert can be left out: the table counts the selected expert of highest score, not the argmax."""
+    model = build_tiny_model("deepseek_v3", num_hidden_layers=2)
+    E = model.config.n_routed_experts
+    p = profile(model, analyses=("vocab",))
+    seen = []
+    p.layers[0].router.register_forward_hook(lambda module, args, output: seen.append(output))
+    x = torch.randint(2, 128, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(input_ids=x)
+    (output,) = seen
+    logits = next(t for t in output if t.is_floating_point() and t.shape[-1] == E).reshape(-1, E)
+    index = next(t for t in output if not t.is_floating_point())
+    best_selected = index.gather(-1, logits.gather(-1, index).argmax(-1, keepdim=True))[:, 0]
+    assert (best_selected != logits.argmax(-1)).any()  # the argmax was left out for some token
+    expected = np.zeros((model.config.vocab_size, E), np.int64)
+    np.add.at(expected, (x.flatten().numpy(), best_selected.numpy()), 1)
+    np.testing.assert_array_equal(p.recorder.snapshot()["vocab"][0][:, :E], expected)
