@@ -222,8 +222,9 @@ class Workload:
 
 
 # --analyses: what the profiler variants record beyond load balance, as the runner's `analysis=` presets (set once by
-# main); the boundary margin is always on
-ANALYSES = {"none": (), "basic": ("capacity",), "full": ("capacity", "coactivation", "transitions")}
+# main); the boundary margin is always on. vocab: the vocabulary table alone
+ANALYSES = {"none": (), "basic": ("capacity",), "full": ("capacity", "coactivation", "transitions", "vocab"),
+            "vocab": ("vocab",)}
 PROFILER_OPTIONS: dict[str, Any] = {}
 
 
@@ -614,7 +615,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--analyses", choices=list(ANALYSES), default="basic",
                    help="routing analyses of the profiler variants, as the runner's analysis= presets: basic (the "
-                        "runner's default: capacity drops), none, full (+ co-activation, transitions)")
+                        "runner's default: capacity drops), none, full (+ co-activation, transitions, vocabulary), "
+                        "vocab (the vocabulary table alone)")
     args = p.parse_args(argv)
     for key, value in PRESETS["smoke" if args.smoke else "full"].items():
         if getattr(args, key) is None:

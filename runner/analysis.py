@@ -23,7 +23,8 @@ def analyses_of(config: AnalysisConfig):
     from .profiler import Analyses
 
     return Analyses(capacity_factors=tuple(float(f) for f in config.capacity_factors),
-                    coactivation=config.coactivation, transitions=config.transitions)
+                    coactivation=config.coactivation, transitions=config.transitions,
+                    vocab=config.vocab_specialization, min_token_count=config.min_token_count)
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ class MOEProfiler:
     at the cost of one re-trace).
     analyses: the routing analyses beyond load balance (an `Analyses`, or names: `("capacity", "coactivation")`);
     default: the top-k boundary margin only (always on); capacity drops ("capacity": factors 1, 1.25, 1.5, 2),
-    co-activation and transitions are opt-in.
+    co-activation, transitions and vocabulary specialization ("vocab": a [vocab_size, E] int32 table per layer and
+    phase) are opt-in.
     """
 
     def __init__(
@@ -68,11 +69,18 @@ class MOEProfiler:
             for message in layer.warnings:
                 warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
         observable = self.layers[0].router_output != "none"
+        analyses = Analyses.of(analyses)
+        vocab_size = int(getattr(self.config, "vocab_size", None) or 0) if analyses.vocab else 0
+        if analyses.vocab and not vocab_size:
+            raise ProfilerError(f"the vocabulary analysis needs the token ids' range, and {type(self.config).__name__} "
+                                f"has no vocab_size ({getattr(self.config, 'vocab_size', None)!r}): profile without "
+                                f"analyses 'vocab'")
         self.recorder = (
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
                 devices=[layer_device(l) for l in self.layers], phases=tuple(phases), analyses=analyses,
+                vocab_size=vocab_size,
             )
             if metrics and observable else None
         )

@@ -11,7 +11,7 @@ import torch
 
 from handlers.base import DIMENSIONS
 
-from .metrics import expert_metrics, layer_metrics
+from .metrics import expert_metrics, layer_metrics, vocab_columns
 from .scan import MoELayer, read_live_top_k
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
                                block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=0)
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
+        row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
         row.update(layer.cost.flops(row["tokens"], row["assignments"]))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")

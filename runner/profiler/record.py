@@ -26,6 +26,7 @@ from .analyses import Analyses
 from .drops import add_call_drops, add_staged_drops
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
+from . import vocab
 
 
 def _capturing() -> bool:
@@ -38,14 +39,14 @@ class LayerAccumulators(nn.Module):
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
     k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
-    V * V and jaccard 2 (V: the widest router of the model), or nothing where the analysis is off. `selection` holds
-    each row's last call's [tokens, V] selection (not per phase) and `selection_tokens` its size (-1: none).
-    The current phase is a device scalar (`phase`), so switching phases changes no Python
-    state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
+    V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
+    the analysis is off. `selection` holds each row's last call's [tokens, V] selection (not per phase) and
+    `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so switching phases changes
+    no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
-                 analyses: Analyses = Analyses(), transition_width: int = 0):
+                 analyses: Analyses = Analyses(), transition_width: int = 0, vocab_size: int = 0):
         super().__init__()
         self.positions, self.width, self.phases = positions, width, phases
         self.num_factors, self.coactive = len(analyses.capacity_factors), analyses.coactivation
@@ -65,6 +66,7 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
             self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
             self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
+            self.vocab_size = vocab.register(self, vocab_size if analyses.vocab else 0, device)
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
@@ -154,6 +156,7 @@ class LayerAccumulators(nn.Module):
             shapes["coactivation"] = (W, W)
         if self.transition_width:
             shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
+        shapes.update(vocab.shapes(self))
         return shapes
 
     # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
@@ -206,14 +209,15 @@ class RoutingRecorder:
     """Per-layer, per-phase routing statistics of `num_layers` MoE layers (see the module docstring).
 
     router_width: the router's output width per layer (or one for all); num_experts: real (computing) experts per
-    layer, indices >= this are not counted; devices: each layer's device (default CPU); phases: labels known up
-    front (more can be added with set_phase, which reallocates the accumulators once).
+    layer, indices >= this are not counted; devices: each layer's device (default CPU); vocab_size: the token ids
+    counted with analyses.vocab (0..vocab_size - 1); phases: labels known up front (more can be added with set_phase,
+    which reallocates the accumulators once).
     """
 
     def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: Scoring,
-                 capacity: int | None = None, devices: list[torch.device] | None = None,
+                 capacity: int | None = None, devices: list[torch.device] | None = None, vocab_size: int = 0,
                  phases: tuple[str, ...] = ("prefill", "decode"), analyses: Analyses | Iterable[str] | None = None):
-        self.num_layers = num_layers
+        self.num_layers, self.vocab_size = num_layers, vocab_size
         self.analyses = Analyses.of(analyses)
         widths = router_width if isinstance(router_width, (list, tuple)) else [router_width] * num_layers
         # a router may score more or fewer columns than its weight has rows (zero-compute experts, MLP routers)
@@ -233,7 +237,7 @@ class RoutingRecorder:
             keyed.setdefault((str(device), width), []).append(position)
         old = getattr(self, "groups", None)
         self.groups = [LayerAccumulators(positions, width, [self.num_experts[p] for p in positions], len(self.phases),
-                                         self.devices[positions[0]], self.analyses, self.router_width)
+                                         self.devices[positions[0]], self.analyses, self.router_width, self.vocab_size)
                        for (_, width), positions in keyed.items()]
         self._where = {p: (group, row) for group in self.groups for row, p in enumerate(group.positions)}
         if old is not None:  # more phases: carry what was recorded over
@@ -286,6 +290,7 @@ class RoutingRecorder:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
+        vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
         if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
                              dense=torch.compiler.is_compiling())

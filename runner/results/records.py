@@ -257,6 +257,11 @@ class _LayerColumns(KeyColumns):
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
     jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
                                "layer and the next MoE layer (v2)")
+    vocab_specialization: Double = col("with `analysis.vocab_specialization`: over the token ids seen at least "
+                                       "`analysis.min_token_count` times, the mean share of their occurrences routed "
+                                       "top-1 to the id's most frequent expert (v3)")
+    vocab_ids: Int64 = col("the token ids that qualified for `vocab_specialization` (v3)")
+    vocab_tokens: Int64 = col("the tokens paired with their input id for `vocab_specialization` (v3)")
     latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
     latency_ms_p50: Double = col("with `latency=true`: median block time per call")
     latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")

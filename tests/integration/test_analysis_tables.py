@@ -104,6 +104,20 @@ def test_transitions_and_jaccard_follow_each_token_to_the_next_layer(tables):
     assert t["runs"]["jaccard_mean"].iloc[0] == pytest.approx(jaccard, rel=1e-6)  # one pair of layers
 
 
+def test_vocab_specialization_recounted_from_the_trace(tables):
+    _, t = tables
+    trace, layers = t["trace"], t["layers"]
+    for layer in (0, 1):
+        rows = trace.query("phase == 'prefill' and layer == @layer")
+        top1 = rows["experts"].map(lambda e: int(e[0]))  # the router's order: the most probable selected first
+        counts = pd.crosstab(rows["token_id"], top1)
+        frequent = counts[counts.sum(1) >= 5]  # analysis.min_token_count
+        expected = (frequent.max(1) / frequent.sum(1)).mean()
+        row = layers.query("phase == 'prefill' and layer == @layer").iloc[0]
+        assert row["vocab_ids"] == len(frequent) > 0 and row["vocab_tokens"] == len(rows)
+        assert row["vocab_specialization"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_placement_rows_and_the_runs_summary_columns(tables):
     _, t = tables
     placed, runs, layers = t["placement"], t["runs"].iloc[0], t["layers"]

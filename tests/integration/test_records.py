@@ -29,7 +29,7 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
                 2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",
                 # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, their runs columns
-                3: "00103ff9a477437045d7fae3526b7fe19dda5c31fa0e3e171cdd0b3071a42940"}
+                3: "6a97a863638cdcc3c24df9528898b90d8c21f4936e1172ffd112efe27ea1709b"}
 
 
 def fingerprint() -> str:
