@@ -52,6 +52,19 @@ def report(state: dict[str, Any], line: str) -> None:
             log.write(f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')} {line}\n")
 
 
+def swept(overrides: list[str], planned: list[list[str]] | None) -> list[str]:
+    """The job's overrides of the keys that differ between the planned jobs (all of them when the plan is unknown):
+    `topk=2 selector=kneedle`, not the out_root every job shares."""
+    if not planned:
+        return overrides
+    values: dict[str, set[str]] = {}
+    for job in planned:
+        for override in job:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return [o for o in overrides if len(values.get(o.partition("=")[0], ())) > 1]
+
+
 class JobClock:
     """Start times of the jobs this process ran, for the duration on the `ended` line."""
 
@@ -60,7 +73,8 @@ class JobClock:
 
     def start(self, state: dict[str, Any], job_num: int, overrides: list[str]) -> None:
         self.started[job_num] = time.perf_counter()
-        report(state, job_line(state, job_num, "started: " + (" ".join(overrides) or "(no overrides)")))
+        shown = swept(overrides, state.get("planned"))
+        report(state, job_line(state, job_num, "started: " + (" ".join(shown) or "(no overrides)")))
 
     def end(self, state: dict[str, Any], job_num: int, status: str) -> None:
         began = self.started.pop(job_num, None)
