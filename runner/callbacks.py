@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class SweepSummary(Callback):
 
     def _report(self, state: dict[str, Any], summary) -> None:
         """The sweep's HTML report, its path as the last line; a failure is one warning, the summary stands."""
+        start = time.perf_counter()
         try:
             from .report import write_report
             from .results.select import Selection
@@ -163,7 +165,8 @@ class SweepSummary(Callback):
             sweep_dir = Path(state["sweep_dir"])
             selection = Selection(summary, Path(state["results_dir"]), f"sweep {state['sweep_id']} ({sweep_dir})",
                                   sweep_dir / "report")
-            print(f"report: {write_report(selection)}", flush=True)
+            path = write_report(selection)
+            print(f"report: {path} ({time.perf_counter() - start:.1f} s)", flush=True)
         except Exception as exc:  # noqa: BLE001 - the report is a view of the results, which are safe already
             print(f"runner: warning: report not written: {type(exc).__name__}: {one_line(exc, 300)}; "
                   f"retry with python -m runner.report {state['sweep_dir']}", file=sys.stderr, flush=True)

@@ -46,8 +46,8 @@ def _number(value: Any) -> float | None:
 def _show(value: Any) -> str:
     number = _number(value)
     if number is None:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("<NA>", "nan") \
-            else str(value)
+        missing = value is None or str(value) in ("<NA>", "nan", "None")
+        return "-" if missing else str(value)
     if abs(number) >= 1000:
         return f"{number:,.0f}" if number.is_integer() else f"{number:,.1f}"
     return f"{number:.6g}"

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from .figures import colours, dress, figure, log2_axis
+from .figures import colours, dress, figure, log2_axis, plain_log
 
 MAX_CELLS = 128  # co-activation matrices above this many experts: the mean of each block of adjacent experts
 DROP_COLUMN = re.compile(r"^drop_rate_cf(\d+)_(\d+)$")
@@ -41,12 +41,13 @@ def coactivation(rows, num_experts: int | None = None, layer: int | None = None)
         padded = np.zeros((size * block, size * block))
         padded[:num_experts, :num_experts] = matrix
         matrix = padded.reshape(size, block, size, block).mean(axis=(1, 3))
-    fig, (ax,) = figure(5.2, width=6.6, right=0.6)
+    fig, (ax,) = figure(5.2, width=6.8, right=0.9)
     positive = matrix[matrix > 0]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
     image = ax.imshow(np.where(matrix > 0, matrix, np.nan), interpolation="nearest", cmap="viridis", norm=norm)
-    fig.colorbar(image, ax=ax, label="tokens that selected both" + (f" (mean over {block}x{block} blocks)"
-                                                                     if block > 1 else ""))
+    blocks = f" (mean over {block}x{block} blocks)" if block > 1 else ""
+    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03, label="tokens that selected both" + blocks)
+    plain_log(bar.ax.yaxis)
     ax.set_xlabel("expert b" + (f" (blocks of {block})" if block > 1 else ""))
     ax.set_ylabel("expert a")
     ax.set_title(f"co-activation, layer {layer}", fontsize=10)
@@ -62,7 +63,11 @@ def jaccard(layers):
     palette = colours(list(layers["series"]))
     for label, rows in layers[layers["jaccard_next"].notna()].sort_values("layer").groupby("series", sort=False):
         values = rows["jaccard_next"].astype(float)
-        ax.plot(rows["layer"], values, marker="o", ms=3.5, color=palette[label], label=f"{label}: mean {values.mean():.3f}")
+        ax.plot(rows["layer"], values, marker="o", ms=3.5, color=palette[label],
+                label=f"{label}: mean {values.mean():.3f}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     dress(ax, "layer (and the next MoE layer)", "Jaccard of the selected sets", "routing overlap of consecutive layers")
     return fig
 
@@ -93,11 +98,18 @@ def drop_rates(layers):
     return fig
 
 
+def _series(name: str, ep_size: int) -> str:
+    """A placement's line: `balanced+r<R>` with R = the EP size (the default: one redundant expert per rank) is one
+    line across EP sizes, `balanced+r(EP size)`."""
+    return "balanced+r(EP size)" if name == f"balanced+r{int(ep_size)}" else name
+
+
 def placement(rows):
     """Expert-parallel imbalance (busiest rank / mean rank load) against EP size, one line per placement, mean over
     layers (band: min-max layer)."""
     if rows is None or rows.empty:
         return None
+    rows = rows.assign(placement=[_series(name, size) for name, size in zip(rows["placement"], rows["ep_size"])])
     fig, (ax,) = figure(3.6, width=7.0)
     palette = colours(list(rows["placement"]))
     for name, group in rows.groupby("placement", sort=False):

@@ -91,7 +91,8 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
                     f"one line per selector at k={k}.")
         figures.add("jaccard", analyses.jaccard(compared), "Routing overlap of consecutive layers",
                     "Mean per-token Jaccard similarity of a layer's selected experts and the next MoE layer's "
-                    f"(expert ids compared as numbers), per selector at k={k}; the legend gives the mean across layers.")
+                    f"(expert ids compared as numbers), per selector at k={k}; the legend gives the mean across "
+                    "layers.")
         figures.add("drop-rate", analyses.drop_rates(compared), "Capacity drops",
                     "Share of the assignments a router with capacity C = ceil(T k / E * cf) per call would drop, "
                     f"against the capacity factor cf, per selector at k={k}.")

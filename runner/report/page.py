@@ -17,7 +17,8 @@ figure { margin: 0.6em 0 1.4em; } figure img { max-width: 100%; height: auto; bo
 figcaption { font-size: 0.88em; color: #555; max-width: 960px; }
 .wide { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; } td { white-space: nowrap; } th { background: #f3f3f3; position: sticky; top: 0; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; } td { white-space: nowrap; }
+th { background: #f3f3f3; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } tr.failed td { background: #fde8e8; }
 .meta { color: #555; font-size: 0.9em; } nav a { margin-right: 1em; }
 """
@@ -113,7 +114,8 @@ def render(label: str, runs, sections: list[Section]) -> str:
              f"{html.escape(label)}</title><style>{STYLE}</style></head><body>",
              f"<h1>MoE sweep report</h1><p class=\"meta\">{html.escape(label)} &middot; {len(runs)} job(s) "
              f"({html.escape(counts)}) &middot; generated {now}</p>",
-             f"<nav>{nav}<a href=\"#summary-table\">summary table</a><a href=\"#provenance-table\">provenance</a></nav>"]
+             f"<nav>{nav}<a href=\"#summary-table\">summary table</a>"
+             "<a href=\"#provenance-table\">provenance</a></nav>"]
     for section in sections:
         parts.append(f'<h2 id="model-{html.escape(section.model)}">{html.escape(section.model)}</h2>')
         parts += [f"<p class=\"meta\">{html.escape(note)}</p>" for note in section.notes]

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .figures import colours, dress, figure, layer_ticks, plain_numbers
+from .figures import colours, dress, figure, layer_ticks, plain_log, plain_numbers
 
 MAX_COLUMNS = 64
 FLOOR = 1e-2  # the smallest relative load the log colour scale shows; below it (no token at all): the `under` colour
@@ -45,12 +45,13 @@ def load_heatmap(experts, title: str):
     from matplotlib.colors import LogNorm
 
     layers, relative, group = ranked_loads(experts)
-    fig, (ax,) = figure(_height(len(layers)), width=9.0, right=0.8)
+    fig, (ax,) = figure(_height(len(layers)), width=9.0, right=1.0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(under="black")
     shown = np.where(relative > 0, relative, FLOOR / 2)
     top = max(float(np.nanmax(relative)), 1.5)
     image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, norm=LogNorm(vmin=FLOOR, vmax=top))
-    fig.colorbar(image, ax=ax, extend="min", label="load / layer mean (1 = balanced)")
+    bar = fig.colorbar(image, ax=ax, extend="min", fraction=0.05, pad=0.02, label="load / layer mean (1 = balanced)")
+    plain_log(bar.ax.yaxis)
     layer_ticks(ax, layers)
     columns = relative.shape[1]
     step = max(1, columns // 8)
@@ -70,7 +71,7 @@ def k_histograms(layers_by_series: dict[str, object]):
         return None
     panels = dict(list(panels.items())[:4])
     rows_max = max(len(rows) for rows in panels.values())
-    fig, axes = figure(_height(rows_max), len(panels), right=0.6)
+    fig, axes = figure(_height(rows_max), len(panels), right=0.9)
     for ax, (label, rows) in zip(axes, panels.items()):
         rows = rows.sort_values("layer")
         hists = [np.asarray(h if h is not None else [], dtype=np.float64) for h in rows["k_hist"]]
@@ -88,7 +89,7 @@ def k_histograms(layers_by_series: dict[str, object]):
         ax.set_xlabel("k (experts per token)")
         ax.set_ylabel("layer")
         ax.set_title(f"{label}, k_max={int(rows['top_k'].iloc[0])}", fontsize=10)
-    fig.colorbar(image, ax=axes, label="share of the layer's tokens")
+    fig.colorbar(image, ax=axes, fraction=0.05, pad=0.02, label="share of the layer's tokens")
     return fig
 
 

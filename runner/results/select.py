@@ -107,4 +107,5 @@ def _read(reader, where: Path):
     except ResultsNotFound:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow / OS errors of a damaged directory: one line
-        raise ResultsNotFound(f"{where}: cannot read the results ({type(exc).__name__}: {one_line(exc, 200)})") from None
+        raise ResultsNotFound(f"{where}: cannot read the results ({type(exc).__name__}: "
+                              f"{one_line(exc, 200)})") from None
