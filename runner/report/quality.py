@@ -31,6 +31,7 @@ def frontier(runs):
         for label, group in data.groupby("series", sort=False):
             ax.plot(group[column], group[metric], marker="o", ms=5, lw=1.2, color=palette[label], label=label)
             _label_points(ax, group[column], group[metric], group["topk"])
+        ax.margins(x=0.08, y=0.08)  # room for the k labels of the outermost points
         best = pareto(data[column], data[metric])
         front = data[best]
         ax.scatter(front[column], front[metric], s=130, facecolors="none", edgecolors="black", linewidths=1.2,

@@ -50,7 +50,7 @@ def load_heatmap(experts, title: str):
     shown = np.where(relative > 0, relative, FLOOR / 2)
     top = max(float(np.nanmax(relative)), 1.5)
     image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, norm=LogNorm(vmin=FLOOR, vmax=top))
-    bar = fig.colorbar(image, ax=ax, extend="min", fraction=0.05, pad=0.02, label="load / layer mean (1 = balanced)")
+    bar = fig.colorbar(image, ax=ax, extend="min", fraction=0.05, pad=0.02, label="load / layer mean")
     plain_log(bar.ax.yaxis)
     layer_ticks(ax, layers)
     columns = relative.shape[1]
