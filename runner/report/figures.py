@@ -70,15 +70,17 @@ def selector_params(raw: Any) -> dict[str, Any]:
 
 def series_labels(runs) -> list[str]:
     """Each job's series: its selector, with the parameters (k_max aside: that is k) that differ between the jobs of
-    that selector, e.g. `cumsum(threshold=0.8)`; `router` = the model's own routing."""
+    that selector's finished jobs, e.g. `cumsum(threshold=0.8)`; `router` = the model's own routing. (A job that failed
+    early has only the parameters it was given: it is not compared.)"""
     params = [{k: v for k, v in selector_params(raw).items() if k != "k_max"} for raw in runs["selector_params"]]
     names = [str(s) if isinstance(s, str) else OWN for s in runs["selector"]]
+    finished = list(runs["status"].isin(["ok", "skipped"]))
     labels = []
     for name, own in zip(names, params):
         if name == OWN:
             labels.append(OWN)
             continue
-        same = [p for n, p in zip(names, params) if n == name]
+        same = [p for n, p, done in zip(names, params, finished) if n == name and done]
         varying = sorted(k for k in {k for p in same for k in p} if len({json.dumps(p.get(k)) for p in same}) > 1)
         labels.append(name + (f"({','.join(f'{k}={own.get(k)}' for k in varying)})" if varying else ""))
     return labels

@@ -76,6 +76,8 @@ def select(source: str | os.PathLike, results_dir: str | os.PathLike | None = No
         root = Path(results_dir) if results_dir is not None else _sweep_results_dir(path)
         runs = _read(lambda: load("runs", sweep=path, results_dir=root), path)
         return Selection(combine(runs, str(root)), root, f"sweep {path}", path / "report")
+    if os.sep in str(source) and not path.exists():
+        raise ResultsNotFound(f"{source}: no such directory")
     if path.is_dir() or os.sep in str(source) or path.exists():
         raise ResultsNotFound(f"{source}: neither a sweep directory (sweep.json, summary.parquet) nor a results "
                               "directory (table=runs/)")

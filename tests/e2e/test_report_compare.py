@@ -146,9 +146,10 @@ def test_bad_input_is_one_line_and_exit_2(sweeps, capsys, tmp_path):
     root, _ = sweeps
     assert main([str(tmp_path / "missing"), str(root / "a")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("compare: error: ") and "neither a sweep directory" in err
+    assert err == f"compare: error: {tmp_path / 'missing'}: no such directory\n"
     assert report([str(tmp_path), "--results-dir", str(root / "results")]) == 2
-    assert capsys.readouterr().err.startswith("report: error: ")
+    assert capsys.readouterr().err == (f"report: error: {tmp_path}: neither a sweep directory (sweep.json, "
+                                       "summary.parquet) nor a results directory (table=runs/)\n")
     assert main([str(root / "a"), "no-such-sweep", "--results-dir", str(root / "results")]) == 2
     assert "no sweep or run 'no-such-sweep'" in capsys.readouterr().err
     summary = json.loads((root / "a" / "sweep.json").read_text())
