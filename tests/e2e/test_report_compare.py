@@ -14,13 +14,14 @@ import pytest
 from helpers.cli import finish, start
 
 A_JOBS = ("topk=1,2", "selector=router,kneedle")
+SMALL = ("seq_len=64", "max_batches=2")  # both sweeps: the same settings, so their jobs match
 
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    procs = {"a": start(root, *A_JOBS, f"hydra.sweep.dir={root / 'a'}", "-m"),
-             "b": start(root, "topk=2,4", "model.config.intermediate_size=16", "report=false",
+    procs = {"a": start(root, *A_JOBS, *SMALL, f"hydra.sweep.dir={root / 'a'}", "-m"),
+             "b": start(root, "topk=2,4", "model.config.intermediate_size=16", "report=false", *SMALL,
                         f"hydra.sweep.dir={root / 'b'}", "-m")}
     done = {name: finish(proc) for name, proc in procs.items()}
     for name, (code, out, err) in done.items():
