@@ -59,10 +59,8 @@ def _delta(a: Any, b: Any) -> str:
         return "" if str(a) == str(b) else "changed"
     if x == y:
         return "0"
-    if x.is_integer() and y.is_integer():
-        return f"{int(y - x):+,d}" + (f" ({(y - x) / abs(x) * 100:+.3g}%)" if x else "")
     relative = f" ({(y - x) / abs(x) * 100:+.3g}%)" if x else ""
-    return f"{y - x:+.4g}{relative}"
+    return (f"{int(y - x):+,d}" if x.is_integer() and y.is_integer() else f"{y - x:+.4g}") + relative
 
 
 def check(kind: str, a: Any, b: Any, selector: str, loss_rtol: float, time_ratio: float | None) -> tuple[str, bool]:
@@ -114,6 +112,8 @@ def rows_for(key: tuple, a, b, layers_a, layers_b, loss_rtol: float, time_ratio:
     selector = key[2]
     for column, name, kind in RUN_METRICS:
         va, vb = a.get(column), b.get(column)
+        if column == "status":  # a resumed job reports the run it reused, as the sweep summary and baseline do
+            va, vb = ("ok" if v == "skipped" else v for v in (va, vb))
         if _number(va) is None and _number(vb) is None and kind != "exact":
             continue  # not recorded on either side (TTFT without decode)
         tolerance, within = check(kind, va, vb, selector, loss_rtol, time_ratio)
