@@ -230,6 +230,8 @@ class RunnerConfig:
     on_error: str = doc("auto (record in a sweep, raise in a single run) | raise | record", "auto")
     progress: Optional[bool] = doc("progress bar; null: only on a terminal", None)
     debug: bool = doc("show tracebacks instead of one-line errors", False)
+    report: bool = doc("at the end of a multirun, write <sweep dir>/report/report.html with plots "
+                       "(python -m runner.report)", True)
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object / validate()
         from .validation import check
@@ -238,7 +240,7 @@ class RunnerConfig:
 
 
 # keys that say where results go or how errors are reported, not what is measured: left out of the config hash
-NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag")
+NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag", "report")
 
 
 def register_configs() -> None:

@@ -45,9 +45,9 @@ class KeyColumns:
                            joined="the job's `sweep_id`; null for single runs")
     job_num: Int32 = col("the job's number in its sweep; null for single runs")
     config_hash: String = col("a hash of the resolved job config minus `hydra` and the output/reporting keys "
-                              "(`out_root, results_dir, resume, on_error, progress, debug, tag`): equal hash means "
-                              "the same measurement (data source and slice, `seq_len`, batch settings, dtype, device, "
-                              "seed, ...)", joined="the job's `config_hash`")
+                              "(`out_root, results_dir, resume, on_error, progress, debug, tag, report`): equal hash "
+                              "means the same measurement (data source and slice, `seq_len`, batch settings, dtype, "
+                              "device, seed, ...)", joined="the job's `config_hash`")
     timestamp: Timestamp = col("when the job started")
     topk: Int32 = col("the live top-k that ran; `k_max` under a dynamic selector",
                       joined="the job's live top-k (k_max under a selector)")
