@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, results
+from . import costs, data, results
 from .errors import ConfigError, RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
@@ -294,7 +294,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
             layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
                                   on="layer", how="left")
             row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
-            return layers, None
+            return costs.add(conf, row, profiler, layers, None, loaded)
 
         t = time.perf_counter()
         needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
@@ -320,7 +320,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
             row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
         row.peak_rss_bytes = _peak_rss()
-        return layers, without_prompt_pass(profiler.experts_df())
+        return costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded)
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
