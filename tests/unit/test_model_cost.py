@@ -75,3 +75,14 @@ def test_parameter_conventions_on_a_tiny_olmoe():
     assert cost.attention_flops(1, 3) == 4 * 2 * 4 * 9 * 32
     assert cost.attention_flops(1, 3, causal=True) == 4 * 2 * 4 * 6 * 32
     assert cost.kv_bytes_per_token(100, 4) == 4 * 2 * 32 * 4  # 4 layers x 2 kv heads x (16 + 16) x fp32
+
+
+def test_device_peaks_from_the_table_or_the_config():
+    from runner.profiler.hardware import peak_for
+
+    assert peak_for("NVIDIA H100 80GB HBM3") == (989.5, 3350.0)  # torch's name of the SXM card
+    assert peak_for("NVIDIA H100 PCIe") == (756.5, 2000.0)
+    assert peak_for("NVIDIA H200") == (989.5, 4800.0)
+    assert peak_for("NVIDIA H100 80GB HBM3", tflops=700.0) == (700.0, 3350.0)  # a given value wins
+    assert peak_for("cpu (x86_64, 2 cores)", cuda=False) == (None, None)  # never guessed
+    assert peak_for("Some Future GPU") == (None, None)
