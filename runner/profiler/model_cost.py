@@ -5,6 +5,8 @@ FLOPs convention (FlopCounterMode's, as for the MoE layers): 2 FLOPs per multipl
 else counts (embeddings, norms, activations, softmax, rotary: 0). A forward of `batch` sequences of `seq_q` query
 tokens against `seq_k` keys (seq_k = seq_q without a cache; the cache's length when decoding) costs
     dense       2 * in * out per token for every nn.Linear outside the MoE layers and the LM head
+    indexer     2 * batch * seq_q * seq_k * H_i * (d_i + 1) per sparse-attention indexer (DSA: per-head scores, then
+                their weighted sum over its H_i heads)
     attention   2 * batch * Hq * seq_q * seq_k * (d_qk + d_v) per attention module (QK^T and PV over the full score
                 matrix: what eager and SDPA compute, a sliding window or a causal mask included)
     MoE         the MoE layers' own per-token count (cost.py), analytic at k or routed
@@ -45,6 +47,7 @@ class ForwardCost:
     dense_per_token: int  # Linears outside the MoE layers and the LM head, per token
     head_per_position: int  # the LM head, per position whose logits are computed
     attention: list[Attention]
+    indexers: list[tuple[int, int]]  # (heads, head size) of each sparse-attention indexer
     exact: bool
     note: str
     input_embedding: nn.Module | None = field(default=None, repr=False)
@@ -54,13 +57,18 @@ class ForwardCost:
         pairs = causal_pairs(seq_q, seq_k) if causal else seq_q * seq_k
         return sum(2 * batch * a.heads * pairs * (a.dim_qk + a.dim_v) for a in self.attention)
 
+    def indexer_flops(self, batch: int, seq_q: int, seq_k: int | None = None) -> int:
+        """Scores q_h . k of every (query, key) pair and head, then their weighted sum over the heads."""
+        seq_k = seq_q if seq_k is None else seq_k
+        return sum(2 * batch * seq_q * seq_k * heads * (dim + 1) for heads, dim in self.indexers)
+
     def flops(self, batch: int, seq_q: int, seq_k: int | None = None, logits_positions: int | None = None,
               moe_per_token: float = 0.0, causal: bool = False) -> float:
         """Whole-forward FLOPs of `batch` x `seq_q` tokens; logits_positions: per sequence (default: all)."""
         tokens = batch * seq_q
         positions = seq_q if logits_positions is None else min(logits_positions, seq_q)
         return (tokens * (self.dense_per_token + moe_per_token) + batch * positions * self.head_per_position
-                + self.attention_flops(batch, seq_q, seq_k, causal))
+                + self.attention_flops(batch, seq_q, seq_k, causal) + self.indexer_flops(batch, seq_q, seq_k))
 
     def per_token(self, batch: int, seq_q: int, seq_k: int | None = None, moe_per_token: float = 0.0,
                   causal: bool = False) -> float:
@@ -105,6 +113,12 @@ def attention_modules(model: nn.Module) -> list[Attention]:
     return found
 
 
+def indexer_modules(model: nn.Module) -> list[tuple[int, int]]:
+    return [(_first_int(m, arch.INDEXER_HEADS), _first_int(m, arch.INDEXER_DIM)) for m in model.modules()
+            if all(hasattr(m, marker) for marker in arch.INDEXER_MARKERS)
+            and _first_int(m, arch.INDEXER_HEADS) and _first_int(m, arch.INDEXER_DIM)]
+
+
 def moe_module_ids(layers: list[MoELayer]) -> set[int]:
     return {id(sub) for layer in layers for module in layer.measured_modules() for sub in module.modules()}
 
@@ -121,7 +135,7 @@ def forward_cost(model: nn.Module, layers: list[MoELayer]) -> ForwardCost:
     if not moe_exact:
         note = "; ".join(filter(None, [note, "the MoE layers' count is not exact (see their note)"]))
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return ForwardCost(dense, head_flops, attention_modules(model), exact=moe_exact and not arch.NOT_EXACT.get(model_type),
+    return ForwardCost(dense, head_flops, attention_modules(model), indexer_modules(model), exact=moe_exact and not arch.NOT_EXACT.get(model_type),
                        note=note, input_embedding=embedding)
 
 

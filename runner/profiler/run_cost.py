@@ -39,6 +39,15 @@ def _unique_experts(profiler, experts: pd.DataFrame | None, phase: str, tokens_p
     return out
 
 
+def _moe_per_token(profiler, layers: pd.DataFrame | None, phase: str) -> float:
+    """The MoE layers' FLOPs per token of a phase: the routed count where recorded (it follows a dynamic k), else the
+    analytic count at the live top-k."""
+    rows = layers[layers["phase"] == phase] if layers is not None and "phase" in layers else None
+    if rows is not None and "flops" in rows and len(rows) and rows["tokens"].gt(0).all():
+        return float((rows["flops"] / rows["tokens"]).sum())
+    return float(profiler.flops_per_token()["flops"].sum())
+
+
 def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | None, *, batch: int, seq_len: int,
                  decode_tokens: int = 0, measured_tokens: int = 0, tokens_per_s: float | None = None,
                  tpot_ms: float | None = None, peak_tflops: float | None = None,
@@ -47,11 +56,7 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
     per batch in prefill, per step in decode)."""
     model, forward = profiler.model, profiler.forward_cost()
     tokens = batch * seq_len
-    prefill = layers[layers["phase"] == PREFILL] if layers is not None and "phase" in layers else None
-    if prefill is not None and "flops" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
-        moe = float((prefill["flops"] / prefill["tokens"]).sum())  # the routed count: follows a dynamic k
-    else:
-        moe = float(profiler.flops_per_token()["flops"].sum())
+    moe = _moe_per_token(profiler, layers, PREFILL)
     measured = profiler.model_flops_measured().get(PREFILL)
     params = profiler.param_counts()
     counts, element = byte_counts(model, profiler.layers), _element_bytes(model)
@@ -71,6 +76,8 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
         row["s_mfu_prefill"] = row["model_flops_per_token_analytic"] * tokens_per_s / (peak_tflops * 1e12)
     decode_experts = counts.per_forward(_unique_experts(profiler, experts, DECODE, batch)) if decode_tokens else None
     if decode_experts is not None:
+        row["model_flops_per_token_decode"] = forward.per_token(
+            batch, 1, context, moe_per_token=_moe_per_token(profiler, layers, DECODE))
         row["decode_bytes_per_step"] = counts.dense + sum(decode_experts) + batch * context * kv
         if peak_bandwidth_gbs and tpot_ms:
             row["s_mbu_decode"] = row["decode_bytes_per_step"] / (tpot_ms / 1e3) / (peak_bandwidth_gbs * 1e9)

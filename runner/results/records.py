@@ -134,6 +134,9 @@ class RunRecord(KeyColumns):
     model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture (v3)")
     attention_flops_per_token_causal: Double = col("the attention-score term per token with causal halving (the "
                                                    "documented variant; the analytic total counts the full matrix) (v3)")
+    model_flops_per_token_decode: Double = col("with `decode_tokens`: analytic FLOPs per generated token, a decode step "
+                                               "against the static cache's `seq_len + decode_tokens` keys, the MoE "
+                                               "layers at their decode routed count (v3)")
     param_bytes_per_token: Double = col("prefill: parameter bytes read per token (dense parameters and each routed "
                                         "expert a token of the batch chose, read once per batch) (v3)")
     kv_cache_bytes_per_token: Double = col("KV-cache bytes per token of context at `seq_len + decode_tokens`, in the "

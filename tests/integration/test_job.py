@@ -121,6 +121,9 @@ def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
     decode_bytes = eager_layers.loc[eager_layers["phase"] == "decode", "param_bytes"]
     assert (decode_bytes > 0).all() and (decode_bytes < E * 3 * H * I * 4).all()  # fewer than all 8 experts a step
     assert pd.isna(compiled_row["s_mfu_prefill"])  # on CPU without a given peak
+    # a decode step attends over the static cache (64 + 3 keys) where a prefill token saw 64: 2 layers x 4 heads x
+    # (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2 in both phases)
+    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 3 * 32
     assert compiled_row["compile"] and not eager_row["compile"]
     assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-5)
     for column in ("tokens", "assignments", "flops", "flops_measured"):
