@@ -2,9 +2,10 @@
 what a sparse-attention indexer is, and the architectures whose non-MoE parts the analytic whole-forward count does not cover (each with why).
 
 The analytic whole forward (runner/profiler/model_cost.py) counts every nn.Linear outside the MoE layers once per
-token, the LM head over the positions computed, softmax(Q K^T) V of every attention module and the scores of every
-sparse-attention indexer. A mixer that is none of these (a state-space scan, a convolution, linear or lightning
-attention, relative position terms, attention experts) is not counted: those architectures are listed here with `exact=false`.
+token, the LM head over the positions computed, softmax(Q K^T) V of every attention module, the scores of every
+sparse-attention indexer, every nn.Conv1d (short and causal convolutions) and a Mamba-1 scan's output matmul. A
+mixer that is none of these (a Mamba-2 chunked scan, linear or lightning attention, relative position terms,
+attention experts) is not counted: those architectures are listed here with `exact=false`.
 """
 from __future__ import annotations
 
@@ -20,14 +21,18 @@ ATTENTION_HEADS_CONFIG = "num_attention_heads"
 INDEXER_MARKERS = ("index_topk",)
 INDEXER_HEADS = ("n_heads",)
 INDEXER_DIM = ("head_dim",)
+# A Mamba (v1) mixer's selective scan reads its output as state @ C per token, a [D, N] x [N] matmul: the module has
+# `time_step_rank` (Mamba-2 mixers do not), its inner width D and its state size N.
+SCAN_MARKERS = ("time_step_rank",)
+SCAN_WIDTH = "intermediate_size"
+SCAN_STATE = "ssm_state_size"
 
-_SSM = "state-space (Mamba) mixers: their convolution and scan are not counted"
-_LINEAR = "linear-attention mixers: their chunked recurrence and convolution are not counted"
+_SSM = "state-space (Mamba-2) mixers: their chunked scan is not counted"
+_LINEAR = "linear-attention mixers: their chunked recurrence is not counted"
 _HYPER = "hyper-connection mixing"
 
 # model_type -> why its whole-forward analytic count is not exact (the MoE-layer count can still be exact).
 NOT_EXACT: dict[str, str] = {
-    "jamba": _SSM,
     "granitemoehybrid": _SSM,
     "nemotron_h": _SSM,
     "bailing_hybrid": _LINEAR,
@@ -37,7 +42,6 @@ NOT_EXACT: dict[str, str] = {
     "qwen3_5_moe_text": _LINEAR,
     "qwen4_exp_text": _LINEAR + "; so are its indexed-attention scores",
     "minimax": "lightning (linear) attention layers are not counted",
-    "lfm2_moe": "short-convolution mixers are not counted",
     "hy_v4": f"{_HYPER} is not counted",
     "deepseek_v4": f"its compressed attention and {_HYPER} are not counted",
     "inkling_text": "relative-position attention terms are not counted",

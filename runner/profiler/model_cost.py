@@ -9,6 +9,9 @@ tokens against `seq_k` keys (seq_k = seq_q without a cache; the cache's length w
                 their weighted sum over its H_i heads)
     attention   2 * batch * Hq * seq_q * seq_k * (d_qk + d_v) per attention module (QK^T and PV over the full score
                 matrix: what eager and SDPA compute, a sliding window or a causal mask included)
+    conv        2 * batch * L_out * K * C_out * C_in / groups per nn.Conv1d (L_out = seq_q + 2 * pad - dil * (K - 1));
+                0 for a cached step, which updates its conv state elementwise
+    scan        2 * D * N per token per Mamba-1 mixer (its output, state @ C)
     MoE         the MoE layers' own per-token count (cost.py), analytic at k or routed
     LM head     2 * H * V per position whose logits are computed (`logits_to_keep`)
 The causal variant halves the attention term as a causal kernel would skip it: seq_k * seq_q -> the pairs (i, j) with
@@ -48,6 +51,8 @@ class ForwardCost:
     head_per_position: int  # the LM head, per position whose logits are computed
     attention: list[Attention]
     indexers: list[tuple[int, int]]  # (heads, head size) of each sparse-attention indexer
+    convs: list[tuple[int, int, int, int]]  # nn.Conv1d: (out channels x in channels per group, kernel, padding, dilation)
+    scan_per_token: int  # Mamba-1 scans: 2 * D * N per token each
     exact: bool
     note: str
     input_embedding: nn.Module | None = field(default=None, repr=False)
@@ -62,13 +67,21 @@ class ForwardCost:
         seq_k = seq_q if seq_k is None else seq_k
         return sum(2 * batch * seq_q * seq_k * heads * (dim + 1) for heads, dim in self.indexers)
 
+    def conv_flops(self, batch: int, seq_q: int, seq_k: int | None = None) -> int:
+        """Convolutions over the sequence (stride 1): 2 * B * L_out * K * C_out * C_in/groups, L_out = S + 2 * pad -
+        dilation * (K - 1). A cached step (seq_k > seq_q) updates its conv state elementwise instead: 0."""
+        if seq_k is not None and seq_k != seq_q:
+            return 0
+        return sum(2 * batch * (seq_q + 2 * pad - dil * (k - 1)) * k * channels for channels, k, pad, dil in self.convs)
+
     def flops(self, batch: int, seq_q: int, seq_k: int | None = None, logits_positions: int | None = None,
               moe_per_token: float = 0.0, causal: bool = False) -> float:
         """Whole-forward FLOPs of `batch` x `seq_q` tokens; logits_positions: per sequence (default: all)."""
         tokens = batch * seq_q
         positions = seq_q if logits_positions is None else min(logits_positions, seq_q)
-        return (tokens * (self.dense_per_token + moe_per_token) + batch * positions * self.head_per_position
-                + self.attention_flops(batch, seq_q, seq_k, causal) + self.indexer_flops(batch, seq_q, seq_k))
+        return (tokens * (self.dense_per_token + moe_per_token + self.scan_per_token)
+                + batch * positions * self.head_per_position + self.attention_flops(batch, seq_q, seq_k, causal)
+                + self.indexer_flops(batch, seq_q, seq_k) + self.conv_flops(batch, seq_q, seq_k))
 
     def per_token(self, batch: int, seq_q: int, seq_k: int | None = None, moe_per_token: float = 0.0,
                   causal: bool = False) -> float:
@@ -119,6 +132,16 @@ def indexer_modules(model: nn.Module) -> list[tuple[int, int]]:
             and _first_int(m, arch.INDEXER_HEADS) and _first_int(m, arch.INDEXER_DIM)]
 
 
+def conv_modules(model: nn.Module, inside: set[int]) -> list[tuple[int, int, int, int]]:
+    return [(m.out_channels * m.in_channels // m.groups, m.kernel_size[0], int(m.padding[0]), m.dilation[0])
+            for m in model.modules() if isinstance(m, nn.Conv1d) and id(m) not in inside]
+
+
+def scan_flops_per_token(model: nn.Module) -> int:
+    return sum(2 * getattr(m, arch.SCAN_WIDTH) * getattr(m, arch.SCAN_STATE) for m in model.modules()
+               if all(hasattr(m, marker) for marker in arch.SCAN_MARKERS))
+
+
 def moe_module_ids(layers: list[MoELayer]) -> set[int]:
     return {id(sub) for layer in layers for module in layer.measured_modules() for sub in module.modules()}
 
@@ -135,7 +158,8 @@ def forward_cost(model: nn.Module, layers: list[MoELayer]) -> ForwardCost:
     if not moe_exact:
         note = "; ".join(filter(None, [note, "the MoE layers' count is not exact (see their note)"]))
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return ForwardCost(dense, head_flops, attention_modules(model), indexer_modules(model), exact=moe_exact and not arch.NOT_EXACT.get(model_type),
+    return ForwardCost(dense, head_flops, attention_modules(model), indexer_modules(model), conv_modules(model, inside),
+                       scan_flops_per_token(model), exact=moe_exact and not arch.NOT_EXACT.get(model_type),
                        note=note, input_embedding=embedding)
 
 
