@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, eval_harness, results
+from . import costs, data, eval_harness, results
 from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
@@ -297,7 +297,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
                                   on="layer", how="left")
             row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
-            return layers, None, None
+            return (*costs.add(conf, row, profiler, layers, None, loaded), None)
 
         t = time.perf_counter()
         needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
@@ -334,7 +334,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
                        peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir)
-        return layers, without_prompt_pass(profiler.experts_df()), tasks
+        return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 

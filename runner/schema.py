@@ -109,6 +109,9 @@ class DeviceConfig:
     dtype: str = doc("auto | float32 | bfloat16 | float16", "float32")
     num_threads: Optional[int] = doc("CPU intra-op threads; null: 1 for models under 100M parameters, else torch's",
                                      None)
+    peak_tflops: Optional[float] = doc("the device's peak dense TFLOP/s for S-MFU; null: the table of known GPUs "
+                                       "(runner/profiler/hardware.py), none on CPU", None)
+    peak_bandwidth_gbs: Optional[float] = doc("the device's peak memory bandwidth in GB/s for S-MBU; null: the table", None)
 
 
 @dataclass

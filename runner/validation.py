@@ -104,6 +104,9 @@ def check(cfg: RunnerConfig) -> None:
             _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
     if cfg.device.num_threads is not None and cfg.device.num_threads < 1:
         _fail("device.num_threads", f"must be >= 1 or null, got {cfg.device.num_threads}")
+    for key in ("peak_tflops", "peak_bandwidth_gbs"):
+        if getattr(cfg.device, key) is not None and not getattr(cfg.device, key) > 0:
+            _fail(f"device.{key}", f"must be a positive number or null, got {getattr(cfg.device, key)}")
     if not re.match(r"^(cpu|cuda|meta)(:\d+)?$", cfg.device.device):
         _fail("device.device", f"{cfg.device.device!r} is not a torch device such as cpu, cuda or cuda:1")
     if d.kind is DatasetKind.hf and not d.path:

@@ -15,6 +15,7 @@ SEQ_LEN = 64
 DATASET = f"builtin:{BLOCKS}x{SEQ_LEN}"
 OTHER_K = 4  # the tiny models' second top-k (twice their default of 2)
 SELECTOR = ("kneedle", {"k_max": 4})
+CONTEXT = 4096  # tokens of the sequence the analytic whole-model figures are for
 
 
 def model_configs() -> list:
@@ -49,7 +50,16 @@ def analytic_entries(name: str, profiler, ks: Sequence[int]) -> list[Entry]:
         frame = profiler.flops_per_token(k)
         out += grouped(name, "flops_per_token", zip(frame["layer"], frame["flops"]), k=k)
         out.append(Entry(name, "moe_flops_per_token", clean(frame["flops"].sum()), k=k))
-        out.append(Entry(name, "params_active", clean(profiler.param_counts(k)["params_active"]), k=k))
+        counts = profiler.param_counts(k)
+        out.append(Entry(name, "params_active", clean(counts["params_active"]), k=k))
+        out.append(Entry(name, "params_active_nonembedding", clean(counts["params_active_nonembedding"]), k=k))
+        # the whole forward of one CONTEXT-token sequence (no causal halving), and its causal attention term
+        out.append(Entry(name, f"model_flops_per_token_ctx{CONTEXT}",
+                         clean(profiler.model_flops_per_token(1, CONTEXT, k=k)), k=k))
+    forward = profiler.forward_cost()
+    out.append(Entry(name, "model_flops_exact", clean(forward.exact)))
+    out.append(Entry(name, f"attention_flops_per_token_causal_ctx{CONTEXT}",
+                     clean(forward.attention_flops(1, CONTEXT, causal=True) / CONTEXT)))
     return out
 
 
@@ -71,6 +81,8 @@ def measured_entries(name: str, loaded, profiler, ids, k: int, selector: str) ->
     out = grouped(name, "flops_measured_per_token", per_layer, tolerance=routing, **fields)
     out.append(Entry(name, "moe_flops_per_token_measured", clean(sum(v for _, v in per_layer)), tolerance=routing,
                      **fields))
+    out.append(Entry(name, "model_flops_per_token_measured", clean(profiler.model_flops_measured()["prefill"] / tokens),
+                     tolerance=routing, **fields))
     out.append(Entry(name, "loss", clean(sums["nll"] / sums["targets"]), tolerance=LOSS_RTOL, **fields))
     if routing is not None:
         out.append(Entry(name, "k_mean", clean(frame["k_mean"].mean()), tolerance=routing, **fields))

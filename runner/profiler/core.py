@@ -19,6 +19,7 @@ from . import frames, upstream
 from .attach import Attachment, ProfilerError, layer_device
 from .cost import Cost
 from .latency import LayerTimer
+from .model_cost import ForwardCost, forward_cost
 from .analyses import Analyses
 from .record import RoutingRecorder
 from .routing import Routing
@@ -189,8 +190,25 @@ class MOEProfiler:
         return self.cost.flops_per_token(k)
 
     def param_counts(self, k: float | None = None) -> dict[str, float]:
-        """Total parameters, routed-expert parameters, and parameters active per token at top-k `k`."""
+        """Total parameters, routed-expert parameters, and parameters active per token at top-k `k` (with the
+        embeddings: `params_active`; without the input embedding tables: `params_active_nonembedding`)."""
         return self.cost.param_counts(k)
+
+    def forward_cost(self) -> ForwardCost:
+        """The non-MoE parts of the whole forward (dense layers, attention, LM head) from the modules' shapes, for
+        whole-model FLOPs of any batch and sequence length: `forward_cost().flops(batch, seq_q, seq_k, ...)`."""
+        return forward_cost(self.model, self.layers)
+
+    def model_flops_per_token(self, batch: int, seq_q: int, seq_k: int | None = None, k: float | None = None,
+                              causal: bool = False) -> float:
+        """Analytic FLOPs per token of the whole forward of `batch` x `seq_q` tokens against `seq_k` keys, the MoE
+        layers at top-k `k` (default: the live top-k). No forward pass needed (meta device)."""
+        moe = float(self.flops_per_token(k)["flops"].sum())
+        return self.forward_cost().per_token(batch, seq_q, seq_k, moe_per_token=moe, causal=causal)
+
+    def model_flops_measured(self) -> dict[str, int]:
+        """phase -> FlopCounterMode FLOPs of the whole forward passes run under measure_flops()."""
+        return dict(self.cost.forward_measured) if self.cost.taken else {}
 
     # -- frames and reports ------------------------------------------------------------------------
     def layers_df(self) -> pd.DataFrame:

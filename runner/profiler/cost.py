@@ -10,6 +10,7 @@ from torch import nn
 
 from . import upstream
 from .flops import count_flops
+from .model_cost import embedding_params
 from .scan import MoELayer, read_live_top_k
 
 
@@ -17,10 +18,11 @@ class Cost:
     def __init__(self, model: nn.Module, layers: list[MoELayer]):
         self.model, self.layers = model, layers
         self.measured: dict[str, list[int]] = {}  # phase -> measured FLOPs per layer
+        self.forward_measured: dict[str, int] = {}  # phase -> measured FLOPs of the whole forward passes
         self.taken = False  # whether measure_flops() ran since the last reset
 
     def reset(self) -> None:
-        self.measured, self.taken = {}, False
+        self.measured, self.forward_measured, self.taken = {}, {}, False
 
     def measured_in(self, phase: str) -> list[int] | None:
         return self.measured.get(phase) if self.taken else None
@@ -38,6 +40,7 @@ class Cost:
             finally:
                 for handle in handles:
                     handle.remove()
+        self.forward_measured[phase] = self.forward_measured.get(phase, 0) + _total(counter)
         self.taken = True
 
     def live_k(self, layer: MoELayer, k: float | None) -> float:
@@ -62,20 +65,23 @@ class Cost:
             n = sum(p.numel() for p in layer.experts.parameters())
             experts += n
             active_experts += n * self.live_k(layer, k) / layer.num_experts
-        return dict(params_total=total, params_experts=experts, params_active=total - experts + active_experts)
+        active = total - experts + active_experts
+        return dict(params_total=total, params_experts=experts, params_active=active,
+                    params_active_nonembedding=active - embedding_params(self.model))
 
 
 def _flop_hooks(counter, measured: list[int], position: int, module: nn.Module) -> list:
     """FLOPs counted between a module's pre- and post-hook go to its layer (nested calls are fine: a stack)."""
     starts: list[int] = []
 
-    def total() -> int:
-        return int(sum(counter.flop_counts["Global"].values()))
-
     def pre(mod, args):
-        starts.append(total())
+        starts.append(_total(counter))
 
     def post(mod, args, output):
-        measured[position] += total() - starts.pop()
+        measured[position] += _total(counter) - starts.pop()
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+def _total(counter) -> int:
+    return int(sum(counter.flop_counts["Global"].values()))

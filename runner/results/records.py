@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table and their runs columns)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost and their runs columns)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -125,7 +125,33 @@ class RunRecord(KeyColumns):
     flops_measured_tokens: Int64 = col("tokens the measured count covers")
     flops_exact: Bool = col("every MoE layer's analytic count is exact for this architecture")
     params_total: Int64 = col("all parameters")
-    params_active: Double = col("parameters active per token at the job's k")
+    params_active: Double = col("parameters active per token at the job's k, embeddings included")
+    params_active_nonembedding: Double = col("`params_active` without the input embedding tables (an LM head tied to "
+                                             "them stays counted): the convention of most MoE papers (v3)")
+    # the whole model (docs/flops.md#the-whole-forward)
+    model_flops_per_token_analytic: Double = col("analytic FLOPs per token of the whole forward at the job's batch and "
+                                                 "`seq_len` (MoE layers at their routed count), no causal halving (v3)")
+    model_flops_per_token_measured: Double = col("FlopCounterMode FLOPs of the whole forward over the measured tokens "
+                                                 "(v3)")
+    model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture (v3)")
+    attention_flops_per_token_causal: Double = col("the attention-score term per token with causal halving (the "
+                                                   "documented variant; the analytic total counts the full matrix) (v3)")
+    model_flops_per_token_decode: Double = col("with `decode_tokens`: analytic FLOPs per generated token, a decode step "
+                                               "against the static cache's `seq_len + decode_tokens` keys, the MoE "
+                                               "layers at their decode routed count (v3)")
+    param_bytes_per_token: Double = col("prefill: parameter bytes read per token (dense parameters and each routed "
+                                        "expert a token of the batch chose, read once per batch) (v3)")
+    kv_cache_bytes_per_token: Double = col("KV-cache bytes per token of context at `seq_len + decode_tokens`, in the "
+                                           "model's dtype (v3)")
+    decode_bytes_per_step: Double = col("with `decode_tokens`: bytes read per decode step: parameters (activated "
+                                        "experts once per step, expected from the decode loads) and the static KV "
+                                        "cache (v3)")
+    peak_tflops: Double = col("the device's peak dense TFLOP/s used for S-MFU (`device.peak_tflops` or the table); "
+                              "null on CPU (v3)")
+    peak_bandwidth_gbs: Double = col("the device's peak memory GB/s used for S-MBU; null on CPU (v3)")
+    s_mfu_prefill: Double = col("sparse MFU of the prefill forwards: model_flops_per_token_analytic x tokens_per_s / "
+                                "peak (v3)")
+    s_mbu_decode: Double = col("sparse MBU of decode: decode_bytes_per_step / tpot / peak bandwidth (v3)")
     # routing analyses (docs/metrics.md): the prefill phase, averaged over the MoE layers (v3)
     analysis: String = col("the `analysis` preset the job started from (`basic`, `full`, `none`)")
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
@@ -239,6 +265,8 @@ class _LayerColumns(KeyColumns):
     flops_per_token_analytic: Double = col("analytic FLOPs per token at the live top-k")
     flops_measured: Double = col("FlopCounterMode FLOPs of the layer over the measured batches; null when not measured")
     flops_measured_per_token: Double = col("flops_measured / the measured tokens (prefill rows)")
+    param_bytes: Double = col("routed-expert parameter bytes read per forward: the distinct experts activated per "
+                              "batch (prefill) or, expected, per step (decode) (v3)")
     router_entropy: Double = col("mean H(p)/ln E (1 = uniform router)")
     top1_prob: Double = col("mean p₍₁₎")
     top1_margin: Double = col("mean p₍₁₎ − p₍₂₎")

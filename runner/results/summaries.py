@@ -100,17 +100,23 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
                "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
+               "model_flops_per_token_analytic": "model FLOPs/tok", "moe_share": "MoE %",
                "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
-               "wall_s": "wall s", "status": "status"}
+               "s_mfu_prefill": "S-MFU", "s_mbu_decode": "S-MBU", "wall_s": "wall s", "status": "status"}
+    summary = summary.reindex(columns=list(dict.fromkeys([*summary.columns, *columns])))  # older rows lack some
+    summary["moe_share"] = moe_share(summary)
     for name, label in ANALYSIS_COLUMNS.items():  # shown where the sweep recorded them
         if name in summary and summary[name].notna().any():
-            columns = {**dict(list(columns.items())[:-3]), name: label, **dict(list(columns.items())[-3:])}
+            columns = {**dict(list(columns.items())[:-5]), name: label, **dict(list(columns.items())[-5:])}
     table = summary[list(columns)].rename(columns=columns)
     for label in ANALYSIS_COLUMNS.values():
         if label in table:
             table[label] = table[label].map(lambda v: "-" if pd.isna(v) else format(v, ".3f"))
-    for col in ("MoE FLOPs/tok", "measured", "tok/s"):
+    for col in ("MoE FLOPs/tok", "measured", "model FLOPs/tok", "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
+    for col in ("MoE %", "S-MFU", "S-MBU"):
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
+    table = table.drop(columns=[c for c in ("S-MFU", "S-MBU") if table[c].eq("-").all()])  # on CPU: no peaks
     for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
                      ("wall s", ".1f")):
         table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
@@ -131,6 +137,27 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
         lines += ["task accuracy (eval=lm_eval; table=tasks) against MoE FLOPs/token:", accuracy.to_string(index=False)]
     lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
     return "\n".join(lines)
+
+
+def moe_share(runs):
+    """The MoE layers' share of the whole forward's FLOPs per token (routed count where recorded)."""
+    moe = runs["flops_per_token_routed"].fillna(runs["flops_per_token_analytic"])
+    return (moe / runs["model_flops_per_token_analytic"]).astype(float)
+
+
+def _whole_model(run, num) -> str:
+    """The job's whole-model line: FLOPs per token and the MoE share, bytes per token, S-MFU / S-MBU when measured."""
+    moe = run.flops_per_token_routed if run.flops_per_token_routed is not None else run.flops_per_token_analytic
+    line = (f"  whole model: {num(run.model_flops_per_token_analytic)} FLOPs/token at {run.batch_size}x{run.seq_len}"
+            f" (MoE {num(100 * moe / run.model_flops_per_token_analytic, '.1f')} %")
+    line += f", measured {num(run.model_flops_per_token_measured)}" if run.model_flops_per_token_measured else ""
+    line += ("" if run.model_flops_exact else ", not exact for this architecture") + "); "
+    line += (f"bytes/token: parameters {_count(run.param_bytes_per_token, 'B')}, KV cache "
+             f"{_count(run.kv_cache_bytes_per_token, 'B')}; params {_count(run.params_active_nonembedding)} active "
+             "without embeddings")
+    for label, value in (("prefill S-MFU", run.s_mfu_prefill), ("decode S-MBU", run.s_mbu_decode)):
+        line += f"; {label} {num(100 * value, '.1f')} %" if value is not None else ""
+    return line
 
 
 def task_accuracy(summary, results_dir: str):
@@ -200,6 +227,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
         analyses.append(f"trace {run.trace_rows:,} rows")
     if analyses:
         lines.append("  routing: " + ", ".join(analyses))
+    if run.model_flops_per_token_analytic:
+        lines.append(_whole_model(run, num))
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")

@@ -50,3 +50,17 @@ def test_overhead_smoke(tmp_path, capsys):
     # the table was printed, and the model is back to its default experts implementation
     assert "ratio" in printed and "kneedle" in printed
     assert results["meta"]["mode"] == "smoke"
+
+
+def test_mfu_smoke(tmp_path, capsys):
+    """benchmarks/mfu.py on a tiny OLMoE on CPU (eager only): the job's whole-model FLOPs analytic == measured, no
+    peak on a CPU (so no S-MFU / S-MBU), the bare prefill against the measured matmul rate."""
+    from benchmarks import mfu
+
+    out = mfu.main(["--tiny", "--modes", "eager", "--decode-tokens", "2", "--reps", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "mfu.json").read_text())["meta"]["model"] == "tiny OLMoE"
+    job = out["job_eager"]
+    assert job["model_flops_per_token_analytic"] == job["model_flops_per_token_measured"] > 0
+    assert out["peaks"] == {"tflops": None, "bandwidth_gbs": None} and "s_mfu_prefill" not in job
+    assert out["bare_eager"]["ms"] > 0 and 0 < out["bare_eager"]["fraction_of_measured_matmul"]
+    assert "bare prefill" in capsys.readouterr().out

@@ -44,6 +44,14 @@ def test_default_job_writes_three_tidy_tables(tmp_path):
     assert row["flops_measured_tokens"] == 8 * 128  # first batch only
     assert row["moe_layers"] == 2 and row["k_mean"] == 2.0
     assert row["tokens_per_s"] > 0 and row["wall_s"] > 0 and row["peak_rss_bytes"] > 0
+    # the whole forward: analytic (at 8 x 128) equal to measured; bytes by hand: float32, all 8 experts of each layer
+    # activated in the batch (3 * H * I parameters each), the 259 x 64 input embedding not read as a matrix
+    assert row["model_flops_per_token_analytic"] == row["model_flops_per_token_measured"] and row["model_flops_exact"]
+    assert row["params_active"] - row["params_active_nonembedding"] == 259 * H
+    expert_bytes = 3 * H * I * 4
+    dense_bytes = (row["params_total"] - 2 * E * 3 * H * I - 259 * H) * 4
+    assert row["param_bytes_per_token"] == (dense_bytes + 2 * E * expert_bytes) / (8 * 128)
+    assert pd.isna(row["peak_tflops"]) and pd.isna(row["s_mfu_prefill"])  # CPU: no peak, no guess
     assert row["tokenizer"] == "byte" and row["dtype"] == "float32" and row["device"] == "cpu"
     assert row["torch_version"] and row["transformers_version"] and row["runner_version"]
     assert row["config_hash"] and "model:" in row["config_yaml"] and row["run_id"]
@@ -51,6 +59,7 @@ def test_default_job_writes_three_tidy_tables(tmp_path):
     assert list(layers["layer"]) == [0, 1]
     assert (layers["flops_per_token_analytic"] == moe_flops(2) / 2).all()
     assert (layers["flops_measured_per_token"] == moe_flops(2) / 2).all()
+    assert (layers["param_bytes"] == E * 3 * H * I * 4).all()
     assert set(layers["expert_dim_source"]) == {"config"} and (layers["expert_dim"] == I).all()
     experts = table(tmp_path, "experts")
     assert len(experts) == 2 * E and experts.groupby("layer")["load_fraction"].sum().round(6).eq(1).all()
@@ -85,7 +94,8 @@ def test_selector_job_records_params_and_dynamic_k(tmp_path):
 def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
     """decode_tokens=3: greedy static-cache generate after each batch; its steps are the decode phase, generate's
     prompt pass is left out; compile=true gives the eager job's prefill numbers exactly."""
-    eager = run_job(tmp_path / "eager", "decode_tokens=3", *SMALL)
+    eager = run_job(tmp_path / "eager", "decode_tokens=3", "device.peak_tflops=2", "device.peak_bandwidth_gbs=10",
+                    *SMALL)
     compiled = run_job(tmp_path / "compiled", "decode_tokens=3", "compile=true", *SMALL)
     assert eager["status"] == compiled["status"] == "ok"
     frames = {}
@@ -104,6 +114,18 @@ def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
         assert (per_phase["decode"] == 2 * 2 * 8 * 2).all() and (per_phase["prefill"] == 2 * row["tokens"]).all()
         frames[name] = (row, layers)
     (eager_row, eager_layers), (compiled_row, compiled_layers) = frames["eager"], frames["compiled"]
+    # S-MFU / S-MBU against the peaks given: the analytic whole-forward FLOPs at the prefill rate, the bytes of a
+    # decode step (parameters with the expected distinct experts per step, and the static KV cache) at its TPOT
+    assert eager_row["s_mfu_prefill"] == pytest.approx(
+        eager_row["model_flops_per_token_analytic"] * eager_row["tokens_per_s"] / 2e12)
+    assert eager_row["s_mbu_decode"] == pytest.approx(
+        eager_row["decode_bytes_per_step"] / (eager_row["tpot_ms"] / 1e3) / 10e9)
+    decode_bytes = eager_layers.loc[eager_layers["phase"] == "decode", "param_bytes"]
+    assert (decode_bytes > 0).all() and (decode_bytes < E * 3 * H * I * 4).all()  # fewer than all 8 experts a step
+    assert pd.isna(compiled_row["s_mfu_prefill"])  # on CPU without a given peak
+    # a decode step attends over the static cache (64 + 3 keys) where a prefill token saw 64: 2 layers x 4 heads x
+    # (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2 in both phases)
+    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 3 * 32
     assert compiled_row["compile"] and not eager_row["compile"]
     assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-5)
     for column in ("tokens", "assignments", "flops", "flops_measured"):
@@ -125,6 +147,11 @@ def test_meta_weights_give_analytic_numbers_without_a_forward(tmp_path):
     assert row["status"] == "ok" and row["weights"] == "meta" and row["tokens"] == 0
     assert row["flops_per_token_analytic"] == 16 * (2 * 2048 * 64 + 4 * 6 * 2048 * 1024)
     assert row["params_total"] == 6_919_161_856 and pd.isna(row["loss"])
+    # the whole forward of 8 x 128 tokens, per token: q, k, v, o (2048 x 2048) and the scores over 128 keys of 16
+    # heads (128 + 128 dims) in 16 layers, the LM head (2048 x 50304), the MoE layers
+    assert row["model_flops_per_token_analytic"] == (16 * 2 * 4 * 2048 * 2048 + 16 * 2 * 16 * 128 * 256
+                                                     + 2 * 2048 * 50304 + row["flops_per_token_analytic"])
+    assert row["attention_flops_per_token_causal"] == 16 * 2 * 16 * (129 / 2) * 256  # (1 + ... + 128) / 128 keys
     layers = table(tmp_path, "layers")
     assert len(layers) == 16 and (layers["flops_per_token_analytic"] == 2 * 2048 * 64 + 4 * 6 * 2048 * 1024).all()
     assert table(tmp_path, "experts").empty

@@ -28,8 +28,9 @@ DOC = ROOT / "docs" / "results.md"
 FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b814e",
                 # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
                 2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",
-                # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, their runs columns
-                3: "6a97a863638cdcc3c24df9528898b90d8c21f4936e1172ffd112efe27ea1709b"}
+                # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, the whole-model cost
+                # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), their runs columns
+                3: "33e57eb99a1e6366268b1a5bcd32097d1e18cd03fda53ec7de0e942c328dd420"}
 
 
 def fingerprint() -> str:

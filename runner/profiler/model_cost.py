@@ -1,0 +1,205 @@
+"""What the whole forward costs: analytic FLOPs for given shapes (every part, not only the MoE layers), the bytes of
+parameters and KV cache read per token, and the parameter counts under the conventions papers use.
+
+FLOPs convention (FlopCounterMode's, as for the MoE layers): 2 FLOPs per multiply-accumulate of a matmul, nothing
+else counts (embeddings, norms, activations, softmax, rotary: 0). A forward of `batch` sequences of `seq_q` query
+tokens against `seq_k` keys (seq_k = seq_q without a cache; the cache's length when decoding) costs
+    dense       2 * in * out per token for every nn.Linear outside the MoE layers and the LM head
+    indexer     2 * batch * seq_q * seq_k * H_i * (d_i + 1) per sparse-attention indexer (DSA: per-head scores, then
+                their weighted sum over its H_i heads)
+    attention   2 * batch * Hq * seq_q * seq_k * (d_qk + d_v) per attention module (QK^T and PV over the full score
+                matrix: what eager and SDPA compute, a sliding window or a causal mask included)
+    conv        2 * batch * L_out * K * C_out * C_in / groups per nn.Conv1d (L_out = seq_q + 2 * pad - dil * (K - 1));
+                0 for a cached step, which updates its conv state elementwise
+    scan        2 * D * N per token per Mamba-1 mixer (its output, state @ C)
+    MoE         the MoE layers' own per-token count (cost.py), analytic at k or routed
+    LM head     2 * H * V per position whose logits are computed (`logits_to_keep`)
+The causal variant halves the attention term as a causal kernel would skip it: seq_k * seq_q -> the pairs (i, j) with
+j <= i + (seq_k - seq_q). Architecture knowledge (what an attention module is, which architectures have other mixers)
+is in handlers/forward.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from handlers import forward as arch
+
+from .scan import MoELayer, text_config
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One attention module's sizes."""
+
+    name: str
+    heads: int  # query heads
+    dim_qk: int
+    dim_v: int
+    kv_heads: int
+    window: int | None  # sliding window (KV cache bound), None for full attention
+
+
+@dataclass
+class ForwardCost:
+    """The non-MoE parts of one forward, from the modules' shapes (works on the meta device)."""
+
+    dense_per_token: int  # Linears outside the MoE layers and the LM head, per token
+    head_per_position: int  # the LM head, per position whose logits are computed
+    attention: list[Attention]
+    indexers: list[tuple[int, int]]  # (heads, head size) of each sparse-attention indexer
+    convs: list[tuple[int, int, int, int]]  # nn.Conv1d: (out channels x in channels per group, kernel, padding, dilation)
+    scan_per_token: int  # Mamba-1 scans: 2 * D * N per token each
+    exact: bool
+    note: str
+    input_embedding: nn.Module | None = field(default=None, repr=False)
+
+    def attention_flops(self, batch: int, seq_q: int, seq_k: int | None = None, causal: bool = False) -> int:
+        seq_k = seq_q if seq_k is None else seq_k
+        pairs = causal_pairs(seq_q, seq_k) if causal else seq_q * seq_k
+        return sum(2 * batch * a.heads * pairs * (a.dim_qk + a.dim_v) for a in self.attention)
+
+    def indexer_flops(self, batch: int, seq_q: int, seq_k: int | None = None) -> int:
+        """Scores q_h . k of every (query, key) pair and head, then their weighted sum over the heads."""
+        seq_k = seq_q if seq_k is None else seq_k
+        return sum(2 * batch * seq_q * seq_k * heads * (dim + 1) for heads, dim in self.indexers)
+
+    def conv_flops(self, batch: int, seq_q: int, seq_k: int | None = None) -> int:
+        """Convolutions over the sequence (stride 1): 2 * B * L_out * K * C_out * C_in/groups, L_out = S + 2 * pad -
+        dilation * (K - 1). A cached step (seq_k > seq_q) updates its conv state elementwise instead: 0."""
+        if seq_k is not None and seq_k != seq_q:
+            return 0
+        return sum(2 * batch * (seq_q + 2 * pad - dil * (k - 1)) * k * channels for channels, k, pad, dil in self.convs)
+
+    def flops(self, batch: int, seq_q: int, seq_k: int | None = None, logits_positions: int | None = None,
+              moe_per_token: float = 0.0, causal: bool = False) -> float:
+        """Whole-forward FLOPs of `batch` x `seq_q` tokens; logits_positions: per sequence (default: all)."""
+        tokens = batch * seq_q
+        positions = seq_q if logits_positions is None else min(logits_positions, seq_q)
+        return (tokens * (self.dense_per_token + moe_per_token + self.scan_per_token)
+                + batch * positions * self.head_per_position + self.attention_flops(batch, seq_q, seq_k, causal)
+                + self.indexer_flops(batch, seq_q, seq_k) + self.conv_flops(batch, seq_q, seq_k))
+
+    def per_token(self, batch: int, seq_q: int, seq_k: int | None = None, moe_per_token: float = 0.0,
+                  causal: bool = False) -> float:
+        return self.flops(batch, seq_q, seq_k, moe_per_token=moe_per_token, causal=causal) / (batch * seq_q)
+
+    def kv_bytes_per_token(self, context: int, element_bytes: int) -> float:
+        """KV-cache bytes per token of a `context`-token sequence (a sliding-window layer holds at most its window)."""
+        total = 0.0
+        for a in self.attention:
+            held = min(context, a.window) if a.window else context
+            total += a.kv_heads * (a.dim_qk + a.dim_v) * element_bytes * held / max(context, 1)
+        return total
+
+
+def causal_pairs(seq_q: int, seq_k: int) -> int:
+    """(query, key) pairs a causal mask keeps when the seq_q queries are the last of seq_k positions."""
+    return seq_q * (seq_k - seq_q) + seq_q * (seq_q + 1) // 2
+
+
+def _first_int(module: nn.Module, names: Iterable[str]) -> int | None:
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def attention_modules(model: nn.Module) -> list[Attention]:
+    config = text_config(model)
+    found = []
+    for name, module in model.named_modules():
+        if not all(hasattr(module, marker) for marker in arch.ATTENTION_MARKERS):
+            continue
+        dim_qk = _first_int(module, arch.ATTENTION_QK_DIM)
+        if dim_qk is None:
+            continue
+        heads = _first_int(module, arch.ATTENTION_HEADS) or getattr(config, arch.ATTENTION_HEADS_CONFIG)
+        groups = _first_int(module, ("num_key_value_groups",)) or 1
+        window = getattr(module, "sliding_window", None)
+        found.append(Attention(name, heads, dim_qk, _first_int(module, arch.ATTENTION_V_DIM) or dim_qk,
+                               max(heads // groups, 1), window if isinstance(window, int) and window > 0 else None))
+    return found
+
+
+def indexer_modules(model: nn.Module) -> list[tuple[int, int]]:
+    return [(_first_int(m, arch.INDEXER_HEADS), _first_int(m, arch.INDEXER_DIM)) for m in model.modules()
+            if all(hasattr(m, marker) for marker in arch.INDEXER_MARKERS)
+            and _first_int(m, arch.INDEXER_HEADS) and _first_int(m, arch.INDEXER_DIM)]
+
+
+def conv_modules(model: nn.Module, inside: set[int]) -> list[tuple[int, int, int, int]]:
+    return [(m.out_channels * m.in_channels // m.groups, m.kernel_size[0], int(m.padding[0]), m.dilation[0])
+            for m in model.modules() if isinstance(m, nn.Conv1d) and id(m) not in inside]
+
+
+def scan_flops_per_token(model: nn.Module) -> int:
+    return sum(2 * getattr(m, arch.SCAN_WIDTH) * getattr(m, arch.SCAN_STATE) for m in model.modules()
+               if all(hasattr(m, marker) for marker in arch.SCAN_MARKERS))
+
+
+def moe_module_ids(layers: list[MoELayer]) -> set[int]:
+    return {id(sub) for layer in layers for module in layer.measured_modules() for sub in module.modules()}
+
+
+def forward_cost(model: nn.Module, layers: list[MoELayer]) -> ForwardCost:
+    inside = moe_module_ids(layers)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    dense = sum(2 * m.in_features * m.out_features for m in model.modules()
+                if isinstance(m, nn.Linear) and id(m) not in inside and m is not head)
+    head_flops = 2 * head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
+    model_type = getattr(text_config(model), "model_type", None)
+    note = arch.NOT_EXACT.get(model_type, "")
+    moe_exact = all(layer.handler.exact for layer in layers)
+    if not moe_exact:
+        note = "; ".join(filter(None, [note, "the MoE layers' count is not exact (see their note)"]))
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return ForwardCost(dense, head_flops, attention_modules(model), indexer_modules(model), conv_modules(model, inside),
+                       scan_flops_per_token(model), exact=moe_exact and not arch.NOT_EXACT.get(model_type),
+                       note=note, input_embedding=embedding)
+
+
+# -- parameters and bytes -------------------------------------------------------------------------------------------
+def _bytes(params: Iterable[torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of the input embedding table(s) that are not also the LM head (tied weights count once, as the head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    return sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding)
+               for p in m.parameters(recurse=False) if id(p) not in head_ids)
+
+
+@dataclass
+class ByteCounts:
+    """Parameter bytes of one forward, split so the activated experts can be counted per batch."""
+
+    dense: int  # every parameter outside the routed experts and the input embedding tables
+    expert: list[int]  # per MoE layer: bytes of one routed expert
+
+    def per_forward(self, unique_experts: list[float]) -> list[float]:
+        """Bytes read per MoE layer for that many distinct activated experts (each read once per forward)."""
+        return [n * b for n, b in zip(unique_experts, self.expert)]
+
+
+def byte_counts(model: nn.Module, layers: list[MoELayer]) -> ByteCounts:
+    expert_ids = {id(p) for layer in layers for p in layer.experts.parameters()}
+    embed_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embed_ids -= {id(p) for p in head.parameters()} if head is not None else set()
+    dense = _bytes(p for p in model.parameters() if id(p) not in expert_ids and id(p) not in embed_ids)
+    return ByteCounts(dense, [_bytes(layer.experts.parameters()) // max(layer.num_experts, 1) for layer in layers])
+
+
+def expected_unique(loads: Iterable[float], tokens: float, batch: int) -> float:
+    """Expected distinct experts chosen by `batch` tokens drawn independently with the per-expert loads observed over
+    `tokens` tokens (P(a token picks e) = load_e / tokens)."""
+    if tokens <= 0:
+        return 0.0
+    return float(sum(1 - (1 - min(load / tokens, 1.0)) ** batch for load in loads))

@@ -1,0 +1,48 @@
+"""The active parameters of every shipped full-size checkpoint (conf/model/*.yaml, built on the meta device from the
+config values in the conf: nothing is downloaded) equal the figure its authors publish, under the convention they
+count it in: with the embeddings (`params_active`) or without the input embedding table
+(`params_active_nonembedding`). Authors round or truncate: the figures pinned are ours, in billions to 2 decimals,
+and the published one is in the comment."""
+import warnings
+from dataclasses import replace
+
+import pytest
+
+from runner import models
+from runner.baseline.compute import model_configs
+from runner.profiler import MOEProfiler
+from runner.schema import DeviceConfig, Weights
+
+EMBEDDINGS, NO_EMBEDDINGS = "params_active", "params_active_nonembedding"
+PUBLISHED = {  # conf name -> (the authors' convention, our count in billions)
+    "olmoe": (EMBEDDINGS, 1.28),  # OLMoE paper (arXiv 2409.02060): 1.3B active of 6.9B
+    "mixtral": (EMBEDDINGS, 12.88),  # Mixtral of Experts (arXiv 2401.04088): 13B active (12.9B in Mistral's post)
+    "qwen_moe": (EMBEDDINGS, 2.69),  # Qwen1.5-MoE-A2.7B: 2.7B activated
+    "qwen3_moe": (EMBEDDINGS, 3.35),  # Qwen3-30B-A3B model card: 3.3B activated
+    "deepseek_v3": (EMBEDDINGS, 37.55),  # DeepSeek-V3 report (arXiv 2412.19437): 37B activated (truncated)
+    "phimoe": (EMBEDDINGS, 6.64),  # Phi-3.5-MoE model card: 6.6B active
+    "granite_moe": (EMBEDDINGS, 0.43),  # granite-3.0-1b-a400m: 400M active (its LM head is tied to the embeddings)
+    "deepseek_v2_lite": (NO_EMBEDDINGS, 2.45),  # DeepSeek-V2 paper (arXiv 2405.04434): V2-Lite 2.4B activated; 2.66 with
+    "gpt_oss": (NO_EMBEDDINGS, 3.61),  # gpt-oss model card: gpt-oss-20b 3.6B active; 4.19 with the embeddings
+}
+
+
+def test_every_shipped_checkpoint_is_pinned():
+    assert sorted(PUBLISHED) == sorted(c.name for c in model_configs() if "tiny" not in c.name)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_active_parameters_match_the_published_figure(name):
+    convention, billions = PUBLISHED[name]
+    config = next(c for c in model_configs() if c.name == name)
+    models.clear_cache()
+    loaded = models.load(replace(config, weights=Weights.meta), DeviceConfig(name="cpu", device="cpu"), 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profiler = MOEProfiler(loaded.model, verbose=False)
+        counts = profiler.param_counts()
+        profiler.detach()
+    finally:
+        models.clear_cache()
+    assert round(counts[convention] / 1e9, 2) == billions
