@@ -67,12 +67,13 @@ class MOEProfiler:
         for layer in self.layers:
             for message in layer.warnings:
                 warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
+        self.devices = [layer_device(layer) for layer in self.layers]  # where each layer's routing runs and is kept
         observable = self.layers[0].router_output != "none"
         self.recorder = (
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
-                devices=[layer_device(l) for l in self.layers], phases=tuple(phases), analyses=analyses,
+                devices=self.devices, phases=tuple(phases), analyses=analyses,
             )
             if metrics and observable else None
         )
@@ -213,7 +214,8 @@ class MOEProfiler:
         return frames.placement_frame(self, ep_sizes, redundant)
 
     def memory_df(self) -> pd.DataFrame:
-        """Peak memory per CUDA device since attach/reset (empty on CPU)."""
+        """Peak memory per CUDA device the model uses since attach/reset, with each device's capacity (empty on
+        CPU)."""
         return frames.memory_frame(self.model)
 
     def scan_report(self) -> str:
