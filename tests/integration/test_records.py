@@ -26,7 +26,8 @@ DOC = ROOT / "docs" / "results.md"
 # schema_version -> sha256 of the three file schemas as pyarrow prints them: stored results depend on them, so a
 # changed column (name, type or order) must come with a new SCHEMA_VERSION (and a new line here)
 FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b814e",
-                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994"}  # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
+                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",  # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
+                3: "7a47f0195bffe63545b3aeeb6c1ecb4e8fca81f1f114635925ca0f1bdb62ced4"}  # 3: layers.device, runs.memory_by_device
 
 
 def fingerprint() -> str:
