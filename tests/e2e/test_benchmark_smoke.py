@@ -50,3 +50,13 @@ def test_overhead_smoke(tmp_path, capsys):
     # the table was printed, and the model is back to its default experts implementation
     assert "ratio" in printed and "kneedle" in printed
     assert results["meta"]["mode"] == "smoke"
+
+
+def test_multi_device_smoke_splits_over_cpu_and_disk_and_equals_the_whole_model(tmp_path):
+    from benchmarks import multi_device
+
+    out = tmp_path / "multi.json"
+    results = multi_device.main(["equal", "--smoke", "--out", str(out)])
+    assert json.loads(out.read_text())["equal"]["equal"] is True and results["equal"]["equal"] is True
+    offload = results["equal"]["placements"]["offload"]
+    assert offload["placement"]["modules_per_place"]["disk"] > 0 and offload["loss_rel_diff"] == 0
