@@ -49,7 +49,9 @@ def spread(model, device: DeviceConfig, dtype):
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
-    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    from .profiler.upstream import placement_hints
+
+    no_split, skip_keys = placement_hints(model)
     limits = max_memory(device)
     if device.device_map != "sequential":
         limits = get_balanced_memory(model, max_memory=limits, no_split_module_classes=no_split, dtype=dtype,
@@ -65,9 +67,7 @@ def spread(model, device: DeviceConfig, dtype):
                               "so some modules go to disk; set device.offload_folder=<dir> or allow more memory")
         offload_dir = _fresh_folder(device.offload_folder)
     try:
-        # skip_keys as from_pretrained passes them: the KV cache stays where each layer keeps it
-        return dispatch_model(model, device_map, offload_dir=offload_dir,  # sets model.hf_device_map
-                              skip_keys=getattr(model, "_skip_keys_device_placement", None))
+        return dispatch_model(model, device_map, offload_dir=offload_dir, skip_keys=skip_keys)  # sets hf_device_map
     except (ValueError, RuntimeError) as exc:
         raise DeviceError(f"device.device_map={device.device_map}: accelerate could not place the model: "
                           f"{one_line(exc, 300)}") from None

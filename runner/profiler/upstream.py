@@ -136,3 +136,10 @@ def execution_device(module: nn.Module) -> torch.device | None:
         if device is not None:
             return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
     return None
+
+
+def placement_hints(model: nn.Module) -> tuple[list[str], Any]:
+    """What from_pretrained hands accelerate when it places a model: the module classes never split over devices
+    (`_no_split_modules`: a decoder layer) and the forward keywords never moved between them
+    (`_skip_keys_device_placement`: the KV cache, kept where each layer writes it)."""
+    return list(getattr(model, "_no_split_modules", None) or []), getattr(model, "_skip_keys_device_placement", None)
