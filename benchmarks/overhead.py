@@ -222,8 +222,10 @@ class Workload:
         return _timed_ms(lambda: self.decode_steps(state, self.decode_tokens), self.device) / self.decode_tokens
 
 
-# --analyses: what the profiler variants record beyond load balance (set once by main)
-ANALYSES = {"default": None, "none": (), "full": ("capacity", "coactivation", "transitions")}
+# --analyses: what the profiler variants record beyond load balance, as the runner's `analysis=` presets (set once by
+# main); the boundary margin is always on. vocab: the vocabulary table alone
+ANALYSES = {"none": (), "basic": ("capacity",), "full": ("capacity", "coactivation", "transitions", "vocab"),
+            "vocab": ("vocab",)}
 PROFILER_OPTIONS: dict[str, Any] = {}
 
 
@@ -612,9 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(VARIANTS)} (bare is always included)")
     p.add_argument("--out", default="outputs/benchmarks", help="directory for overhead.json / overhead.parquet")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--analyses", choices=list(ANALYSES), default="default",
-                   help="routing analyses of the profiler variants: default (boundary margin, capacity drops), none, "
-                        "full (+ co-activation, transitions)")
+    p.add_argument("--analyses", choices=list(ANALYSES), default="basic",
+                   help="routing analyses of the profiler variants, as the runner's analysis= presets: basic (the "
+                        "runner's default: capacity drops), none, full (+ co-activation, transitions, vocabulary), "
+                        "vocab (the vocabulary table alone)")
     args = p.parse_args(argv)
     for key, value in PRESETS["smoke" if args.smoke else "full"].items():
         if getattr(args, key) is None:
@@ -662,8 +665,7 @@ def _main(args: argparse.Namespace) -> dict[str, Any]:
     import transformers
 
     PROFILER_OPTIONS.clear()
-    if ANALYSES[args.analyses] is not None:
-        PROFILER_OPTIONS["analyses"] = ANALYSES[args.analyses]
+    PROFILER_OPTIONS["analyses"] = ANALYSES[args.analyses]
 
     device = torch.device(args.device)
     if device.type == "cuda":

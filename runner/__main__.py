@@ -13,7 +13,7 @@ import sys
 
 from runner.errors import INTERRUPT
 from runner.schema import CONFIG_DIR, register_configs
-from runner.validation import check_command_line
+from runner.validation import check_command_line, expand_shorthands
 
 register_configs()
 
@@ -30,6 +30,7 @@ def cli() -> None:
     preflight (runner/preflight.py) composes every planned job and checks its targets before Hydra starts any;
     Ctrl-C ends in one line and exit 130."""
     signal.signal(signal.SIGINT, _on_interrupt)
+    sys.argv[1:] = expand_shorthands(sys.argv[1:])
     try:
         error = check_command_line(sys.argv[1:])
         if not error:

@@ -3,10 +3,12 @@
 This module is the Hydra glue only: the summary table and its rendering are runner/results/summaries.py.
 
 on_multirun_start (launching process): works out the planned job list (basic sweeper), writes <sweep>/sweep.json.
+on_job_start / on_job_end (the job's process): a progress line each, i/N, elapsed and ETA (runner/progress.py).
 on_multirun_end: rows of this sweep from results_dir/table=runs -> <sweep>/summary.parquet; prints k vs FLOPs/token vs
 loss per model and the failed jobs; a planned job with no row (its process died: os._exit, OOM kill, timeout) gets a
 `failed` row; exits 1 when anything failed. When a launcher raises (Hydra 1.3 then skips on_multirun_end) the same
-work runs from an atexit hook, so the summary and the failure rows are never lost.
+work runs from an atexit hook, so the summary and the failure rows are never lost. Then, with `report=true`, the
+HTML report (runner/report/) and its path as the last line; a report that fails is one warning line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import one_line
+from .progress import JobClock
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class SweepSummary(Callback):
         self.print_summary = print_summary
         self.exit_on_failure = exit_on_failure
         self._state: dict[str, Any] | None = None
+        self._clock = JobClock()
 
     # -- Hydra hooks ---------------------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -75,7 +80,7 @@ class SweepSummary(Callback):
                      model=str(OmegaConf.select(config, "model.name") or "unknown"),
                      defaults={k: _select(config, path) for k, path in (("selector", "selector.name"),
                                                                          ("dataset", "dataset.name"), ("topk", "topk"))},
-                     done=False,
+                     done=False, report=bool(_select(config, "report")),
                      started=dt.datetime.now(dt.timezone.utc).isoformat())
         self._state = state
         try:
@@ -85,6 +90,23 @@ class SweepSummary(Callback):
         except OSError as exc:
             log.warning("could not write sweep.json: %s", exc)
         atexit.register(self._at_exit, state)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        job_num = _select(config, "hydra.job.num")
+        if self._state is not None and job_num is not None:  # a multirun's job (single runs have no state)
+            self._clock.start(self._state, int(job_num), list(_select(config, "hydra.overrides.task") or []))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        job_num = _select(config, "hydra.job.num")
+        if self._state is None or job_num is None:
+            return
+        from hydra.core.utils import JobStatus
+
+        status = "crashed"
+        if job_return.status == JobStatus.COMPLETED:
+            value = job_return.return_value
+            status = str(value.get("status", "ok")) if isinstance(value, dict) else "ok"
+        self._clock.end(self._state, int(job_num), status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._state is None or self._state["done"]:
@@ -129,7 +151,25 @@ class SweepSummary(Callback):
         failed = int((summary["status"] == "failed").sum()) if len(summary) else 0
         if self.print_summary:
             print(render(summary, state, path), flush=True)
+        if state.get("report") and len(summary):
+            self._report(state, summary)
         return failed
+
+    def _report(self, state: dict[str, Any], summary) -> None:
+        """The sweep's HTML report, its path as the last line; a failure is one warning, the summary stands."""
+        start = time.perf_counter()
+        try:
+            from .report import write_report
+            from .results.select import Selection
+
+            sweep_dir = Path(state["sweep_dir"])
+            selection = Selection(summary, Path(state["results_dir"]), f"sweep {state['sweep_id']} ({sweep_dir})",
+                                  sweep_dir / "report")
+            path = write_report(selection)
+            print(f"report: {path} ({time.perf_counter() - start:.1f} s)", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the report is a view of the results, which are safe already
+            print(f"runner: warning: report not written: {type(exc).__name__}: {one_line(exc, 300)}; "
+                  f"retry with python -m runner.report {state['sweep_dir']}", file=sys.stderr, flush=True)
 
     def _record_lost(self, state: dict[str, Any], runs) -> int:
         from . import results

@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,14 @@ class Blocks:
     documents: int  # documents read: with max_tokens, only those the blocks needed
     characters: int
     tokens_total: int  # tokens before the tail was dropped
+    doc_starts: list[int] = field(default_factory=list)  # offset of each document's first token (bos) in ids.flatten()
+
+    def documents_at(self, block: int, positions: Any) -> Any:
+        """The index (in reading order) of the document each position of block `block` came from."""
+        import numpy as np
+
+        offsets = block * int(self.ids.shape[1]) + np.asarray(positions)
+        return np.searchsorted(np.asarray(self.doc_starts), offsets, side="right") - 1
 
     @property
     def num_blocks(self) -> int:
@@ -172,8 +180,10 @@ def tokenize(docs: Iterable[str], tokenizer, seq_len: int, where: str, max_token
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     stream: list[int] = []
+    starts: list[int] = []
 
     def add(ids: list[int], complete: bool = True) -> None:
+        starts.append(len(stream))
         if bos is not None:
             stream.append(bos)
         stream.extend(ids)
@@ -221,7 +231,8 @@ def tokenize(docs: Iterable[str], tokenizer, seq_len: int, where: str, max_token
         raise DataError(f"{where}: {len(stream)} tokens is less than one block of seq_len={seq_len}; "
                         "use a larger slice or a smaller seq_len")
     ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
-    return Blocks(ids=ids, documents=documents, characters=characters, tokens_total=len(stream))
+    return Blocks(ids=ids, documents=documents, characters=characters, tokens_total=len(stream),
+                  doc_starts=[s for s in starts if s < n * seq_len])
 
 
 def _leading_ids(text: str, tokenizer, want: int, size: int) -> tuple[list[int], bool]:

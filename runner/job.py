@@ -21,13 +21,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, results
-from .errors import ConfigError, RunnerError, describe, known_errors, one_line
+from . import data, eval_harness, results
+from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
 from .slurm import job_id as slurm_job_id
-from .threads import intra_op_threads
-from .validation import validate
+from .threads import cpu_threads, intra_op_threads
+from .validation import check_loaded, validate
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -177,14 +177,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             prior = results.find_ok(results_dir, row.config_hash)
             if prior is not None:
                 return _skip(conf, ctx, row, prior, results_dir, start)
-        frames = execute(conf, ctx, row)
+        frames = execute(conf, ctx, row, results_dir)
         row.update(status="ok", wall_s=time.perf_counter() - start)
-        for table, frame in zip(("layers", "experts"), frames):
+        for table, frame in zip(("layers", "experts", "tasks"), frames):
             if frame is not None:
                 results.write_part(results_dir, table, conf.model.name,
                                    list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
         results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
-        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir))
+        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
         return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
                     flops_per_token=row.flops_per_token_analytic)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
@@ -242,15 +242,17 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
-    """Load, profile and evaluate; fills `row`; returns (layers frame, experts frame or None)."""
-    from . import dispatch, models
+def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
+    """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
+    frames (None: no rows)."""
+    from . import analysis, dispatch, models
     from .profiler import MOEProfiler
     from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
 
     m, d = conf.model, conf.dataset
     row.stamp_provenance()
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
+    eval_harness.prepare(conf.eval)  # eval=lm_eval: an unknown task or a missing dataset is one line, before the model
 
     documents = None
     t = time.perf_counter()
@@ -265,10 +267,11 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
         warnings.filterwarnings("ignore", message=r"layer \d+: ")
         profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
                                fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
-                               phases=PHASES, verbose=False)
+                               phases=(*PHASES, *eval_harness.phases(conf.eval)),
+                               analyses=analysis.analyses_of(conf.analysis), verbose=False)
     try:
         _write_scan_report(ctx, profiler)
-        _check_loaded(conf, loaded.model, profiler)
+        check_loaded(conf, loaded.model, profiler)
         default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
         k = conf.topk if conf.topk is not None else default_k
         if conf.selector.name == OWN_ROUTING:
@@ -294,15 +297,25 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
             layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
                                   on="layer", how="left")
             row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
-            return layers, None
+            return layers, None, None
 
         t = time.perf_counter()
         needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
         blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d), max_tokens=needed)
         row.data_s = data_s + time.perf_counter() - t
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
-        with intra_op_threads(_cpu_threads(conf, loaded, row.params_total)):
-            measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row)
+        tracer = analysis.TraceWriter(conf, profiler, blocks, row, results_dir) if conf.trace.enabled else None
+        try:
+            with intra_op_threads(cpu_threads(conf.device, loaded.device, row.params_total)):
+                measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row, tracer)
+                if tracer is not None:
+                    tracer.close()  # the trace covers the evaluated batches, not the eval tasks
+                    tracer = None
+                tasks = eval_harness.run(conf, loaded, profiler, row)  # eval=lm_eval: phase=eval, the tasks table
+        except BaseException:
+            if tracer is not None:
+                tracer.abort()
+            raise
         profiler_layers = without_prompt_pass(profiler.layers_df())
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
@@ -317,54 +330,14 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord):
             row.k_mean = float(prefill["k_mean"].mean())
         row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
-        return layers, without_prompt_pass(profiler.experts_df())
+        analysis.write_tables(conf, profiler, layers, row, results_dir)
+        return layers, without_prompt_pass(profiler.experts_df()), tasks
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
 
-TINY_PARAMS = 100_000_000
-
-
-def _cpu_threads(conf: RunnerConfig, loaded, params_total: int) -> int | None:
-    """Intra-op threads for the evaluation on CPU: device.num_threads, or 1 for tiny models (at that size extra
-    threads only add synchronisation, and on a busy machine they make each op 100x slower); None: leave them."""
-    if loaded.device.type != "cpu":
-        return None
-    if conf.device.num_threads is not None:
-        return conf.device.num_threads
-    return 1 if params_total < TINY_PARAMS else None
-
-
 def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _check_loaded(conf: RunnerConfig, model, profiler) -> None:
-    """What only the loaded model can tell: its own top-k against its experts, its position table against seq_len;
-    and a dimension given by hand (or in the config) that contradicts the weights, as one warning line."""
-    from .validation import check_positions
-
-    for layer in profiler.layers:
-        k, experts = layer.dims["top_k"].value, layer.dims["num_experts"].value
-        if k > experts:
-            raise ConfigError(f"{layer.dims['top_k'].detail}: top-k {k} exceeds the {experts} experts of layer "
-                              f"{layer.layer_id}; use a value <= {experts} (or topk=K to change the live top-k)")
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    positions = getattr(text, "max_position_embeddings", None)
-    if conf.model.weights is not Weights.meta and isinstance(positions, int) and not isinstance(positions, bool):
-        check_positions(conf.seq_len, conf.decode_tokens, positions)
-    seen: dict[str, list[int]] = {}
-    for layer in profiler.layers:
-        for message in layer.warnings:
-            seen.setdefault(message, []).append(layer.layer_id)
-    for message, ids in seen.items():
-        span = f"layer {ids[0]}" if len(ids) == 1 else (
-            f"layers {ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else f"layers {', '.join(map(str, ids))}")
-        line = (f"runner: warning: MoE {span}: {message}; the results use the resolved value (layers rows carry it "
-                "in dims_warning)")
-        print(line, file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):
-            printed_copy.warning("%s", line)
 
 
 def _write_scan_report(ctx: JobContext, profiler) -> None:
@@ -375,7 +348,7 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
     log.info("%s", profiler.scan_report().splitlines()[0])
 
 
-def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord) -> int:
+def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord, tracer) -> int:
     """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
     FLOP-counted tokens."""
     from .profiler.evaluate import evaluate
@@ -392,6 +365,7 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         decode_tokens=conf.decode_tokens or 0,
         decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
-        desc=f"{conf.model.name} k={row.topk} {conf.selector.name}")
+        desc=f"{conf.model.name} k={row.topk} {conf.selector.name}",
+        after_batch=tracer.after_batch if tracer is not None else None)
     row.update(documents=blocks.documents, **result.row())
     return result.measured_tokens

@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from .profiler.analyses import CAPACITY_FACTORS
 from .profiler.selector_names import SELECTOR_NAMES
 
 # `selector=router`: the model's own router at `topk`, no per-token selection. The other app selectors are the
@@ -138,6 +139,54 @@ class SelectorConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """routing analyses beyond load balance: analysis=basic | full | none, or one part: analysis.coactivation=true"""
+
+    name: str = doc("the preset this started from: basic | full | none", "basic")
+    capacity_factors: List[float] = doc("capacity factors whose drop rate goes into the layers table "
+                                        "(drop_rate_cf<cf>; any of 1.0, 1.25, 1.5, 2.0); []: none",
+                                        factory=lambda: list(CAPACITY_FACTORS))
+    coactivation: bool = doc("per layer, tokens that selected both experts a and b: table=coactivation "
+                             "(E x E int64 per layer and phase on the device)", False)
+    transitions: bool = doc("per pair of consecutive MoE layers: transition counts (table=transitions) and the mean "
+                            "Jaccard similarity (layers.jaccard_next)", False)
+    placement: bool = doc("expert-parallel placement simulation of the measured loads: table=placement", False)
+    ep_sizes: Optional[List[int]] = doc("EP sizes to simulate; null: those of 2, 4, ..., 64 that divide E", None)
+    redundant_experts: Optional[List[int]] = doc("replica counts R for the balanced+r<R> placements; null: R = EP size",
+                                                 None)
+    placement_from: Optional[str] = doc("fit the balanced placements on another run's loads and score them on this "
+                                        "one's: a results dir, sweep dir, sweep id or run id (latest: the newest)",
+                                        None)
+    vocab_specialization: bool = doc("per layer, the share of each frequent token id routed top-1 to its most "
+                                     "frequent expert (layers.vocab_specialization; V x E int32 per layer and phase)",
+                                     False)
+    min_token_count: int = doc("vocab_specialization: token ids seen fewer times are left out", 5)
+
+
+@dataclass
+class TraceConfig:
+    """per-token routing dump, table=trace (trace=true is short for trace.enabled=true)"""
+
+    enabled: bool = doc("write one row per (MoE layer, token): experts, weights, k, token id, position", False)
+    logits: bool = doc("add the full router distribution per token (router_probs, float16)", False)
+    max_tokens: int = doc("tokens traced per MoE layer and job, at most (the rest are counted, not written)",
+                          1_000_000)
+
+
+@dataclass
+class EvalConfig:
+    """task accuracy through lm-evaluation-harness: eval=lm_eval eval.tasks=[arc_easy,piqa] (docs/eval.md)"""
+
+    name: str = doc("none (no task evaluation) | lm_eval (lm_eval.simple_evaluate on the job's model; table=tasks)",
+                    "none")
+    tasks: List[str] = doc("lm-eval task, group or tag names (local ones from eval.include_path)", factory=list)
+    num_fewshot: Optional[int] = doc("few-shot examples per prompt; null: each task's own default", None)
+    limit: Optional[float] = doc("examples per task (a fraction of the task when < 1); null: all", None)
+    batch_size: int = doc("lm-eval's batch size (requests per forward pass)", 8)
+    include_path: Optional[str] = doc("a directory of local task YAMLs (lm-eval's --include_path)", None)
+
+
+@dataclass
 class DimValues:  # one field per handlers.base.DIMENSIONS (tests/unit/test_definitions.py)
     num_experts: Optional[int] = doc("routed experts", None)
     top_k: Optional[int] = doc("experts per token", None)
@@ -164,6 +213,9 @@ class RunnerConfig:
     device: DeviceConfig = doc(DeviceConfig.__doc__, factory=DeviceConfig)
     selector: SelectorConfig = doc(SelectorConfig.__doc__, factory=SelectorConfig)
     dims: DimsConfig = doc(DimsConfig.__doc__, factory=DimsConfig)
+    analysis: AnalysisConfig = doc(AnalysisConfig.__doc__, factory=AnalysisConfig)
+    trace: TraceConfig = doc(TraceConfig.__doc__, factory=TraceConfig)
+    eval: EvalConfig = doc(EvalConfig.__doc__, factory=EvalConfig)
     topk: Optional[int] = doc("experts per token (sweep it: topk=1,2,4 -m); null: the model's own top-k", None)
     seq_len: int = doc("tokens per packed block (no padding)", 128)
     batch_size: int = doc("blocks per forward pass", 8)
@@ -187,6 +239,8 @@ class RunnerConfig:
     on_error: str = doc("auto (record in a sweep, raise in a single run) | raise | record", "auto")
     progress: Optional[bool] = doc("progress bar; null: only on a terminal", None)
     debug: bool = doc("show tracebacks instead of one-line errors", False)
+    report: bool = doc("at the end of a multirun, write <sweep dir>/report/report.html with plots "
+                       "(python -m runner.report)", True)
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object / validate()
         from .validation import check
@@ -195,7 +249,7 @@ class RunnerConfig:
 
 
 # keys that say where results go or how errors are reported, not what is measured: left out of the config hash
-NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag")
+NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag", "report")
 
 
 def register_configs() -> None:

@@ -19,3 +19,16 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+TINY_PARAMS = 100_000_000
+
+
+def cpu_threads(device_cfg, device, params_total: int) -> int | None:
+    """Intra-op threads for a job's evaluation on CPU: device.num_threads, or 1 for tiny models (at that size extra
+    threads only add synchronisation, and on a busy machine they make each op 100x slower); None: leave them."""
+    if device.type != "cpu":
+        return None
+    if device_cfg.num_threads is not None:
+        return device_cfg.num_threads
+    return 1 if params_total < TINY_PARAMS else None

@@ -3,9 +3,12 @@ ranges, cross-field rules, selector parameters and the command line itself. Each
 and how to fix it (a ConfigError)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import re
+import sys
 from enum import Enum
 from typing import Any, Optional
 
@@ -14,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from handlers.base import EXPERT_COUNT_FIELDS
 
 from .errors import ConfigError
+from .eval_harness import check_config as check_eval
 from .help import OTHER_GROUPS
-from .schema import (APP_SELECTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
+from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
                      DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
 from .tokenizer import BYTE_VOCAB_SIZE
 
@@ -131,6 +135,60 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+    check_eval(cfg.eval, m.weights)
+    check_analysis(cfg)
+
+
+def check_analysis(cfg: RunnerConfig) -> None:
+    a, trace = cfg.analysis, cfg.trace
+    unknown = [f for f in a.capacity_factors if f not in CAPACITY_FACTORS]
+    if unknown:
+        _fail("analysis.capacity_factors", f"{unknown[0]} has no drop-rate column; use any of "
+              f"{', '.join(map(str, CAPACITY_FACTORS))} (or [] for none)")
+    for key, values, low in (("ep_sizes", a.ep_sizes, 1), ("redundant_experts", a.redundant_experts, 0)):
+        for value in values or ():
+            if value < low:
+                _fail(f"analysis.{key}", f"must be integers >= {low}, got {value}")
+    if a.placement_from is not None and not a.placement:
+        _fail("analysis.placement_from", "scores placements, so it needs analysis.placement=true (or analysis=full)")
+    if a.min_token_count < 1:
+        _fail("analysis.min_token_count", f"must be >= 1, got {a.min_token_count}")
+    if trace.max_tokens < 1:
+        _fail("trace.max_tokens", f"must be >= 1, got {trace.max_tokens}")
+    if trace.logits and not trace.enabled:
+        _fail("trace.logits", "adds to the trace, so it needs trace=true")
+
+
+def expand_shorthands(argv: list[str]) -> list[str]:
+    """`trace=true` (or a sweep `trace=true,false`) is short for `trace.enabled=...`: Hydra cannot type one key as both
+    a bool and a node holding trace.logits and trace.max_tokens."""
+    return [f"trace.enabled={arg.split('=', 1)[1]}" if arg.startswith("trace=") else arg for arg in argv]
+
+
+def check_loaded(conf: RunnerConfig, model, profiler) -> None:
+    """What only the loaded model can tell: its own top-k against its experts, its position table against seq_len;
+    and a dimension given by hand (or in the config) that contradicts the weights, as one warning line."""
+    for layer in profiler.layers:
+        k, experts = layer.dims["top_k"].value, layer.dims["num_experts"].value
+        if k > experts:
+            raise ConfigError(f"{layer.dims['top_k'].detail}: top-k {k} exceeds the {experts} experts of layer "
+                              f"{layer.layer_id}; use a value <= {experts} (or topk=K to change the live top-k)")
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(text, "max_position_embeddings", None)
+    if conf.model.weights is not Weights.meta and isinstance(positions, int) and not isinstance(positions, bool):
+        check_positions(conf.seq_len, conf.decode_tokens, positions)
+    seen: dict[str, list[int]] = {}
+    for layer in profiler.layers:
+        for message in layer.warnings:
+            seen.setdefault(message, []).append(layer.layer_id)
+    for message, ids in seen.items():
+        span = f"layer {ids[0]}" if len(ids) == 1 else (
+            f"layers {ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else f"layers {', '.join(map(str, ids))}")
+        line = (f"runner: warning: MoE {span}: {message}; the results use the resolved value (layers rows carry it "
+                "in dims_warning)")
+        print(line, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            logging.getLogger("runner.printed").warning("%s", line)  # the job's runner.log (conf/config.yaml)
 
 
 def check_positions(seq_len: int, decode_tokens: int, positions: int) -> None:

@@ -38,13 +38,13 @@ from .compute import (BLOCKS, DATASET, OTHER_K, SELECTOR, SEED, SEQ_LEN, analyti
 from .csvfile import COLUMNS, DEFAULT_FILE, ROOT, TEXT_METRICS, dumps, load, write
 from .entries import (LOSS_RTOL, ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, Entry, Value, clean, grouped, make_key,
                       selector_label, span)
-from .sweeps import SETTING_COLUMNS, read_runs, run_setting, sweep_entries
+from .sweeps import SETTING_COLUMNS, job_key, read_runs, run_setting, sweep_entries
 
 __all__ = [
     "BLOCKS", "COLUMNS", "DATASET", "DEFAULT_FILE", "EXIT_DIFF", "EXIT_OK", "EXIT_USAGE", "KINDS", "LOSS_RTOL",
     "OTHER_K", "ROOT", "ROUTING_RTOL", "SEED", "SELECTOR", "SEQ_LEN", "SETTING_COLUMNS", "SWEEP_LOSS_RTOL",
     "TEXT_METRICS", "BaselineError", "Diff", "Entry", "Value", "analytic_entries", "builtin_entries",
-    "builtin_entries_reporting", "clean", "compare", "counts", "dumps", "grouped", "k_values", "load", "main",
+    "builtin_entries_reporting", "clean", "compare", "counts", "dumps", "grouped", "job_key", "k_values", "load", "main",
     "make_key", "matches", "measured_entries", "model_configs", "model_entries", "read_runs", "run_setting",
     "selector_label", "similar", "span", "sweep_entries", "table", "write",
 ]

@@ -67,22 +67,25 @@ def run_setting(row) -> str:
     return " ".join(parts)
 
 
+def job_key(row) -> tuple[str, Any, str, str]:
+    """What identifies a job's measurement across sweeps: (model, k, selector with its parameters, run_setting)."""
+    topk = clean(row.get("topk"))
+    selector = str(row.get("selector") or OWN_ROUTING)
+    if selector == "topk":  # results written before the own-routing selector was named `router`
+        selector = OWN_ROUTING
+    params = _json_dict(row.get("selector_params"))
+    if selector != OWN_ROUTING and params.get("k_max") is None and topk is not None:
+        params["k_max"] = topk  # a job that failed before its selector resolved k_max
+    label = selector_label(selector, params) if selector != OWN_ROUTING else OWN_ROUTING
+    return str(row["model"]), topk, label, run_setting(row)
+
+
 def sweep_entries(runs, loss_rtol: float = SWEEP_LOSS_RTOL) -> list[Entry]:
     """Key model/topk/selector(+params)/data and settings (run_setting); metrics: analytic and measured MoE
     FLOPs/token, loss, status. When a key occurs more than once (a shared results dir), the latest row counts."""
     if "timestamp" in runs.columns:
         runs = runs.sort_values("timestamp", kind="stable")
-    latest: dict[tuple, Any] = {}
-    for _, row in runs.iterrows():
-        topk = clean(row.get("topk"))
-        selector = str(row.get("selector") or OWN_ROUTING)
-        if selector == "topk":  # results written before the own-routing selector was named `router`
-            selector = OWN_ROUTING
-        params = _json_dict(row.get("selector_params"))
-        if selector != OWN_ROUTING and params.get("k_max") is None and topk is not None:
-            params["k_max"] = topk  # a job that failed before its selector resolved k_max
-        label = selector_label(selector, params) if selector != OWN_ROUTING else OWN_ROUTING
-        latest[(str(row["model"]), topk, label, run_setting(row))] = row
+    latest: dict[tuple, Any] = {job_key(row): row for _, row in runs.iterrows()}
     out: list[Entry] = []
     for (model, topk, label, dataset), row in latest.items():
         fields = dict(k=topk, selector=label, dataset=dataset)

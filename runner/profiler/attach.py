@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from . import upstream
+from . import upstream, vocab
 from .metrics import router_probs
 from .scan import MoELayer, read_live_top_k
 
@@ -35,6 +35,7 @@ class Attachment:
         self.enabled = True  # False while paused (a reference pass)
         self.phase = "prefill"
         self.select: Select | None = None
+        self.trace = None  # a RoutingTrace (trace.py) while tracing
 
     # -- on / off ----------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -55,6 +56,9 @@ class Attachment:
             if self.timer is not None:
                 self.handles.append(layer.block.register_forward_pre_hook(self._timer_start(layer)))
                 self.handles.append(layer.block.register_forward_hook(self._timer_stop(layer)))
+        if self.recorder is not None and self.recorder.analyses.vocab:  # the token ids the routers do not see
+            self.handles.append(self.model.register_forward_pre_hook(self._capture_ids, with_kwargs=True))
+            self.handles.append(self.model.register_forward_hook(self._release_ids, always_call=True))
         if upstream.hook_guards_skipped():  # code compiled so far ignores hooks added or removed
             if upstream.has_compiled_code(self.model, [layer.block for layer in self.layers]):
                 warnings.warn(
@@ -87,6 +91,8 @@ class Attachment:
             raise ProfilerError(f"a phase is a non-empty name, got {name!r}")
         if self.recorder is not None:
             self.recorder.set_phase(name)
+        if self.trace is not None:
+            self.trace.set_phase(name)
         self.phase = name
 
     @contextmanager
@@ -111,8 +117,11 @@ class Attachment:
 
     # -- hooks -------------------------------------------------------------------------------------
     def _record(self, position: int, logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> None:
-        if self.recorder is not None:
-            self.recorder.record(position, logits, index, weights)
+        with upstream.unseen_by_dispatch_modes():  # the profiler's own ops are not the model's FLOPs
+            if self.recorder is not None:
+                self.recorder.record(position, logits, index, weights)
+            if self.trace is not None:
+                self.trace.add(position, logits, index, weights)
 
     def _router_hook(self, layer: MoELayer, slot: list | None):
         handler, position = layer.handler, layer.position
@@ -147,6 +156,21 @@ class Attachment:
             return None
 
         return hook
+
+    def _capture_ids(self, module, args, kwargs):
+        """Copy the forward's input ids (keyword or first positional) for its router calls (vocab.py); a forward given
+        inputs_embeds has none to pair."""
+        if self.live and self.enabled:
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+            usable = isinstance(ids, torch.Tensor) and not ids.is_floating_point()
+            vocab.capture(self.recorder.groups, ids if usable else None)
+        return None
+
+    def _release_ids(self, module, args, output):
+        """After the forward: router calls outside a forward of the top model pair nothing."""
+        if self.live:
+            vocab.capture(self.recorder.groups, None)
+        return None
 
     def _routing_positions(self, module: nn.Module, layer: MoELayer, output: Any) -> tuple[int, int, int]:
         """Where the logits, weights and indices sit in a router's output: by kind, not by order, since

@@ -38,7 +38,8 @@ class MOEProfiler:
     at the cost of one re-trace).
     analyses: the routing analyses beyond load balance (an `Analyses`, or names: `("capacity", "coactivation")`);
     default: the top-k boundary margin only (always on); capacity drops ("capacity": factors 1, 1.25, 1.5, 2),
-    co-activation and transitions are opt-in.
+    co-activation, transitions and vocabulary specialization ("vocab": a [vocab_size, E] int32 table per layer and
+    phase) are opt-in.
     """
 
     def __init__(
@@ -69,11 +70,18 @@ class MOEProfiler:
                 warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
         self.devices = [layer_device(layer) for layer in self.layers]  # where each layer's routing runs and is kept
         observable = self.layers[0].router_output != "none"
+        analyses = Analyses.of(analyses)
+        vocab_size = int(getattr(self.config, "vocab_size", None) or 0) if analyses.vocab else 0
+        if analyses.vocab and not vocab_size:
+            raise ProfilerError(f"the vocabulary analysis needs the token ids' range, and {type(self.config).__name__} "
+                                f"has no vocab_size ({getattr(self.config, 'vocab_size', None)!r}): profile without "
+                                f"analyses 'vocab'")
         self.recorder = (
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
                 devices=self.devices, phases=tuple(phases), analyses=analyses,
+                vocab_size=vocab_size,
             )
             if metrics and observable else None
         )
@@ -206,12 +214,41 @@ class MOEProfiler:
         next one, nonzero entries only (needs analyses with transitions on)."""
         return frames.transitions_frame(self)
 
-    def placement_df(self, ep_sizes: Sequence[int] | None = None,
-                     redundant: Sequence[int] | None = None) -> pd.DataFrame:
+    def placement_df(self, ep_sizes: Sequence[int] | None = None, redundant: Sequence[int] | None = None,
+                     fit_on: pd.DataFrame | None = None, fitted_on: str = "other") -> pd.DataFrame:
         """Expert-parallel placements of the measured loads: per (phase, layer, ep_size, placement) the imbalance,
         balancedness, busiest rank's tokens and the placement (expert -> ranks). ep_sizes: default those of
-        placement.EP_SIZES dividing E; redundant: replica counts for `balanced+r<R>` (default: R = ep_size)."""
-        return frames.placement_frame(self, ep_sizes, redundant)
+        placement.EP_SIZES dividing E; redundant: replica counts for `balanced+r<R>` (default: R = ep_size).
+        fit_on: other loads (layer, expert, tokens: e.g. another run's experts rows) to fit the balanced placements
+        on; they are scored on these loads beside the ones fitted here (rows labelled `fitted_on`)."""
+        return frames.placement_frame(self, ep_sizes, redundant, fit_on, fitted_on)
+
+    # -- routing trace -----------------------------------------------------------------------------
+    def start_trace(self, capacity: int, probs: bool = False) -> None:
+        """Keep every token's routing on the device (trace.py) until `drain_trace()`; `capacity`: tokens per MoE
+        layer between two drains (more are counted as overflow, not kept). Start it before compiling."""
+        from .trace import RoutingTrace
+
+        slots = max([self.top_k or 0, int(self.selector_params.get("k_max") or 0)]
+                    + [int(l.dims["top_k"].value or 0) for l in self.layers])
+        self.attachment.trace = RoutingTrace(
+            [l.num_experts for l in self.layers], [max(l.router_width, l.num_experts) for l in self.layers], slots, capacity,
+            self.devices, self.handler.scoring, [self.current_phase], probs=probs)
+
+    def drain_trace(self) -> list[dict[str, Any]]:
+        """Per MoE layer, what the trace holds since the last drain (experts, weights, phase index, probs, overflow),
+        in call order; the trace is empty after. Phase names: `trace_phases`."""
+        if self.attachment.trace is None:
+            raise ProfilerError("no routing trace: call profiler.start_trace(capacity) first")
+        return self.attachment.trace.drain()
+
+    def stop_trace(self) -> None:
+        """Stop tracing and free the trace's buffers (compiled code re-traces once without it)."""
+        self.attachment.trace = None
+
+    @property
+    def trace_phases(self) -> list[str]:
+        return self.attachment.trace.phases if self.attachment.trace is not None else []
 
     def memory_df(self) -> pd.DataFrame:
         """Peak memory per CUDA device the model uses since attach/reset, with each device's capacity (empty on
@@ -231,6 +268,8 @@ class MOEProfiler:
         if self.recorder is not None:
             self.recorder.reset()
         self.cost.reset()
+        if self.attachment.trace is not None:
+            self.attachment.trace.reset()
         if self.timer is not None:
             self.timer = self.attachment.timer = LayerTimer(len(self.layers), warmup=self.timer.warmup)
         self.reset_memory_peaks()

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,8 @@ def _ppl(loss: float) -> float:
 def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], *, reference: bool = False,
              pad_id: int | None = None, measure_flops: str = "first", compile: bool = False,
              compile_mode: str | None = None, decode_tokens: int = 0, decode_pad_id: int | None = None,
-             progress: bool = False, desc: str = "") -> Evaluation:
+             progress: bool = False, desc: str = "",
+             after_batch: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None) -> Evaluation:
     """Run each batch of token ids through `model` with `profiler` attached, and measure loss / perplexity, and
     with `reference=True` the KL and top-1 agreement against the model's own routing (a second, unrecorded pass).
 
@@ -143,8 +144,9 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         for key, value in batch_sums(logits, x, ref_logits, pad_id).items():
             totals[key] += value
         del logits, ref_logits
-        if decode_tokens:
-            decode(model, profiler, x, decode_tokens, decode_pad_id, times)
+        sequences = decode(model, profiler, x, decode_tokens, decode_pad_id, times) if decode_tokens else None
+        if after_batch is not None:
+            after_batch(i, batch, sequences)
     n = max(totals["targets"], 1)
     loss = totals["nll"] / n
     result = Evaluation(
@@ -165,7 +167,7 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
 
 
 def decode(model: torch.nn.Module, profiler, prompt: torch.Tensor, new_tokens: int, pad_id: int | None,
-           times: dict[str, list[float]]) -> None:
+           times: dict[str, list[float]]) -> torch.Tensor:
     """Greedy `generate` of `new_tokens` tokens after `prompt` with a static cache (transformers compiles the decode
     step, with CUDA graphs on a GPU): the fast way a user decodes. TTFT and TPOT are timed as MoE-CAP defines them,
     from generate's own streamer callbacks (each follows a device-to-host copy of the new tokens, so the clock reads
@@ -187,7 +189,7 @@ def decode(model: torch.nn.Module, profiler, prompt: torch.Tensor, new_tokens: i
 
     clock = Clock()
     with torch.no_grad(), profiler.phase(PROMPT):
-        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+        sequences = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
                        pad_token_id=pad_id, streamer=clock)
     stamps = clock.stamps
@@ -195,6 +197,7 @@ def decode(model: torch.nn.Module, profiler, prompt: torch.Tensor, new_tokens: i
     if len(stamps) > 2:
         times.setdefault("tpot_s", []).append((stamps[-1] - stamps[1]) / (len(stamps) - 2))
     times.setdefault("steps", []).append(len(stamps) - 2)
+    return sequences
 
 
 def without_prompt_pass(frame):

@@ -11,7 +11,7 @@ import torch
 
 from handlers.base import DIMENSIONS
 
-from .metrics import expert_metrics, layer_metrics
+from .metrics import expert_metrics, layer_metrics, vocab_columns
 from .scan import MoELayer, read_live_top_k
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
                                block_class=type(layer.block).__name__, device=str(p.devices[pos]), top_k=read_live_top_k(layer), tokens=0)
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
+        row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
         row.update(layer.cost.flops(row["tokens"], row["assignments"]))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
@@ -150,7 +151,7 @@ def report(p: "MOEProfiler") -> str:
 
 # -- analyses -----------------------------------------------------------------------------------------------------
 COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count"]
-PLACEMENT_COLUMNS = ["phase", "layer", "ep_size", "placement", "imbalance", "balancedness", "busiest_rank_tokens",
+PLACEMENT_COLUMNS = ["phase", "layer", "ep_size", "placement", "fitted_on", "imbalance", "balancedness", "busiest_rank_tokens",
                      "expert_ranks"]
 
 
@@ -195,20 +196,31 @@ def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRANSITION_COLUMNS)
 
 
-def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = None) -> pd.DataFrame:
+def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = None, fit_on: Any = None,
+                    fitted_on: str = "other") -> pd.DataFrame:
     """Expert-parallel placements of each (phase, layer)'s measured loads (placement.py): one row per (phase, layer,
-    ep_size, placement). ep_sizes: default the candidates dividing E; redundant: numbers of redundant replicas for
-    `balanced+r<R>` (default: one per rank, R = ep_size)."""
+    ep_size, placement, fitted_on). ep_sizes: default the candidates dividing E; redundant: numbers of redundant
+    replicas for `balanced+r<R>` (default: one per rank, R = ep_size). fit_on: other loads (layer, expert, tokens)
+    to fit the balanced placements on, scored on these loads as well, labelled `fitted_on`."""
     from . import placement
 
     experts = experts_frame(p)
+    other = None if fit_on is None else {layer: g.sort_values("expert")["tokens"].to_numpy(np.float64)
+                                         for layer, g in fit_on.groupby("layer")}
     rows = []
     for (phase, layer_id), group in experts.groupby(["phase", "layer"], sort=False):
         loads = group["tokens"].to_numpy(np.float64)
+        if other is not None and (layer_id not in other or len(other[layer_id]) != len(loads)):
+            raise ValueError(f"the loads to fit placements on have no layer {layer_id} with {len(loads)} experts: "
+                             "fit on a run of the same model")
         sizes = placement.ep_sizes(len(loads)) if ep_sizes is None else [n for n in ep_sizes if len(loads) % n == 0]
         for size in sizes:
             extra = (size,) if redundant is None else tuple(redundant)
-            for placed in placement.placements(loads, size, extra):
-                rows.append(dict(phase=phase, layer=layer_id, ep_size=size, placement=placed.name,
-                                 **placed.score(loads), expert_ranks=[list(r) for r in placed.expert_ranks]))
+            fits = [("self", placement.placements(loads, size, extra))]
+            if other is not None:
+                fits.append((fitted_on, placement.placements(other[layer_id], size, extra)[2:]))  # the balanced ones
+            for label, placed_all in fits:
+                for placed in placed_all:
+                    rows.append(dict(phase=phase, layer=layer_id, ep_size=size, placement=placed.name, fitted_on=label,
+                                     **placed.score(loads), expert_ranks=[list(r) for r in placed.expert_ranks]))
     return pd.DataFrame(rows, columns=PLACEMENT_COLUMNS)

@@ -23,6 +23,10 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
   jaccard_next     |S^l & S^(l+1)| / |S^l | S^(l+1)| per token (expert ids compared as numbers), averaged over the
                    tokens with a nonempty union; on layer l
+  top-1 expert     of the experts in S, the one of highest p (under a native top-k: argmax p); none where S is empty
+  N_x(e)           occurrences of token id x (an input id of the forward) whose top-1 expert is e; N_x = sum_e N_x(e)
+  vocab_specialization  mean over the ids with N_x >= min_token_count of max_e N_x(e) / N_x (OLMoE, §5);
+                   vocab_ids: how many ids that is; vocab_tokens: sum_x N_x (the tokens paired with their id)
 p: softmax of the logits for softmax routers; sigmoid scores normalised to sum 1 for sigmoid routers;
 the router's own probabilities where it returns them.
 """
@@ -38,7 +42,6 @@ import torch
 from handlers.base import Scoring
 
 SUMS = ("entropy", "top1", "margin", "selected_mass", "boundary_margin", "boundary_tokens")
-CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
 
 
 def router_probs(logits: torch.Tensor, scoring: Scoring) -> torch.Tensor:
@@ -154,6 +157,26 @@ def jaccard_next(snapshot: dict[str, np.ndarray], position: int) -> dict[str, fl
         return {}
     total, tokens = snapshot["jaccard"][position]
     return dict(jaccard_next=float(total / tokens) if tokens else float("nan"))
+
+
+def vocab_specialization(counts: np.ndarray, min_token_count: int) -> tuple[float, int]:
+    """From counts[x, e] = N_x(e): the mean over the ids with N_x >= min_token_count of max_e N_x(e) / N_x, and how
+    many ids that is (NaN and 0 where none)."""
+    totals = counts.sum(-1, dtype=np.int64)
+    kept = totals >= min_token_count
+    if not kept.any():
+        return float("nan"), 0
+    return float(np.mean(counts[kept].max(-1) / totals[kept])), int(kept.sum())
+
+
+def vocab_columns(snapshot: dict[str, np.ndarray], position: int, num_experts: int,
+                  min_token_count: int) -> dict[str, Any]:
+    """`vocab_specialization`, `vocab_ids` and `vocab_tokens` of one layer (none where the analysis is off)."""
+    if "vocab" not in snapshot:
+        return {}
+    counts = snapshot["vocab"][position][:, :num_experts]
+    value, ids = vocab_specialization(counts, min_token_count)
+    return dict(vocab_specialization=value, vocab_ids=ids, vocab_tokens=int(counts.sum(dtype=np.int64)))
 
 
 def expert_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int) -> dict[str, np.ndarray]:

@@ -23,8 +23,10 @@ from torch import nn
 from handlers.base import Scoring
 
 from .analyses import Analyses
-from .metrics import SUMS, boundary_margin, capacity_drops, router_probs, top1_and_margin
+from .drops import add_call_drops, add_staged_drops
+from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
+from . import vocab
 
 
 def _capturing() -> bool:
@@ -37,14 +39,14 @@ class LayerAccumulators(nn.Module):
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
     k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
-    V * V and jaccard 2 (V: the widest router of the model), or nothing where the analysis is off. `selection` holds
-    each row's last call's [tokens, V] selection (not per phase) and `selection_tokens` its size (-1: none).
-    The current phase is a device scalar (`phase`), so switching phases changes no Python
-    state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
+    V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
+    the analysis is off. `selection` holds each row's last call's [tokens, V] selection (not per phase) and
+    `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so switching phases changes
+    no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
-                 analyses: Analyses = Analyses(), transition_width: int = 0):
+                 analyses: Analyses = Analyses(), transition_width: int = 0, vocab_size: int = 0):
         super().__init__()
         self.positions, self.width, self.phases = positions, width, phases
         self.num_factors, self.coactive = len(analyses.capacity_factors), analyses.coactivation
@@ -64,6 +66,7 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
             self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
             self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
+            self.vocab_size = vocab.register(self, vocab_size if analyses.vocab else 0, device)
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
@@ -132,21 +135,6 @@ class LayerAccumulators(nn.Module):
         at = ((self.row_slots[rows] + self.phase) * size).view(-1, 1) + self.columns[:size]
         buffer.index_add_(0, at.flatten(), delta.flatten().to(buffer.dtype))
 
-    @torch.no_grad()
-    def add_drops(self, rows: slice, index: torch.Tensor, num_experts: int, dense: bool) -> None:
-        """One router call's capacity drops (metrics.capacity_drops) at every factor, and its T * k, for row `rows`:
-        per call, so the eager path runs it at once (one scatter of the call's loads), not on the staged tokens."""
-        W, (_, tokens, slots) = self.width, index.shape
-        valid = (index >= 0) & (index < self.real[rows])
-        safe = index.clamp(0, W - 1).long()
-        if dense:
-            counts = ((safe.unsqueeze(-1) == self.columns[:W]) & valid.unsqueeze(-1)).sum((1, 2))  # [1, W]
-        else:
-            counts = torch.zeros(W, dtype=torch.int64, device=index.device).index_add_(
-                0, safe.flatten(), valid.flatten().long()).unsqueeze(0)
-        dropped = capacity_drops(counts, self.factors, tokens, slots, num_experts)  # [1, F]
-        self._add("drops", rows, torch.cat([dropped, torch.full_like(dropped[:, :1], tokens * slots)], -1), dense)
-
     def read(self) -> dict[str, np.ndarray]:
         """Host copies shaped [L, P, ...] (the one sync)."""
         L, P = len(self.positions), self.phases
@@ -168,6 +156,7 @@ class LayerAccumulators(nn.Module):
             shapes["coactivation"] = (W, W)
         if self.transition_width:
             shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
+        shapes.update(vocab.shapes(self))
         return shapes
 
     # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
@@ -221,14 +210,15 @@ class RoutingRecorder:
     """Per-layer, per-phase routing statistics of `num_layers` MoE layers (see the module docstring).
 
     router_width: the router's output width per layer (or one for all); num_experts: real (computing) experts per
-    layer, indices >= this are not counted; devices: each layer's device (default CPU); phases: labels known up
-    front (more can be added with set_phase, which reallocates the accumulators once).
+    layer, indices >= this are not counted; devices: each layer's device (default CPU); vocab_size: the token ids
+    counted with analyses.vocab (0..vocab_size - 1); phases: labels known up front (more can be added with set_phase,
+    which reallocates the accumulators once).
     """
 
     def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: Scoring,
-                 capacity: int | None = None, devices: list[torch.device] | None = None,
+                 capacity: int | None = None, devices: list[torch.device] | None = None, vocab_size: int = 0,
                  phases: tuple[str, ...] = ("prefill", "decode"), analyses: Analyses | Iterable[str] | None = None):
-        self.num_layers = num_layers
+        self.num_layers, self.vocab_size = num_layers, vocab_size
         self.analyses = Analyses.of(analyses)
         widths = router_width if isinstance(router_width, (list, tuple)) else [router_width] * num_layers
         # a router may score more or fewer columns than its weight has rows (zero-compute experts, MLP routers)
@@ -248,7 +238,7 @@ class RoutingRecorder:
             keyed.setdefault((str(device), width), []).append(position)
         old = getattr(self, "groups", None)
         self.groups = [LayerAccumulators(positions, width, [self.num_experts[p] for p in positions], len(self.phases),
-                                         self.devices[positions[0]], self.analyses, self.router_width)
+                                         self.devices[positions[0]], self.analyses, self.router_width, self.vocab_size)
                        for (_, width), positions in keyed.items()]
         self._where = {p: (group, row) for group in self.groups for row, p in enumerate(group.positions)}
         if old is not None:  # more phases: carry what was recorded over
@@ -261,6 +251,7 @@ class RoutingRecorder:
             group.phase.fill_(self._phase)
         self._stage: dict[int, list[torch.Tensor]] = {}  # id(group) -> [logits, index, weight], [L, capacity, .]
         self._fill = [0] * self.num_layers  # staged tokens per layer (eager only)
+        self._calls: list[list[int]] = [[] for _ in range(self.num_layers)]  # their calls' sizes (capacity drops)
 
     # -- phases ----------------------------------------------------------------------------------
     @property
@@ -291,16 +282,17 @@ class RoutingRecorder:
                              f"the profiler allocated for")
         logits, index, weight = logits.detach().reshape(1, -1, width), index.reshape(1, -1, slots), \
             weight.detach().reshape(1, -1, slots)
-        if group.num_factors:  # per call, whatever the staging does
-            group.add_drops(slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
+        traced = torch.compiler.is_compiling() or _capturing()
+        if group.num_factors and traced:  # per call (eager: at flush, from the staged calls, drops.py)
+            add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
         if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
             mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
             if layer > 0:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
-        if torch.compiler.is_compiling() or _capturing():
-            # traced or captured: reduce now, in place (the `is_compiling` test is a constant under dynamo)
+        vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
+        if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
                              dense=torch.compiler.is_compiling())
             return
@@ -314,7 +306,10 @@ class RoutingRecorder:
             self.flush()
         if tokens > self.capacity:  # one call larger than the staging buffer: reduce it directly
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring)
+            if group.num_factors:
+                add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=False)
             return
+        self._calls[layer].append(tokens)
         start = self._fill[layer]
         for staged, value in zip(stage, (logits[0], index[0], weight[0])):
             staged[row, start: start + tokens].copy_(value)
@@ -344,8 +339,11 @@ class RoutingRecorder:
                 for row, n in enumerate(fills):
                     if n:
                         group.accumulate(slice(row, row + 1), *(t[row: row + 1, :n] for t in stage), self.scoring)
+            if group.num_factors:
+                add_staged_drops(group, stage[1], [self._calls[p] for p in group.positions])
             for p in group.positions:
                 self._fill[p] = 0
+                self._calls[p] = []
 
     # -- read-out --------------------------------------------------------------------------------
     def read_phases(self) -> dict[str, dict[str, np.ndarray]]:
@@ -384,6 +382,7 @@ class RoutingRecorder:
     def reset(self) -> None:
         """Zero the accumulators in place (their addresses stay: compiled code and CUDA graphs keep using them)."""
         self._fill = [0] * self.num_layers
+        self._calls = [[] for _ in range(self.num_layers)]
         for group in self.groups:
             for name in group.shapes():
                 getattr(group, name).zero_()

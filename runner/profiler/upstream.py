@@ -31,6 +31,17 @@ class _GlobalOnly:
         return None
 
 
+def unseen_by_dispatch_modes():
+    """A context in which ops run below any active dispatch mode (FlopCounterMode): the profiler's own reductions
+    inside its hooks (a transition count is a matmul) are not the model's FLOPs. Eager only: under torch.compile
+    no FlopCounterMode is active (measure_flops runs compiled models eagerly)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
+
+
 def without_module_tracker(counter: Any) -> Any:
     """Count into "Global" only. The profiler attributes FLOPs with its own hooks; FlopCounterMode's module tracker
     (`mod_tracker`) is not needed, and raises under no_grad when a submodule receives a view of a Parameter."""

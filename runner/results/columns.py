@@ -27,6 +27,9 @@ Double = Optional[float]
 Bool = Optional[bool]
 Timestamp = Optional[Annotated[dt.datetime, pa.timestamp("us", tz="UTC")]]
 Int64List = Optional[list[int]]
+Int32ListList = Optional[list[Annotated[list[int], pa.list_(pa.int32())]]]
+Int16List = Optional[Annotated[list[int], pa.list_(pa.int16())]]
+Float16List = Optional[Annotated[list[float], pa.list_(pa.float16())]]
 
 _PLAIN = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -95,5 +98,5 @@ def coerce(value: Any, typ: pa.DataType) -> Any:
     if pa.types.is_string(typ):
         return str(value)
     if pa.types.is_list(typ):
-        return [int(v) for v in value] if value is not None else None
+        return [coerce(v, typ.value_type) for v in value]
     return value

@@ -4,7 +4,7 @@ Layout (partition keys live only in directory names, never inside the files):
 
     <results_dir>/table=runs/model=<slug>/part-<config_hash>-<run_id>-<host>-<pid>.parquet
     <results_dir>/table=layers/model=<slug>/part-....parquet
-    <results_dir>/table=experts/model=<slug>/part-....parquet
+    <results_dir>/table=experts/model=<slug>/part-....parquet   (and coactivation, transitions, placement, trace)
 
 Read with `runner.results.load("runs")` (one sweep), `runner.results.read_table(results_dir, "runs")` (everything),
 `pandas.read_parquet(results_dir / "table=runs")` or DuckDB
@@ -13,6 +13,7 @@ The schemas are the records' (records.py).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -69,6 +70,12 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
     return root
 
 
+def _part(results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str) -> Path:
+    directory = Path(results_dir) / f"table={table}" / f"model={_safe(model)}"
+    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
+    return directory / name
+
+
 def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: list[dict[str, Any]],
                config_hash: str | None, run_id: str) -> Path | None:
     """Write one part file atomically (dot-prefixed temp file + os.replace). Returns its path (None when no rows)."""
@@ -77,16 +84,55 @@ def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: lis
     import pyarrow.parquet as pq
 
     data = to_arrow(table, rows)
-    directory = Path(results_dir) / f"table={table}" / f"model={_safe(model)}"
-    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
+    path = _part(results_dir, table, model, config_hash, run_id)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{name}.tmp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp"
         pq.write_table(data, tmp)
-        os.replace(tmp, directory / name)
+        os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(f"cannot write results to {directory} ({exc.strerror or exc})") from None
-    return directory / name
+        raise OutputError(f"cannot write results to {path.parent} ({exc.strerror or exc})") from None
+    return path
+
+
+class StreamedPart:
+    """One part file written in row groups as they come (a table too large to hold, such as `trace`), zstd; it
+    appears under its name only at close() (the temp file is dot-prefixed: readers skip it), abort() removes it."""
+
+    def __init__(self, results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str):
+        self.path = _part(results_dir, table, model, config_hash, run_id)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp"
+        self.schema = SCHEMAS[table]
+        self.writer = None
+        self.rows = 0
+
+    def write(self, data: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            if self.writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            self.writer.write_table(data.cast(self.schema))
+        except OSError as exc:
+            raise OutputError(f"cannot write results to {self.path.parent} ({exc.strerror or exc})") from None
+        self.rows += data.num_rows
+
+    def close(self) -> Path | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
 
 
 def nullable_types(arrow_type: pa.DataType):
@@ -168,7 +214,7 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
          filter: Any = None):
     """Rows of one sweep (or one single run) as a pandas DataFrame.
 
-    table: runs | layers | experts, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
+    table: runs | layers | experts | tasks, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
     sweep: "latest" - what ran last: the sweep, or the single run, that wrote the newest row of results_dir;
            "all" - every row; a sweep directory (outputs/multirun/<date>/<time>); a sweep_id or run_id as printed.
     results_dir: default: the one a sweep directory's sweep.json names, else $RUNNER_OUT/results or outputs/results.

@@ -1,4 +1,6 @@
-"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord).
+"""One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord),
+`tasks` (TaskRecord); the routing-analysis tables (coactivation, transitions, placement, trace) are in
+analysis_records.py.
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -36,17 +38,17 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 "
-                                "adds layers.device and runs.memory_by_device)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table and their runs columns, "
+                                "layers.device and runs.memory_by_device)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
                            joined="the job's `sweep_id`; null for single runs")
     job_num: Int32 = col("the job's number in its sweep; null for single runs")
     config_hash: String = col("a hash of the resolved job config minus `hydra` and the output/reporting keys "
-                              "(`out_root, results_dir, resume, on_error, progress, debug, tag`): equal hash means "
-                              "the same measurement (data source and slice, `seq_len`, batch settings, dtype, device, "
-                              "seed, ...)", joined="the job's `config_hash`")
+                              "(`out_root, results_dir, resume, on_error, progress, debug, tag, report`): equal hash "
+                              "means the same measurement (data source and slice, `seq_len`, batch settings, dtype, "
+                              "device, seed, ...)", joined="the job's `config_hash`")
     timestamp: Timestamp = col("when the job started")
     topk: Int32 = col("the live top-k that ran; `k_max` under a dynamic selector",
                       joined="the job's live top-k (k_max under a selector)")
@@ -97,6 +99,7 @@ class RunRecord(KeyColumns):
     decode_tokens: Int32 = col("tokens generated after each batch (0: no decode)")
     dims_override: String = col("JSON of the `dims.override.*` given")
     dims_fallback: String = col("JSON of the `dims.fallback.*` given")
+    eval_tasks: String = col("JSON list of the `eval.tasks` asked for with `eval=lm_eval` (v3); null with `eval=none`")
     # data
     documents: Int64 = col("documents read")
     blocks: Int64 = col("blocks of `seq_len` tokens evaluated")
@@ -124,6 +127,16 @@ class RunRecord(KeyColumns):
     flops_exact: Bool = col("every MoE layer's analytic count is exact for this architecture")
     params_total: Int64 = col("all parameters")
     params_active: Double = col("parameters active per token at the job's k")
+    # routing analyses (docs/metrics.md): the prefill phase, averaged over the MoE layers (v3)
+    analysis: String = col("the `analysis` preset the job started from (`basic`, `full`, `none`)")
+    drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
+    jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
+                               "transitions are recorded")
+    ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
+    ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
+                                        "`ep_size_max`, fitted on this run's loads")
+    trace_rows: Int64 = col("rows written to `table=trace` (trace=true)")
+    trace_tokens_skipped: Int64 = col("tokens per MoE layer not traced because of `trace.max_tokens`")
     # time and memory
     model_load_s: Double = col("seconds to load the model (0 when reused)")
     model_reused: Bool = col("the model came from the previous job of the same process")
@@ -151,6 +164,7 @@ class RunRecord(KeyColumns):
     git_dirty: Bool = col("that checkout had uncommitted changes to tracked files")
     host: String = col("host name")
     pid: Int64 = col("process id")
+    lm_eval_version: String = col("lm-evaluation-harness's version, for a job with `eval=lm_eval` (v3)")
     slurm_job_id: String = col("the SLURM job id (`<array>_<task>`) when the job ran under SLURM (added in v2)")
     config_yaml: String = col("the resolved job config (`${oc.env:...}` kept as written outside `out_root` and "
                               "`results_dir`)")
@@ -208,7 +222,8 @@ class RunRecord(KeyColumns):
 class _LayerColumns(KeyColumns):
     """The layers columns up to the dimension columns (LayerRecord adds those, one triple per dimension)."""
 
-    phase: String = col("`prefill` (the scoring passes) or `decode` (the generated tokens, with `decode_tokens`)")
+    phase: String = col("`prefill` (the scoring passes), `decode` (the generated tokens, with `decode_tokens`) or `eval` "
+                         "(the tokens lm-eval scored, with `eval=lm_eval`; v3)")
     layer: Int32 = col("the model's own layer index")
     position: Int32 = col("index among the MoE layers")
     module: String = col("the MoE block's module path (`model.layers.3.mlp`)")
@@ -248,6 +263,11 @@ class _LayerColumns(KeyColumns):
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
     jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
                                "layer and the next MoE layer (v2)")
+    vocab_specialization: Double = col("with `analysis.vocab_specialization`: over the token ids seen at least "
+                                       "`analysis.min_token_count` times, the mean share of their occurrences routed "
+                                       "top-1 to the id's most frequent expert (v3)")
+    vocab_ids: Int64 = col("the token ids that qualified for `vocab_specialization` (v3)")
+    vocab_tokens: Int64 = col("the tokens paired with their input id for `vocab_specialization` (v3)")
     latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
     latency_ms_p50: Double = col("with `latency=true`: median block time per call")
     latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")
@@ -291,7 +311,7 @@ class ExpertRecord(KeyColumns):
     """One row of `experts`: one job x phase x MoE layer x expert, zero-count experts included
     (MOEProfiler.experts_df() plus the run's KeyColumns)."""
 
-    phase: String = col("`prefill` or `decode`")
+    phase: String = col("`prefill`, `decode` or `eval`")
     layer: Int32 = col("the model's own layer index")
     expert: Int32 = col("the expert's index")
     tokens: Int64 = col("(token, slot) assignments to the expert, c_e")
@@ -300,7 +320,27 @@ class ExpertRecord(KeyColumns):
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
 
-RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord}
+@dataclasses.dataclass(slots=True)
+class TaskRecord(KeyColumns):
+    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
+
+    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
+                       "of its own)")
+    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
+                               "only when equal")
+    metric: String = col("the metric: `acc`, `acc_norm`, ...")
+    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
+    value: Double = col("the metric's value over the scored examples")
+    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
+    n: Int64 = col("examples scored (after `eval.limit`)")
+    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
+    higher_is_better: Bool = col("the metric's direction")
+
+
+from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
+
+RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,
+                            "tasks": TaskRecord}
 TABLES = tuple(RECORDS)
 SCHEMAS: dict[str, pa.Schema] = {table: schema_of(record) for table, record in RECORDS.items()}
 KEY_COLUMNS = tuple(f.name for f in dataclasses.fields(KeyColumns))

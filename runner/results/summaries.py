@@ -83,6 +83,10 @@ def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of
     return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
 
 
+# the routing-analysis columns of runs (runner/analysis.py), each in the summary when a job of the sweep has it
+ANALYSIS_COLUMNS = {"drop_rate_cf1_25": "drop@1.25", "jaccard_mean": "jaccard", "ep_imbalance_balanced": "EP imb"}
+
+
 def render(summary, state: dict[str, Any], path: Path) -> str:
     """The sweep's one-screen summary: a line of counts, a row per job (k vs FLOPs/token vs loss, one column per
     swept key), the failed jobs with their errors, where the summary and the results are."""
@@ -99,7 +103,13 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
                "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
                "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
                "wall_s": "wall s", "status": "status"}
+    for name, label in ANALYSIS_COLUMNS.items():  # shown where the sweep recorded them
+        if name in summary and summary[name].notna().any():
+            columns = {**dict(list(columns.items())[:-3]), name: label, **dict(list(columns.items())[-3:])}
     table = summary[list(columns)].rename(columns=columns)
+    for label in ANALYSIS_COLUMNS.values():
+        if label in table:
+            table[label] = table[label].map(lambda v: "-" if pd.isna(v) else format(v, ".3f"))
     for col in ("MoE FLOPs/tok", "measured", "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
     for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
@@ -120,13 +130,50 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     full = [(row["job_num"], near_full(row.get("memory_by_device"))) for _, row in summary.iterrows()]
     lines += [f"GPU MEMORY NEAR FULL (>{NEAR_FULL:.0%}): job {'-' if pd.isna(job) else int(job)}: {', '.join(gpus)}"
               for job, gpus in full if gpus]
+    accuracy = task_accuracy(summary, state["results_dir"])
+    if accuracy is not None:
+        lines += ["task accuracy (eval=lm_eval; table=tasks) against MoE FLOPs/token:", accuracy.to_string(index=False)]
     lines.append(f"summary: {path}   results: {state['results_dir']} (sweep_id {state['sweep_id']})")
     return "\n".join(lines)
 
 
-def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -> str:
-    """What one finished job prints: what ran where, quality, MoE FLOPs/token and parameters, decode times, speed,
-    where its rows are. `run` is its RunRecord; `job_dir` is named when given (a single run's)."""
+def task_accuracy(summary, results_dir: str):
+    """The sweep's task scores (table=tasks) against the cost: one row per job with tasks rows (model, selector, k,
+    mean k, MoE FLOPs/token as routed on the text slice, else analytic), one column per task x metric (`value ±
+    stderr`); None when no job of the sweep evaluated tasks. A resumed job shows the scores of the run it reused."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    if not len(summary):
+        return None
+    scored_run = summary["resumed_from"].where(summary["status"] == "skipped", summary["run_id"])
+    tasks = read_table(results_dir, "tasks", filter=ds.field("run_id").isin(list(scored_run.dropna())))
+    if not len(tasks):
+        return None
+    tasks["score"] = [_score(value, stderr) for value, stderr in zip(tasks["value"], tasks["stderr"])]
+    scores = tasks.pivot_table(index="run_id", columns=["task", "metric"], values="score", aggfunc="first")
+    scores.columns = [f"{task} {metric}" for task, metric in scores.columns]
+    jobs = summary.assign(scored_run=scored_run)
+    flops = jobs["flops_per_token_routed"].fillna(jobs["flops_per_token_analytic"])
+    table = pd.DataFrame({"job": jobs["job_num"].map(lambda v: "-" if pd.isna(v) else str(int(v))),
+                          "model": jobs["model"], "selector": jobs["selector"],
+                          "k": jobs["topk"].map(lambda v: "-" if pd.isna(v) else str(int(v))),
+                          "k_mean": jobs["k_mean"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+                          "MoE FLOPs/tok": flops.map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}"),
+                          "scored_run": jobs["scored_run"]})
+    table = table.merge(scores, left_on="scored_run", right_index=True, how="inner")
+    return table.drop(columns="scored_run")
+
+
+def _score(value: float, stderr: float | None) -> str:
+    """A task score as printed: `0.375±0.183` (the value alone when lm-eval gives no standard error)."""
+    return f"{value:.3f}" + ("" if stderr is None or stderr != stderr else f"±{stderr:.3f}")
+
+
+def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, tasks=None) -> str:
+    """What one finished job prints: what ran where, quality, MoE FLOPs/token and parameters, decode times, task
+    scores, speed, where its rows are. `run` is its RunRecord; `job_dir` is named when given (a single run's); `tasks`
+    its tasks rows (eval=lm_eval)."""
     def num(v: Any, fmt: str = ",.0f") -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
 
@@ -148,9 +195,23 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None) -
         flops += f", routed {num(run.flops_per_token_routed)} (mean k {num(run.k_mean, '.2f')})"
     lines.append(f"  MoE FLOPs/token over {run.moe_layers} MoE layers: {flops}; params "
                  f"{_count(run.params_total)} total, {_count(run.params_active)} active")
+    analyses = [f"{label} {num(getattr(run, name), '.3f')}" for name, label in (
+        ("drop_rate_cf1_25", "drop rate at cf 1.25"), ("jaccard_mean", "Jaccard to the next layer"))
+        if getattr(run, name) is not None]
+    if run.ep_imbalance_balanced is not None:
+        analyses.append(f"EP{run.ep_size_max} imbalance {num(run.ep_imbalance_balanced, '.3f')} (balanced)")
+    if run.trace_rows is not None:
+        analyses.append(f"trace {run.trace_rows:,} rows")
+    if analyses:
+        lines.append("  routing: " + ", ".join(analyses))
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")
+    if tasks is not None and len(tasks):
+        scores = "; ".join(f"{task} " + ", ".join(f"{r.metric} {_score(r.value, r.stderr)}" for r in rows.itertuples())
+                           + f" (n={rows['n'].iloc[0]}, {rows['num_fewshot'].iloc[0]}-shot)"
+                           for task, rows in tasks.groupby("task", sort=False))
+        lines.append(f"  tasks (lm-eval {run.lm_eval_version}): {scores}")
     if run.tokens:
         lines.append(f"  {num(run.tokens_per_s)} tokens/s, wall {num(run.wall_s, '.2f')} s "
                      f"(model load {num(run.model_load_s, '.2f')} s{', reused' if run.model_reused else ''})"

@@ -107,7 +107,8 @@ def test_runner_log_holds_the_job_summary(cli_runs):
     assert code == 0, err
     log = (tmp / "single_run" / "run" / "runner.log").read_text()
     summary = out[out.index("runner: olmoe_tiny"):].splitlines()
-    assert len(summary) == 5 and summary[-1].startswith("  results: ")
+    assert len(summary) == 6 and summary[-1].startswith("  results: ")
+    assert summary[3].startswith("  routing: drop rate at cf 1.25 ")  # analysis=basic
     assert all(line in log for line in summary) and "MoE scan:" in log
     run_id = re.search(r"\(run_id (\w+),", out).group(1)
     row = results.load("runs", sweep=run_id, results_dir=tmp / "single_run" / "results").iloc[0]

@@ -20,7 +20,9 @@ def test_default_job_writes_three_tidy_tables(tmp_path):
     out = run_job(tmp_path)
     assert out["status"] == "ok"
     root = tmp_path / "results"
-    for name, schema in results.SCHEMAS.items():
+    assert not (root / "table=tasks").exists()  # eval=none (the default): no task rows
+    for name in ("runs", "layers", "experts"):  # the analysis tables are opt-in (analysis=full, trace=true)
+        schema = results.SCHEMAS[name]
         parts = list((root / f"table={name}" / "model=olmoe_tiny").glob("part-*.parquet"))
         assert len(parts) == 1, name
         file_schema = pq.read_schema(parts[0])

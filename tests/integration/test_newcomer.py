@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from helpers import DATA, ROOT
+from helpers.docs import DOC_FILES, README, doc_blocks
 from helpers.jobs import compose_job, latest_run, run_job
 from runner import results
 
@@ -51,33 +52,14 @@ def test_printed_run_id_filters_the_stored_rows(tmp_path, capsys):
 
 
 # -- §3.2 / §3.5 / §3.10: the documentation's snippets, run as written (loading ones on a real sweep) ---------------------
-README = ROOT / "README.md"
-DOCS = ROOT / "docs"
-DOC_FILES = (README, *sorted(DOCS.glob("*.md")))
 # ```python blocks of README.md and docs/*.md that no test runs, by (file, heading they sit under), and why
 NOT_RUN = {("docs/profiler.md", "The profiler (library)"): "from_pretrained downloads allenai/OLMoE-1B-7B-0924 from the hub",
            ("docs/profiler.md", "torch.compile, CUDA graphs and phases"):
-               "continues the library example above (its model and batch)"}
+               "continues the library example above (its model and batch)",
+           ("README.md", "Task accuracy (lm-evaluation-harness)"): "run by tests/integration/test_eval.py (eval=lm_eval)",
+           ("docs/eval.md", "Results: `table=tasks`"): "run by tests/integration/test_eval.py (eval=lm_eval)"}
 # the README's library example: a tiny random-weight model, run offline on its own below
 LIBRARY = ("README.md", "The library")
-
-
-def doc_blocks(language: str) -> list[tuple[str, str, str]]:
-    """(file relative to the repo, heading, code) of every ```language block of README.md and docs/*.md, in order."""
-    blocks = []
-    for path in DOC_FILES:
-        heading, code = "", None
-        for line in path.read_text().splitlines():
-            if code is None and line.startswith("#") and not line.startswith("#!"):
-                heading = line.lstrip("#").strip()
-            elif code is None and line.strip() == f"```{language}":
-                code = []
-            elif code is not None and line.strip() == "```":
-                blocks.append((path.relative_to(ROOT).as_posix(), heading, "\n".join(code)))
-                code = None
-            elif code is not None:
-                code.append(line)
-    return blocks
 
 
 def test_readme_library_example_runs_offline(capsys):
@@ -169,7 +151,7 @@ def test_readme_loading_snippets_run_as_written(run_sweep, tmp_path, monkeypatch
     # the documented duckdb query keeps the two seq_len apart instead of averaging over them
     duckdb = pytest.importorskip("duckdb", exc_type=ModuleNotFoundError,
                                  reason="duckdb (pyproject's test extra) is not installed")
-    (sql,) = [code for _, _, code in doc_blocks("sql")]
+    (sql,) = [code for _, heading, code in doc_blocks("sql") if heading == "Loading results"]
     got = duckdb.sql(sql).df()
     at_k2 = got[(got["topk"] == 2) & (got["selector"] == "router")]
     assert sorted(at_k2["seq_len"]) == [32, 64] and list(at_k2["runs"]) == [1, 1]

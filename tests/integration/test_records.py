@@ -23,11 +23,14 @@ from runner.threads import intra_op_threads
 from helpers import ROOT  # noqa: E402
 DOC = ROOT / "docs" / "results.md"
 
-# schema_version -> sha256 of the three file schemas as pyarrow prints them: stored results depend on them, so a
+# schema_version -> sha256 of the tables' file schemas as pyarrow prints them: stored results depend on them, so a
 # changed column (name, type or order) must come with a new SCHEMA_VERSION (and a new line here)
 FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b814e",
-                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",  # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
-                3: "7a47f0195bffe63545b3aeeb6c1ecb4e8fca81f1f114635925ca0f1bdb62ced4"}  # 3: layers.device, runs.memory_by_device
+                # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
+                2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",
+                # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, their runs columns;
+                # layers.device, runs.memory_by_device
+                3: "8bb523e02a5bf6e851a88a8fa2713cf72f8abd870be385b6a3e7d623769c63a1"}
 
 
 def fingerprint() -> str:
@@ -39,9 +42,14 @@ def fingerprint() -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the schemas come from the records
 def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
-    assert results.TABLES == ("runs", "layers", "experts")
+    from runner.results.analysis_records import (CoactivationRecord, PlacementRecord, TraceRecord,
+                                                 TransitionRecord)
+
+    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
-                               "experts": results.ExpertRecord}
+                               "experts": results.ExpertRecord, "coactivation": CoactivationRecord,
+                               "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord,
+                               "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table

@@ -138,6 +138,16 @@ def test_count_flops_counts_grouped_mm_through_the_custom_mapping():
     assert counter.get_total_flops() == 2 * 5 * 4 * 5  # rows past offs[-1] are not computed
 
 
+def test_ops_under_unseen_by_dispatch_modes_are_not_counted():
+    """The profiler's own reductions inside its hooks (a transitions matmul) stay out of FlopCounterMode's count."""
+    a, b = torch.randn(4, 3), torch.randn(3, 2)
+    with count_flops() as counter:
+        a @ b
+        with upstream.unseen_by_dispatch_modes():
+            a @ b
+    assert counter.get_total_flops() == 2 * 4 * 3 * 2
+
+
 # -- torch._dynamo / torch.compile --------------------------------------------------------------------------------
 
 

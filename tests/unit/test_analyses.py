@@ -86,7 +86,8 @@ def test_capacity_factors_are_configurable_and_can_be_off():
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
     assert [name for g in off.groups for name, t in g.named_buffers() if t.numel() == 0] == [
-        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens"]  # all off
+        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens", "vocab",
+        "token_ids", "token_count"]  # all off
 
 
 def test_analyses_names():
@@ -196,7 +197,7 @@ def test_coactivation_df_needs_the_analysis():
 def test_placement_df_scores_each_layers_loads():
     _, p = tiny_profile()
     df = p.placement_df(ep_sizes=(2, 4), redundant=(1,))
-    assert list(df.columns) == ["phase", "layer", "ep_size", "placement", "imbalance", "balancedness",
+    assert list(df.columns) == ["phase", "layer", "ep_size", "placement", "fitted_on", "imbalance", "balancedness",
                                 "busiest_rank_tokens", "expert_ranks"]
     E = p.layers[0].num_experts
     assert len(df) == 2 * 2 * 4  # layers x ep sizes x (contiguous, round_robin, balanced, balanced+r1)

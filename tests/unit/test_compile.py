@@ -195,29 +195,43 @@ def test_every_selector_traces_whole_and_equals_eager(name):
 
 @pytest.mark.parametrize("backend", [BACKEND, "inductor"])
 def test_analyses_trace_whole_and_equal_eager(backend):
-    """Co-activation, transitions and capacity drops (per call) under fullgraph compile equal eager, with a selector
-    dropping slots; a second shape (decode-like calls) re-traces once and still counts per call. The kept selection
-    was sized by the eager calls (a compiled call cannot grow it)."""
+    """Co-activation, transitions, capacity drops (per call), the vocabulary table (the ids captured by the top model's
+    pre-hook) and the routing trace under fullgraph compile equal eager, with a selector dropping slots; a second
+    shape (decode-like calls) re-traces once and still counts per call. The kept selection was sized by the eager
+    calls (a compiled call cannot grow it)."""
     model = tiny("olmoe")
-    params = dict(selector="kneedle", selector_params={"k_max": 4}, analyses=("capacity", "coactivation", "transitions"))
+    params = dict(selector="kneedle", selector_params={"k_max": 4},
+                  analyses=("capacity", "coactivation", "transitions", "vocab"))
     calls = [inputs(), inputs(seed=1, batch=3, seq=1), inputs(seed=2, batch=3, seq=1)]
 
     def run(fn, p):
+        traced = []
         with torch.no_grad():
             for x in calls:
                 fn(input_ids=x)
-        return p.layers_df(), p.coactivation_df(), p.transitions_df()
+                traced.append(p.drain_trace())
+        return p.layers_df(), p.coactivation_df(), p.transitions_df(), p.recorder.snapshot()["vocab"], traced
 
     p = profile(model, **params)
-    eager, *eager_pairs = run(model, p)
+    p.start_trace(capacity=16, probs=True)
+    eager, *eager_pairs, eager_vocab, eager_trace = run(model, p)
     p.reset()
-    compiled, *compiled_pairs = run(torch.compile(model, backend=backend, fullgraph=True), p)
+    compiled, *compiled_pairs, compiled_vocab, compiled_trace = run(torch.compile(model, backend=backend,
+                                                                                  fullgraph=True), p)
     assert_same_frames(eager, compiled)
+    for before, after in zip(eager_trace, compiled_trace):  # per call and layer: experts, weights, phase, probs
+        for layer_before, layer_after in zip(before, after):
+            assert layer_before["overflow"] == layer_after["overflow"] == 0
+            for name in ("experts", "weights", "phase", "probs"):
+                np.testing.assert_array_equal(layer_before[name], layer_after[name], err_msg=name)
+    assert (eager_trace[0][0]["experts"] == -1).any()  # the selector dropped slots, written as -1
     np.testing.assert_allclose(compiled["jaccard_next"], eager["jaccard_next"], rtol=1e-9)
     for before, after in zip(eager_pairs, compiled_pairs):
         pd.testing.assert_frame_equal(before, after)
         assert len(before)
     assert eager["drop_rate_cf1_0"].gt(0).any() and eager["jaccard_next"].iloc[0] > 0
+    np.testing.assert_array_equal(compiled_vocab, eager_vocab)  # every token paired with its id, exactly
+    assert (eager["vocab_tokens"] == eager["tokens"]).all() and (compiled["vocab_tokens"] == eager["tokens"]).all()
 
 
 # -- attach / detach around compiled code ------------------------------------------------------------------------

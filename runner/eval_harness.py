@@ -1,0 +1,169 @@
+"""Task accuracy through lm-evaluation-harness (`eval=lm_eval`): the glue between a job and `lm_eval.simple_evaluate`.
+
+The job's loaded model, with its top-k or selector already applied and the profiler attached, is wrapped in lm-eval's
+HFLM (which accepts a model instance and a tokenizer) and scored on `eval.tasks`; the routing of those forward passes
+is recorded under the phase `eval` (the layers and experts tables get phase=eval rows). Seeds (Python, numpy, torch,
+few-shot sampling) are the job's `seed`. simple_evaluate's results become the rows of the `tasks` table
+(runner/results/records.py, TaskRecord). lm-eval is the optional extra `.[eval]`; nothing here imports it before a job
+asks for it. docs/eval.md is the manual.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from functools import lru_cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, DataError, one_line
+from .schema import EvalConfig, Weights
+
+EVAL_PHASE = "eval"
+EVAL_OFF, LM_EVAL = "none", "lm_eval"
+INSTALL = 'pip install -e ".[eval]"'
+# HFLM imports accelerate at import time (lm-eval's own `hf` extra brings it); the `eval` extra installs both
+NEEDED_MODULES = ("lm_eval", "accelerate")
+LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for local ones)"
+
+
+def check_config(ev: EvalConfig, weights: Weights) -> None:
+    """The eval group's checks before anything loads (called by runner/validation.py); ConfigError naming the key."""
+    if ev.name == EVAL_OFF:
+        return
+    if ev.name != LM_EVAL:
+        raise ConfigError(f"eval: unknown option {ev.name!r}; use eval=none or eval=lm_eval")
+    missing = [name for name in NEEDED_MODULES if find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {INSTALL}")
+    if not ev.tasks:
+        raise ConfigError("eval.tasks: eval=lm_eval needs at least one task, e.g. eval.tasks=[arc_easy,piqa]")
+    if weights is Weights.meta:
+        raise ConfigError("eval=lm_eval: model.weights=meta has no weights to score tasks with; use "
+                          "model.weights=pretrained or random")
+    for key, value, low in (("num_fewshot", ev.num_fewshot, 0), ("batch_size", ev.batch_size, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"eval.{key}: must be >= {low}, got {value}")
+    if ev.limit is not None and (ev.limit <= 0 or (ev.limit >= 1 and ev.limit != int(ev.limit))):
+        raise ConfigError(f"eval.limit: {ev.limit} must be a whole number of examples or a fraction in (0, 1)")
+    if ev.include_path is not None and not Path(ev.include_path).expanduser().is_dir():
+        raise ConfigError(f"eval.include_path: {ev.include_path!r} is not a directory (of local task YAMLs)")
+
+
+def phases(ev: EvalConfig) -> tuple[str, ...]:
+    """The profiler phases a job preallocates for its task evaluation."""
+    return (EVAL_PHASE,) if ev.name == LM_EVAL else ()
+
+
+@lru_cache(maxsize=4)
+def _task_manager(include_path: str | None, tasks: tuple[str, ...]):
+    """lm-eval's task index for these names: the include_path alone when it has them all (indexing lm-eval's own
+    thousands of task YAMLs takes seconds), else lm-eval's tasks plus the include_path. Cached per process."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(name in local.all_tasks for name in tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    unknown = [name for name in tasks if name not in manager.all_tasks]
+    if unknown:
+        where = f" nor in eval.include_path={include_path}" if include_path else ""
+        raise ConfigError(f"eval.tasks: unknown task {', '.join(map(repr, unknown))} (not in lm-eval's registry{where}); "
+                          f"{LIST_TASKS}, or set eval.include_path to a directory of task YAMLs")
+    return manager
+
+
+def task_manager(ev: EvalConfig):
+    include = str(Path(ev.include_path).expanduser().resolve()) if ev.include_path else None
+    return _task_manager(include, tuple(ev.tasks))
+
+
+def prepare(ev: EvalConfig) -> None:
+    """Before the model loads: every task name known, every task's dataset readable (each task is built once, which
+    reads its dataset), or one line naming the task and the fix. Nothing with eval=none."""
+    if ev.name != LM_EVAL:
+        return
+    import datasets
+    from lm_eval.tasks import get_task_dict
+
+    from . import hub
+
+    manager = task_manager(ev)
+    if not datasets.config.HF_HUB_OFFLINE:
+        hub.reachable()  # no answer: offline mode (cache only) instead of minutes of retries
+    for name in ev.tasks:
+        try:
+            with _quiet():
+                get_task_dict([name], manager)
+        except (FileNotFoundError, ConnectionError) as exc:
+            offline = f" ({hub.why_offline('HF_DATASETS_OFFLINE')})" if datasets.config.HF_HUB_OFFLINE else ""
+            raise DataError(f"eval.tasks: task {name!r}: its dataset is not available locally{offline}: "
+                            f"{one_line(exc, 200)}; run it once with network (the datasets cache keeps it; "
+                            "HF_DATASETS_OFFLINE=1 then reads the cache), or point HF_DATASETS_CACHE at a cache that "
+                            "has it") from None
+        except Exception as exc:  # noqa: BLE001 - a broken task YAML or dataset: one line naming the task
+            raise DataError(f"eval.tasks: task {name!r} could not be loaded: {type(exc).__name__}: "
+                            f"{one_line(exc, 300)}") from None
+
+
+def simple_evaluate(model, tokenizer, ev: EvalConfig, seed: int, manager=None) -> dict[str, Any]:
+    """lm_eval.simple_evaluate on an in-memory model through HFLM, seeded by `seed`; returns lm-eval's results."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ev.batch_size)
+    return lm_eval.simple_evaluate(
+        lm, tasks=list(ev.tasks), num_fewshot=ev.num_fewshot, limit=ev.limit, task_manager=manager or task_manager(ev),
+        log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        fewshot_random_seed=seed)
+
+
+def task_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """simple_evaluate's results as `tasks` rows: one per task x metric x filter (TaskRecord's columns)."""
+    rows = []
+    for task, scores in results["results"].items():
+        samples = results.get("n-samples", {}).get(task) or {}
+        directions = results.get("higher_is_better", {}).get(task) or {}
+        version = results.get("versions", {}).get(task)
+        for key, value in scores.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            metric, filter_name = key.split(",", 1)
+            stderr = scores.get(f"{metric}_stderr,{filter_name}")
+            rows.append(dict(task=task, task_version=None if version is None else str(version), metric=metric,
+                             filter=filter_name, value=float(value),
+                             stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+                             n=samples.get("effective"), num_fewshot=results.get("n-shot", {}).get(task),
+                             higher_is_better=directions.get(metric)))
+    return rows
+
+
+def run(conf, loaded, profiler, row):
+    """The job's task evaluation (nothing with eval=none): fills the run's eval columns and returns the `tasks` rows
+    as a frame (None with eval=none). The routing of the scored tokens goes to the phase `eval`."""
+    import pandas as pd
+
+    ev = conf.eval
+    if ev.name != LM_EVAL:
+        return None
+    import lm_eval
+
+    row.update(eval_tasks=json.dumps(list(ev.tasks)), lm_eval_version=lm_eval.__version__)
+    with profiler.phase(EVAL_PHASE), _quiet():
+        results = simple_evaluate(loaded.model, loaded.tokenizer, ev, conf.seed)
+    return pd.DataFrame(task_rows(results))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval's INFO/WARNING chatter (seeds, few-shot overrides, notes on model instances) kept out of the job's
+    output for the length of the block; its errors still show."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,190 @@
+"""What every report figure shares: a matplotlib Figure on the Agg canvas (no pyplot, no display), its PNG, the
+series label of a job (its selector and the parameters that vary), the FLOPs axis, the Pareto front, the job a
+per-layer figure shows. matplotlib is imported here, lazily: a sweep that never writes a report never loads it."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+DPI = 80  # modest: readable at 100 % zoom, small files, quick to render
+WIDTH = 12.0  # inches: 960 px at DPI
+OWN = "router"  # runner.schema.OWN_ROUTING (not imported: schema pulls in the config machinery)
+
+
+def figure(height: float, columns: int = 1, width: float | None = None, left: float = 1.0, right: float = 0.2,
+           bottom: float = 0.6, top: float = 0.35, gap: float = 0.95):
+    """A Figure with `columns` axes side by side (Figure(), not pyplot: nothing global, nothing kept alive); its
+    width grows with the columns up to WIDTH. Margins and the gap between axes are in inches, fixed: a layout
+    engine (constrained, tight) measures every text twice and doubled the report's time."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    width = width or min(WIDTH, 1.6 + 4.4 * columns)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    axes = fig.subplots(1, columns, squeeze=False)[0]
+    panel = (width - left - right - gap * (columns - 1)) / columns
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=gap / panel)
+    return fig, list(axes)
+
+
+def plain_numbers(ax, flops: str = "") -> None:
+    """Tick labels as the numbers themselves: no `+5.586` offset above a loss axis, no 1e5 multiplier; the axis named
+    by `flops` ("x") in engineering units (50k, 1.2M, 3G)."""
+    from matplotlib.ticker import EngFormatter
+
+    for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+        if name == flops:
+            axis.set_major_formatter(EngFormatter(sep=""))
+            continue
+        if axis.get_scale() in ("log", "symlog"):
+            plain_log(axis)
+            continue
+        formatter = axis.get_major_formatter()
+        if hasattr(formatter, "set_useOffset"):
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
+
+
+def save(fig, path: Path) -> Path:
+    """The PNG, written atomically (a temp file beside it, then renamed)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": None})
+    os.replace(tmp, path)
+    return path
+
+
+def selector_params(raw: Any) -> dict[str, Any]:
+    try:
+        params = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        params = {}
+    return params if isinstance(params, dict) else {}
+
+
+def series_labels(runs) -> list[str]:
+    """Each job's series: its selector, with the parameters (k_max aside: that is k) that differ between the jobs of
+    that selector's finished jobs, e.g. `cumsum(threshold=0.8)`; `router` = the model's own routing. (A job that failed
+    early has only the parameters it was given: it is not compared.)"""
+    params = [{k: v for k, v in selector_params(raw).items() if k != "k_max"} for raw in runs["selector_params"]]
+    names = [str(s) if isinstance(s, str) else OWN for s in runs["selector"]]
+    finished = list(runs["status"].isin(["ok", "skipped"]))
+    labels = []
+    for name, own in zip(names, params):
+        if name == OWN:
+            labels.append(OWN)
+            continue
+        same = [p for n, p, done in zip(names, params, finished) if n == name and done]
+        varying = sorted(k for k in {k for p in same for k in p} if len({json.dumps(p.get(k)) for p in same}) > 1)
+        labels.append(name + (f"({','.join(f'{k}={own.get(k)}' for k in varying)})" if varying else ""))
+    return labels
+
+
+FLOPS_COLUMNS = (("flops_per_token_routed", "routed: the recorded per-token k"),
+                 ("flops_per_token_measured", "measured"), ("flops_per_token_analytic", "analytic, at k"))
+
+
+def flops_column(runs) -> tuple[str, str]:
+    """The MoE FLOPs/token column the frontier uses: routed (follows a dynamic k over every token) when every job
+    has it, else measured, else analytic."""
+    for column, meaning in FLOPS_COLUMNS:
+        if column in runs and len(runs) and runs[column].notna().all():
+            return column, meaning
+    return FLOPS_COLUMNS[-1]
+
+
+def pareto(x, y) -> list[bool]:
+    """True where no other point is at least as good in both (lower x, lower y) and better in one."""
+    points = [(float(a), float(b)) for a, b in zip(x, y)]
+    out = []
+    for i, (a, b) in enumerate(points):
+        finite = math.isfinite(a) and math.isfinite(b)
+        out.append(finite and not any(
+            (c <= a and d <= b and (c < a or d < b)) for j, (c, d) in enumerate(points)
+            if j != i and math.isfinite(c) and math.isfinite(d)))
+    return out
+
+
+def ok_runs(runs):
+    return runs[runs["status"].isin(["ok", "skipped"])]
+
+
+def reference_job(runs):
+    """The job a per-layer figure of one model shows: its own routing at its own top-k, else its own routing at the
+    largest k, else the first ok job; None when no job is ok."""
+    ok = ok_runs(runs)
+    if ok.empty:
+        return None
+    own = ok[ok["selector"].fillna(OWN) == OWN]
+    at_default = own[own["topk"] == own["default_topk"]]
+    if len(at_default):
+        return at_default.iloc[0]
+    if len(own):
+        return own.sort_values("topk").iloc[-1]
+    return ok.iloc[0]
+
+
+def comparison_k(runs) -> int | None:
+    """The k at which per-layer figures compare the selectors: the model's own top-k when it was swept, else the
+    largest k swept."""
+    ok = ok_runs(runs)
+    ks = sorted({int(k) for k in ok["topk"].dropna()})
+    if not ks:
+        return None
+    defaults = {int(k) for k in ok["default_topk"].dropna()}
+    common = [k for k in ks if k in defaults]
+    return common[0] if common else ks[-1]
+
+
+def layer_ticks(ax, layers, axis: str = "y", most: int = 16) -> None:
+    """Tick labels of the layer ids, at most `most` of them."""
+    step = max(1, math.ceil(len(layers) / most))
+    positions = list(range(0, len(layers), step))
+    labels = [str(layers[i]) for i in positions]
+    if axis == "y":
+        ax.set_yticks(positions, labels)
+    else:
+        ax.set_xticks(positions, labels)
+
+
+def colours(labels: list[str]) -> dict[str, Any]:
+    """One colour per series label, stable within a figure set (tab10, own routing first)."""
+    import matplotlib
+
+    ordered = sorted(set(labels), key=lambda s: (s != OWN, s))
+    cmap = matplotlib.colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(ordered)}
+
+
+def plain_log(axis) -> None:
+    """A log axis (or a log colour bar's) labelled `1e-06`, `0.1`, `10`: matplotlib's default 10^x labels are
+    mathtext, whose parser alone took a third of the report's time."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def dress(ax, xlabel: str, ylabel: str | None, title: str, legend: bool = True) -> None:
+    """Axis labels, a title, a light grid and (when there are labelled lines) the legend."""
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+
+
+def log2_axis(ax, values) -> None:
+    """A base-2 log x axis ticked at exactly the values given (k, EP sizes)."""
+    ticks = sorted({int(v) for v in values})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()

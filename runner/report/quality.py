@@ -1,0 +1,85 @@
+"""The report's cost/quality figures of one model: the FLOPs/loss and FLOPs/KL frontier, speed against k, and task
+accuracy against FLOPs. Each takes the model's runs rows (with a `series` column, figures.series_labels) and returns
+a Figure, or None when there is nothing to draw."""
+from __future__ import annotations
+
+from .figures import colours, dress, figure, flops_column, log2_axis, ok_runs, pareto, plain_numbers
+
+
+def _label_points(ax, xs, ys, ks) -> None:
+    for x, y, k in zip(xs, ys, ks):
+        ax.annotate(f"k={int(k)}" if k == k else "", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+
+
+def frontier(runs):
+    """MoE FLOPs/token against loss, and against KL to the model's own routing: one series per selector, each point
+    labelled by k, Pareto-optimal points (lower FLOPs and lower loss / KL than any other point) ringed."""
+    ok = ok_runs(runs)
+    ok = ok[ok["loss"].notna()]
+    if ok.empty:
+        return None
+    column, meaning = flops_column(ok)
+    has_kl = ok["kl"].notna().any()
+    fig, axes = figure(4.6, 2 if has_kl else 1)
+    palette = colours(list(ok["series"]))
+    panels = [("loss", "loss (mean NLL)")] + ([("kl", "KL to the model's own routing")] if has_kl else [])
+    for ax, (metric, title) in zip(axes, panels):
+        data = ok[ok[metric].notna()].sort_values(column)
+        if metric == "kl":  # the own-routing job at its own k is the reference itself: KL 0 by definition
+            positive = data.loc[data["kl"] > 0, "kl"]
+            ax.set_yscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-9)
+        for label, group in data.groupby("series", sort=False):
+            ax.plot(group[column], group[metric], marker="o", ms=5, lw=1.2, color=palette[label], label=label)
+            _label_points(ax, group[column], group[metric], group["topk"])
+        ax.margins(x=0.08, y=0.08)  # room for the k labels of the outermost points
+        best = pareto(data[column], data[metric])
+        front = data[best]
+        ax.scatter(front[column], front[metric], s=130, facecolors="none", edgecolors="black", linewidths=1.2,
+                   label="Pareto-optimal", zorder=3)
+        dress(ax, f"MoE FLOPs/token ({meaning})", title, f"cost vs {metric}", legend=ax is axes[0])
+        plain_numbers(ax, flops="x")
+    return fig
+
+
+SPEED = (("tokens_per_s", "tokens/s (prefill)"), ("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"))
+
+
+def speed(runs):
+    """tokens/s against k, one line per selector; TTFT and TPOT against k where decode was timed."""
+    ok = ok_runs(runs)
+    panels = [(c, t) for c, t in SPEED if c in ok and ok[c].notna().any()]
+    if not panels:
+        return None
+    fig, axes = figure(3.6, len(panels))
+    palette = colours(list(ok["series"]))
+    for ax, (metric, title) in zip(axes, panels):
+        data = ok[ok[metric].notna()].sort_values("topk")
+        for label, group in data.groupby("series", sort=False):
+            ax.plot(group["topk"], group[metric], marker="o", ms=5, color=palette[label], label=label)
+        log2_axis(ax, data["topk"].dropna())
+        dress(ax, "k (k_max for a dynamic selector)", None, title, legend=ax is axes[0])
+        plain_numbers(ax)
+    return fig
+
+
+def tasks(runs, task_rows):
+    """Task accuracy (each task and metric a panel) against MoE FLOPs/token, one series per selector, labelled by k.
+    `task_rows`: the tasks table's rows of these runs (run_id, task, metric, value)."""
+    if task_rows is None or task_rows.empty:
+        return None
+    ok = ok_runs(runs)
+    column, meaning = flops_column(ok)
+    data = task_rows.merge(ok[["run_id", "series", "topk", column]], on="run_id")
+    data = data[data["value"].notna()]
+    panels = list(data.groupby(["task", "metric"], sort=True))[:4]
+    if not panels:
+        return None
+    fig, axes = figure(3.8, len(panels))
+    palette = colours(list(ok["series"]))
+    for ax, ((task, metric), group) in zip(axes, panels):
+        for label, points in group.sort_values(column).groupby("series", sort=False):
+            ax.plot(points[column], points["value"], marker="o", ms=5, color=palette[label], label=label)
+            _label_points(ax, points[column], points["value"], points["topk"])
+        dress(ax, f"MoE FLOPs/token ({meaning})", None, f"{task}: {metric}", legend=ax is axes[0])
+        plain_numbers(ax, flops="x")
+    return fig

@@ -1,0 +1,74 @@
+"""The records of the routing-analysis tables (docs/metrics.md has the definitions): `coactivation`, `transitions`,
+`placement` (analysis=full, or each switched on alone) and `trace` (trace=true). Each row starts with the run's
+KeyColumns, so it joins back to `runs` like `layers` and `experts` do. records.py registers them."""
+from __future__ import annotations
+
+import dataclasses
+
+from .columns import (Double, Float16List, Int16List, Int32, Int32ListList, Int64, String, col)
+from .records import KeyColumns
+
+PHASE = "`prefill` or `decode`"
+
+
+@dataclasses.dataclass(slots=True)
+class CoactivationRecord(KeyColumns):
+    """One row of `coactivation`: a pair of experts of one MoE layer chosen together by at least one token."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the model's own layer index")
+    expert_a: Int32 = col("one expert")
+    expert_b: Int32 = col("another expert (both (a, b) and (b, a) are listed)")
+    count: Int64 = col("C[a, b]: tokens whose selected set holds both a and b (all pairs, not only rank-adjacent "
+                       "ones); P(b|a) = C[a, b] / c_a with c_a from `experts.tokens`")
+
+
+@dataclasses.dataclass(slots=True)
+class TransitionRecord(KeyColumns):
+    """One row of `transitions`: tokens routed to expert a at one MoE layer and to b at the next."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the MoE layer the tokens leave")
+    next_layer: Int32 = col("the next MoE layer")
+    expert_a: Int32 = col("an expert selected at `layer`")
+    expert_b: Int32 = col("an expert selected at `next_layer`")
+    count: Int64 = col("T[a, b]: tokens that selected a at `layer` and b at `next_layer` (over all pairs of their "
+                       "two selected sets)")
+
+
+@dataclasses.dataclass(slots=True)
+class PlacementRecord(KeyColumns):
+    """One row of `placement`: one expert-parallel placement of one MoE layer's measured loads over `ep_size` ranks."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the model's own layer index")
+    ep_size: Int32 = col("ranks the experts are spread over")
+    placement: String = col("`contiguous`, `round_robin`, `balanced` or `balanced+r<R>` (R replicated experts)")
+    fitted_on: String = col("whose loads placed the experts: `self` (this run's: an optimistic score), or the "
+                            "`run_id` given by `analysis.placement_from`")
+    imbalance: Double = col("max rank load / mean rank load (>= 1; 1 is perfect)")
+    balancedness: Double = col("1 / imbalance: mean / max rank load, as vLLM and SGLang report it")
+    busiest_rank_tokens: Double = col("the busiest rank's (token, slot) assignments")
+    expert_ranks: Int32ListList = col("the placement: for each expert, the ranks holding a replica of it")
+
+
+@dataclasses.dataclass(slots=True)
+class TraceRecord(KeyColumns):
+    """One row of `trace`: one token at one MoE layer (trace=true), written as the batches finish."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the model's own layer index")
+    batch: Int32 = col("the batch's index in the job")
+    row: Int32 = col("the block's row in its batch")
+    position: Int32 = col("the token's position in its block (decode: seq_len + step)")
+    token_id: Int64 = col("the input token id at that position")
+    document: Int64 = col("index of the document the token came from, in reading order (null for decode tokens)")
+    k: Int32 = col("experts the token used")
+    experts: Int16List = col("the selected experts, in the router's order (slots not computed are dropped)")
+    expert_weights: Float16List = col("their combine weights, as the model applied them")
+    router_probs: Float16List = col("with trace.logits=true: the router's full distribution (softmax or sigmoid "
+                                    "scores, as the architecture scores)")
+
+
+ANALYSIS_RECORDS: dict[str, type] = {"coactivation": CoactivationRecord, "transitions": TransitionRecord,
+                                     "placement": PlacementRecord, "trace": TraceRecord}
