@@ -110,8 +110,9 @@ MEMORY_TOKENS = (1_000, 100_000)
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device.type == "cuda":  # every GPU: a model split over several (multi_device.py) ends on its last
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def _timed_ms(fn: Callable[[], Any], device: torch.device) -> float:

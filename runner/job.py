@@ -245,7 +245,7 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
     """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
     frames (None: no rows)."""
-    from . import analysis, models
+    from . import analysis, dispatch, models
     from .profiler import MOEProfiler
     from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
 
@@ -328,10 +328,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
         if "k_mean" in prefill:
             row.k_mean = float(prefill["k_mean"].mean())
-        memory = profiler.memory_df()
-        if len(memory):
-            row.update(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
-                       peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()))
+        row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir)
         return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import hub
+from . import dispatch, hub
 from .errors import ConfigError, DeviceError, ModelUnavailable, one_line
 from .schema import DeviceConfig, ModelConfig, Weights
 
@@ -87,6 +87,8 @@ def resolve_dtype(device: DeviceConfig, weights: Weights, target):
 
 
 def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
+    import torch
+
     key = cache_key(model_cfg, device_cfg, seed)
     if key in _CACHE:
         hit = _CACHE[key]
@@ -98,18 +100,23 @@ def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
     dtype = resolve_dtype(device_cfg, model_cfg.weights, target)
     if model_cfg.weights is Weights.pretrained:
         model = _load_pretrained(model_cfg, device_cfg, target, dtype)
+    elif device_cfg.device_map is not None and model_cfg.weights is Weights.random:
+        # built on the CPU (the weights of a device=cpu build), then placed over the devices
+        model = dispatch.spread(_build(model_cfg, torch.device("cpu"), dtype, seed), device_cfg, dtype)
     else:
         model = _build(model_cfg, target, dtype, seed)
     model.eval()
     tokenizer, tokenizer_name = (None, "none") if model_cfg.weights is Weights.meta else load_tokenizer(model_cfg, model)
+    from .profiler.attach import input_device
+    from .profiler.upstream import experts_implementation
+
     first = next(model.parameters(), None)
     device = first.device if first is not None else target
     if model_cfg.weights is not Weights.meta and model.get_input_embeddings() is not None:
-        device = model.get_input_embeddings().weight.device
-    from .profiler.upstream import experts_implementation
+        device = input_device(model)  # a split model's first device
 
     loaded = Loaded(
-        model=model, tokenizer=tokenizer, device=device, device_name=_device_name(device),
+        model=model, tokenizer=tokenizer, device=device, device_name=dispatch.describe(model) or _device_name(device),
         dtype=str(first.dtype).removeprefix("torch.") if first is not None else str(dtype),
         load_s=time.perf_counter() - start, reused=False, tokenizer_name=tokenizer_name,
         experts_implementation=experts_implementation(model.config),
@@ -206,7 +213,7 @@ def _load_pretrained(model_cfg: ModelConfig, device_cfg: DeviceConfig, target, d
 
     kwargs: dict[str, Any] = dict(dtype=dtype, **_impl_kwargs(model_cfg))
     if device_cfg.device_map:
-        kwargs["device_map"] = device_cfg.device_map
+        kwargs.update(dispatch.pretrained_kwargs(device_cfg))
     elif target.type != "cpu":
         kwargs["device_map"] = {"": str(target)}
     try:

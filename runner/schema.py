@@ -41,6 +41,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("auto", "raise", "record")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUALITY = ("auto", "always", "never")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
+MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)  # 70GiB, 500MB, 1073741824
 
 
 class Weights(Enum):
@@ -105,7 +107,14 @@ class DeviceConfig:
 
     name: str = doc("cpu | cuda | auto", "cpu")
     device: str = doc("torch device of the inputs and of models built in memory: cpu, cuda, cuda:1", "cpu")
-    device_map: Optional[str] = doc("from_pretrained device_map (auto spreads over GPUs; needs accelerate)", None)
+    device_map: Optional[str] = doc("auto | balanced | balanced_low_0 | sequential: spread the model over the visible "
+                                    "GPUs with accelerate (any weights); null: all on `device`", None)
+    # a mapping; typed Any because OmegaConf cannot merge a mapping with GPU-index keys over a null Dict node
+    max_memory: Any = doc("with device_map: the most each device holds, "
+                                               "'{0: 70GiB, 1: 70GiB, cpu: 200GiB}'; what fits no GPU is offloaded "
+                                               "to cpu, then disk; null: all free memory", None)
+    offload_folder: Optional[str] = doc("with device_map: where modules mapped to disk are kept (needed only "
+                                        "when max_memory leaves some for disk)", None)
     dtype: str = doc("auto | float32 | bfloat16 | float16", "float32")
     num_threads: Optional[int] = doc("CPU intra-op threads; null: 1 for models under 100M parameters, else torch's",
                                      None)

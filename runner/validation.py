@@ -19,13 +19,28 @@ from handlers.base import EXPERT_COUNT_FIELDS
 from .errors import ConfigError
 from .eval_harness import check_config as check_eval
 from .help import OTHER_GROUPS
-from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DTYPES, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
-                     DatasetKind, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
+from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
+                     DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
 from .tokenizer import BYTE_VOCAB_SIZE
 
 
 def _fail(key: str, message: str) -> None:
     raise ConfigError(f"{key}: {message}")
+
+
+def _check_device_map(device: DeviceConfig) -> None:
+    if device.device_map is not None and device.device_map not in DEVICE_MAPS:
+        _fail("device.device_map", f"{device.device_map!r} is not one of {', '.join(DEVICE_MAPS)} (or null)")
+    for key in ("max_memory", "offload_folder"):
+        if getattr(device, key) is not None and device.device_map is None:
+            _fail(f"device.{key}", "takes effect only with device.device_map; use device=auto or drop it")
+    if device.max_memory is not None and not isinstance(device.max_memory, dict):
+        _fail("device.max_memory", f"must be a mapping such as '{{0: 70GiB, cpu: 200GiB}}', got {device.max_memory!r}")
+    for where, size in (device.max_memory or {}).items():
+        if not re.match(r"^(\d+|cpu|disk|cuda:\d+)$", str(where)):
+            _fail("device.max_memory", f"key {where!r} is not a GPU index (0, 1, ...), cpu or disk")
+        if not MEMORY_SIZE.match(str(size)):
+            _fail("device.max_memory", f"{where}: {size!r} is not a size such as 70GiB, 500MB or a byte count")
 
 
 def expert_count(model: ModelConfig, dims: DimsConfig) -> Optional[int]:
@@ -109,6 +124,7 @@ def check(cfg: RunnerConfig) -> None:
             _fail(f"device.{key}", f"must be a positive number or null, got {getattr(cfg.device, key)}")
     if not re.match(r"^(cpu|cuda|meta)(:\d+)?$", cfg.device.device):
         _fail("device.device", f"{cfg.device.device!r} is not a torch device such as cpu, cuda or cuda:1")
+    _check_device_map(cfg.device)
     if d.kind is DatasetKind.hf and not d.path:
         _fail("dataset.path", "dataset=hf needs a path: a hub id (with dataset.config_name if it has several), a "
               "builder on local files (dataset.path=json dataset.data_files=FILE) or a save_to_disk directory; "

@@ -220,9 +220,24 @@ class Attachment:
 
 
 def layer_device(layer: MoELayer) -> torch.device:
-    """Where a layer's routing lives: its router's (or block's) first parameter."""
+    """Where a layer's routing runs: its router's (or block's) first parameter, or, where that is on the meta device
+    because accelerate offloads the weights (device_map with cpu / disk), the device its hook runs the module on."""
     for module in (layer.router, layer.block):
         if module is not None:
             for param in module.parameters():
-                return param.device
+                if param.device.type != "meta":
+                    return param.device
+                hooked = (upstream.execution_device(sub) for sub in module.modules())
+                return next((device for device in hooked if device is not None), param.device)
     return torch.device("cpu")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model takes its inputs: for a model accelerate dispatched over devices, the device its first hooked
+    module (the embeddings) runs on, whatever holds its weights between calls; else its first parameter's."""
+    for module in model.modules():
+        device = upstream.execution_device(module)
+        if device is not None:
+            return device
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -69,6 +69,7 @@ class MOEProfiler:
         for layer in self.layers:
             for message in layer.warnings:
                 warnings.warn(f"layer {layer.layer_id}: {message}", stacklevel=2)
+        self.devices = [layer_device(layer) for layer in self.layers]  # where each layer's routing runs and is kept
         observable = self.layers[0].router_output != "none"
         analyses = Analyses.of(analyses)
         vocab_size = int(getattr(self.config, "vocab_size", None) or 0) if analyses.vocab else 0
@@ -80,7 +81,7 @@ class MOEProfiler:
             RoutingRecorder(
                 len(self.layers), router_width=[l.router_width for l in self.layers],
                 num_experts=[l.num_experts for l in self.layers], scoring=self.handler.scoring, capacity=buffer_tokens,
-                devices=[layer_device(l) for l in self.layers], phases=tuple(phases), analyses=analyses,
+                devices=self.devices, phases=tuple(phases), analyses=analyses,
                 vocab_size=vocab_size,
             )
             if metrics and observable else None
@@ -250,7 +251,7 @@ class MOEProfiler:
                     + [int(l.dims["top_k"].value or 0) for l in self.layers])
         self.attachment.trace = RoutingTrace(
             [l.num_experts for l in self.layers], [max(l.router_width, l.num_experts) for l in self.layers], slots, capacity,
-            [layer_device(l) for l in self.layers], self.handler.scoring, [self.current_phase], probs=probs)
+            self.devices, self.handler.scoring, [self.current_phase], probs=probs)
 
     def drain_trace(self) -> list[dict[str, Any]]:
         """Per MoE layer, what the trace holds since the last drain (experts, weights, phase index, probs, overflow),
@@ -268,7 +269,8 @@ class MOEProfiler:
         return self.attachment.trace.phases if self.attachment.trace is not None else []
 
     def memory_df(self) -> pd.DataFrame:
-        """Peak memory per CUDA device since attach/reset (empty on CPU)."""
+        """Peak memory per CUDA device the model uses since attach/reset, with each device's capacity (empty on
+        CPU)."""
         return frames.memory_frame(self.model)
 
     def scan_report(self) -> str:

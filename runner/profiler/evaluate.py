@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .attach import input_device
+from .frames import cuda_devices
+
 # Routing phases: the scoring forward passes (prefill), the generated tokens (decode), and generate()'s own pass over
 # the prompt, which repeats the prefill phase's tokens and is left out of the tables.
 PREFILL, DECODE, PROMPT = "prefill", "decode", "prompt"
@@ -87,12 +90,12 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
     shape outside the timed region. decode_tokens: after each batch, a greedy static-cache generate of that many
     tokens, timed as TTFT / TPOT, its routing recorded under the decode phase.
     """
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
+    device = input_device(model)
+    gpus = cuda_devices(model) if device.type == "cuda" else []  # a split model finishes on its last GPU
 
     def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
+        for gpu in gpus:
+            torch.cuda.synchronize(gpu)
 
     forward = model
     shapes = {tuple(b.shape): b for b in reversed(batches)}.values()  # the last batch may be shorter

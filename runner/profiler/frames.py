@@ -46,7 +46,7 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
                measured: list[int] | None) -> dict[str, Any]:
     pos = layer.position
     row: dict[str, Any] = dict(phase=phase, layer=layer.layer_id, position=pos, module=layer.name,
-                               block_class=type(layer.block).__name__, top_k=read_live_top_k(layer), tokens=0)
+                               block_class=type(layer.block).__name__, device=str(p.devices[pos]), top_k=read_live_top_k(layer), tokens=0)
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
         row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
@@ -80,15 +80,20 @@ def experts_frame(p: "MOEProfiler") -> pd.DataFrame:
 
 # -- memory -------------------------------------------------------------------------------------------------------
 def cuda_devices(model: torch.nn.Module) -> list[torch.device]:
+    """The GPUs holding the model's parameters, and those a device map runs offloaded modules on."""
     devices = {param.device for param in model.parameters() if param.device.type == "cuda"}
+    mapped = (getattr(model, "hf_device_map", None) or {}).values()
+    devices |= {torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in mapped
+                if isinstance(d, int) or str(d).startswith("cuda")}
     return sorted(devices, key=lambda d: d.index or 0)
 
 
 def memory_frame(model: torch.nn.Module) -> pd.DataFrame:
     rows = [dict(device=str(d), name=torch.cuda.get_device_name(d),
                  peak_allocated_bytes=torch.cuda.max_memory_allocated(d),
-                 peak_reserved_bytes=torch.cuda.max_memory_reserved(d)) for d in cuda_devices(model)]
-    return pd.DataFrame(rows, columns=["device", "name", "peak_allocated_bytes", "peak_reserved_bytes"])
+                 peak_reserved_bytes=torch.cuda.max_memory_reserved(d),
+                 total_bytes=torch.cuda.get_device_properties(d).total_memory) for d in cuda_devices(model)]
+    return pd.DataFrame(rows, columns=["device", "name", "peak_allocated_bytes", "peak_reserved_bytes", "total_bytes"])
 
 
 # -- reports ------------------------------------------------------------------------------------------------------

@@ -190,19 +190,20 @@ class LayerAccumulators(nn.Module):
     def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
         """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
         the same tokens: transition counts prevᵀ·mask and the per-token Jaccard sum, added only where the kept call
-        had as many tokens."""
+        had as many tokens. On a split model `mask` is copied to this row's device at each device boundary (device to
+        device, no host sync): the recorder's one cross-device copy, made only with transitions on."""
         n = mask.shape[0]
         if n > self.selection.shape[1]:
             return
-        before, after = self.selection[row, :n].to(mask.device).float(), mask.float()
-        same = (self.selection_tokens[row] == n).to(mask.device)
+        before, after = self.selection[row, :n].float(), mask.to(self.selection.device).float()
+        same = self.selection_tokens[row] == n
         counts = torch.mm(before.t(), after).round().long() * same  # [V, V]
         union = ((before + after) > 0).sum(-1)
         jaccard = torch.where(union > 0, (before * after).sum(-1) / union.clamp_min(1), 0.0)
         sums = torch.stack([jaccard.sum(dtype=torch.float64), (union > 0).sum().double()]) * same
         rows = slice(row, row + 1)
-        self._add("transitions", rows, counts.flatten().unsqueeze(0).to(self.transitions.device), dense)
-        self._add("jaccard", rows, sums.unsqueeze(0).to(self.jaccard.device), dense)
+        self._add("transitions", rows, counts.flatten().unsqueeze(0), dense)
+        self._add("jaccard", rows, sums.unsqueeze(0), dense)
 
 
 class RoutingRecorder:

@@ -134,3 +134,23 @@ def experts_functions() -> dict | None:
     except ImportError:  # pragma: no cover
         return None
     return ALL_EXPERTS_FUNCTIONS
+
+
+# -- accelerate (optional) ------------------------------------------------------------------------------------------
+def execution_device(module: nn.Module) -> torch.device | None:
+    """The device accelerate's hook (`_hf_hook`, set by dispatch_model / device_map) runs this module on, None
+    without one. A module whose weights are offloaded (to the CPU or disk) keeps them on the meta device between
+    calls; the hook moves them to this device for each forward."""
+    hook = getattr(module, "_hf_hook", None)
+    for one in getattr(hook, "hooks", (hook,)):  # a SequentialHook chains several
+        device = getattr(one, "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    return None
+
+
+def placement_hints(model: nn.Module) -> tuple[list[str], Any]:
+    """What from_pretrained hands accelerate when it places a model: the module classes never split over devices
+    (`_no_split_modules`: a decoder layer) and the forward keywords never moved between them
+    (`_skip_keys_device_placement`: the KV cache, kept where each layer writes it)."""
+    return list(getattr(model, "_no_split_modules", None) or []), getattr(model, "_skip_keys_device_placement", None)

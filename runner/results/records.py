@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost and their runs columns)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -177,6 +177,9 @@ class RunRecord(KeyColumns):
     peak_rss_bytes: Int64 = col("the process's peak RSS (it only grows across jobs run in one process)")
     peak_allocated_bytes: Int64 = col("peak CUDA memory allocated (null on CPU)")
     peak_reserved_bytes: Int64 = col("peak CUDA memory reserved (null on CPU)")
+    memory_by_device: String = col("JSON, per GPU the model used: {\"cuda:0\": {name, peak_allocated_bytes, "
+                                   "peak_reserved_bytes, total_bytes}}; the two columns above are the largest (null on "
+                                   "CPU) (v3)")
     # provenance
     runner_version: String = col("this package's version")
     torch_version: String = col("torch's version")
@@ -250,6 +253,8 @@ class _LayerColumns(KeyColumns):
     position: Int32 = col("index among the MoE layers")
     module: String = col("the MoE block's module path (`model.layers.3.mlp`)")
     block_class: String = col("the MoE block's class (`OlmoeSparseMoeBlock`)")
+    device: String = col("the device the layer ran on (`cuda:1`; an offloaded layer's is the GPU it is brought to) "
+                         "(v3)")
     top_k: Int64 = col("the live top-k that ran (k_max under a selector)")
     tokens: Int64 = col("tokens seen by the layer")
     assignments: Int64 = col("Σ_t k_t")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..dispatch import NEAR_FULL, near_full
 from ..schema import OWN_ROUTING
 from .io import read_table
 
@@ -132,6 +133,9 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
             job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
             overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
             lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    full = [(row["job_num"], near_full(row.get("memory_by_device"))) for _, row in summary.iterrows()]
+    lines += [f"GPU MEMORY NEAR FULL (>{NEAR_FULL:.0%}): job {'-' if pd.isna(job) else int(job)}: {', '.join(gpus)}"
+              for job, gpus in full if gpus]
     accuracy = task_accuracy(summary, state["results_dir"])
     if accuracy is not None:
         lines += ["task accuracy (eval=lm_eval; table=tasks) against MoE FLOPs/token:", accuracy.to_string(index=False)]
@@ -241,6 +245,12 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
         lines.append(f"  {num(run.tokens_per_s)} tokens/s, wall {num(run.wall_s, '.2f')} s "
                      f"(model load {num(run.model_load_s, '.2f')} s{', reused' if run.model_reused else ''})"
                      f", peak RSS {_count(run.peak_rss_bytes, 'B')}")
+    if run.memory_by_device:
+        peaks = json.loads(run.memory_by_device)
+        lines.append("  peak GPU memory (reserved): " + ", ".join(
+            f"{device} {_count(p['peak_reserved_bytes'], 'B')} of {_count(p['total_bytes'], 'B')}"
+            for device, p in peaks.items()))
+        lines += [f"  WARNING: GPU memory near full (>{NEAR_FULL:.0%}): {gpu}" for gpu in near_full(run.memory_by_device)]
     lines.append(f"  results: {Path(results_dir)} (run_id {run.run_id}, config {run.config_hash})"
                  + (f"; job dir: {job_dir}" if job_dir else ""))
     return "\n".join(lines)

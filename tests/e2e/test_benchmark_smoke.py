@@ -64,3 +64,13 @@ def test_mfu_smoke(tmp_path, capsys):
     assert out["peaks"] == {"tflops": None, "bandwidth_gbs": None} and "s_mfu_prefill" not in job
     assert out["bare_eager"]["ms"] > 0 and 0 < out["bare_eager"]["fraction_of_measured_matmul"]
     assert "bare prefill" in capsys.readouterr().out
+
+
+def test_multi_device_smoke_splits_over_cpu_and_disk_and_equals_the_whole_model(tmp_path):
+    from benchmarks import multi_device
+
+    out = tmp_path / "multi.json"
+    results = multi_device.main(["equal", "--smoke", "--out", str(out)])
+    assert json.loads(out.read_text())["equal"]["equal"] is True and results["equal"]["equal"] is True
+    offload = results["equal"]["placements"]["offload"]
+    assert offload["placement"]["modules_per_place"]["disk"] > 0 and offload["loss_rel_diff"] == 0

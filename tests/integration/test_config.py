@@ -155,6 +155,11 @@ def test_composition_errors_name_the_key(override, needle):
     (["compile_mode=reduce-overhead"], "compile_mode: takes effect only with compile=true"),
     (["compile=true", "compile_mode=fast"], "compile_mode: 'fast' is not one of default, reduce-overhead"),
     (["decode_tokens=-1"], "decode_tokens: must be >= 0"),
+    (["device.max_memory={cpu: 1GiB}"], "device.max_memory: takes effect only with device.device_map"),
+    (["device=auto", "device.device_map=everywhere"], "device.device_map: 'everywhere' is not one of auto, balanced"),
+    (["device=auto", "device.max_memory={gpu0: 1GiB}"], "key 'gpu0' is not a GPU index (0, 1, ...), cpu or disk"),
+    (["device=auto", "device.max_memory={0: lots}"], "0: 'lots' is not a size such as 70GiB"),
+    (["device=auto", "device.max_memory=70GiB"], "device.max_memory: must be a mapping"),
 ])
 def test_validation_errors_are_one_line_config_errors(overrides, needle):
     with pytest.raises(ConfigError) as info:

@@ -29,8 +29,9 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 2: runs.slurm_job_id, layers drop rates, margin, jaccard
                 2: "b32691a661df40d4ba6e0f9dfdf735092ea480b192db652d1e4682e501118994",
                 # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, the whole-model cost
-                # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), their runs columns
-                3: "33e57eb99a1e6366268b1a5bcd32097d1e18cd03fda53ec7de0e942c328dd420"}
+                # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), layers.device,
+                # runs.memory_by_device, their runs columns
+                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6"}
 
 
 def fingerprint() -> str:

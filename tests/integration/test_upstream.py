@@ -37,7 +37,8 @@ def _fresh_dynamo():
 # -- the isolation itself -----------------------------------------------------------------------------------------
 
 PRIVATE = re.compile(r"torch\._|_dynamo|_get_raw|mod_tracker|_grouped_linear|ALL_EXPERTS_FUNCTIONS|_orig_mod|"
-                     r"_experts_implementation|_is_expert_parallel|hydra\._internal|\._get_node\(|\._value\(\)")
+                     r"_experts_implementation|_is_expert_parallel|hydra\._internal|\._get_node\(|\._value\(\)|"
+                     r"_hf_hook|_no_split_modules|_skip_keys_device_placement")
 
 
 def _code_lines(path: Path) -> dict[int, str]:
@@ -65,6 +66,20 @@ def test_private_upstream_names_appear_only_in_the_adapters():
 
 
 
+
+# -- accelerate -----------------------------------------------------------------------------------------------------
+
+
+def test_accelerate_hooks_say_where_a_module_runs_and_transformers_says_how_to_place_a_model():
+    accelerate_hooks = pytest.importorskip("accelerate.hooks")
+    linear, plain = nn.Linear(2, 2), nn.Linear(2, 2)
+    accelerate_hooks.add_hook_to_module(linear, accelerate_hooks.AlignDevicesHook(execution_device="cpu"))
+    accelerate_hooks.add_hook_to_module(linear, accelerate_hooks.ModelHook(), append=True)  # now a SequentialHook
+    assert type(linear._hf_hook).__name__ == "SequentialHook", "accelerate chains hooks as SequentialHook.hooks"
+    assert upstream.execution_device(linear) == torch.device("cpu") and upstream.execution_device(plain) is None
+    no_split, skip_keys = upstream.placement_hints(build_tiny_model("olmoe"))
+    assert no_split == ["OlmoeDecoderLayer"], "transformers names the unsplittable layer in _no_split_modules"
+    assert skip_keys, "transformers names the KV cache keyword in _skip_keys_device_placement"
 
 # -- torch.utils.flop_counter -------------------------------------------------------------------------------------
 
