@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import costs, data, eval_harness, results
 from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
-from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights
+from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
 from .slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
 from .validation import check_loaded, validate
@@ -86,7 +86,7 @@ def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in ("hydra", *NON_RESULT_KEYS):
         data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
 
 
 # keys whose environment interpolations are resolved in stored configs: where results go (${oc.env:RUNNER_OUT,outputs})

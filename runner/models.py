@@ -7,7 +7,6 @@ profiler before the next one starts, so every job sees the pristine model.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from . import dispatch, hub
 from .errors import ConfigError, DeviceError, ModelUnavailable, one_line
-from .schema import DeviceConfig, ModelConfig, Weights
+from .schema import DeviceConfig, ModelConfig, Weights, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def _plain(obj: Any) -> Any:
 
 def cache_key(model: ModelConfig, device: DeviceConfig, seed: int) -> str:
     payload = dict(model=_plain(asdict(model)), device=asdict(device), seed=seed if model.weights is Weights.random else None)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def clear_cache() -> None:

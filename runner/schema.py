@@ -255,6 +255,19 @@ class RunnerConfig:
 NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag", "report")
 
 
+def canonical_json(data: Any) -> str:
+    """`data` as JSON with sorted keys, every key a string: the form config hashes are taken of (device.max_memory mixes
+    GPU indices and `cpu`, which json cannot sort together)."""
+    import json
+
+    def keyed(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {str(k): keyed(v) for k, v in obj.items()}
+        return [keyed(v) for v in obj] if isinstance(obj, (list, tuple)) else obj
+
+    return json.dumps(keyed(data), sort_keys=True, default=str)
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 

@@ -89,3 +89,17 @@ def test_without_accelerate_device_map_is_one_line_with_the_install_command(monk
     with pytest.raises(DeviceError, match=r"^device.device_map needs accelerate, which is not installed: "
                                           r"pip install accelerate"):
         dispatch.require_accelerate()
+
+
+def test_config_hash_takes_max_memory_keyed_by_gpu_index_and_cpu(tmp_path):
+    """`device.max_memory={0: 8GiB, cpu: 100GiB}` (the documented form) mixes int and str keys, which json cannot sort:
+    the hash (and the model cache key) take their keys as strings (it failed on an H100 before)."""
+    from runner import job, models
+    from runner.validation import validate
+
+    cfg = compose_job(tmp_path, "device=auto", "device.max_memory={0: 8GiB, cpu: 100GiB}")
+    other = compose_job(tmp_path, "device=auto", "device.max_memory={0: 9GiB, cpu: 100GiB}")
+    assert len(job.config_hash(cfg)) == 16 and job.config_hash(cfg) != job.config_hash(other)
+    conf = validate(cfg)
+    assert models.cache_key(conf.model, conf.device, conf.seed) != models.cache_key(conf.model, validate(other).device,
+                                                                                   conf.seed)
