@@ -5,7 +5,6 @@ same scores, and the refusals are one line. The CLI run is tests/e2e/test_cli_ev
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 
@@ -23,15 +22,9 @@ EVAL = ("eval=lm_eval", f"eval.include_path={TASKS}", "eval.tasks=[tiny_sums]", 
 SMALL = ("max_batches=1", "seq_len=32", "batch_size=2")
 
 
-@contextlib.contextmanager
 def in_repo_root():
     """The task YAML names its jsonl relative to the working directory (as lm-eval reads it): the repository root."""
-    before = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        yield
-    finally:
-        os.chdir(before)
+    return contextlib.chdir(ROOT)
 
 
 @pytest.fixture(scope="module")
