@@ -13,9 +13,8 @@ import numpy as np
 from . import results
 from .errors import ConfigError, ResultsNotFound, RunnerError
 from .results import RunRecord
+from .profiler.evaluate import DECODE, PREFILL, without_prompt_pass
 from .schema import AnalysisConfig, RunnerConfig
-
-DECODE, PREFILL = "decode", "prefill"
 
 
 def analyses_of(config: AnalysisConfig):
@@ -55,8 +54,6 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
             largest = int(own["ep_size"].max())
             row.update(ep_size_max=largest,
                        ep_imbalance_balanced=float(own.loc[own["ep_size"] == largest, "imbalance"].mean()))
-    from .profiler.evaluate import without_prompt_pass
-
     for table, frame in frames.items():
         frame = without_prompt_pass(frame)  # generate()'s prompt pass repeats the prefill tokens (as in layers)
         results.write_part(results_dir, table, conf.model.name, list(results.rows_from_frame(frame, row.keys())),

@@ -28,7 +28,7 @@ def _add(group, rows: slice, index: torch.Tensor, sizes: list[int]) -> None:
     """Runs of consecutive calls of one size (a prefill's batches, a decode's steps) are reduced together: their
     tokens reshape to [calls, T], so nothing about the sizes has to reach the device (no host-device sync)."""
     dropped, start, W = 0, 0, group.width
-    experts = group.real[rows].view(-1, 1, 1).double()  # [L', 1, 1]
+    experts = group.real[rows].view(-1, 1, 1).double()  # [L', 1, 1]: each row's E, against counts [L', calls, W]
     for tokens, run in itertools.groupby(sizes):
         calls = len(list(run))
         part = index[:, start: start + calls * tokens]  # [L', calls * T, slots]
@@ -39,10 +39,8 @@ def _add(group, rows: slice, index: torch.Tensor, sizes: list[int]) -> None:
             + part.clamp(0, W - 1).long().flatten(1)  # [L', calls * T * slots]: (call, expert) cells
         counts = torch.zeros(part.shape[0], calls * W, dtype=torch.int64, device=part.device)
         counts.scatter_add_(1, at, valid.flatten(1).long())
-        # C = ceil(cf * (T * k / E)), fp64, in the order metrics.capacity_drops computes it
-        capacity = torch.ceil(group.factors.view(1, -1) * (tokens * slots / experts.view(-1, 1)))  # [L', F]
-        over = counts.view(-1, calls, 1, W).double() - capacity.view(-1, 1, capacity.shape[-1], 1)
-        dropped = dropped + over.clamp_min(0).sum(-1).long().sum(1)  # [L', F]
+        per_call = capacity_drops(counts.view(-1, calls, W), group.factors, tokens, slots, experts)  # [L', calls, F]
+        dropped = dropped + per_call.sum(1)  # [L', F]
     total = torch.full_like(dropped[:, :1], start * index.shape[-1])
     group._add("drops", rows, torch.cat([dropped, total], -1), dense=False)
 

@@ -80,11 +80,12 @@ def boundary_margin(probs: torch.Tensor, selected: torch.Tensor) -> tuple[torch.
 
 
 def capacity_drops(counts: torch.Tensor, factors: torch.Tensor, tokens: int, slots: int,
-                   num_experts: int) -> torch.Tensor:
+                   num_experts: int | torch.Tensor) -> torch.Tensor:
     """Assignments one router call drops at each capacity factor: sum_e max(0, c_e - C), C = ceil(T * k / E * cf)
     (Megatron-Core's get_capacity, fp64 as Python computes it). counts: [..., E'] the call's loads (real experts only,
-    extra columns zero); factors: [F] fp64. Returns [..., F] int64."""
-    capacity = torch.ceil(factors * (tokens * slots / num_experts))  # [F]
+    extra columns zero); factors: [F] fp64; num_experts: E, or an fp64 tensor of E per row that broadcasts against
+    counts[..., :1] (calls of layers with different E). Returns [..., F] int64."""
+    capacity = torch.ceil(factors * (tokens * slots / num_experts))  # [F], or [..., F] per row
     over = counts.unsqueeze(-2).double() - capacity.unsqueeze(-1)  # [..., F, E']
     return over.clamp_min(0).sum(-1).long()
 

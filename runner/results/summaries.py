@@ -99,16 +99,17 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
         return head + " - no results recorded"
     counts = summary["status"].value_counts().to_dict()
     head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
-    columns = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
+    quality = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
                "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
                "model_flops_per_token_analytic": "model FLOPs/tok", "moe_share": "MoE %",
-               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1", "tokens_per_s": "tok/s",
-               "s_mfu_prefill": "S-MFU", "s_mbu_decode": "S-MBU", "wall_s": "wall s", "status": "status"}
+               "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1"}
+    speed = {"tokens_per_s": "tok/s", "s_mfu_prefill": "S-MFU", "s_mbu_decode": "S-MBU", "wall_s": "wall s",
+             "status": "status"}
+    analyses = {name: label for name, label in ANALYSIS_COLUMNS.items()  # where the sweep recorded them
+                if name in summary and summary[name].notna().any()}
+    columns = {**quality, **analyses, **speed}
     summary = summary.reindex(columns=list(dict.fromkeys([*summary.columns, *columns])))  # older rows lack some
     summary["moe_share"] = moe_share(summary)
-    for name, label in ANALYSIS_COLUMNS.items():  # shown where the sweep recorded them
-        if name in summary and summary[name].notna().any():
-            columns = {**dict(list(columns.items())[:-5]), name: label, **dict(list(columns.items())[-5:])}
     table = summary[list(columns)].rename(columns=columns)
     for label in ANALYSIS_COLUMNS.values():
         if label in table:
