@@ -8,14 +8,14 @@ No Hydra: what a job computes, through the library. Per mode (eager, compiled):
 
   job       MOEProfiler + runner.profiler.evaluate over `--batches` batches (the first FLOP-counted, the others
             timed), with a greedy static-cache decode of `--decode-tokens` after each; then the job's cost columns
-            (runner.profiler.run_cost.cost_columns): whole-model FLOPs/token analytic and measured, bytes per token,
+            (runner.profiler.cost_run.cost_columns): whole-model FLOPs/token analytic and measured, bytes per token,
             prefill S-MFU (analytic FLOPs x tokens/s / peak) and decode S-MBU (bytes per step / TPOT / peak bandwidth)
   bare      the model without the profiler: the median of `--reps` prefill forwards (logits of the last position
             only, as benchmarks/overhead.py times them), against the time its FLOPs take at the card's measured
             bf16 matmul rate and at the datasheet peak (the roofline)
 
 The card's rates are measured too: a square bf16 matmul (`--matmul-size`) and a device-to-device copy of 2 GiB.
-Peaks come from runner/profiler/hardware.py unless --peak-tflops / --peak-bandwidth-gbs are given.
+Peaks come from runner/profiler/cost_hardware.py unless --peak-tflops / --peak-bandwidth-gbs are given.
 Writes <out>/mfu.json atomically and prints the numbers.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def job(model, args, mode: str, peaks: tuple[float | None, float | None]) -> dic
     """One job's numbers, as the runner computes them (without Hydra)."""
     from runner.profiler import MOEProfiler
     from runner.profiler.evaluate import PHASES, evaluate, without_prompt_pass
-    from runner.profiler.run_cost import cost_columns
+    from runner.profiler.cost_run import cost_columns
 
     gen = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from runner.profiler.hardware import peak_for
+    from runner.profiler.cost_hardware import peak_for
 
     args = parse_args(argv)
     if args.tiny:

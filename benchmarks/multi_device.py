@@ -8,7 +8,7 @@ profiler costs there.
                                                                #   bare vs routing, prefill and decode, memory per GPU
 
 equal: one seeded random model is built on the CPU (the runner's device=auto build) and profiled whole on the first
-device, then built again and placed by the runner's own dispatch (runner/dispatch.py): `offload`, the first half of
+device, then built again and placed by the runner's own dispatch (runner/job/device_map.py): `offload`, the first half of
 the layers on cuda:0 and the rest offloaded to the CPU (computed on cuda:0; on CPU: to disk), and, with 2+ GPUs,
 `gpus`, balanced over every GPU. Each placement must record the same routing counts per layer and expert, the same
 analytic and measured FLOPs and the same loss (every batch FLOP-counted, transitions and capacity drops on, so the
@@ -55,7 +55,7 @@ def model_spec(name: str, layers: int | None):
     """conf/model/<name>.yaml as a random-weights ModelConfig, cut to `layers` decoder layers if given."""
     from omegaconf import OmegaConf
 
-    from runner.schema import ModelConfig, Weights
+    from runner.config.schema import ModelConfig, Weights
 
     path = ROOT / "conf" / "model" / f"{name}.yaml"
     if not path.is_file():
@@ -70,7 +70,7 @@ def model_spec(name: str, layers: int | None):
 
 
 def device_config(dtype: str, **placement: Any):
-    from runner.schema import DeviceConfig
+    from runner.config.schema import DeviceConfig
 
     if placement.get("device_map"):
         return DeviceConfig(name="auto", device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype,
@@ -79,7 +79,7 @@ def device_config(dtype: str, **placement: Any):
 
 
 def load(spec, device, seed: int = 0):
-    from runner import models
+    from runner.job import models
 
     models.clear_cache()  # every placement builds afresh from the seed: a dispatched model cannot be undone
     gc.collect()

@@ -1,7 +1,7 @@
 """What the rest of the forward is made of, as data: how an attention module is recognised and where its sizes are,
 what a sparse-attention indexer is, and the architectures whose non-MoE parts the analytic whole-forward count does not cover (each with why).
 
-The analytic whole forward (runner/profiler/model_cost.py) counts every nn.Linear outside the MoE layers once per
+The analytic whole forward (runner/profiler/cost_model.py) counts every nn.Linear outside the MoE layers once per
 token, the LM head over the positions computed, softmax(Q K^T) V of every attention module, the scores of every
 sparse-attention indexer, every nn.Conv1d (short and causal convolutions) and a Mamba-1 scan's output matmul. A
 mixer that is none of these (a Mamba-2 chunked scan, linear or lightning attention, relative position terms,

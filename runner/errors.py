@@ -62,7 +62,7 @@ def one_line(text_or_exc: object, limit: int | None = None) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line: '<Kind>: message' for engine errors, the message alone for the runner's."""
-    from .validation import config_message
+    from .config.checks import config_message
 
     message = config_message(exc) if not isinstance(exc, RunnerError) else one_line(exc, None)
     kind = type(exc).__name__

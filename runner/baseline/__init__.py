@@ -31,8 +31,8 @@ The package: entries.py (what one stored number is), compute.py (the built-in en
 device and the tiny models' forward passes), sweeps.py (entries from a sweep's runs), csvfile.py (the file format),
 compare.py (differences and their table), cli.py (the command line).
 """
-from .cli import EXIT_DIFF, EXIT_OK, EXIT_USAGE, builtin_entries_reporting, main
-from .compare import KINDS, Diff, compare, counts, matches, similar, table
+from .commands import EXIT_DIFF, EXIT_OK, EXIT_USAGE, builtin_entries_reporting, main
+from .diffs import KINDS, Diff, compare, counts, matches, similar, table
 from .compute import (BLOCKS, DATASET, OTHER_K, SELECTOR, SEED, SEQ_LEN, analytic_entries, builtin_entries, k_values,
                       measured_entries, model_configs, model_entries)
 from .csvfile import COLUMNS, DEFAULT_FILE, ROOT, TEXT_METRICS, dumps, load, write

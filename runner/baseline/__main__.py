@@ -1,6 +1,6 @@
 """`python -m runner.baseline check|update ...` (cli.py)."""
 import sys
 
-from .cli import main
+from .commands import main
 
 sys.exit(main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from ..schema import OWN_ROUTING
-from ..threads import intra_op_threads
+from ..config.schema import OWN_ROUTING
+from ..job.threads import intra_op_threads
 from .entries import LOSS_RTOL, ROUTING_RTOL, Entry, clean, grouped, selector_label
 
 SEED = 0
@@ -21,7 +21,7 @@ CONTEXT = 4096  # tokens of the sequence the analytic whole-model figures are fo
 def model_configs() -> list:
     from omegaconf import OmegaConf
 
-    from ..schema import CONFIG_DIR, ModelConfig
+    from ..config.schema import CONFIG_DIR, ModelConfig
 
     configs = []
     for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
@@ -90,9 +90,9 @@ def measured_entries(name: str, loaded, profiler, ids, k: int, selector: str) ->
 
 
 def model_entries(model_cfg, documents=None) -> list[Entry]:
-    from .. import data, models
+    from ..job import data, models
     from ..profiler import MOEProfiler
-    from ..schema import DeviceConfig, Weights
+    from ..config.schema import DeviceConfig, Weights
 
     random = model_cfg.weights is Weights.random
     if not random:
@@ -138,9 +138,9 @@ def builtin_entries(report=None) -> list[Entry]:
     `report(name, message)` and contributes no entries (they show as missing)."""
     import warnings
 
-    from .. import data
+    from ..job import data
     from ..errors import describe, known_errors
-    from ..schema import DatasetConfig
+    from ..config.schema import DatasetConfig
 
     documents = data.load_documents(DatasetConfig())
     entries: list[Entry] = []

@@ -6,7 +6,7 @@ selector_names can be read by the runner's schema without importing torch."""
 from __future__ import annotations
 
 __all__ = ["Analyses", "MOEProfiler", "ProfilerError", "NoMoEError"]
-_HOMES = {"Analyses": "analyses", "MOEProfiler": "core", "ProfilerError": "attach", "NoMoEError": "scan"}
+_HOMES = {"Analyses": "analysis_set", "MOEProfiler": "moe_profiler", "ProfilerError": "attach", "NoMoEError": "scan"}
 
 
 def __getattr__(name: str):

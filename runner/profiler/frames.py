@@ -15,7 +15,7 @@ from .metrics import expert_metrics, layer_metrics, vocab_columns
 from .scan import MoELayer, read_live_top_k
 
 if TYPE_CHECKING:
-    from .core import MOEProfiler
+    from .moe_profiler import MOEProfiler
 
 EXPERT_COLUMNS = ["phase", "layer", "expert", "tokens", "load_fraction", "gate_mass", "mean_prob"]
 

@@ -12,7 +12,7 @@ from torch import nn
 from handlers import Handler, Resolved, get_handler, resolve_dim
 from handlers.base import DIMENSIONS, GENERIC, RouterOutput, TopKLocation, TopKOwner
 
-from .flops import LayerCost, layer_cost
+from .cost_formulas import LayerCost, layer_cost
 
 
 class NoMoEError(ValueError):

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .selector_names import SELECTOR_NAMES
+from .selector_registry import SELECTOR_NAMES
 
 __all__ = [
     "SelectorFn",

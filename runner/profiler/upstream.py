@@ -1,7 +1,7 @@
 """The private torch and transformers internals the profiler relies on, each used from here only.
 
 Upstream may move any of them in a release; tests/integration/test_upstream.py checks every one and names what changed.
-(Hydra's internals, which only the runner app uses, are in runner/hydra_internals.py.)
+(Hydra's internals, which only the runner app uses, are in runner/cli/hydra_internals.py.)
 """
 from __future__ import annotations
 

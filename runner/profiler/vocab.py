@@ -24,7 +24,7 @@ import torch
 from .upstream import mark_static
 
 if TYPE_CHECKING:
-    from .record import LayerAccumulators
+    from .accumulators import LayerAccumulators
 
 ID_SLOTS = 8192  # ids a forward may hold before an eager forward grows the buffer (traced or captured ones cannot)
 

@@ -1,6 +1,6 @@
 """The sweep report: `python -m runner.report <sweep dir | results dir | sweep id | latest>` writes report.html and
 its PNGs (matplotlib, Agg; no script, no network needed to view it). Also written at the end of every multirun
-(`report=true`, the default; runner/callbacks.py). What each figure shows: docs/report.md.
+(`report=true`, the default; runner/cli/callbacks.py). What each figure shows: docs/report.md.
 
     build.py     the figures of each model, the PNGs, report.html
     figures.py   what the figures share: the Agg Figure, PNG writes, series labels, the FLOPs axis, the Pareto front

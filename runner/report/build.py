@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import analyses, page, quality, routing
+from . import analysis_figures as analyses, page, quality, routing_figures as routing
 from .figures import OWN, comparison_k, ok_runs, reference_job, save, series_labels
 
 PREFILL = "prefill"

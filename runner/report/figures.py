@@ -10,7 +10,7 @@ from typing import Any
 
 DPI = 80  # modest: readable at 100 % zoom, small files, quick to render
 WIDTH = 12.0  # inches: 960 px at DPI
-OWN = "router"  # runner.schema.OWN_ROUTING (not imported: schema pulls in the config machinery)
+OWN = "router"  # runner.config.schema.OWN_ROUTING (not imported: schema pulls in the config machinery)
 
 
 def figure(height: float, columns: int = 1, width: float | None = None, left: float = 1.0, right: float = 0.2,

@@ -211,8 +211,8 @@ class RunRecord(KeyColumns):
         return {name: getattr(self, name) for name in RUN_COLUMNS}
 
     def stamp_provenance(self) -> RunRecord:
-        """Versions, git state, host and pid (runner/provenance.py)."""
-        from ..provenance import provenance
+        """Versions, git state, host and pid (runner/results/provenance.py)."""
+        from .provenance import provenance
 
         return self.update(**provenance())
 

@@ -1,6 +1,6 @@
 """What the runner prints and keeps about finished work: one job's summary lines, and a sweep's summary table
 (<sweep dir>/summary.parquet and its one-screen rendering). The Hydra callback that calls these at the end of a
-multirun is runner/callbacks.py.
+multirun is runner/cli/callbacks.py.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..dispatch import NEAR_FULL, near_full
-from ..schema import OWN_ROUTING
+from ..job.device_map import NEAR_FULL, near_full
+from ..config.schema import OWN_ROUTING
 from .io import read_table
 
 # the columns of a resumed (`skipped`) row that stay its own when it takes the metrics of the run it reused
@@ -83,7 +83,7 @@ def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of
     return value if len(value) <= width else "..." + value[-(width - 3):]  # the tail names the file
 
 
-# the routing-analysis columns of runs (runner/analysis.py), each in the summary when a job of the sweep has it
+# the routing-analysis columns of runs (runner/job/analysis_tables.py), each in the summary when a job of the sweep has it
 ANALYSIS_COLUMNS = {"drop_rate_cf1_25": "drop@1.25", "jaccard_mean": "jaccard", "ep_imbalance_balanced": "EP imb"}
 
 

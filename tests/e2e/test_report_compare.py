@@ -109,7 +109,7 @@ def test_the_sweep_report(sweeps):
 
 
 def test_compare_a_sweep_with_itself_passes(sweeps, capsys):
-    from runner.compare import main
+    from runner.baseline.sweep_compare import main
 
     root, _ = sweeps
     assert main([str(root / "a"), str(root / "a")]) == 0
@@ -121,7 +121,7 @@ def test_compare_a_sweep_with_itself_passes(sweeps, capsys):
 
 def test_compare_fails_on_other_flops_and_lists_unmatched_jobs(sweeps, capsys):
     from helpers.jobs import moe_flops
-    from runner.compare import main
+    from runner.baseline.sweep_compare import main
 
     root, _ = sweeps
     assert main([str(root / "a"), str(root / "b"), "--time-ratio", "1000"]) == 1
@@ -141,7 +141,7 @@ def test_compare_fails_on_other_flops_and_lists_unmatched_jobs(sweeps, capsys):
 
 
 def test_bad_input_is_one_line_and_exit_2(sweeps, capsys, tmp_path):
-    from runner.compare import main
+    from runner.baseline.sweep_compare import main
     from runner.report.__main__ import main as report
 
     root, _ = sweeps

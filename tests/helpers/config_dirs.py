@@ -1,5 +1,5 @@
-"""A --config-dir full of bad files, for the preflight tests in-process (tests/integration/test_robustness_config.py)
-and through the CLI (tests/e2e/test_cli_robustness.py)."""
+"""A --config-dir full of bad files, for the preflight tests in-process (tests/integration/test_config_refusals.py)
+and through the CLI (tests/e2e/test_cli_refusals.py)."""
 from __future__ import annotations
 
 from pathlib import Path

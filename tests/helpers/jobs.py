@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from runner import job, results
-from runner.schema import CONFIG_DIR, register_configs
+from runner.job import pipeline as job
+from runner import results
+from runner.config.schema import CONFIG_DIR, register_configs
 
 register_configs()
 

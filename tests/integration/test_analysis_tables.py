@@ -9,11 +9,11 @@ import pytest
 
 from helpers.docs import doc_blocks
 from helpers.jobs import run_job, table
-from runner import data
+from runner.job import data
 from runner.profiler import placement
-from runner.schema import DatasetConfig, DatasetKind
-from runner.tokenizer import byte_tokenizer
-from runner.validation import expand_shorthands
+from runner.config.schema import DatasetConfig, DatasetKind
+from runner.job.tokenizer import byte_tokenizer
+from runner.config.checks import expand_shorthands
 
 SEQ, BATCH, BATCHES, DECODE = 32, 4, 2, 3
 JOB = ("analysis=full", "trace.enabled=true", f"seq_len={SEQ}", f"batch_size={BATCH}",

@@ -18,8 +18,8 @@ import pytest
 from helpers import BASELINES
 from helpers.jobs import run_job
 from runner import baseline as bl
-from runner import data
-from runner.schema import DatasetConfig, Weights
+from runner.job import data
+from runner.config.schema import DatasetConfig, Weights
 
 STORED = BASELINES / "flops.csv"
 FULL_SIZE = ("deepseek_v2_lite", "deepseek_v3", "gpt_oss", "granite_moe", "mixtral", "olmoe", "phimoe", "qwen3_moe",

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from helpers import ROOT
 from helpers.jobs import compose_config as make
 from runner.errors import ConfigError
-from runner.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs
-from runner.validation import validate
+from runner.config.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs
+from runner.config.checks import validate
 
 register_configs()
 
@@ -187,7 +187,7 @@ def test_paper_sweep_is_declared_in_config():
 # -- full-size architectures on the meta device give the survey's numbers -----------------------------------------------
 @pytest.mark.parametrize("model", FULL)
 def test_full_size_meta_numbers_match_the_survey(model):
-    from runner.models import load
+    from runner.job.models import load
     from runner.profiler import MOEProfiler
 
     conf = validate(make(f"model={model}", "model.weights=meta"))

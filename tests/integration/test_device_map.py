@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers.jobs import compose_job, run_job, table
-from runner import dispatch
+from runner.job import device_map as dispatch
 from runner.errors import DeviceError
 from runner.results import RunRecord
 from runner.results.summaries import job_summary, render
@@ -51,7 +51,7 @@ def test_pretrained_weights_take_the_device_map(tmp_path, jobs):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from runner.tokenizer import byte_tokenizer
+    from runner.job.tokenizer import byte_tokenizer
 
     directory = tmp_path / "tiny"
     torch.manual_seed(0)
@@ -94,8 +94,9 @@ def test_without_accelerate_device_map_is_one_line_with_the_install_command(monk
 def test_config_hash_takes_max_memory_keyed_by_gpu_index_and_cpu(tmp_path):
     """`device.max_memory={0: 8GiB, cpu: 100GiB}` (the documented form) mixes int and str keys, which json cannot sort:
     the hash (and the model cache key) take their keys as strings (it failed on an H100 before)."""
-    from runner import job, models
-    from runner.validation import validate
+    from runner.job import pipeline as job
+    from runner.job import models
+    from runner.config.checks import validate
 
     cfg = compose_job(tmp_path, "device=auto", "device.max_memory={0: 8GiB, cpu: 100GiB}")
     other = compose_job(tmp_path, "device=auto", "device.max_memory={0: 9GiB, cpu: 100GiB}")

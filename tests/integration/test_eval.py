@@ -1,4 +1,4 @@
-"""Task accuracy through lm-evaluation-harness (`eval=lm_eval`, runner/eval_harness.py), in-process on the tiny OLMoE
+"""Task accuracy through lm-evaluation-harness (`eval=lm_eval`, runner/job/eval_harness.py), in-process on the tiny OLMoE
 and the project's own offline task tests/data/tasks/tiny_sums: the tasks rows equal lm_eval.simple_evaluate called
 directly on the same model under the same routing, the eval tokens are recorded under phase=eval, a re-run gives the
 same scores, and the refusals are one line. The CLI run is tests/e2e/test_cli_eval.py."""
@@ -82,9 +82,9 @@ def test_scores_equal_simple_evaluate_called_directly_on_the_same_model(evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from runner import models
+    from runner.job import models
     from runner.profiler import MOEProfiler
-    from runner.validation import validate
+    from runner.config.checks import validate
 
     conf = validate(compose_job(evaluated["out"], *EVAL, *KNEEDLE, *SMALL))
     loaded = models.load(conf.model, conf.device, conf.seed)
@@ -142,7 +142,7 @@ def test_the_config_refusals_are_one_line(tmp_path, monkeypatch):
 
 
 def test_the_paper_accuracy_experiment_is_declared_in_config():
-    from runner.validation import validate
+    from runner.config.checks import validate
 
     cfg = compose_config("experiment=paper_accuracy", hydra=True)
     assert cfg.model.name == "olmoe" and cfg.eval.name == "lm_eval" and cfg.tag == "paper_accuracy"

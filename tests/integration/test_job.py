@@ -173,7 +173,7 @@ def test_dimension_overrides_and_fallbacks_carry_provenance(tmp_path):
 
 
 def test_model_is_reused_between_jobs_and_left_pristine(tmp_path):
-    from runner.models import clear_cache
+    from runner.job.models import clear_cache
 
     clear_cache()
     first = run_job(tmp_path, "model=qwen2_moe_tiny", "topk=1", *SMALL)
@@ -212,7 +212,7 @@ def saved_tiny_model(tmp_path_factory):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from runner.tokenizer import byte_tokenizer
+    from runner.job.tokenizer import byte_tokenizer
 
     directory = tmp_path_factory.mktemp("tiny-olmoe")
     spec = compose_job(directory, "model=olmoe_tiny").model
@@ -247,7 +247,7 @@ def test_missing_local_model_directory(tmp_path):
 
 @pytest.fixture
 def jsonl(tmp_path):
-    from runner.corpus import TEXT
+    from runner.job.corpus import TEXT
 
     path = tmp_path / "docs.jsonl"
     docs = [p for p in TEXT.split("\n\n") if p.strip()]
@@ -267,7 +267,7 @@ def test_hf_dataset_through_load_dataset_json_builder(tmp_path, jsonl, monkeypat
 def test_hf_dataset_from_save_to_disk(tmp_path, jsonl):
     import datasets
 
-    from runner.corpus import TEXT
+    from runner.job.corpus import TEXT
 
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"text": [p for p in TEXT.split("\n\n") if p.strip()]}).save_to_disk(str(saved))

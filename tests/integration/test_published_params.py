@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from runner import models
+from runner.job import models
 from runner.baseline.compute import model_configs
 from runner.profiler import MOEProfiler
-from runner.schema import DeviceConfig, Weights
+from runner.config.schema import DeviceConfig, Weights
 
 EMBEDDINGS, NO_EMBEDDINGS = "params_active", "params_active_nonembedding"
 PUBLISHED = {  # conf name -> (the authors' convention, our count in billions)

@@ -18,7 +18,7 @@ from handlers.base import DIMENSIONS
 from runner import baseline as bl
 from runner import results
 from runner.results import columns, docs, records
-from runner.threads import intra_op_threads
+from runner.job.threads import intra_op_threads
 
 from helpers import ROOT  # noqa: E402
 DOC = ROOT / "docs" / "results.md"

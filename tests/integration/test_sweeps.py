@@ -13,7 +13,7 @@ SMALL = ["max_batches=1", "seq_len=64"]
 
 
 def test_inprocess_topk_sweep_matches_formula_and_reuses_the_model(run_sweep, tmp_path):
-    from runner.models import clear_cache
+    from runner.job.models import clear_cache
 
     clear_cache()  # earlier tests in this process may have left olmoe_tiny loaded
     with run_sweep(tmp_path, "model=olmoe_tiny", "topk=1,2,4", *SMALL) as s:

@@ -1,7 +1,7 @@
 """The private upstream internals the project relies on still exist and behave as relied on.
 
 torch and transformers internals are used from runner/profiler/upstream.py only, Hydra's and OmegaConf's from
-runner/hydra_internals.py only. When an upgrade moves one, the test of it fails with a message naming the upstream
+runner/cli/hydra_internals.py only. When an upgrade moves one, the test of it fails with a message naming the upstream
 symbol and what the project needs from it: fix the adapter, nothing else.
 
 The grouped experts forward (runner/profiler/experts.py) is compared with transformers' own `grouped_mm` here on one
@@ -20,7 +20,7 @@ from torch import nn
 
 from runner.profiler import experts as profiler_experts
 from runner.profiler import upstream
-from runner.profiler.flops import count_flops
+from runner.profiler.cost_formulas import count_flops
 from runner.profiler.scan import scan_model
 from helpers.tiny_configs import build_tiny_model
 
@@ -53,7 +53,7 @@ def _code_lines(path: Path) -> dict[int, str]:
 def test_private_upstream_names_appear_only_in_the_adapters():
     """Outside the two adapters, no code names a private upstream symbol (comments and strings aside: the target
     allow-list names the `hydra._internal.` plugin prefix, docstrings name what they wrap)."""
-    adapters = {ROOT / "runner/profiler/upstream.py", ROOT / "runner/hydra_internals.py"}
+    adapters = {ROOT / "runner/profiler/upstream.py", ROOT / "runner/cli/hydra_internals.py"}
     found = []
     for path in sorted([*(ROOT / "runner").rglob("*.py"), *(ROOT / "handlers").rglob("*.py")]):
         if path in adapters:
@@ -62,7 +62,7 @@ def test_private_upstream_names_appear_only_in_the_adapters():
             if PRIVATE.search(code):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {code}")
     assert not found, "private upstream internals used outside runner/profiler/upstream.py and " \
-                      "runner/hydra_internals.py:\n" + "\n".join(found)
+                      "runner/cli/hydra_internals.py:\n" + "\n".join(found)
 
 
 
@@ -99,7 +99,7 @@ def test_flop_counter_passes_tensors_to_a_formula_marked_get_raw():
         torch.randn(2, 3) @ torch.randn(3, 4)
     assert seen and all(arg is torch.Tensor for pair in seen for arg in pair), (
         f"torch.utils.flop_counter.FlopCounterMode no longer calls a custom formula marked `_get_raw = True` with the "
-        f"op's tensors (it passed {seen}): runner.profiler.flops reads varlen attention offsets' values through it "
+        f"op's tensors (it passed {seen}): runner.profiler.cost_formulas reads varlen attention offsets' values through it "
         f"(upstream.raw_formula)")
     assert counter.get_total_flops() == 7 * len(seen)
 
@@ -130,7 +130,7 @@ def test_flop_counter_enters_its_mod_tracker_attribute_and_reads_its_parents():
 
 
 def test_count_flops_counts_grouped_mm_through_the_custom_mapping():
-    """runner.profiler.flops registers a formula for aten._grouped_mm (FlopCounterMode has none)."""
+    """runner.profiler.cost_formulas registers a formula for aten._grouped_mm (FlopCounterMode has none)."""
     x, w = torch.randn(6, 4), torch.randn(3, 5, 4)
     offs = torch.tensor([2, 4, 5], dtype=torch.int32)
     with count_flops() as counter:
@@ -291,7 +291,7 @@ def test_grouped_experts_forward_equals_transformers_grouped_mm_with_sentinel_sl
         f"copy its new steps into grouped_mm_skip_forward. {m}"))
 
 
-# -- Hydra (runner/hydra_internals.py) ----------------------------------------------------------------------------
+# -- Hydra (runner/cli/hydra_internals.py) ----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -299,8 +299,8 @@ def composer():
     from hydra.core.global_hydra import GlobalHydra
 
     import runner
-    from runner import hydra_internals
-    from runner.schema import CONFIG_DIR, register_configs
+    from runner.cli import hydra_internals
+    from runner.config.schema import CONFIG_DIR, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -312,12 +312,12 @@ def composer():
 
 
 def test_hydra_get_args_parser_parses_the_flags_preflight_reads():
-    from runner.hydra_internals import args_parser
+    from runner.cli.hydra_internals import args_parser
 
     args, _ = args_parser().parse_known_args(["-m", "topk=1,2", "--config-dir", "extra", "--config-name", "c"])
     for flag in ("experimental_rerun", "help", "hydra_help", "info", "shell_completion", "cfg"):
         assert hasattr(args, flag), (
-            f"hydra._internal.utils.get_args_parser() no longer defines `{flag}`: runner/preflight.py reads it to "
+            f"hydra._internal.utils.get_args_parser() no longer defines `{flag}`: runner/cli/preflight.py reads it to "
             "leave Hydra's own commands alone")
     assert (args.multirun, args.overrides, args.config_dir, args.config_name) == (True, ["topk=1,2"], "extra", "c"), (
         "hydra._internal.utils.get_args_parser() parses @hydra.main's command line differently: the CLI checks the "
@@ -326,7 +326,7 @@ def test_hydra_get_args_parser_parses_the_flags_preflight_reads():
 
 def test_hydra_locate_imports_a_dotted_path():
     from runner.errors import ConfigError
-    from runner.hydra_internals import locate
+    from runner.cli.hydra_internals import locate
 
     assert locate("runner.errors.ConfigError") is ConfigError, (
         "hydra._internal.utils._locate('runner.errors.ConfigError') no longer returns the class: the preflight "
@@ -336,7 +336,7 @@ def test_hydra_locate_imports_a_dotted_path():
 
 
 def test_hydra_search_path_and_composer_compose_as_hydra_main(composer):
-    from runner.hydra_internals import group_exists
+    from runner.cli.hydra_internals import group_exists
 
     composer, search_path = composer
     providers = [entry.provider for entry in search_path.get_path()]
@@ -358,7 +358,7 @@ def test_hydra_search_path_and_composer_compose_as_hydra_main(composer):
 def test_hydra_basic_sweeper_split_arguments_lists_the_jobs():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from runner.hydra_internals import sweep_batches
+    from runner.cli.hydra_internals import sweep_batches
 
     parsed = OverridesParser.create().parse_overrides(["topk=1,2", "seed=0,1"])
     jobs = [["topk=1", "seed=0"], ["topk=1", "seed=1"], ["topk=2", "seed=0"], ["topk=2", "seed=1"]]
@@ -371,7 +371,7 @@ def test_hydra_basic_sweeper_split_arguments_lists_the_jobs():
 def test_omegaconf_node_access_reads_values_without_resolving():
     from omegaconf import DictConfig, OmegaConf
 
-    from runner.hydra_internals import child_node, raw_value
+    from runner.cli.hydra_internals import child_node, raw_value
 
     cfg = OmegaConf.create({"a": {"x": 1}, "b": "${a.missing}", "jobs": [{"y": 1}, 2]})
     assert isinstance(child_node(cfg, "a"), DictConfig) and isinstance(child_node(cfg.jobs, 0), DictConfig), (

@@ -11,7 +11,7 @@ import torch
 from runner import MOEProfiler, ProfilerError
 from runner.profiler import Analyses
 from runner.profiler.metrics import drop_rates, layer_metrics
-from runner.profiler.record import RoutingRecorder
+from runner.profiler.accumulators import RoutingRecorder
 from helpers.tiny_configs import build_tiny_model
 
 

@@ -34,7 +34,7 @@ EXPERT_COUNT_FIELDS = sorted({field for handler in [GENERIC, *REGISTRY.handlers.
                               for field in handler.num_experts if isinstance(field, str)})
 
 # MoE language models found in the mappings that the project does not support, each with its reason. The project
-# profiles causal LMs (runner.models builds them with AutoModelForCausalLM); transformers has no causal-LM class for
+# profiles causal LMs (runner.job.models builds them with AutoModelForCausalLM); transformers has no causal-LM class for
 # these, only the multimodal (or diffusion) model around them. test_not_supported_entries_still_hold checks every
 # entry: still discovered, still without a handler, still no causal LM; remove an entry when one of those changes.
 MULTIMODAL_ONLY = "the language model of the multimodal {}: transformers has no causal LM for it"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from runner import MOEProfiler
-from runner.profiler.flops import attention_backward_flops, attention_flops, count_flops
+from runner.profiler.cost_formulas import attention_backward_flops, attention_flops, count_flops
 from helpers.tiny_configs import build_tiny_model
 
 BACKEND = "aot_eager"

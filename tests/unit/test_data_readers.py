@@ -1,15 +1,15 @@
 """Data readers (issue 13, item 18): documents are streamed (paragraph, jsonl line, JSON list item, parquet batch)
 and read only until the blocks a run needs are filled; slices are Python slices; malformed JSON lists end in one line.
-A run on 50 MB files through the CLI: tests/e2e/test_cli_robustness.py."""
+A run on 50 MB files through the CLI: tests/e2e/test_cli_refusals.py."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from runner import data, readers
-from runner.schema import DatasetConfig, DatasetKind
-from runner.tokenizer import byte_tokenizer
+from runner.job import data, readers
+from runner.config.schema import DatasetConfig, DatasetKind
+from runner.job.tokenizer import byte_tokenizer
 
 
 def test_capped_tokenization_gives_the_leading_blocks_of_the_whole_stream():

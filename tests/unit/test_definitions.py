@@ -3,9 +3,9 @@
 * Handler fields with a fixed set of values are Literals, checked when a Handler is built: a bad entry fails at import
   of its family module, naming the entry, the field and the values it accepts. top_k_attr is parsed once into a
   TopKLocation.
-* Names the torch-free runner (runner/schema.py) needs are imported from where they are defined, not copied:
-  DIMENSIONS and EXPERT_COUNT_FIELDS from handlers/base.py, SELECTOR_NAMES from runner/profiler/selector_names.py,
-  BYTE_VOCAB_SIZE from runner/tokenizer.py, the slice syntax from runner.schema.SLICE; the one-line message shortener
+* Names the torch-free runner (runner/config/schema.py) needs are imported from where they are defined, not copied:
+  DIMENSIONS and EXPERT_COUNT_FIELDS from handlers/base.py, SELECTOR_NAMES from runner/profiler/selector_registry.py,
+  BYTE_VOCAB_SIZE from runner/job/tokenizer.py, the slice syntax from runner.config.schema.SLICE; the one-line message shortener
   is runner.errors.one_line.
 """
 import dataclasses
@@ -17,7 +17,7 @@ import pytest
 import handlers
 from handlers import GENERIC, REGISTRY
 from handlers.base import DIMENSIONS, EXPERT_COUNT_FIELDS, Handler, TopKLocation
-from runner import schema, validation
+from runner.config import schema, checks as validation
 from runner.errors import one_line
 
 from helpers import ROOT  # noqa: E402
@@ -61,7 +61,7 @@ def test_dimensions_are_defined_once():
     assert handlers.DIMENSIONS is DIMENSIONS
     assert not hasattr(schema, "DIMENSIONS")
     assert tuple(f.name for f in dataclasses.fields(schema.DimValues)) == DIMENSIONS, \
-        "dims.override/dims.fallback (runner.schema.DimValues) must have one field per handlers.base.DIMENSIONS"
+        "dims.override/dims.fallback (runner.config.schema.DimValues) must have one field per handlers.base.DIMENSIONS"
 
 
 def test_expert_count_fields_are_the_handlers_own():
@@ -74,7 +74,7 @@ def test_expert_count_fields_are_the_handlers_own():
 
 
 def test_selector_names_are_defined_once():
-    from runner.profiler.selector_names import SELECTOR_NAMES
+    from runner.profiler.selector_registry import SELECTOR_NAMES
     from runner.profiler.selectors import SELECTORS
 
     assert schema.SELECTOR_NAMES is SELECTOR_NAMES
@@ -85,13 +85,13 @@ def test_selector_names_are_defined_once():
 
 
 def test_byte_vocab_size_and_slice_syntax_are_defined_once():
-    from runner import data, tokenizer
+    from runner.job import data, tokenizer
 
     assert validation.BYTE_VOCAB_SIZE is tokenizer.BYTE_VOCAB_SIZE
     assert data.SLICE is schema.SLICE
     slice_pattern = re.compile(r"re\.compile\(r?[\"']\^\\\[")  # a regex for '[a:b]' text
     copies = [str(p.relative_to(ROOT)) for p in (ROOT / "runner").rglob("*.py") if slice_pattern.search(p.read_text())]
-    assert copies == ["runner/schema.py"], copies
+    assert copies == ["runner/config/schema.py"], copies
 
 
 def test_one_line():

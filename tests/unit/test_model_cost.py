@@ -9,7 +9,7 @@ import torch
 from handlers.forward import NOT_EXACT
 from helpers.tiny_configs import available_model_types, build_tiny_model, older_release
 from runner import MOEProfiler
-from runner.profiler.model_cost import causal_pairs
+from runner.profiler.cost_model import causal_pairs
 
 BATCH, SEQ = 2, 12
 
@@ -78,7 +78,7 @@ def test_parameter_conventions_on_a_tiny_olmoe():
 
 
 def test_device_peaks_from_the_table_or_the_config():
-    from runner.profiler.hardware import peak_for
+    from runner.profiler.cost_hardware import peak_for
 
     assert peak_for("NVIDIA H100 80GB HBM3") == (989.5, 3350.0)  # torch's name of the SXM card
     assert peak_for("NVIDIA H100 PCIe") == (756.5, 2000.0)

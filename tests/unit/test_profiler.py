@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, OlmoeConfig, Qwen2Mo
 
 from runner import MOEProfiler, ProfilerError
 from runner.profiler.metrics import load_balance
-from runner.profiler.record import RoutingRecorder
+from runner.profiler.accumulators import RoutingRecorder
 from runner.profiler.scan import NoMoEError
 
 H, E, K, I = 64, 8, 2, 96

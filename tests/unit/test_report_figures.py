@@ -10,7 +10,7 @@ import torch
 
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
-from runner.report import analyses, routing
+from runner.report import analysis_figures as analyses, routing_figures as routing
 from runner.report.figures import pareto, save
 
 

@@ -12,7 +12,7 @@ import torch
 from runner import MOEProfiler, ProfilerError
 from runner.profiler import Analyses, vocab
 from runner.profiler.metrics import vocab_columns, vocab_specialization
-from runner.profiler.record import RoutingRecorder
+from runner.profiler.accumulators import RoutingRecorder
 from helpers.tiny_configs import build_tiny_model
 
 

@@ -35,19 +35,19 @@ class HogOnTopk(Callback):
 
 
 class SlowOnTopk(Callback):
-    """The job's work (runner.job.execute) first sleeps `seconds`: it runs into its time limit inside the job."""
+    """The job's work (runner.job.pipeline.execute) first sleeps `seconds`: it runs into its time limit inside the job."""
 
     def __init__(self, topk: int, seconds: float = 600) -> None:
         self.topk, self.seconds = topk, seconds
 
     def on_job_start(self, config, **kwargs) -> None:
         if config.topk == self.topk:
-            import runner.job
+            import runner.job.pipeline
 
-            work = runner.job.execute
+            work = runner.job.pipeline.execute
 
             def slow(*args, **kw):
                 time.sleep(self.seconds)
                 return work(*args, **kw)
 
-            runner.job.execute = slow
+            runner.job.pipeline.execute = slow

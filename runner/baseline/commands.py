@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .compare import compare, counts, table
+from .diffs import compare, counts, table
 from .csvfile import DEFAULT_FILE, ROOT, load, write
 from .entries import SWEEP_LOSS_RTOL, BaselineError, Entry
 from .sweeps import read_runs, sweep_entries

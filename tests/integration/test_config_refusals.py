@@ -1,7 +1,7 @@
 """Issue 13, robustness round 2: bad configs end in one line before anything runs (group overrides that are not
 names, broken YAML, typos inside a sweep, unknown keys from files, instantiation targets), secrets stay out of the
 results; in-process, through the CLI's preflight. The cases that need a real process (exit code, nothing written):
-tests/e2e/test_cli_robustness.py; Ctrl-C: tests/e2e/test_interrupt.py."""
+tests/e2e/test_cli_refusals.py; Ctrl-C: tests/e2e/test_interrupt.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ import pytest
 from helpers import DATA
 from helpers.config_dirs import config_dir
 from helpers.jobs import latest_run, run_job
-from runner.preflight import preflight
+from runner.cli.preflight import preflight
 
 
 # -- 1: a group override that is not a name ---------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_valid_sweeps_and_launcher_presets_pass(tmp_path):
 def test_unknown_keys_wherever_they_come_from(tmp_path):
     confdir = config_dir(tmp_path)
     typo = "model.weigths: unknown key (did you mean model.weights?); python -m runner --help lists every key"
-    from runner.validation import check_command_line
+    from runner.config.checks import check_command_line
 
     assert check_command_line(["+model.weigths=random"]) == typo  # what Hydra's hint tells a user to type
     assert preflight(["--config-dir", str(confdir), "experiment=typo"]) == typo
@@ -71,9 +71,9 @@ def test_unknown_keys_wherever_they_come_from(tmp_path):
 @pytest.mark.parametrize("override,key", [
     ("hydra.job_logging.handlers.file.class=pathlib.Path", "hydra.job_logging.handlers.file.class"),
     ("hydra/launcher=basic", None),  # Hydra's own launcher
-    ("hydra.sweeper._target_=runner.job.os.system", "hydra.sweeper._target_"),
+    ("hydra.sweeper._target_=runner.job.pipeline.os.system", "hydra.sweeper._target_"),
     ("+model.config.x._target_=subprocess.run", "model.config.x._target_"),
-    ("+hydra.callbacks.y._target_=runner.callbacks.SweepSummary", None),  # the project's own class
+    ("+hydra.callbacks.y._target_=runner.cli.callbacks.SweepSummary", None),  # the project's own class
     ("hydra.job_logging.handlers.file.filename=/tmp/victim.log", "hydra.job_logging.handlers.file.filename"),
     ("hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x", "hydra.job_logging.handlers.file.filename"),
     ("hydra.job.name=../../victim", "hydra.job.name"),
@@ -141,7 +141,7 @@ def test_a_failed_row_keeps_the_tag_unresolved(tmp_path, monkeypatch):
 def test_lost_jobs_of_another_model_get_no_borrowed_topk(tmp_path):
     import pandas as pd
 
-    from runner.callbacks import SweepSummary
+    from runner.cli.callbacks import SweepSummary
 
     state = dict(sweep_dir=str(tmp_path / "sweep"), sweep_id="s1", results_dir=str(tmp_path / "results"),
                  planned=[["model=olmoe_tiny"], ["model=mixtral_tiny"], ["model=mixtral_tiny", "topk=1"]],

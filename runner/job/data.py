@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, one_line
+from ..errors import DataError, one_line
 from .readers import file_format, paragraphs, read_file
-from .schema import SLICE, DatasetConfig, DatasetKind
+from ..config.schema import SLICE, DatasetConfig, DatasetKind
 
 log = logging.getLogger(__name__)
 

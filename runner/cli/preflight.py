@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError, one_line
+from ..errors import ConfigError, one_line
 from .hydra_internals import Composer, app_search_path, args_parser, child_node, group_exists, locate, raw_value
 
 # `_target_` values that may be instantiated: the project's classes and Hydra's launcher/sweeper plugins
@@ -63,7 +63,7 @@ def _target_class(value: Any, prefixes: tuple[str, ...]) -> Optional[str]:
         obj = locate(value)
     except Exception as exc:  # noqa: BLE001
         return f"cannot be imported ({type(exc).__name__})"
-    # runner.job.os.system or runner.job.Path.touch: reached through an allowed module, defined elsewhere
+    # runner.job.pipeline.os.system or runner.job.pipeline.Path.touch: reached through an allowed module, defined elsewhere
     if not inspect.isclass(obj) or not _under(getattr(obj, "__module__", ""), prefixes):
         return "is not a class defined in runner.*, handlers.* or Hydra's plugins"
     return None
@@ -114,7 +114,7 @@ def _is_class(value: str) -> bool:
 
 def check_composed(cfg: DictConfig, job: str = "") -> None:
     """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
-    from .validation import unknown_keys
+    from ..config.checks import unknown_keys
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     unknown = unknown_keys(plain)
@@ -180,7 +180,7 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
         cause = cause.__cause__ or cause.__context__
     from omegaconf.errors import ConfigKeyError
 
-    from .validation import unknown_keys
+    from ..config.checks import unknown_keys
 
     cause = exc
     while cause is not None:  # a key an experiment or --config-dir file sets that the schema lacks
@@ -203,8 +203,8 @@ def preflight(argv: list[str]) -> Optional[str]:
     """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from .schema import CONFIG_DIR, register_configs
-    from .validation import config_message
+    from ..config.schema import CONFIG_DIR, register_configs
+    from ..config.checks import config_message
 
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
@@ -216,7 +216,7 @@ def preflight(argv: list[str]) -> Optional[str]:
         return None
     config_name = args.config_name or "config"
     dirs = [CONFIG_DIR]
-    search_path = app_search_path(str(Path(__file__).parent / "__main__.py"), str(CONFIG_DIR))
+    search_path = app_search_path(str(Path(__file__).parent / "entry.py"), str(CONFIG_DIR))
     if args.config_dir is not None:
         extra = Path(args.config_dir).absolute()
         if not extra.is_dir():

@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 
-from . import results
-from .errors import ConfigError, ResultsNotFound, RunnerError
-from .results import RunRecord
-from .profiler.evaluate import DECODE, PREFILL, without_prompt_pass
-from .schema import AnalysisConfig, RunnerConfig
+from .. import results
+from ..errors import ConfigError, ResultsNotFound, RunnerError
+from ..results import RunRecord
+from ..profiler.evaluate import DECODE, PREFILL, without_prompt_pass
+from ..config.schema import AnalysisConfig, RunnerConfig
 
 
 def analyses_of(config: AnalysisConfig):
     """The library's Analyses for an `analysis` config."""
-    from .profiler import Analyses
+    from ..profiler import Analyses
 
     return Analyses(capacity_factors=tuple(float(f) for f in config.capacity_factors),
                     coactivation=config.coactivation, transitions=config.transitions,

@@ -15,9 +15,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, hub
-from .errors import ConfigError, DeviceError, ModelUnavailable, one_line
-from .schema import DeviceConfig, ModelConfig, Weights, canonical_json
+from . import device_map as dispatch, hub
+from ..errors import ConfigError, DeviceError, ModelUnavailable, one_line
+from ..config.schema import DeviceConfig, ModelConfig, Weights, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
         model = _build(model_cfg, target, dtype, seed)
     model.eval()
     tokenizer, tokenizer_name = (None, "none") if model_cfg.weights is Weights.meta else load_tokenizer(model_cfg, model)
-    from .profiler.attach import input_device
-    from .profiler.upstream import experts_implementation
+    from ..profiler.attach import input_device
+    from ..profiler.upstream import experts_implementation
 
     first = next(model.parameters(), None)
     device = first.device if first is not None else target
@@ -157,7 +157,7 @@ def _build(model_cfg: ModelConfig, target, dtype, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .profiler.upstream import EXPERTS_IMPLEMENTATION
+    from ..profiler.upstream import EXPERTS_IMPLEMENTATION
 
     try:
         config = AutoConfig.for_model(model_cfg.model_type, **dict(model_cfg.config))

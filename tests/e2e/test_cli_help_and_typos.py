@@ -1,5 +1,5 @@
 """Issue 10 §2/§3: a newcomer's first hour through `python -m runner`: an unreachable hub, --help, typos, the log.
-The in-process part: tests/integration/test_newcomer.py."""
+The in-process part: tests/integration/test_hub_and_summaries.py."""
 from __future__ import annotations
 
 import re
@@ -75,7 +75,7 @@ def cli_runs(tmp_path_factory):
 def test_help_explains_every_group_and_key_and_lists_the_launchers(cli_runs):
     import dataclasses
 
-    from runner.schema import RunnerConfig
+    from runner.config.schema import RunnerConfig
 
     code, out, err = cli_runs[1]["help"]
     assert code == 0, err

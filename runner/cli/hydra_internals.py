@@ -1,6 +1,6 @@
 """The private Hydra and OmegaConf internals the runner relies on, each used from here only.
 
-Hydra 1.3 offers no public API for what `python -m runner` does before Hydra starts (runner/preflight.py composes the
+Hydra 1.3 offers no public API for what `python -m runner` does before Hydra starts (runner/cli/preflight.py composes the
 config the way @hydra.main will, parses Hydra's own flags, lists a sweep's jobs): these wrap the `hydra._internal`
 pieces it uses, and the two OmegaConf node accessors that read a value without resolving it. Upstream may move any of
 them in a release; tests/integration/test_upstream.py checks every one and names what changed. The library (runner/profiler/)

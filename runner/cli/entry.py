@@ -1,6 +1,6 @@
 """`python -m runner` / `moe-runner`: compose the config with Hydra and run one job (or a sweep with -m).
 
-Nothing else lives here: the schema is runner/schema.py, a job is runner/job.py, the sweep summary runner/callbacks.py.
+Nothing else lives here: the schema is runner/config/schema.py, a job is runner/job/pipeline.py, the sweep summary runner/cli/callbacks.py.
 """
 from __future__ import annotations
 
@@ -12,29 +12,29 @@ import signal
 import sys
 
 from runner.errors import INTERRUPT
-from runner.schema import CONFIG_DIR, register_configs
-from runner.validation import check_command_line, expand_shorthands
+from runner.config.schema import CONFIG_DIR, register_configs
+from runner.config.checks import check_command_line, expand_shorthands
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from runner.job import run
+    from runner.job.pipeline import run
 
     return run(cfg)
 
 
 def cli() -> None:
     """Unknown keys fail before Hydra composes (its hint would suggest `+key=`, which only hides the typo); then the
-    preflight (runner/preflight.py) composes every planned job and checks its targets before Hydra starts any;
+    preflight (runner/cli/preflight.py) composes every planned job and checks its targets before Hydra starts any;
     Ctrl-C ends in one line and exit 130."""
     signal.signal(signal.SIGINT, _on_interrupt)
     sys.argv[1:] = expand_shorthands(sys.argv[1:])
     try:
         error = check_command_line(sys.argv[1:])
         if not error:
-            from runner.preflight import preflight
+            from runner.cli.preflight import preflight
 
             error = preflight(sys.argv[1:])  # the composed config(s) of every planned job, before anything runs
         if error:

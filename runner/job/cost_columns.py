@@ -1,17 +1,17 @@
-"""The job's whole-model cost columns (runner/profiler/run_cost.py computes them): what job.py hands over, and the
+"""The job's whole-model cost columns (runner/profiler/cost_run.py computes them): what job.py hands over, and the
 device's peaks (the config's, else the table of known GPUs; none on CPU)."""
 from __future__ import annotations
 
 from typing import Any
 
-from .results import RunRecord
-from .schema import RunnerConfig
+from ..results import RunRecord
+from ..config.schema import RunnerConfig
 
 
 def add(conf: RunnerConfig, row: RunRecord, profiler, layers, experts, loaded) -> tuple[Any, Any]:
     """Fill `row`'s cost columns; returns (layers with their `param_bytes`, experts) for the job to write."""
-    from .profiler.hardware import peak_for
-    from .profiler.run_cost import cost_columns
+    from ..profiler.cost_hardware import peak_for
+    from ..profiler.cost_run import cost_columns
 
     tflops, bandwidth = peak_for(row.device_name, conf.device.peak_tflops, conf.device.peak_bandwidth_gbs,
                                  cuda=loaded.device.type == "cuda")

@@ -3,7 +3,7 @@
 This module is the Hydra glue only: the summary table and its rendering are runner/results/summaries.py.
 
 on_multirun_start (launching process): works out the planned job list (basic sweeper), writes <sweep>/sweep.json.
-on_job_start / on_job_end (the job's process): a progress line each, i/N, elapsed and ETA (runner/progress.py).
+on_job_start / on_job_end (the job's process): a progress line each, i/N, elapsed and ETA (runner/cli/progress.py).
 on_multirun_end: rows of this sweep from results_dir/table=runs -> <sweep>/summary.parquet; prints k vs FLOPs/token vs
 loss per model and the failed jobs; a planned job with no row (its process died: os._exit, OOM kill, timeout) gets a
 `failed` row; exits 1 when anything failed. When a launcher raises (Hydra 1.3 then skips on_multirun_end) the same
@@ -24,7 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import one_line
+from ..errors import one_line
 from .progress import JobClock
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ class SweepSummary(Callback):
         import pyarrow.dataset  # noqa: F401
         import pyarrow.parquet  # noqa: F401
 
-        from . import provenance, results  # noqa: F401
-        from .results import sweep_id_for
+        from ..results import provenance
+        from .. import results  # noqa: F401
+        from ..results import sweep_id_for
 
         provenance.provenance()
 
@@ -121,7 +122,7 @@ class SweepSummary(Callback):
             sys.exit(1)
 
     def _at_exit(self, state: dict[str, Any]) -> None:
-        from .errors import INTERRUPT
+        from ..errors import INTERRUPT
 
         if INTERRUPT["requested"]:  # Ctrl-C: the running job recorded itself; the rest never started
             state["done"] = True
@@ -135,7 +136,7 @@ class SweepSummary(Callback):
     # -- work ------------------------------------------------------------------------------------------------------------
     def finish(self, state: dict[str, Any]) -> int:
         """Record lost jobs, write summary.parquet, print the summary. Returns the number of failed jobs."""
-        from .results import combine, render, sweep_runs
+        from ..results import combine, render, sweep_runs
 
         state["done"] = True
         runs = sweep_runs(state["results_dir"], state["sweep_id"])
@@ -159,8 +160,8 @@ class SweepSummary(Callback):
         """The sweep's HTML report, its path as the last line; a failure is one warning, the summary stands."""
         start = time.perf_counter()
         try:
-            from .report import write_report
-            from .results.select import Selection
+            from ..report import write_report
+            from ..results.select import Selection
 
             sweep_dir = Path(state["sweep_dir"])
             selection = Selection(summary, Path(state["results_dir"]), f"sweep {state['sweep_id']} ({sweep_dir})",
@@ -172,7 +173,7 @@ class SweepSummary(Callback):
                   f"retry with python -m runner.report {state['sweep_dir']}", file=sys.stderr, flush=True)
 
     def _record_lost(self, state: dict[str, Any], runs) -> int:
-        from . import results
+        from .. import results
 
         seen = {int(n) for n in runs["job_num"].dropna()} if len(runs) else set()
         jobs: dict[int, list[str]] = {}

@@ -1,7 +1,7 @@
 """Robustness round 2 (issue 13): bad model configs, seeds, data files, results files and baselines end in one clear
 line and a non-zero exit (or a named warning), never a traceback, lost results or a silently wrong number. Jobs run
 in-process; the streaming data readers (item 18) are tests/unit/test_data_readers.py, a run on 50 MB files through
-the CLI tests/e2e/test_cli_robustness.py."""
+the CLI tests/e2e/test_cli_refusals.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,9 @@ import pytest
 
 from helpers.jobs import compose_job, run_job, table
 from runner import baseline as bl
-from runner import models, results
-from runner.callbacks import SweepSummary
+from runner.job import models
+from runner import results
+from runner.cli.callbacks import SweepSummary
 
 SMALL = ("max_batches=2", "seq_len=64")
 ERROR_PREFIX = "runner: error: "

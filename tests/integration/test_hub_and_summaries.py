@@ -1,5 +1,5 @@
 """Issue 10 §2/§3: a newcomer's first hour, in-process. Hub probe, loading results, labels, summary, keys. Through the
-CLI (unreachable hub, help, typos, logs): tests/e2e/test_cli_newcomer.py."""
+CLI (unreachable hub, help, typos, logs): tests/e2e/test_cli_help_and_typos.py."""
 from __future__ import annotations
 
 import http.server
@@ -23,7 +23,7 @@ def test_reachable_hub_keeps_the_online_path(monkeypatch):
     """A hub that answers (a local HTTP server here) is reachable: the runner goes online after a cache miss."""
     from huggingface_hub import constants
 
-    from runner import hub
+    from runner.job import hub
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):  # noqa: N802 - http.server's naming
@@ -184,7 +184,7 @@ def test_dataset_labels_describe_what_was_loaded(tmp_path, monkeypatch):
 
 def test_dataset_hf_without_a_path_says_what_to_set(tmp_path):
     from runner.errors import ConfigError
-    from runner.validation import validate
+    from runner.config.checks import validate
 
     with pytest.raises(ConfigError, match=r"^dataset.path: dataset=hf needs a path: .*or use dataset=wikitext2$"):
         validate(compose_job(tmp_path, "dataset=hf"))
@@ -262,7 +262,7 @@ def test_kl_rounding_noise_is_clamped_at_zero():
 # -- §3.7: unknown keys from a config are refused too (from the command line: tests/e2e) -------------------------------
 def test_unknown_keys_from_a_config_are_refused_too(tmp_path):
     from runner.errors import ConfigError
-    from runner.validation import validate
+    from runner.config.checks import validate
 
     with pytest.raises(ConfigError, match=r"^model.hiden_size: unknown key .*; selector.treshold: unknown key "
                                           r"\(did you mean selector.threshold\?\)"):

@@ -22,7 +22,7 @@ from torch import nn
 
 from handlers.base import Scoring
 
-from .analyses import Analyses
+from .analysis_set import Analyses
 from .drops import add_call_drops, add_staged_drops
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static

@@ -16,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from handlers.base import EXPERT_COUNT_FIELDS
 
-from .errors import ConfigError
-from .eval_harness import check_config as check_eval
+from ..errors import ConfigError
+from ..job.eval_harness import check_config as check_eval
 from .help import OTHER_GROUPS
 from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
                      DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
-from .tokenizer import BYTE_VOCAB_SIZE
+from ..job.tokenizer import BYTE_VOCAB_SIZE
 
 
 def _fail(key: str, message: str) -> None:
@@ -237,7 +237,7 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             _fail(f"selector.{key}", f"must be finite, got {value!r}")
     if experts is not None:  # the full check again, with the model's real expert count, when the model is loaded
-        from .profiler.selectors import SelectorError, validate_params
+        from ..profiler.selectors import SelectorError, validate_params
 
         try:
             validate_params(name, {k: v for k, v in params.items() if v is not None}, experts)
@@ -292,7 +292,7 @@ def check_command_line(argv: list[str]) -> Optional[str]:
     `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .hydra_internals import args_parser
+    from ..cli.hydra_internals import args_parser
 
     args, _ = args_parser().parse_known_args(argv)
     try:

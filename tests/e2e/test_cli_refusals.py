@@ -1,6 +1,6 @@
 """Issue 13, robustness round 2, through `python -m runner`: bad configs end in one line and exit 1 before anything
 runs or is written (the processes are started together), and a 50 MB data file does not grow the peak memory. The
-same checks in-process: tests/integration/test_robustness_config.py and test_robustness_data.py."""
+same checks in-process: tests/integration/test_config_refusals.py and test_robustness_data.py."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ def cli(tmp_path_factory):
         "group_int": ["model=5"],
         "sweep_typo": ["-m", "model=olmoe_tiny,olmo", "max_batches=1", "seq_len=32"],
         "evil_experiment": ["--config-dir", str(confdir), "experiment=evil", "max_batches=1", "seq_len=32"],
-        "touch": ["+hydra.callbacks.t._target_=runner.job.Path.touch", f"+hydra.callbacks.t._args_=[{tmp / 'made'}]",
+        "touch": ["+hydra.callbacks.t._target_=runner.job.pipeline.Path.touch", f"+hydra.callbacks.t._args_=[{tmp / 'made'}]",
                   "max_batches=1", "seq_len=32"],
         "broken_yaml": ["--config-dir", str(confdir), "experiment=broken"],
     }
@@ -89,7 +89,7 @@ def test_an_experiment_cannot_open_a_file(cli):
 def test_a_target_reached_through_a_project_module_is_refused(cli):
     tmp, runs = cli
     line = one_line(runs["touch"])
-    assert "hydra.callbacks.t._target_: 'runner.job.Path.touch' is not a class defined in runner.*" in line
+    assert "hydra.callbacks.t._target_: 'runner.job.pipeline.Path.touch' is not a class defined in runner.*" in line
     assert not (tmp / "made").exists()
 
 

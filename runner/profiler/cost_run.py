@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .evaluate import DECODE, PREFILL
-from .model_cost import byte_counts, expected_unique
+from .cost_model import byte_counts, expected_unique
 
 
 def _element_bytes(model) -> int:

@@ -17,8 +17,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError, DataError, one_line
-from .schema import EvalConfig, Weights
+from ..errors import ConfigError, DataError, one_line
+from ..config.schema import EvalConfig, Weights
 
 EVAL_PHASE = "eval"
 EVAL_OFF, LM_EVAL = "none", "lm_eval"
@@ -29,7 +29,7 @@ LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for loca
 
 
 def check_config(ev: EvalConfig, weights: Weights) -> None:
-    """The eval group's checks before anything loads (called by runner/validation.py); ConfigError naming the key."""
+    """The eval group's checks before anything loads (called by runner/config/checks.py); ConfigError naming the key."""
     if ev.name == EVAL_OFF:
         return
     if ev.name != LM_EVAL:

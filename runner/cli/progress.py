@@ -1,7 +1,7 @@
 """Sweep-level progress: one line when a job starts and one when it ends, with i/N, the sweep's elapsed time and an
 ETA, printed (with or without a terminal: SLURM and nohup logs get them too) and appended to <sweep dir>/sweep.log.
-The per-job bar (tqdm, terminals only) is the job's own (runner/job.py). Called by the sweep callback
-(runner/callbacks.py) from Hydra's on_job_start / on_job_end, in whichever process runs the job.
+The per-job bar (tqdm, terminals only) is the job's own (runner/job/pipeline.py). Called by the sweep callback
+(runner/cli/callbacks.py) from Hydra's on_job_start / on_job_end, in whichever process runs the job.
 
 The ETA is the mean time per finished job so far times the jobs left, counting the jobs before this one as
 finished: exact bookkeeping for the basic launcher (one job after another), an estimate for parallel launchers."""

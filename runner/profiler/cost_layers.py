@@ -9,8 +9,8 @@ import pandas as pd
 from torch import nn
 
 from . import upstream
-from .flops import count_flops
-from .model_cost import embedding_params
+from .cost_formulas import count_flops
+from .cost_model import embedding_params
 from .scan import MoELayer, read_live_top_k
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import DataError, one_line
-from .schema import DatasetConfig
+from ..errors import DataError, one_line
+from ..config.schema import DatasetConfig
 
 
 def file_format(path: Path, fmt: str) -> str:

@@ -21,13 +21,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import costs, data, eval_harness, results
-from .errors import RunnerError, describe, known_errors, one_line
-from .results import RunRecord, sweep_id_for
-from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
-from .slurm import job_id as slurm_job_id
+from . import cost_columns as costs, data, eval_harness
+from .. import results
+from ..errors import RunnerError, describe, known_errors, one_line
+from ..results import RunRecord, sweep_id_for
+from ..config.schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
+from ..slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
-from .validation import check_loaded, validate
+from ..config.checks import check_loaded, validate
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -196,7 +197,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _interrupted(cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str, results_dir: str | None,
                  start: float) -> None:
-    from .errors import INTERRUPT
+    from ..errors import INTERRUPT
 
     with contextlib.suppress(BaseException):  # a second Ctrl-C while recording gives up on the row
         results_dir = results_dir or str(results.check_writable(ctx.absolute(str(_raw(cfg, "results_dir")))))
@@ -245,9 +246,9 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
     """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
     frames (None: no rows)."""
-    from . import analysis, dispatch, models
-    from .profiler import MOEProfiler
-    from .profiler.evaluate import PHASES, PREFILL, without_prompt_pass
+    from . import analysis_tables as analysis, device_map as dispatch, models
+    from ..profiler import MOEProfiler
+    from ..profiler.evaluate import PHASES, PREFILL, without_prompt_pass
 
     m, d = conf.model, conf.dataset
     row.stamp_provenance()
@@ -351,7 +352,7 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
 def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord, tracer) -> int:
     """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
     FLOP-counted tokens."""
-    from .profiler.evaluate import evaluate
+    from ..profiler.evaluate import evaluate
 
     tok = loaded.tokenizer
     ids = blocks.ids

@@ -20,9 +20,9 @@ import math
 import sys
 from typing import Any, Sequence
 
-from .baseline import EXIT_DIFF, EXIT_OK, EXIT_USAGE, ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, job_key
-from .errors import ResultsNotFound
-from .schema import OWN_ROUTING
+from . import EXIT_DIFF, EXIT_OK, EXIT_USAGE, ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, job_key
+from ..errors import ResultsNotFound
+from ..config.schema import OWN_ROUTING
 
 # (runs column, label, check): exact | routing (exact under own routing, ROUTING_RTOL otherwise) | loss | faster |
 # slower (timing, with --time-ratio) | "" (shown only)
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="check timing: fail when B is more than this many times slower than A (tokens/s, TTFT, "
                              "TPOT); default: timing not checked")
     args = parser.parse_args(argv)
-    from .results.select import select
+    from ..results.select import select
 
     try:
         if not args.loss_rtol >= 0 or not math.isfinite(args.loss_rtol):

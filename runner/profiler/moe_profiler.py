@@ -17,12 +17,12 @@ from torch import nn
 
 from . import frames, upstream
 from .attach import Attachment, ProfilerError, layer_device
-from .cost import Cost
+from .cost_layers import Cost
 from .latency import LayerTimer
-from .model_cost import ForwardCost, forward_cost
-from .analyses import Analyses
-from .record import RoutingRecorder
-from .routing import Routing
+from .cost_model import ForwardCost, forward_cost
+from .analysis_set import Analyses
+from .accumulators import RoutingRecorder
+from .routing_control import Routing
 from .scan import MoELayer, scan_model, text_config
 
 __all__ = ["Analyses", "MOEProfiler", "ProfilerError"]

@@ -2,11 +2,11 @@
 
 The schema is the first entry of conf/config.yaml's defaults list, so every value composed after it is type-checked
 and every unknown key fails at composition time, naming the key. `validate(cfg)` (called by the job before anything is
-loaded) converts the composed config into these dataclasses; the checks are in runner/validation.py, the generated
-`--help` in runner/help.py.
+loaded) converts the composed config into these dataclasses; the checks are in runner/config/checks.py, the generated
+`--help` in runner/config/help.py.
 
-No torch or transformers imports here, nor in what this imports (handlers, runner.profiler.selector_names,
-runner.tokenizer): composing and validating a config stays fast.
+No torch or transformers imports here, nor in what this imports (handlers, runner.profiler.selector_registry,
+runner.job.tokenizer): composing and validating a config stays fast.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from .profiler.analyses import CAPACITY_FACTORS
-from .profiler.selector_names import SELECTOR_NAMES
+from ..profiler.analysis_set import CAPACITY_FACTORS
+from ..profiler.selector_registry import SELECTOR_NAMES
 
 # `selector=router`: the model's own router at `topk`, no per-token selection. The other app selectors are the
 # library's dynamic-k policies (its static "topk" policy is for library use: the router does that itself).
@@ -28,9 +28,9 @@ OWN_ROUTING = "router"
 APP_SELECTORS = (OWN_ROUTING, *(name for name in SELECTOR_NAMES if name != "topk"))
 
 # conf/ ships inside the wheel as runner/conf (pyproject force-include); a checkout or editable install has <repo>/conf.
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not CONFIG_DIR.is_dir():
-    CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+    CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
@@ -52,13 +52,13 @@ class Weights(Enum):
 
 
 class DatasetKind(Enum):
-    builtin = "builtin"  # the text shipped in runner/corpus.py
+    builtin = "builtin"  # the text shipped in runner/job/corpus.py
     hf = "hf"  # datasets.load_dataset(path, config_name, split=split + slice, data_files=...)
     local = "local"  # local .txt / .jsonl / .json / .parquet files
 
 
 def doc(help: str, default: Any = MISSING, factory: Any = None) -> Any:
-    """A config field with its one line of help, printed by `python -m runner --help` (runner/help.py)."""
+    """A config field with its one line of help, printed by `python -m runner --help` (runner/config/help.py)."""
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -88,7 +88,7 @@ class ModelConfig:
 class DatasetConfig:
     """where the text comes from and which slice of it"""
 
-    kind: DatasetKind = doc("builtin (runner/corpus.py) | hf (datasets.load_dataset) | local (files)",
+    kind: DatasetKind = doc("builtin (runner/job/corpus.py) | hf (datasets.load_dataset) | local (files)",
                             DatasetKind.builtin)
     name: Optional[str] = doc("label in the results; null: derived from what is loaded", None)
     path: Optional[str] = doc("hf: hub id, builder (json, csv, parquet, text) or save_to_disk dir; local: file or glob",
@@ -119,7 +119,7 @@ class DeviceConfig:
     num_threads: Optional[int] = doc("CPU intra-op threads; null: 1 for models under 100M parameters, else torch's",
                                      None)
     peak_tflops: Optional[float] = doc("the device's peak dense TFLOP/s for S-MFU; null: the table of known GPUs "
-                                       "(runner/profiler/hardware.py), none on CPU", None)
+                                       "(runner/profiler/cost_hardware.py), none on CPU", None)
     peak_bandwidth_gbs: Optional[float] = doc("the device's peak memory bandwidth in GB/s for S-MBU; null: the table", None)
 
 
@@ -246,7 +246,7 @@ class RunnerConfig:
                        "(python -m runner.report)", True)
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object / validate()
-        from .validation import check
+        from .checks import check
 
         check(self)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import ConfigError, DeviceError, one_line
-from .schema import DeviceConfig
+from ..errors import ConfigError, DeviceError, one_line
+from ..config.schema import DeviceConfig
 
 NEAR_FULL = 0.95  # a GPU whose peak reserved memory passed this share of its capacity is flagged in the summaries
 INSTALL = "pip install accelerate"  # or the project's extra: pip install 'moe-profiler[multi]'
@@ -49,7 +49,7 @@ def spread(model, device: DeviceConfig, dtype):
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
-    from .profiler.upstream import placement_hints
+    from ..profiler.upstream import placement_hints
 
     no_split, skip_keys = placement_hints(model)
     limits = max_memory(device)
