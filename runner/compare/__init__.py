@@ -1,0 +1,1 @@
+"""`python -m runner.compare` (a command path kept); the code: runner/baseline/sweep_compare.py."""
