@@ -62,10 +62,22 @@ def one_line(text_or_exc: object, limit: int | None = None) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line: '<Kind>: message' for engine errors, the message alone for the runner's."""
-    from .config.checks import config_message
+    from .errors import config_message
 
     message = config_message(exc) if not isinstance(exc, RunnerError) else one_line(exc, None)
     kind = type(exc).__name__
     if isinstance(exc, RunnerError) or not message:
         return message or kind
     return f"{kind}: {message}"
+
+
+def config_message(exc: BaseException) -> str:
+    """An OmegaConf/Hydra error on one line: their messages carry 'full_key: ...' detail lines; keep the message (its
+    first line) and the key."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+    head = lines[0]
+    return f"{key}: {head}" if key and key not in head else head

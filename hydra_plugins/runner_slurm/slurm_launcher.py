@@ -97,7 +97,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from hydra.core.hydra_config import HydraConfig
 
         from runner import results, slurm
-        from runner.job.pipeline import config_hash
+        from runner.config.identity import config_hash
 
         found = set()
         for num, overrides in jobs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from ..config.schema import OWN_ROUTING
+from ..profiler.selector_registry import OWN_ROUTING
 from ..job.threads import intra_op_threads
 from .entries import LOSS_RTOL, ROUTING_RTOL, Entry, clean, grouped, selector_label
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from . import EXIT_DIFF, EXIT_OK, EXIT_USAGE, ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, job_key
 from ..errors import ResultsNotFound
-from ..config.schema import OWN_ROUTING
+from ..profiler.selector_registry import OWN_ROUTING
 
 # (runs column, label, check): exact | routing (exact under own routing, ROUTING_RTOL otherwise) | loss | faster |
 # slower (timing, with --time-ratio) | "" (shown only)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import one_line
-from ..config.schema import OWN_ROUTING
+from ..profiler.selector_registry import OWN_ROUTING
 from .entries import ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, Entry, clean, selector_label
 
 

@@ -12,8 +12,9 @@ import signal
 import sys
 
 from runner.errors import INTERRUPT
-from runner.config.schema import CONFIG_DIR, register_configs
-from runner.config.checks import check_command_line, expand_shorthands
+from runner.config.schema import CONFIG_DIR
+from runner.config.help import register_configs
+from runner.cli.preflight import check_command_line, expand_shorthands
 
 register_configs()
 

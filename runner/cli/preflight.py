@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..config.checks import unknown_keys
 from ..errors import ConfigError, one_line
 from .hydra_internals import Composer, app_search_path, args_parser, child_node, group_exists, locate, raw_value
 
@@ -114,8 +115,6 @@ def _is_class(value: str) -> bool:
 
 def check_composed(cfg: DictConfig, job: str = "") -> None:
     """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
-    from ..config.checks import unknown_keys
-
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     unknown = unknown_keys(plain)
     if unknown:
@@ -180,8 +179,6 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
         cause = cause.__cause__ or cause.__context__
     from omegaconf.errors import ConfigKeyError
 
-    from ..config.checks import unknown_keys
-
     cause = exc
     while cause is not None:  # a key an experiment or --config-dir file sets that the schema lacks
         if isinstance(cause, ConfigKeyError) and getattr(cause, "full_key", None):
@@ -203,8 +200,9 @@ def preflight(argv: list[str]) -> Optional[str]:
     """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from ..config.schema import CONFIG_DIR, register_configs
-    from ..config.checks import config_message
+    from ..config.schema import CONFIG_DIR
+    from ..config.help import register_configs
+    from ..errors import config_message
 
     register_configs()  # the schema node of conf/config.yaml's defaults (idempotent)
 
@@ -264,3 +262,34 @@ def preflight(argv: list[str]) -> Optional[str]:
         return None
     finally:
         GlobalHydra.instance().clear()
+
+
+def expand_shorthands(argv: list[str]) -> list[str]:
+    """`trace=true` (or a sweep `trace=true,false`) is short for `trace.enabled=...`: Hydra cannot type one key as both
+    a bool and a node holding trace.logits and trace.max_tokens."""
+    return [f"trace.enabled={arg.split('=', 1)[1]}" if arg.startswith("trace=") else arg for arg in argv]
+
+
+
+
+def check_command_line(argv: list[str]) -> Optional[str]:
+    """The first override on a `python -m runner` command line whose key the schema lacks (`topK=4`, `+topK=4`,
+    `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = args_parser().parse_known_args(argv)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
+        return None
+    for override in overrides:
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or override.package is not None:
+            continue
+        nested: dict = {}
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        errors = unknown_keys(nested)
+        if errors:
+            return errors[0]
+    return None

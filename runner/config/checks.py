@@ -10,18 +10,20 @@ import math
 import re
 import sys
 from enum import Enum
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from handlers.base import EXPERT_COUNT_FIELDS
 
-from ..errors import ConfigError
-from ..job.eval_harness import check_config as check_eval
+from ..errors import ConfigError, config_message
+from ..profiler.selector_registry import OWN_ROUTING
 from .help import OTHER_GROUPS
-from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
-                     DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
-from ..job.tokenizer import BYTE_VOCAB_SIZE
+from .schema import (APP_SELECTORS, BYTE_VOCAB_SIZE, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, EVAL_OFF,
+                     INT32_MAX, INT64_MAX, LM_EVAL, MEMORY_SIZE, ON_ERROR, QUALITY, SLICE, SLUG, TOPK_FIELDS, DatasetKind,
+                     DeviceConfig, DimsConfig, EvalConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
 
 
 def _fail(key: str, message: str) -> None:
@@ -162,12 +164,6 @@ def check_analysis(cfg: RunnerConfig) -> None:
         _fail("trace.logits", "adds to the trace, so it needs trace=true")
 
 
-def expand_shorthands(argv: list[str]) -> list[str]:
-    """`trace=true` (or a sweep `trace=true,false`) is short for `trace.enabled=...`: Hydra cannot type one key as both
-    a bool and a node holding trace.logits and trace.max_tokens."""
-    return [f"trace.enabled={arg.split('=', 1)[1]}" if arg.startswith("trace=") else arg for arg in argv]
-
-
 def check_loaded(conf: RunnerConfig, model, profiler) -> None:
     """What only the loaded model can tell: its own top-k against its experts, its position table against seq_len;
     and a dimension given by hand (or in the config) that contradicts the weights, as one warning line."""
@@ -263,6 +259,7 @@ def validate(cfg: DictConfig) -> RunnerConfig:
             raise cause from None
         raise ConfigError(config_message(exc)) from None
     assert isinstance(obj, RunnerConfig)
+    check(obj)
     return obj
 
 
@@ -287,41 +284,29 @@ def unknown_keys(data: dict, cls: type = None, prefix: str = "") -> list[str]:
     return errors
 
 
-def check_command_line(argv: list[str]) -> Optional[str]:
-    """The first override on a `python -m runner` command line whose key the schema lacks (`topK=4`, `+topK=4`,
-    `model.hiden_size=1`), as an error message; None when all are known. Hydra's own syntax errors are left to it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ..cli.hydra_internals import args_parser
-
-    args, _ = args_parser().parse_known_args(argv)
-    try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
-        return None
-    for override in overrides:
-        key = override.key_or_group
-        if key.startswith("hydra") or "/" in key or override.package is not None:
-            continue
-        nested: dict = {}
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        errors = unknown_keys(nested)
-        if errors:
-            return errors[0]
-    return None
+EVAL_INSTALL = 'pip install -e ".[eval]"'
+# HFLM imports accelerate at import time (lm-eval's own `hf` extra brings it); the `eval` extra installs both
+EVAL_NEEDS = ("lm_eval", "accelerate")
 
 
-def config_message(exc: BaseException) -> str:
-    """An OmegaConf/Hydra error on one line: their messages carry 'full_key: ...' detail lines; keep the message (its
-    first line) and the key."""
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
-    head = lines[0]
-    return f"{key}: {head}" if key and key not in head else head
-
-
-# groups that are not fields of RunnerConfig, and Hydra's own launchers (the presets are conf/hydra/launcher/*.yaml)
+def check_eval(ev: EvalConfig, weights: Weights) -> None:
+    """The eval group's checks before anything loads; ConfigError naming the key."""
+    if ev.name == EVAL_OFF:
+        return
+    if ev.name != LM_EVAL:
+        raise ConfigError(f"eval: unknown option {ev.name!r}; use eval=none or eval=lm_eval")
+    missing = [name for name in EVAL_NEEDS if find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {EVAL_INSTALL}")
+    if not ev.tasks:
+        raise ConfigError("eval.tasks: eval=lm_eval needs at least one task, e.g. eval.tasks=[arc_easy,piqa]")
+    if weights is Weights.meta:
+        raise ConfigError("eval=lm_eval: model.weights=meta has no weights to score tasks with; use "
+                          "model.weights=pretrained or random")
+    for key, value, low in (("num_fewshot", ev.num_fewshot, 0), ("batch_size", ev.batch_size, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"eval.{key}: must be >= {low}, got {value}")
+    if ev.limit is not None and (ev.limit <= 0 or (ev.limit >= 1 and ev.limit != int(ev.limit))):
+        raise ConfigError(f"eval.limit: {ev.limit} must be a whole number of examples or a fraction in (0, 1)")
+    if ev.include_path is not None and not Path(ev.include_path).expanduser().is_dir():
+        raise ConfigError(f"eval.include_path: {ev.include_path!r} is not a directory (of local task YAMLs)")

@@ -66,3 +66,12 @@ def launcher_presets() -> dict[str, str]:
         text = next((c for c in comments if not c.startswith(("@package", "python -m"))), "")
         presets[path.stem] = f"preset: {text}"
     return presets
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="runner_schema", node=RunnerConfig)
+    store.store(group="hydra/help", name="runner_help",
+                node={"app_name": "runner", "header": "", "footer": "", "template": help_text()})

@@ -20,11 +20,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from ..profiler.analysis_set import CAPACITY_FACTORS
-from ..profiler.selector_registry import SELECTOR_NAMES
+from ..profiler.selector_registry import OWN_ROUTING, SELECTOR_NAMES
 
-# `selector=router`: the model's own router at `topk`, no per-token selection. The other app selectors are the
-# library's dynamic-k policies (its static "topk" policy is for library use: the router does that itself).
-OWN_ROUTING = "router"
+# the app's selectors: the model's own routing, and the library's dynamic-k policies (its static "topk" policy is
+# for library use: the router does that itself)
 APP_SELECTORS = (OWN_ROUTING, *(name for name in SELECTOR_NAMES if name != "topk"))
 
 # conf/ ships inside the wheel as runner/conf (pyproject force-include); a checkout or editable install has <repo>/conf.
@@ -42,6 +41,9 @@ ON_ERROR = ("auto", "raise", "record")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUALITY = ("auto", "always", "never")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
+# the built-in byte tokenizer (runner/job/tokenizer.py): 256 bytes + <pad> <bos> <eos>; tiny models' vocab_size
+BYTE_VOCAB_SIZE = 259
+EVAL_OFF, LM_EVAL = "none", "lm_eval"  # the eval group's options
 MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)  # 70GiB, 500MB, 1073741824
 
 
@@ -244,36 +246,3 @@ class RunnerConfig:
     debug: bool = doc("show tracebacks instead of one-line errors", False)
     report: bool = doc("at the end of a multirun, write <sweep dir>/report/report.html with plots "
                        "(python -m runner.report)", True)
-
-    def __post_init__(self) -> None:  # runs in OmegaConf.to_object / validate()
-        from .checks import check
-
-        check(self)
-
-
-# keys that say where results go or how errors are reported, not what is measured: left out of the config hash
-NON_RESULT_KEYS = ("out_root", "results_dir", "resume", "on_error", "progress", "debug", "tag", "report")
-
-
-def canonical_json(data: Any) -> str:
-    """`data` as JSON with sorted keys, every key a string: the form config hashes are taken of (device.max_memory mixes
-    GPU indices and `cpu`, which json cannot sort together)."""
-    import json
-
-    def keyed(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {str(k): keyed(v) for k, v in obj.items()}
-        return [keyed(v) for v in obj] if isinstance(obj, (list, tuple)) else obj
-
-    return json.dumps(keyed(data), sort_keys=True, default=str)
-
-
-def register_configs() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    from .help import help_text
-
-    store = ConfigStore.instance()
-    store.store(name="runner_schema", node=RunnerConfig)
-    store.store(group="hydra/help", name="runner_help",
-                node={"app_name": "runner", "header": "", "footer": "", "template": help_text()})

@@ -1,4 +1,5 @@
-"""A model spread over several devices (device.device_map, accelerate), and the memory each GPU used.
+"""A model spread over several devices (device.device_map, accelerate); the memory each GPU used is
+runner/results/gpu_memory.py.
 
 Pretrained weights: from_pretrained(device_map=..., max_memory=..., offload_folder=...) places them as it loads.
 Random weights: built on the CPU first (seeded: equal to a `device=cpu` build of the same dtype and seed), then
@@ -8,13 +9,11 @@ first GPU for each forward, so a model split between a GPU and the CPU computes 
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..errors import ConfigError, DeviceError, one_line
 from ..config.schema import DeviceConfig
 
-NEAR_FULL = 0.95  # a GPU whose peak reserved memory passed this share of its capacity is flagged in the summaries
 INSTALL = "pip install accelerate"  # or the project's extra: pip install 'moe-profiler[multi]'
 
 
@@ -99,29 +98,3 @@ def describe(model) -> str | None:
     names = [f"{gpus.count(name)} x {name}" for name in dict.fromkeys(gpus)]
     offloaded = [d for d in places if d == "disk" or (d == "cpu" and gpus)]  # the CPU computes only without GPUs
     return " + ".join(names + ["cpu"] * ("cpu" in places and not gpus) + [f"{d} offload" for d in offloaded])
-
-
-def memory_columns(memory) -> dict[str, Any]:
-    """The runs columns of MOEProfiler.memory_df(): the peaks over the GPUs and, per GPU, its peaks and capacity."""
-    if not len(memory):
-        return {}
-    by_device = {row.device: dict(name=row.name, peak_allocated_bytes=int(row.peak_allocated_bytes),
-                                  peak_reserved_bytes=int(row.peak_reserved_bytes), total_bytes=int(row.total_bytes))
-                 for row in memory.itertuples()}
-    return dict(peak_allocated_bytes=int(memory["peak_allocated_bytes"].max()),
-                peak_reserved_bytes=int(memory["peak_reserved_bytes"].max()),
-                memory_by_device=json.dumps(by_device, sort_keys=True))
-
-
-def near_full(memory_by_device: str | None) -> list[str]:
-    """'cuda:1 at 97 % (77.2 of 79.6 GiB reserved)' for each GPU whose peak reserved memory passed NEAR_FULL of its
-    capacity (a runs row's memory_by_device)."""
-    if not isinstance(memory_by_device, str):
-        return []
-    out = []
-    for device, peaks in json.loads(memory_by_device).items():
-        share = peaks["peak_reserved_bytes"] / peaks["total_bytes"] if peaks.get("total_bytes") else 0.0
-        if share > NEAR_FULL:
-            out.append(f"{device} at {share:.0%} ({peaks['peak_reserved_bytes'] / 2**30:.1f} of "
-                       f"{peaks['total_bytes'] / 2**30:.1f} GiB reserved)")
-    return out

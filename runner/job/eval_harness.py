@@ -18,37 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError, one_line
-from ..config.schema import EvalConfig, Weights
+from ..config.schema import LM_EVAL, EvalConfig
 
 EVAL_PHASE = "eval"
-EVAL_OFF, LM_EVAL = "none", "lm_eval"
-INSTALL = 'pip install -e ".[eval]"'
-# HFLM imports accelerate at import time (lm-eval's own `hf` extra brings it); the `eval` extra installs both
-NEEDED_MODULES = ("lm_eval", "accelerate")
 LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for local ones)"
-
-
-def check_config(ev: EvalConfig, weights: Weights) -> None:
-    """The eval group's checks before anything loads (called by runner/config/checks.py); ConfigError naming the key."""
-    if ev.name == EVAL_OFF:
-        return
-    if ev.name != LM_EVAL:
-        raise ConfigError(f"eval: unknown option {ev.name!r}; use eval=none or eval=lm_eval")
-    missing = [name for name in NEEDED_MODULES if find_spec(name) is None]
-    if missing:
-        raise ConfigError(f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {INSTALL}")
-    if not ev.tasks:
-        raise ConfigError("eval.tasks: eval=lm_eval needs at least one task, e.g. eval.tasks=[arc_easy,piqa]")
-    if weights is Weights.meta:
-        raise ConfigError("eval=lm_eval: model.weights=meta has no weights to score tasks with; use "
-                          "model.weights=pretrained or random")
-    for key, value, low in (("num_fewshot", ev.num_fewshot, 0), ("batch_size", ev.batch_size, 1)):
-        if value is not None and value < low:
-            raise ConfigError(f"eval.{key}: must be >= {low}, got {value}")
-    if ev.limit is not None and (ev.limit <= 0 or (ev.limit >= 1 and ev.limit != int(ev.limit))):
-        raise ConfigError(f"eval.limit: {ev.limit} must be a whole number of examples or a fraction in (0, 1)")
-    if ev.include_path is not None and not Path(ev.include_path).expanduser().is_dir():
-        raise ConfigError(f"eval.include_path: {ev.include_path!r} is not a directory (of local task YAMLs)")
 
 
 def phases(ev: EvalConfig) -> tuple[str, ...]:

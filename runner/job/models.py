@@ -17,7 +17,8 @@ from typing import Any
 
 from . import device_map as dispatch, hub
 from ..errors import ConfigError, DeviceError, ModelUnavailable, one_line
-from ..config.schema import DeviceConfig, ModelConfig, Weights, canonical_json
+from ..config.schema import DeviceConfig, ModelConfig, Weights
+from ..config.identity import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,8 @@ def _load_pretrained(model_cfg: ModelConfig, device_cfg: DeviceConfig, target, d
 
 
 def load_tokenizer(model_cfg: ModelConfig, model) -> tuple[Any, str]:
-    from .tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
+    from ..config.schema import BYTE_VOCAB_SIZE
+    from .tokenizer import byte_tokenizer
 
     name = model_cfg.tokenizer
     if name is None:

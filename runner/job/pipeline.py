@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,10 @@ from . import cost_columns as costs, data, eval_harness
 from .. import results
 from ..errors import RunnerError, describe, known_errors, one_line
 from ..results import RunRecord, sweep_id_for
-from ..config.schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
+from ..results.gpu_memory import memory_columns
+from ..config.identity import config_hash, stored_config
+from ..config.schema import RunnerConfig, Weights
+from ..profiler.selector_registry import OWN_ROUTING
 from ..slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
 from ..config.checks import check_loaded, validate
@@ -82,36 +84,6 @@ def hydra_context() -> JobContext:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved job config minus hydra and output/reporting keys: equal hash <=> same measurement."""
-    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in ("hydra", *NON_RESULT_KEYS):
-        data.pop(key, None)
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
-
-
-# keys whose environment interpolations are resolved in stored configs: where results go (${oc.env:RUNNER_OUT,outputs})
-PATH_KEYS = ("out_root", "results_dir")
-_KEEP_ENV = "runner_keep_env"
-
-
-def stored_config(cfg: DictConfig) -> DictConfig:
-    """`cfg` as stored in the results (config_yaml, tag): every `${oc.env:...}` outside PATH_KEYS stays as written
-    when the rest is resolved, so a shared config cannot copy the environment (tokens, home paths) into results."""
-    if not OmegaConf.has_resolver(_KEEP_ENV):
-        OmegaConf.register_new_resolver(_KEEP_ENV, lambda *args: "${oc.env:" + ",".join(map(str, args)) + "}")
-
-    def keep(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: keep(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [keep(v) for v in node]
-        return node.replace("${oc.env:", "${" + _KEEP_ENV + ":") if isinstance(node, str) else node
-
-    data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return OmegaConf.create({k: v if k in PATH_KEYS else keep(v) for k, v in data.items()})
-
-
 def _stored_tag(cfg: DictConfig) -> Any:
     with contextlib.suppress(Exception):
         return stored_config(cfg).get("tag")
@@ -246,7 +218,7 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
     """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
     frames (None: no rows)."""
-    from . import analysis_tables as analysis, device_map as dispatch, models
+    from . import analysis_tables as analysis, models
     from ..profiler import MOEProfiler
     from ..profiler.evaluate import PHASES, PREFILL, without_prompt_pass
 
@@ -329,7 +301,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
         if "k_mean" in prefill:
             row.k_mean = float(prefill["k_mean"].mean())
-        row.update(**dispatch.memory_columns(profiler.memory_df()))
+        row.update(**memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir)
         return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)

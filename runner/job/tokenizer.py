@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..config.schema import BYTE_VOCAB_SIZE
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-BYTE_VOCAB_SIZE = 259
 
 
 @lru_cache(maxsize=1)
@@ -21,6 +22,7 @@ def byte_tokenizer():
     vocab = {byte_to_char[b]: b for b in range(256)}
     assert set(vocab) == set(alphabet)
     vocab.update({PAD: 256, BOS: 257, EOS: 258})
+    assert len(vocab) == BYTE_VOCAB_SIZE
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import analysis_figures as analyses, page, quality, routing_figures as routing
-from .figures import OWN, comparison_k, ok_runs, reference_job, save, series_labels
+from .figures import OWN_ROUTING, comparison_k, ok_runs, reference_job, save, series_labels
 
 PREFILL = "prefill"
 
@@ -78,7 +78,7 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
                     "relative to the layer's mean load on a log colour scale: 1 is a perfectly balanced layer; black: "
                     "experts that got no token.")
     if layers is not None:
-        dynamic = ok[ok["series"] != OWN].sort_values("topk").drop_duplicates("series", keep="last")
+        dynamic = ok[ok["series"] != OWN_ROUTING].sort_values("topk").drop_duplicates("series", keep="last")
         by_series = {row.series: _of(layers, {row.run_id}) for row in dynamic.itertuples()}
         figures.add("k-histogram", routing.k_histograms(by_series), "k per token (dynamic selectors)",
                     "Share of each layer's tokens routed to k experts, per dynamic selector (its job at the largest "

@@ -10,7 +10,7 @@ from typing import Any
 
 DPI = 80  # modest: readable at 100 % zoom, small files, quick to render
 WIDTH = 12.0  # inches: 960 px at DPI
-OWN = "router"  # runner.config.schema.OWN_ROUTING (not imported: schema pulls in the config machinery)
+from ..profiler.selector_registry import OWN_ROUTING
 
 
 def figure(height: float, columns: int = 1, width: float | None = None, left: float = 1.0, right: float = 0.2,
@@ -73,12 +73,12 @@ def series_labels(runs) -> list[str]:
     that selector's finished jobs, e.g. `cumsum(threshold=0.8)`; `router` = the model's own routing. (A job that failed
     early has only the parameters it was given: it is not compared.)"""
     params = [{k: v for k, v in selector_params(raw).items() if k != "k_max"} for raw in runs["selector_params"]]
-    names = [str(s) if isinstance(s, str) else OWN for s in runs["selector"]]
+    names = [str(s) if isinstance(s, str) else OWN_ROUTING for s in runs["selector"]]
     finished = list(runs["status"].isin(["ok", "skipped"]))
     labels = []
     for name, own in zip(names, params):
-        if name == OWN:
-            labels.append(OWN)
+        if name == OWN_ROUTING:
+            labels.append(OWN_ROUTING)
             continue
         same = [p for n, p, done in zip(names, params, finished) if n == name and done]
         varying = sorted(k for k in {k for p in same for k in p} if len({json.dumps(p.get(k)) for p in same}) > 1)
@@ -121,7 +121,7 @@ def reference_job(runs):
     ok = ok_runs(runs)
     if ok.empty:
         return None
-    own = ok[ok["selector"].fillna(OWN) == OWN]
+    own = ok[ok["selector"].fillna(OWN_ROUTING) == OWN_ROUTING]
     at_default = own[own["topk"] == own["default_topk"]]
     if len(at_default):
         return at_default.iloc[0]
@@ -157,7 +157,7 @@ def colours(labels: list[str]) -> dict[str, Any]:
     """One colour per series label, stable within a figure set (tab10, own routing first)."""
     import matplotlib
 
-    ordered = sorted(set(labels), key=lambda s: (s != OWN, s))
+    ordered = sorted(set(labels), key=lambda s: (s != OWN_ROUTING, s))
     cmap = matplotlib.colormaps["tab10"]
     return {label: cmap(i % 10) for i, label in enumerate(ordered)}
 

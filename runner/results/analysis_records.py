@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from .columns import (Double, Float16List, Int16List, Int32, Int32ListList, Int64, String, col)
-from .records import KeyColumns
+from .key_columns import KeyColumns
 
 PHASE = "`prefill` or `decode`"
 

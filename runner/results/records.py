@@ -24,37 +24,15 @@ from typing import Any
 import pyarrow as pa
 
 from handlers.base import DIMENSIONS
+from .analysis_records import ANALYSIS_RECORDS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
+from .key_columns import SCHEMA_VERSION, KeyColumns
 
-SCHEMA_VERSION = 3
 
 
 def new_run_id() -> str:
     """A run's id: unique per attempt, so nothing is ever overwritten."""
     return uuid.uuid4().hex
-
-
-@dataclasses.dataclass(slots=True)
-class KeyColumns:
-    """The columns every table starts with: they join a layers or experts row back to its run."""
-
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns)", default=SCHEMA_VERSION)
-    run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
-                         joined="the job's `run_id`")
-    sweep_id: String = col("a hash of the sweep directory; null for single runs",
-                           joined="the job's `sweep_id`; null for single runs")
-    job_num: Int32 = col("the job's number in its sweep; null for single runs")
-    config_hash: String = col("a hash of the resolved job config minus `hydra` and the output/reporting keys "
-                              "(`out_root, results_dir, resume, on_error, progress, debug, tag, report`): equal hash "
-                              "means the same measurement (data source and slice, `seq_len`, batch settings, dtype, "
-                              "device, seed, ...)", joined="the job's `config_hash`")
-    timestamp: Timestamp = col("when the job started")
-    topk: Int32 = col("the live top-k that ran; `k_max` under a dynamic selector",
-                      joined="the job's live top-k (k_max under a selector)")
-    selector: String = col("the selector (`router` = the model's own routing)", joined="the job's selector")
-    dataset: String = col("the dataset label: `dataset.name`, else derived from what was loaded "
-                          "([runner.md](runner.md#datasets))", joined="the job's dataset label")
-    weights: String = col("`pretrained`, `random` or `meta`")
 
 
 @dataclasses.dataclass(slots=True)
@@ -363,8 +341,6 @@ class TaskRecord(KeyColumns):
     num_fewshot: Int32 = col("few-shot examples per prompt that ran")
     higher_is_better: Bool = col("the metric's direction")
 
-
-from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
 
 RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,
                             "tasks": TaskRecord}

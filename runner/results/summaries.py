@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..job.device_map import NEAR_FULL, near_full
-from ..config.schema import OWN_ROUTING
+from .gpu_memory import NEAR_FULL, near_full
+from ..profiler.selector_registry import OWN_ROUTING
 from .io import read_table
 
 # the columns of a resumed (`skipped`) row that stay its own when it takes the metrics of the run it reused

@@ -14,7 +14,8 @@ from omegaconf import open_dict
 
 from runner.job import pipeline as job
 from runner import results
-from runner.config.schema import CONFIG_DIR, register_configs
+from runner.config.schema import CONFIG_DIR
+from runner.config.help import register_configs
 
 register_configs()
 

@@ -13,7 +13,7 @@ from runner.job import data
 from runner.profiler import placement
 from runner.config.schema import DatasetConfig, DatasetKind
 from runner.job.tokenizer import byte_tokenizer
-from runner.config.checks import expand_shorthands
+from runner.cli.preflight import expand_shorthands
 
 SEQ, BATCH, BATCHES, DECODE = 32, 4, 2, 3
 JOB = ("analysis=full", "trace.enabled=true", f"seq_len={SEQ}", f"batch_size={BATCH}",

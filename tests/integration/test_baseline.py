@@ -36,7 +36,7 @@ def now() -> list[bl.Entry]:
 @pytest.fixture
 def cached(monkeypatch, now):
     """`main()` reuses the module's recomputation instead of rebuilding every model per test."""
-    monkeypatch.setattr(bl, "builtin_entries", lambda report=None: list(now))
+    monkeypatch.setattr(bl.compute, "builtin_entries", lambda report=None: list(now))
     return now
 
 

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from helpers import ROOT
 from helpers.jobs import compose_config as make
 from runner.errors import ConfigError
-from runner.config.schema import CONFIG_DIR, RunnerConfig, Weights, register_configs
+from runner.config.schema import CONFIG_DIR, RunnerConfig, Weights
+from runner.config.help import register_configs
 from runner.config.checks import validate
 
 register_configs()

@@ -60,7 +60,7 @@ def test_valid_sweeps_and_launcher_presets_pass(tmp_path):
 def test_unknown_keys_wherever_they_come_from(tmp_path):
     confdir = config_dir(tmp_path)
     typo = "model.weigths: unknown key (did you mean model.weights?); python -m runner --help lists every key"
-    from runner.config.checks import check_command_line
+    from runner.cli.preflight import check_command_line
 
     assert check_command_line(["+model.weigths=random"]) == typo  # what Hydra's hint tells a user to type
     assert preflight(["--config-dir", str(confdir), "experiment=typo"]) == typo

@@ -12,6 +12,7 @@ from helpers.jobs import compose_job, run_job, table
 from runner.job import device_map as dispatch
 from runner.errors import DeviceError
 from runner.results import RunRecord
+from runner.results.gpu_memory import near_full
 from runner.results.summaries import job_summary, render
 
 pytest.importorskip("accelerate")
@@ -72,7 +73,7 @@ def test_a_gpu_near_full_is_flagged_in_the_job_summary():
                              total_bytes=140 * gib),
               "cuda:1": dict(name="H200", peak_allocated_bytes=130 * gib, peak_reserved_bytes=134 * gib,
                              total_bytes=140 * gib)}
-    assert dispatch.near_full(json.dumps(memory)) == ["cuda:1 at 96% (134.0 of 140.0 GiB reserved)"]
+    assert near_full(json.dumps(memory)) == ["cuda:1 at 96% (134.0 of 140.0 GiB reserved)"]
     run = RunRecord(memory_by_device=json.dumps(memory), topk=2, moe_layers=2)
     text = job_summary(run, "mixtral", "results")
     assert "peak GPU memory (reserved): cuda:0 75.16GB of 150.32GB, cuda:1 143.88GB of 150.32GB" in text
@@ -94,13 +95,13 @@ def test_without_accelerate_device_map_is_one_line_with_the_install_command(monk
 def test_config_hash_takes_max_memory_keyed_by_gpu_index_and_cpu(tmp_path):
     """`device.max_memory={0: 8GiB, cpu: 100GiB}` (the documented form) mixes int and str keys, which json cannot sort:
     the hash (and the model cache key) take their keys as strings (it failed on an H100 before)."""
-    from runner.job import pipeline as job
+    from runner.config.identity import config_hash
     from runner.job import models
     from runner.config.checks import validate
 
     cfg = compose_job(tmp_path, "device=auto", "device.max_memory={0: 8GiB, cpu: 100GiB}")
     other = compose_job(tmp_path, "device=auto", "device.max_memory={0: 9GiB, cpu: 100GiB}")
-    assert len(job.config_hash(cfg)) == 16 and job.config_hash(cfg) != job.config_hash(other)
+    assert len(config_hash(cfg)) == 16 and config_hash(cfg) != config_hash(other)
     conf = validate(cfg)
     assert models.cache_key(conf.model, conf.device, conf.seed) != models.cache_key(conf.model, validate(other).device,
                                                                                    conf.seed)

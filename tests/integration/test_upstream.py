@@ -300,7 +300,8 @@ def composer():
 
     import runner
     from runner.cli import hydra_internals
-    from runner.config.schema import CONFIG_DIR, register_configs
+    from runner.config.schema import CONFIG_DIR
+    from runner.config.help import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
