@@ -83,7 +83,7 @@ def test_a_sweep_runs_as_one_array_into_one_results_dir(slurm_cluster, runner_sw
     assert slurm_ids(log) == ids and "RUNNING" in log
     # quiet: no stream of sacct warnings, one notice that accounting is off
     assert "Bypassing sacct" not in out + err and (out + err).count("accounting is disabled") == 1
-    if "slurm_job_id" in summary.columns:  # once the runs table has the column (report: results.py, job.py)
+    if "slurm_job_id" in summary.columns:  # once the runs table has the column (report: runner/results/, runner/job/pipeline.py)
         assert list(summary["slurm_job_id"]) == [ids[n] for n in range(4)]
 
 
@@ -122,7 +122,7 @@ def test_scancel_mid_run_is_recorded_with_the_slurm_state(faulty):
     assert job["status"] == "failed" and job["error_type"] == "LostJob" and job["topk"] == 2
     assert job["error"].startswith(f"SLURM job {faulty['ids'][1]} ended CANCELLED"), job["error"]
     assert "resume=true runs it again" in job["error"]
-    if "slurm_job_id" in job:  # once the runs table has the column (report: results.py, job.py)
+    if "slurm_job_id" in job:  # once the runs table has the column (report: runner/results/, runner/job/pipeline.py)
         assert job["slurm_job_id"] == faulty["ids"][1]
 
 
