@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
+from ..profiler.phases import PREFILL
 from ..profiler.selector_registry import OWN_ROUTING
 from ..job.threads import intra_op_threads
 from .entries import LOSS_RTOL, ROUTING_RTOL, Entry, clean, grouped, selector_label
@@ -81,7 +82,7 @@ def measured_entries(name: str, loaded, profiler, ids, k: int, selector: str) ->
     out = grouped(name, "flops_measured_per_token", per_layer, tolerance=routing, **fields)
     out.append(Entry(name, "moe_flops_per_token_measured", clean(sum(v for _, v in per_layer)), tolerance=routing,
                      **fields))
-    out.append(Entry(name, "model_flops_per_token_measured", clean(profiler.model_flops_measured()["prefill"] / tokens),
+    out.append(Entry(name, "model_flops_per_token_measured", clean(profiler.model_flops_measured()[PREFILL] / tokens),
                      tolerance=routing, **fields))
     out.append(Entry(name, "loss", clean(sums["nll"] / sums["targets"]), tolerance=LOSS_RTOL, **fields))
     if routing is not None:

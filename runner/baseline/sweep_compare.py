@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from . import EXIT_DIFF, EXIT_OK, EXIT_USAGE, ROUTING_RTOL, SWEEP_LOSS_RTOL, BaselineError, job_key
 from ..errors import ResultsNotFound
+from ..profiler.phases import PREFILL
 from ..profiler.selector_registry import OWN_ROUTING
 
 # (runs column, label, check): exact | routing (exact under own routing, ROUTING_RTOL otherwise) | loss | faster |
@@ -91,7 +92,7 @@ def layer_means(selection) -> dict[str, Any]:
     if layers is None:
         return {}
     if "phase" in layers:
-        layers = layers[layers["phase"] == "prefill"]
+        layers = layers[layers["phase"] == PREFILL]
     return {run_id: rows.set_index("layer") for run_id, rows in layers.groupby("run_id")}
 
 

@@ -19,14 +19,14 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError, one_line
 from ..config.schema import LM_EVAL, EvalConfig
+from ..profiler.phases import EVAL
 
-EVAL_PHASE = "eval"
 LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for local ones)"
 
 
 def phases(ev: EvalConfig) -> tuple[str, ...]:
     """The profiler phases a job preallocates for its task evaluation."""
-    return (EVAL_PHASE,) if ev.name == LM_EVAL else ()
+    return (EVAL,) if ev.name == LM_EVAL else ()
 
 
 @lru_cache(maxsize=4)
@@ -124,7 +124,7 @@ def run(conf, loaded, profiler, row):
     import lm_eval
 
     row.update(eval_tasks=json.dumps(list(ev.tasks)), lm_eval_version=lm_eval.__version__)
-    with profiler.phase(EVAL_PHASE), _quiet():
+    with profiler.phase(EVAL), _quiet():
         results = simple_evaluate(loaded.model, loaded.tokenizer, ev, conf.seed)
     return pd.DataFrame(task_rows(results))
 

@@ -24,6 +24,7 @@ from handlers.base import Scoring
 
 from .analysis_set import Analyses
 from .drops import add_call_drops, add_staged_drops
+from .phases import DEFAULT_PHASES
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
 from . import vocab
@@ -217,7 +218,7 @@ class RoutingRecorder:
 
     def __init__(self, num_layers: int, router_width: int | list[int], num_experts: list[int], scoring: Scoring,
                  capacity: int | None = None, devices: list[torch.device] | None = None, vocab_size: int = 0,
-                 phases: tuple[str, ...] = ("prefill", "decode"), analyses: Analyses | Iterable[str] | None = None):
+                 phases: tuple[str, ...] = DEFAULT_PHASES, analyses: Analyses | Iterable[str] | None = None):
         self.num_layers, self.vocab_size = num_layers, vocab_size
         self.analyses = Analyses.of(analyses)
         widths = router_width if isinstance(router_width, (list, tuple)) else [router_width] * num_layers

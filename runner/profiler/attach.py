@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import upstream, vocab
+from .phases import PREFILL
 from .metrics import router_probs
 from .scan import MoELayer, read_live_top_k
 
@@ -33,7 +34,7 @@ class Attachment:
         self.saved: list[tuple[Any, str, Any]] = []  # (object, attribute, original value), undone by detach()
         self.live = False  # hooks attached
         self.enabled = True  # False while paused (a reference pass)
-        self.phase = "prefill"
+        self.phase = PREFILL
         self.select: Select | None = None
         self.trace = None  # a RoutingTrace (trace.py) while tracing
 

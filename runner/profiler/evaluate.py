@@ -20,10 +20,7 @@ import torch.nn.functional as F
 from .attach import input_device
 from .frames import cuda_devices
 
-# Routing phases: the scoring forward passes (prefill), the generated tokens (decode), and generate()'s own pass over
-# the prompt, which repeats the prefill phase's tokens and is left out of the tables.
-PREFILL, DECODE, PROMPT = "prefill", "decode", "prompt"
-PHASES = (PREFILL, DECODE, PROMPT)
+from .phases import DECODE, PHASES, PREFILL, PROMPT  # noqa: F401 - the names callers of evaluate() use
 
 
 @torch.no_grad()

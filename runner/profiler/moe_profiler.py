@@ -19,6 +19,7 @@ from . import frames, upstream
 from .attach import Attachment, ProfilerError, layer_device
 from .cost_layers import Cost
 from .latency import LayerTimer
+from .phases import DEFAULT_PHASES
 from .cost_model import ForwardCost, forward_cost
 from .analysis_set import Analyses
 from .accumulators import RoutingRecorder
@@ -56,7 +57,7 @@ class MOEProfiler:
         latency: bool = False,
         warmup: int = 1,
         buffer_tokens: int | None = None,
-        phases: Sequence[str] = ("prefill", "decode"),
+        phases: Sequence[str] = DEFAULT_PHASES,
         analyses: Analyses | Sequence[str] | None = None,
         verbose: bool = True,
     ):

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from . import analysis_figures as analyses, page, quality, routing_figures as routing
+from ..profiler.phases import PREFILL
 from .figures import OWN_ROUTING, comparison_k, ok_runs, reference_job, save, series_labels
 
-PREFILL = "prefill"
 
 
 def _prefill(frame):
