@@ -20,13 +20,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import cost_columns as costs, data, eval_harness
+from . import cost_columns as costs, data, eval_harness, models
 from .. import results
 from ..errors import RunnerError, describe, known_errors, one_line
 from ..results import RunRecord, sweep_id_for
 from ..results.gpu_memory import memory_columns
 from ..config.identity import config_hash, stored_config
 from ..config.schema import RunnerConfig, Weights
+from ..profiler.phases import PHASES, PREFILL
 from ..profiler.selector_registry import OWN_ROUTING
 from ..slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
@@ -125,46 +126,76 @@ def settings(conf: RunnerConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job; returns a small dict (status, run_id, ...) that Hydra keeps as the job's return value."""
+    """Run one job; returns a small dict (status, run_id, ...) that Hydra keeps as the job's return value.
+
+    The failure policy, in one place, around the steps: Ctrl-C records the job as `interrupted` and stops; any other
+    failure becomes a `failed` row (a sweep goes on) or one line on stderr (a single run), never a lost result."""
     ctx = hydra_context()
-    start = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc)
-    run_id = results.new_run_id()
-    row = RunRecord(
-        run_id=run_id, sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir, job_num=ctx.job_num, job_dir=ctx.job_dir,
-        timestamp=started, overrides=json.dumps(ctx.overrides), experiment=ctx.choices.get("experiment"),
-        tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"), topk=_raw(cfg, "topk"),
-        selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"), weights=_raw(cfg, "model.weights"),
-        hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"), slurm_job_id=slurm_job_id(),
-    )
-    model_slug = str(_raw(cfg, "model.name") or "unknown")
-    results_dir: str | None = None
+    attempt = Attempt(row=first_row(cfg, ctx), model_slug=str(_raw(cfg, "model.name") or "unknown"))
     try:
-        conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
-        row.config_hash = config_hash(cfg)
-        row.config_yaml = OmegaConf.to_yaml(stored_config(cfg), resolve=True)
-        row.update(**settings(conf))  # also on a row that fails later: what was asked for
-        results_dir = ctx.absolute(conf.results_dir)
-        results.check_writable(results_dir)
-        if conf.resume:
-            prior = results.find_ok(results_dir, row.config_hash)
-            if prior is not None:
-                return _skip(conf, ctx, row, prior, results_dir, start)
-        frames = execute(conf, ctx, row, results_dir)
-        row.update(status="ok", wall_s=time.perf_counter() - start)
-        for table, frame in zip(("layers", "experts", "tasks"), frames):
-            if frame is not None:
-                results.write_part(results_dir, table, conf.model.name,
-                                   list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
-        results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
-        say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
-        return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
-                    flops_per_token=row.flops_per_token_analytic)
+        return _steps(cfg, ctx, attempt)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
-        _interrupted(cfg, ctx, row, model_slug, results_dir, start)
+        _interrupted(cfg, ctx, attempt.row, attempt.model_slug, attempt.results_dir, attempt.start)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row or one line
-        return _failed(exc, cfg, ctx, row, model_slug, results_dir, start)
+        return _failed(exc, cfg, ctx, attempt.row, attempt.model_slug, attempt.results_dir, attempt.start)
+
+
+@dataclass
+class Attempt:
+    """One attempt at a job: its runs row and where it writes, filled in as the steps learn them."""
+
+    row: RunRecord
+    model_slug: str
+    start: float = field(default_factory=time.perf_counter)
+    results_dir: str | None = None
+
+
+def first_row(cfg: DictConfig, ctx: JobContext) -> RunRecord:
+    """The runs row as far as the raw config and Hydra tell, before anything is checked: a job that fails at once
+    still records what was asked for."""
+    return RunRecord(
+        run_id=results.new_run_id(), sweep_id=ctx.sweep_id, sweep_dir=ctx.sweep_dir, job_num=ctx.job_num,
+        job_dir=ctx.job_dir, timestamp=dt.datetime.now(dt.timezone.utc), overrides=json.dumps(ctx.overrides),
+        experiment=ctx.choices.get("experiment"), tag=_stored_tag(cfg), topk_requested=_raw(cfg, "topk"),
+        topk=_raw(cfg, "topk"), selector=_raw(cfg, "selector.name"), dataset=_raw(cfg, "dataset.name"),
+        weights=_raw(cfg, "model.weights"), hf_id=_raw(cfg, "model.hf_id"), model_type=_raw(cfg, "model.model_type"),
+        slurm_job_id=slurm_job_id(),
+    )
+
+
+def _steps(cfg: DictConfig, ctx: JobContext, attempt: Attempt) -> dict[str, Any]:
+    """Check the config, name it, skip it when resuming finds it done, run it, write its tables, print its summary."""
+    row = attempt.row
+    conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
+    identify(cfg, conf, row)
+    attempt.results_dir = results_dir = ctx.absolute(conf.results_dir)
+    results.check_writable(results_dir)
+    prior = results.find_ok(results_dir, row.config_hash) if conf.resume else None
+    if prior is not None:
+        return _skip(conf, ctx, row, prior, results_dir, attempt.start)
+    frames = execute(conf, ctx, row, results_dir)
+    row.update(status="ok", wall_s=time.perf_counter() - attempt.start)
+    write_tables(conf, row, frames, results_dir)
+    say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
+    return dict(status="ok", run_id=row.run_id, config_hash=row.config_hash, loss=row.loss,
+                flops_per_token=row.flops_per_token_analytic)
+
+
+def identify(cfg: DictConfig, conf: RunnerConfig, row: RunRecord) -> None:
+    """The config's identity and settings on the row (also on a row that fails later: what was asked for)."""
+    row.config_hash = config_hash(cfg)
+    row.config_yaml = OmegaConf.to_yaml(stored_config(cfg), resolve=True)
+    row.update(**settings(conf))
+
+
+def write_tables(conf: RunnerConfig, row: RunRecord, frames, results_dir: str) -> None:
+    """The layers, experts and tasks rows (those with rows), then the runs row: a runs row means the rest is there."""
+    for table, frame in zip(("layers", "experts", "tasks"), frames):
+        if frame is not None:
+            results.write_part(results_dir, table, conf.model.name,
+                               list(results.rows_from_frame(frame, row.keys())), row.config_hash, row.run_id)
+    results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, row.run_id)
 
 
 def _interrupted(cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str, results_dir: str | None,
@@ -216,97 +247,151 @@ def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, mo
 
 # ---------------------------------------------------------------------------------------------------------------------
 def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: str):
-    """Load, profile and evaluate; fills `row`, writes the analysis tables; returns the layers, experts and tasks
-    frames (None: no rows)."""
-    from . import analysis_tables as analysis, models
-    from ..profiler import MOEProfiler
-    from ..profiler.evaluate import PHASES, PREFILL, without_prompt_pass
+    """The job's work, step by step; fills `row`, writes the analysis tables; returns the layers, experts and tasks
+    frames (None: no rows). Everything that can fail on the user's input fails before the model loads."""
+    from . import analysis_tables as analysis  # these import torch: not before a job runs (`--help` stays fast)
+    from ..profiler.evaluate import without_prompt_pass
 
-    m, d = conf.model, conf.dataset
     row.stamp_provenance()
-    models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
-    eval_harness.prepare(conf.eval)  # eval=lm_eval: an unknown task or a missing dataset is one line, before the model
-
-    documents = None
-    t = time.perf_counter()
-    if m.weights is not Weights.meta:
-        documents = data.load_documents(d)  # DataError before the model loads
-    data_s = time.perf_counter() - t
-
-    loaded = models.load(m, conf.device, conf.seed)
-    row.update(model_load_s=loaded.load_s, model_reused=loaded.reused, device_name=loaded.device_name,
-               dtype=loaded.dtype, tokenizer=loaded.tokenizer_name, experts_implementation=loaded.experts_implementation)
-    with warnings.catch_warnings():  # the scan's per-layer dimension warnings: one line each from _check_loaded
-        warnings.filterwarnings("ignore", message=r"layer \d+: ")
-        profiler = MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
-                               fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
-                               phases=(*PHASES, *eval_harness.phases(conf.eval)),
-                               analyses=analysis.analyses_of(conf.analysis), verbose=False)
+    check_before_loading(conf)
+    documents, data_s = read_documents(conf)
+    loaded = load_model(conf, row)
+    profiler = attach_profiler(conf, loaded)
     try:
-        _write_scan_report(ctx, profiler)
-        check_loaded(conf, loaded.model, profiler)
-        default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
-        k = conf.topk if conf.topk is not None else default_k
-        if conf.selector.name == OWN_ROUTING:
-            if k != default_k:
-                profiler.set_top_k(k)
-        else:
-            params = conf.selector.params
-            params.setdefault("k_max", k)
-            profiler.set_selector(conf.selector.name, **params)
-        live_k = profiler.top_k or k
-        routing_changed = conf.selector.name != OWN_ROUTING or live_k != default_k
-        row.update(topk=live_k, default_topk=default_k, k_max=live_k if conf.selector.name != "topk" else None,
-                   moe_layers=len(profiler.layers))
-        if conf.selector.name != OWN_ROUTING:
-            row.selector_params = json.dumps(profiler.selector_params, sort_keys=True, default=str)
-
-        analytic = profiler.flops_per_token()
-        params = profiler.param_counts()
-        row.update(flops_per_token_analytic=float(analytic["flops"].sum()), flops_exact=bool(analytic["exact"].all()),
-                   params_total=int(params["params_total"]), params_active=float(params["params_active"]))
-        if m.weights is Weights.meta:
-            layers = profiler.layers_df()
-            layers = layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
-                                  on="layer", how="left")
+        check_attached(conf, ctx, loaded, profiler)
+        routing_changed = set_routing(conf, profiler, row)
+        analytic = count_flops(profiler, row)
+        if conf.model.weights is Weights.meta:  # analytic numbers only: no data, no forward pass
             row.update(data_s=data_s, tokens=0, peak_rss_bytes=_peak_rss())
-            return (*costs.add(conf, row, profiler, layers, None, loaded), None)
-
-        t = time.perf_counter()
-        needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
-        blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d), max_tokens=needed)
-        row.data_s = data_s + time.perf_counter() - t
-        need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
-        tracer = analysis.TraceWriter(conf, profiler, blocks, row, results_dir) if conf.trace.enabled else None
-        try:
-            with intra_op_threads(cpu_threads(conf.device, loaded.device, row.params_total)):
-                measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row, tracer)
-                if tracer is not None:
-                    tracer.close()  # the trace covers the evaluated batches, not the eval tasks
-                    tracer = None
-                tasks = eval_harness.run(conf, loaded, profiler, row)  # eval=lm_eval: phase=eval, the tasks table
-        except BaseException:
-            if tracer is not None:
-                tracer.abort()
-            raise
-        profiler_layers = without_prompt_pass(profiler.layers_df())
-        layers = profiler_layers.merge(
-            analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
-        prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table
-        if "flops_measured" in layers and measured_tokens:
-            layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
-            row.flops_per_token_measured = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
-            row.flops_measured_tokens = measured_tokens
-        if "flops" in prefill and "tokens" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
-            row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
-        if "k_mean" in prefill:
-            row.k_mean = float(prefill["k_mean"].mean())
-        row.update(**memory_columns(profiler.memory_df()))
-        row.peak_rss_bytes = _peak_rss()
+            return (*costs.add(conf, row, profiler, with_analytic_flops(profiler.layers_df(), analytic), None, loaded),
+                    None)
+        blocks = tokenize(conf, documents, loaded, row, data_s)
+        measured_tokens, tasks = measure(conf, loaded, profiler, blocks, routing_changed, row, results_dir)
+        layers = layer_table(profiler, analytic, measured_tokens, row)
+        row.update(**memory_columns(profiler.memory_df()), peak_rss_bytes=_peak_rss())
         analysis.write_tables(conf, profiler, layers, row, results_dir)
         return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
+
+
+def check_before_loading(conf: RunnerConfig) -> None:
+    """The device exists; eval=lm_eval's tasks and datasets are there: one line each, before anything heavy."""
+    models.resolve_device(conf.device, conf.model.weights)
+    eval_harness.prepare(conf.eval)
+
+
+def read_documents(conf: RunnerConfig):
+    """The dataset's documents (DataError before the model loads; none for meta weights) and the seconds it took."""
+    t = time.perf_counter()
+    documents = data.load_documents(conf.dataset) if conf.model.weights is not Weights.meta else None
+    return documents, time.perf_counter() - t
+
+
+def load_model(conf: RunnerConfig, row: RunRecord):
+    loaded = models.load(conf.model, conf.device, conf.seed)
+    row.update(model_load_s=loaded.load_s, model_reused=loaded.reused, device_name=loaded.device_name,
+               dtype=loaded.dtype, tokenizer=loaded.tokenizer_name, experts_implementation=loaded.experts_implementation)
+    return loaded
+
+
+def attach_profiler(conf: RunnerConfig, loaded):
+    from . import analysis_tables as analysis
+    from ..profiler import MOEProfiler
+
+    with warnings.catch_warnings():  # the scan's per-layer dimension warnings: one line each from check_loaded
+        warnings.filterwarnings("ignore", message=r"layer \d+: ")
+        return MOEProfiler(loaded.model, overrides=conf.dims.override.given() or None,
+                           fallbacks=conf.dims.fallback.given() or None, latency=conf.latency,
+                           phases=(*PHASES, *eval_harness.phases(conf.eval)),
+                           analyses=analysis.analyses_of(conf.analysis), verbose=False)
+
+
+def check_attached(conf: RunnerConfig, ctx: JobContext, loaded, profiler) -> None:
+    """The scan report in the job dir; what only the loaded model can tell (its top-k, positions, dimensions)."""
+    _write_scan_report(ctx, profiler)
+    check_loaded(conf, loaded.model, profiler)
+
+
+def set_routing(conf: RunnerConfig, profiler, row: RunRecord) -> bool:
+    """The live top-k or the selector; returns whether the routing differs from the model's own."""
+    default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
+    k = conf.topk if conf.topk is not None else default_k
+    if conf.selector.name == OWN_ROUTING:
+        if k != default_k:
+            profiler.set_top_k(k)
+    else:
+        params = conf.selector.params
+        params.setdefault("k_max", k)
+        profiler.set_selector(conf.selector.name, **params)
+    live_k = profiler.top_k or k
+    row.update(topk=live_k, default_topk=default_k, k_max=live_k if conf.selector.name != "topk" else None,
+               moe_layers=len(profiler.layers))
+    if conf.selector.name != OWN_ROUTING:
+        row.selector_params = json.dumps(profiler.selector_params, sort_keys=True, default=str)
+    return conf.selector.name != OWN_ROUTING or live_k != default_k
+
+
+def count_flops(profiler, row: RunRecord):
+    """The analytic FLOPs per layer and the parameter counts on the row; returns the per-layer FLOPs."""
+    analytic = profiler.flops_per_token()
+    params = profiler.param_counts()
+    row.update(flops_per_token_analytic=float(analytic["flops"].sum()), flops_exact=bool(analytic["exact"].all()),
+               params_total=int(params["params_total"]), params_active=float(params["params_active"]))
+    return analytic
+
+
+def with_analytic_flops(layers, analytic):
+    return layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
+                        on="layer", how="left")
+
+
+def tokenize(conf: RunnerConfig, documents, loaded, row: RunRecord, data_s: float):
+    """The documents as blocks of seq_len tokens, only as many as the batches need."""
+    t = time.perf_counter()
+    needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
+    blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(conf.dataset), max_tokens=needed)
+    row.data_s = data_s + time.perf_counter() - t
+    return blocks
+
+
+def measure(conf: RunnerConfig, loaded, profiler, blocks, routing_changed: bool, row: RunRecord, results_dir: str):
+    """The library's evaluation over the batches (and the trace of them), then the eval tasks; returns the
+    FLOP-counted tokens and the tasks frame."""
+    from . import analysis_tables as analysis
+
+    need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
+    tracer = analysis.TraceWriter(conf, profiler, blocks, row, results_dir) if conf.trace.enabled else None
+    try:
+        with intra_op_threads(cpu_threads(conf.device, loaded.device, row.params_total)):
+            measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row, tracer)
+            if tracer is not None:
+                tracer.close()  # the trace covers the evaluated batches, not the eval tasks
+                tracer = None
+            tasks = eval_harness.run(conf, loaded, profiler, row)  # eval=lm_eval: phase=eval, the tasks table
+    except BaseException:
+        if tracer is not None:
+            tracer.abort()
+        raise
+    return measured_tokens, tasks
+
+
+def layer_table(profiler, analytic, measured_tokens: int, row: RunRecord):
+    """The layers frame (the prompt pass of generate() left out) with FLOPs per token; the run's prefill numbers on
+    the row (decode rows stay in the layers table)."""
+    from ..profiler.evaluate import without_prompt_pass
+
+    layers = with_analytic_flops(without_prompt_pass(profiler.layers_df()), analytic)
+    prefill = layers[layers["phase"] == PREFILL]
+    if "flops_measured" in layers and measured_tokens:
+        layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
+        row.flops_per_token_measured = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
+        row.flops_measured_tokens = measured_tokens
+    if "flops" in prefill and "tokens" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
+        row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
+    if "k_mean" in prefill:
+        row.k_mean = float(prefill["k_mean"].mean())
+    return layers
 
 
 def _peak_rss() -> int:
