@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from ..profiler.analysis_set import CAPACITY_FACTORS
-from ..profiler.selector_registry import OWN_ROUTING, SELECTOR_NAMES
+from ..profiler.selector_registry import OWN_ROUTING, SELECTOR_NAMES, param_help
 
 # the app's selectors: the model's own routing, and the library's dynamic-k policies (its static "topk" policy is
 # for library use: the router does that itself)
@@ -129,13 +129,15 @@ class DeviceConfig:
 class SelectorConfig:
     """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
-    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", OWN_ROUTING)
-    k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
-    k_min: Optional[int] = doc("fewest experts per token", None)
-    k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
-    threshold: Optional[float] = doc("cumsum: smallest k whose probability mass reaches it (top-p)", None)
-    ratio: Optional[float] = doc("gap_ratio: cut where p(i)/p(i+1) reaches it", None)
-    alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
+    # the fields are the selectors' parameters of runner/profiler/selector_registry.py (a test holds them equal)
+    name: str = doc(" | ".join(f"{n} (the model's own routing at topk)" if n == OWN_ROUTING else n
+                               for n in APP_SELECTORS), OWN_ROUTING)
+    k_max: Optional[int] = doc(param_help("k_max"), None)
+    k_min: Optional[int] = doc(param_help("k_min"), None)
+    k: Optional[int] = doc(param_help("k"), None)
+    threshold: Optional[float] = doc(param_help("threshold"), None)
+    ratio: Optional[float] = doc(param_help("ratio"), None)
+    alpha: Optional[float] = doc(param_help("alpha"), None)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .selector_registry import SELECTOR_NAMES
+from .selector_registry import SELECTOR_SPECS, SHARED_PARAMS
 
 __all__ = [
     "SelectorFn",
@@ -53,6 +53,22 @@ __all__ = [
 ]
 
 SelectorFn = Callable[..., torch.Tensor]
+SELECTORS: dict[str, SelectorFn] = {}  # name -> the function implementing its declaration in selector_registry.py
+
+
+def implements(name: str) -> Callable[[SelectorFn], SelectorFn]:
+    """Register `fn` as the policy declared under `name`; its keywords and defaults must be the declaration's."""
+    def register(fn: SelectorFn) -> SelectorFn:
+        declared = {k: default for k, (default, _) in {**SHARED_PARAMS, **SELECTOR_SPECS[name].params}.items()}
+        signature = inspect.signature(fn).parameters
+        found = {k: p.default for k, p in signature.items() if k != "probs"}
+        found["k_max"] = declared["k_max"]  # required by the function; the app's default (null: the job's topk)
+        if found != declared:
+            raise TypeError(f"selector {name!r}: {fn.__name__}{inspect.signature(fn)} does not match its declaration "
+                            f"in selector_registry.py ({declared})")
+        SELECTORS[name] = fn
+        return fn
+    return register
 
 # Absolute tolerance on the cumulative mass in ``cumsum`` (fp32 sums of
 # probabilities rarely land exactly on 1.0).
@@ -185,6 +201,7 @@ def mask_from_k(k: torch.Tensor, k_max: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- selectors
 
 
+@implements("topk")
 def topk(probs: torch.Tensor, k_max: int, k_min: int = 1, k: int | None = None) -> torch.Tensor:
     """Static top-k (baseline): keep the k most probable experts, k = ``k`` (default k_max).
 
@@ -197,6 +214,7 @@ def topk(probs: torch.Tensor, k_max: int, k_min: int = 1, k: int | None = None) 
     return mask_from_k(torch.full((p.shape[0],), kk, dtype=torch.long, device=p.device), k_max)
 
 
+@implements("kneedle")
 def kneedle(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
     """Kneedle elbow of the sorted curve: k = argmax_i (y_i - x_i) + 1 over i = 0..E-1,
     x_i = i/(E-1), y_i = (p_(1) - p_(i+1)) / (p_(1) - p_(E)); first maximum on ties.
@@ -218,6 +236,7 @@ def kneedle(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
     return _columns(k_max, p.device) < k.clamp(k_min, k_max)
 
 
+@implements("cumsum")
 def cumsum(probs: torch.Tensor, k_max: int, k_min: int = 1, threshold: float = 0.9) -> torch.Tensor:
     """Top-p: smallest k with sum_{j<=k} p_(j) >= threshold - 1e-6; k_max if not reached
     within k_max experts.
@@ -229,6 +248,7 @@ def cumsum(probs: torch.Tensor, k_max: int, k_min: int = 1, threshold: float = 0
     return _finish(k, k_min, k_max)
 
 
+@implements("entropy")
 def entropy(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
     """Perplexity: k = ceil(exp(H(p))), H = -sum_e p_e ln p_e in nats (0 ln 0 = 0).
 
@@ -242,6 +262,7 @@ def entropy(probs: torch.Tensor, k_max: int, k_min: int = 1) -> torch.Tensor:
     return _finish(k, k_min, k_max)
 
 
+@implements("gap_ratio")
 def gap_ratio(probs: torch.Tensor, k_max: int, k_min: int = 1, ratio: float = 2.0) -> torch.Tensor:
     """First j (1-based, j < k_max) with p_(j) / p_(j+1) >= ratio gives k = j; none gives k_max.
 
@@ -259,6 +280,7 @@ def gap_ratio(probs: torch.Tensor, k_max: int, k_min: int = 1, ratio: float = 2.
     return _finish(k, k_min, k_max)
 
 
+@implements("min_p")
 def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -> torch.Tensor:
     """Min-p: keep the experts with p_e >= alpha * p_(1), i.e. k = #{e : p_e >= alpha * p_(1)}."""
     p, k_max, k_min = _prepare(probs, k_max, k_min, "min_p")
@@ -268,8 +290,8 @@ def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -
     return _finish(k, k_min, k_max)
 
 
-# name -> function: the function of each name in SELECTOR_NAMES (defined above; a missing one fails here at import)
-SELECTORS: dict[str, SelectorFn] = {name: globals()[name] for name in SELECTOR_NAMES}
+if set(SELECTORS) != set(SELECTOR_SPECS):  # a declared selector without its function fails here, at import
+    raise TypeError(f"selectors declared but not implemented: {sorted(set(SELECTOR_SPECS) - set(SELECTORS))}")
 
 # Extra (non-k) parameters and their checks, per selector.
 _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
