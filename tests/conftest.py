@@ -41,3 +41,13 @@ def run_sweep(hydra_sweep_runner, hydra_restore_singletons):
         return start_sweep(hydra_sweep_runner, tmp_path, *overrides, name=name)
 
     return run
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches reset before and after the test: each compiles from scratch and leaves nothing behind."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -6,6 +6,8 @@
 - ``helpers.cli``: the environment and process helpers for ``python -m runner`` subprocesses.
 - ``helpers.config_dirs``: a --config-dir of bad files, for the preflight tests in-process and through the CLI.
 - ``helpers.tiny_configs``: tiny random-init configs of every MoE causal-LM architecture in transformers.
+- ``helpers.profiling``: ``quiet_profiler``, a MOEProfiler that prints nothing. The ``fresh_dynamo`` fixture
+  (torch.compile caches reset around a test) is in tests/conftest.py.
 """
 from pathlib import Path
 

@@ -27,11 +27,7 @@ from helpers.tiny_configs import build_tiny_model
 from helpers import ROOT  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 # -- the isolation itself -----------------------------------------------------------------------------------------

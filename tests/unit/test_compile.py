@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from runner import MOEProfiler
 from runner.profiler.cost_formulas import attention_backward_flops, attention_flops, count_flops
 from helpers.tiny_configs import build_tiny_model
+from helpers.profiling import quiet_profiler as profile
 
 BACKEND = "aot_eager"
 # architectures: plain (olmoe), GQA attention (qwen3_moe: 4 query heads, 2 K/V heads), shared expert (qwen2_moe)
@@ -34,22 +35,12 @@ def tiny(model_type):
     return build_tiny_model(model_type, num_hidden_layers=2, experts_implementation="grouped_mm")
 
 
-def profile(model, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return MOEProfiler(model, verbose=False, **kwargs)
-
-
 def graph_breaks(fn, *args, **kwargs) -> int:
     torch._dynamo.reset()
     return torch._dynamo.explain(fn)(*args, **kwargs).graph_break_count
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 def assert_same_frames(eager, compiled):

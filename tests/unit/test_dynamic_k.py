@@ -1,5 +1,4 @@
 """Dynamic-k selectors really skip compute: measured FLOPs == analytic FLOPs from the real per-token k."""
-import warnings
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from handlers import REGISTRY
 from runner import MOEProfiler, ProfilerError
 from runner.profiler.selectors import SELECTORS, SelectorError
 from helpers.tiny_configs import EAGER_ONLY_EXPERTS, available_model_types, build_tiny_model, older_release
+from helpers.profiling import quiet_profiler as profile
 
 SKIPPABLE = [mt for mt in available_model_types() if REGISTRY.get(mt).can_skip and REGISTRY.get(mt).top_k_settable]
 
@@ -16,12 +16,6 @@ NOT_SKIPPABLE = [mt for mt in available_model_types() if not REGISTRY.get(mt).ca
 
 def inputs(seed=0):
     return torch.randint(2, 128, (2, 12), generator=torch.Generator().manual_seed(seed))
-
-
-def profile(model, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return MOEProfiler(model, verbose=False, **kwargs)
 
 
 def measured_run(model, profiler, x):

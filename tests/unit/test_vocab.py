@@ -3,17 +3,17 @@ model against a per-token recount (positional and keyword ids, generate's decode
 memory of every analysis after 1k and after 100k tokens; group-limited routing (deepseek_v3). Eager == torch.compile:
 tests/unit/test_compile.py."""
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from runner import MOEProfiler, ProfilerError
+from runner import ProfilerError
 from runner.profiler import Analyses, vocab
 from runner.profiler.metrics import vocab_columns, vocab_specialization
 from runner.profiler.accumulators import RoutingRecorder
 from helpers.tiny_configs import build_tiny_model
+from helpers.profiling import quiet_profiler as profile
 
 
 def test_vocab_specialization_by_hand():
@@ -67,12 +67,6 @@ def test_recorder_table_by_hand():
                                                           vocab_tokens=3)
     rec.reset()
     assert not rec.snapshot()["vocab"].any()
-
-
-def profile(model, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return MOEProfiler(model, verbose=False, **kwargs)
 
 
 def test_tiny_model_table_equals_a_per_token_recount():
