@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.overhead import OLMOE_1B_7B, TINY_OLMOE, _atomic_write, _jsonable, _timed_ms, build_model  # noqa: E402
+from benchmarks.common import OLMOE_1B_7B, TINY_OLMOE, atomic_write, build_model, jsonable, timed_ms  # noqa: E402
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:
@@ -44,7 +44,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up (cuBLAS heuristics)
-    ms = statistics.median(_timed_ms(lambda: a @ b, device) for _ in range(reps))
+    ms = statistics.median(timed_ms(lambda: a @ b, device) for _ in range(reps))
     return 2 * size**3 / (ms / 1e3) / 1e12
 
 
@@ -53,7 +53,7 @@ def copy_gbs(device: torch.device, nbytes: int, reps: int) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    ms = statistics.median(_timed_ms(lambda: dst.copy_(src), device) for _ in range(reps))
+    ms = statistics.median(timed_ms(lambda: dst.copy_(src), device) for _ in range(reps))
     return 2 * nbytes / (ms / 1e3) / 1e9
 
 
@@ -95,7 +95,7 @@ def bare_prefill(model, args, mode: str, flops: float, rates: dict[str, float | 
 
     for _ in range(2):
         run()  # compile and warm up, untimed
-    ms = statistics.median(_timed_ms(run, device) for _ in range(args.reps))
+    ms = statistics.median(timed_ms(run, device) for _ in range(args.reps))
     out: dict[str, Any] = dict(ms=ms, flops=flops, achieved_tflops=flops / (ms / 1e3) / 1e12)
     for name, rate in rates.items():
         if rate:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[f"job_{mode}"] = job(model, args, mode, peaks)
     path = Path(args.out)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / "mfu.json", lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(out), indent=2)))
+    atomic_write(path / "mfu.json", lambda tmp: Path(tmp).write_text(json.dumps(jsonable(out), indent=2)))
     print(report(out))
     return out
 

@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks import overhead  # noqa: E402
+from benchmarks import common, overhead  # noqa: E402
 
 SMOKE_BATCHES = dict(batches=2, batch=2, seq=32)
 EQUAL_BATCHES = dict(batches=4, batch=4, seq=512)
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         f"multi-device-{'smoke' if args.smoke else args.mode}-{gpus}x{slug}-{meta['date'][:10]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(overhead._jsonable(results), indent=2)
-    overhead._atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    text = json.dumps(common.jsonable(results), indent=2)
+    common.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {out}")
     if "equal" in results and not results["equal"]["equal"]:
         print("multi_device: a placement DIFFERS from the whole model (see above)")

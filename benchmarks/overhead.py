@@ -53,7 +53,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -70,19 +69,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import (OLMOE_1B_7B, TINY_OLMOE, atomic_write as _atomic_write,  # noqa: E402,F401
+                               build_model, jsonable as _jsonable, set_experts_implementation, sync as _sync,
+                               timed_ms as _timed_ms)
+
 # -- configuration ------------------------------------------------------------------------------------------------
 
-OLMOE_1B_7B = dict(
-    hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
-    num_experts=64, num_experts_per_tok=8, vocab_size=50304, norm_topk_prob=False, max_position_embeddings=4096,
-)
-TINY_OLMOE = dict(
-    hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-    num_experts=8, num_experts_per_tok=2, vocab_size=256, norm_topk_prob=False, max_position_embeddings=4096,
-    pad_token_id=1, bos_token_id=None, eos_token_id=2,
-)
-
-# mode presets; any option given on the command line wins
 PRESETS = {
     "full": dict(device="cuda", reps=20, warmup=2, prefill_batch=8, prefill_len=512, prefill_iters=2,
                  decode_tokens=64, decode_prompt=128, memory_chunk=1000, threads=0),
@@ -108,73 +100,6 @@ MEMORY_TOKENS = (1_000, 100_000)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # every GPU: a model split over several (multi_device.py) ends on its last
-        for index in range(torch.cuda.device_count()):
-            torch.cuda.synchronize(index)
-
-
-def _timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall time of fn() in ms, the device synchronised before and after (never inside)."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1e3
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    return value
-
-
-def build_model(config_kwargs: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """Random-weight OlmoeForCausalLM built directly on `device`, eval mode, grouped_mm experts."""
-    from transformers import OlmoeConfig, OlmoeForCausalLM
-
-    config = OlmoeConfig(**config_kwargs)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = OlmoeForCausalLM._from_config(config, dtype=dtype, experts_implementation="grouped_mm")
-    model.eval()
-    with torch.no_grad():  # never leave uninitialised (torch.empty) memory in a timed model
-        for p in model.parameters():
-            if not torch.isfinite(p).all():
-                p.normal_(0.0, 0.02)
-    return model
-
-
-def set_experts_implementation(model, name: str) -> None:
-    if model.config._experts_implementation != name:
-        model.set_experts_implementation(name)
-    assert model.config._experts_implementation == name, model.config._experts_implementation
-
 
 def _cache_kwarg(model) -> str:
     """transformers renamed past_key_values -> cache (5.2x); accept both."""
