@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from . import cost_columns as costs, data, eval_harness, models
 from .. import results
 from ..errors import RunnerError, describe, known_errors, one_line
-from ..results import RunRecord, sweep_id_for
+from ..results import RunRecord
 from ..results.gpu_memory import memory_columns
 from ..config.identity import config_hash, stored_config
 from ..config.schema import RunnerConfig, Weights
 from ..profiler.phases import PHASES, PREFILL
 from ..profiler.selector_registry import OWN_ROUTING
 from ..slurm import job_id as slurm_job_id
+from .context import JobContext, hydra_context
 from .threads import cpu_threads, intra_op_threads
 from ..config.checks import check_loaded, validate
 
@@ -43,45 +44,6 @@ def say(text: str) -> None:
     print(text, flush=True)
     with contextlib.suppress(OSError):  # the log copy never fails a job (a stale handler of a removed job dir)
         printed_copy.info("%s", text)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Where the job runs (Hydra context)
-@dataclass
-class JobContext:
-    multirun: bool = False
-    sweep_id: str | None = None
-    sweep_dir: str | None = None
-    job_num: int | None = None
-    job_dir: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    choices: dict[str, Any] = field(default_factory=dict)
-    cwd: str = field(default_factory=os.getcwd)
-
-    def absolute(self, path: str) -> str:
-        p = Path(path).expanduser()
-        return str(p if p.is_absolute() else Path(self.cwd) / p)
-
-
-def hydra_context() -> JobContext:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return JobContext()
-    hc = HydraConfig.get()
-    cwd = OmegaConf.select(hc, "runtime.cwd") or os.getcwd()
-    job_num = OmegaConf.select(hc, "job.num")
-    multirun = hc.mode == RunMode.MULTIRUN or job_num is not None
-    ctx = JobContext(multirun=multirun, job_num=job_num if multirun else None, cwd=cwd,
-                     overrides=list(OmegaConf.select(hc, "overrides.task") or []),
-                     choices={k: v for k, v in (OmegaConf.to_container(hc.runtime.choices) or {}).items()
-                              if not k.startswith("hydra/") and k != "runner_schema"})
-    ctx.job_dir = OmegaConf.select(hc, "runtime.output_dir")
-    if multirun:
-        ctx.sweep_dir = ctx.absolute(hc.sweep.dir)
-        ctx.sweep_id = sweep_id_for(ctx.sweep_dir)
-    return ctx
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -65,4 +65,4 @@ def start_sweep(hydra_sweep_runner, tmp_path: Path, *overrides: str, name: str =
 def runs_of(tmp_path: Path, sweep_dir: Path) -> pd.DataFrame:
     """The runs rows of one sweep, in job order."""
     runs = results.read_table(tmp_path / "results", "runs")
-    return runs[runs["sweep_id"] == job.sweep_id_for(str(sweep_dir))].sort_values("job_num").reset_index(drop=True)
+    return runs[runs["sweep_id"] == results.sweep_id_for(str(sweep_dir))].sort_values("job_num").reset_index(drop=True)
