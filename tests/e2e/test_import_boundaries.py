@@ -27,10 +27,11 @@ def test_a_bad_entry_in_a_family_module_fails_at_import(tmp_path):
 
 
 def test_schema_handlers_and_the_cli_help_import_no_torch():
-    code = ("import sys, handlers, runner.config.schema, runner.errors, runner.profiler.selector_registry; "
+    code = ("import sys, handlers, runner.config.schema, runner.config.checks, runner.config.identity, "
+            "runner.config.help, runner.errors, runner.profiler.selector_registry, runner.profiler.phases; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False", "runner.config.schema or handlers imported torch: `python -m runner --help` gets slow"
+    assert out.strip() == "False", "the config room or handlers imported torch: `python -m runner --help` gets slow"
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "--help"], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     imported = [line for line in result.stderr.splitlines() if line.startswith("import time:")]

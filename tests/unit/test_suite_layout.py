@@ -65,6 +65,13 @@ def test_test_files_live_in_unit_integration_or_e2e():
     assert all(any(p.parent.name == kind for p in TEST_FILES) for kind in KINDS)
 
 
+def test_test_files_are_named_by_subject():
+    # what a file tests, not the issue, round or reader it came from (test_newcomer.py said nothing of its contents)
+    named_after = [p.name for p in TEST_FILES if any(word in p.stem for word in ("issue", "newcomer", "robustness",
+                                                                                   "round", "persona", "review"))]
+    assert not named_after
+
+
 def test_test_file_names_are_unique():
     # the folders are not packages: pytest imports each test file by its name, so two test_x.py would collide
     counts = Counter(p.name for p in TEST_FILES)
