@@ -48,6 +48,7 @@ NOT_EXACT: dict[str, str] = {
     "inkling2_text": "relative-position attention terms are not counted",
     "inkling2_loop_text": "relative-position attention terms and the looped layers' gates are not counted",
     "jetmoe": "mixture-of-attention experts are not counted",
+    "kolibri1_1": "its token indexer's pooled, compressed scores are not counted",
     "zaya": "its MLP router and attention extras are not counted",
     "doge": "dynamic-mask attention and product-key experts are not modelled",
 }

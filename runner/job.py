@@ -319,6 +319,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         profiler_layers = without_prompt_pass(profiler.layers_df())
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
+        if "flops_warning" in layers and layers["flops_warning"].notna().any():  # marked exact, measured otherwise
+            row.flops_exact = False
+            row.flops_warning = "; ".join(dict.fromkeys(layers["flops_warning"].dropna()))
         prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table
         if "flops_measured" in layers and measured_tokens:
             layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens

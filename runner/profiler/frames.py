@@ -50,7 +50,7 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
         row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
-        row.update(layer.cost.flops(row["tokens"], row["assignments"]))
+        row.update(layer.cost.flops(row["tokens"], layer.computed_pairs(row["tokens"], row["assignments"], row["top_k"])))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
     row["flops_measured"] = measured[pos] if measured is not None else None
@@ -58,6 +58,9 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
         row.update(p.timer.summary(pos))
     row.update(exact=layer.handler.exact, note=layer.handler.note,
                dims_warning="; ".join(layer.warnings) or None)  # a config or override that contradicts the weights
+    mismatch = p.cost.mismatch(phase, layer)
+    if mismatch is not None:  # marked exact, measured otherwise: never stored as exact
+        row.update(exact=False, flops_warning=mismatch)
     for dim in DIMENSIONS:
         resolved = layer.dims[dim]
         column = "default_top_k" if dim == "top_k" else dim  # `top_k` is the live value that ran

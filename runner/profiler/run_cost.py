@@ -48,6 +48,20 @@ def _moe_per_token(profiler, layers: pd.DataFrame | None, phase: str) -> float:
     return float(profiler.flops_per_token()["flops"].sum())
 
 
+def _whole_forward_mismatch(profiler, forward, measured: int | None, measured_tokens: int, seq_len: int) -> str | None:
+    """Why the whole forward, marked exact, is not: its measured prefill FLOPs differ from the analytic count of the
+    same sequences (their MoE layers at the routed count of the measured tokens). None when they agree or when
+    nothing comparable was measured."""
+    expected = profiler.cost.expected_in(PREFILL)
+    if not forward.exact or not measured or expected is None or not measured_tokens or measured_tokens % seq_len:
+        return None
+    analytic = forward.flops(measured_tokens // seq_len, seq_len) + sum(expected)
+    if analytic == measured:
+        return None
+    return (f"whole forward: measured {measured:,} FLOPs but the analytic count of the same tokens is {analytic:,.0f}: "
+            f"the analytic count is wrong for this model (stored as not exact)")
+
+
 def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | None, *, batch: int, seq_len: int,
                  decode_tokens: int = 0, measured_tokens: int = 0, tokens_per_s: float | None = None,
                  tpot_ms: float | None = None, peak_tflops: float | None = None,
@@ -63,10 +77,11 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
     prefill_experts = counts.per_forward(_unique_experts(profiler, experts, PREFILL, tokens))
     context = seq_len + decode_tokens  # the static cache generate() allocates
     kv = forward.kv_bytes_per_token(context, element)
+    warning = _whole_forward_mismatch(profiler, forward, measured, measured_tokens, seq_len)
     row = dict(
         model_flops_per_token_analytic=forward.per_token(batch, seq_len, moe_per_token=moe),
         model_flops_per_token_measured=measured / measured_tokens if measured and measured_tokens else None,
-        model_flops_exact=forward.exact,
+        model_flops_exact=forward.exact and warning is None, model_flops_warning=warning,
         attention_flops_per_token_causal=forward.attention_flops(batch, seq_len, causal=True) / tokens,
         params_active_nonembedding=float(params["params_active_nonembedding"]),
         param_bytes_per_token=(counts.dense + sum(prefill_experts)) / tokens,

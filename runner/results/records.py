@@ -26,7 +26,7 @@ import pyarrow as pa
 from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def new_run_id() -> str:
@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -133,7 +133,13 @@ class RunRecord(KeyColumns):
                                                  "`seq_len` (MoE layers at their routed count), no causal halving (v3)")
     model_flops_per_token_measured: Double = col("FlopCounterMode FLOPs of the whole forward over the measured tokens "
                                                  "(v3)")
-    model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture (v3)")
+    model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture and, where "
+                                  "measured, equals the measured count of the same tokens (v3)")
+    flops_warning: String = col("why an MoE layer's FLOPs count marked exact is not: the layers whose measured count "
+                                "differs from the analytic count of the same tokens, with both numbers (`flops_exact` "
+                                "is then false); null when none (v4)")
+    model_flops_warning: String = col("the same for the whole forward (`model_flops_exact` is then false); null when "
+                                      "none (v4)")
     attention_flops_per_token_causal: Double = col("the attention-score term per token with causal halving (the "
                                                    "documented variant; the analytic total counts the full matrix) (v3)")
     model_flops_per_token_decode: Double = col("with `decode_tokens`: analytic FLOPs per generated token, a decode step "
@@ -300,6 +306,9 @@ class _LayerColumns(KeyColumns):
     latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")
     exact: Bool = col("the analytic count is exact for this architecture")
     note: String = col("why it is not exact, or what the architecture cannot do")
+    flops_warning: String = col("the layer is marked exact but its measured FLOPs differ from the analytic count of "
+                                "the same tokens, with both numbers (`exact` is then false); null when they agree or "
+                                "nothing was measured (v4)")
     dims_warning: String = col("a config or `dims.override` value that contradicts the module's weights, with both "
                                "values; null when none")
 

@@ -134,6 +134,12 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
             job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
             overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
             lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    for _, row in summary.iterrows():  # a FLOPs count marked exact that measured otherwise
+        warnings = [row.get(name) for name in ("flops_warning", "model_flops_warning")]
+        warnings = [w for w in warnings if isinstance(w, str) and w]
+        if warnings:
+            job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
+            lines.append(f"FLOPS NOT EXACT: job {job}: " + "; ".join(warnings))
     full = [(row["job_num"], near_full(row.get("memory_by_device"))) for _, row in summary.iterrows()]
     lines += [f"GPU MEMORY NEAR FULL (>{NEAR_FULL:.0%}): job {'-' if pd.isna(job) else int(job)}: {', '.join(gpus)}"
               for job, gpus in full if gpus]
@@ -234,6 +240,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
         lines.append("  routing: " + ", ".join(analyses))
     if run.model_flops_per_token_analytic:
         lines.append(_whole_model(run, num))
+    lines += [f"  WARNING: FLOPs not exact: {warning}" for warning in (run.flops_warning, run.model_flops_warning)
+              if warning]
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")

@@ -31,7 +31,9 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, the whole-model cost
                 # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), layers.device,
                 # runs.memory_by_device, their runs columns
-                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6"}
+                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
+                # 4: the FLOPs guard (layers.flops_warning, runs.flops_warning, runs.model_flops_warning)
+                4: "812109ac33469a9ce2a115abbd80b809294dd3d8c09a25a277be759ae8d1ac89"}
 
 
 def fingerprint() -> str:

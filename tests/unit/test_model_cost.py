@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from handlers.forward import NOT_EXACT
+from helpers.counting import count_forward
 from helpers.tiny_configs import available_model_types, build_tiny_model, older_release
 from runner import MOEProfiler
 from runner.profiler.model_cost import causal_pairs
@@ -15,23 +16,9 @@ BATCH, SEQ = 2, 12
 
 
 def whole_forward(model, attention: str):
-    """(analytic, measured) FLOPs per token of one forward under `attention`, or None where the model refuses it."""
-    try:
-        model.set_attn_implementation(attention)
-    except ValueError:  # transformers: this architecture has no SDPA path
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        profiler = MOEProfiler(model, verbose=False)
-    x = torch.randint(2, 100, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad(), profiler.measure_flops():
-            model(input_ids=x)
-        routed = float(profiler.layers_df()["flops"].sum()) / (BATCH * SEQ)
-        cost = profiler.forward_cost()
-        return cost, cost.per_token(BATCH, SEQ, moe_per_token=routed), profiler.model_flops_measured()["prefill"] / (BATCH * SEQ)
-    finally:
-        profiler.detach()
+    """(cost, analytic, measured) FLOPs per token of one forward under `attention`, or None where the model refuses it."""
+    counted = count_forward(model, attention, BATCH, SEQ)
+    return None if counted is None else (counted.cost, counted.analytic, counted.measured)
 
 
 @pytest.mark.parametrize("model_type", available_model_types())
