@@ -31,10 +31,10 @@ def frontier(runs):
             ax.plot(group[column], group[metric], marker="o", ms=5, lw=1.2, color=palette[label], label=label)
             _label_points(ax, group[column], group[metric], group["topk"])
         ax.margins(x=0.08, y=0.08)  # room for the k labels of the outermost points
-        best = pareto(data[column], data[metric])
-        front = data[best]
-        ax.scatter(front[column], front[metric], s=130, facecolors="none", edgecolors="black", linewidths=1.2,
-                   label="Pareto-optimal", zorder=3)
+        if len(data) > 1:  # one job: nothing to be optimal against
+            front = data[pareto(data[column], data[metric])]
+            ax.scatter(front[column], front[metric], s=130, facecolors="none", edgecolors="black", linewidths=1.2,
+                       label="Pareto-optimal", zorder=3)
         dress(ax, f"MoE FLOPs/token ({meaning})", title, f"cost vs {metric}", legend=ax is axes[0])
         plain_numbers(ax, flops="x")
     return fig

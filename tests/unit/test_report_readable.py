@@ -75,6 +75,7 @@ def test_one_job_still_draws(tmp_path):
     one = _runs().iloc[[1]]
     fig = quality.frontier(one)
     assert len(fig.axes) == 1 and quality.speed(one) is not None
+    assert _legend(fig.axes[0]) == [OWN]  # one point is not "Pareto-optimal" against anything
     path = save(fig, tmp_path / "one.png")
     from PIL import Image
 
