@@ -44,9 +44,10 @@ class Section:
 TABLE_COLUMNS = (
     ("job", "job_num", "d"), ("model", "model", "s"), ("selector", "series", "s"), ("k", "topk", "d"),
     ("k_mean", "k_mean", ".3f"), ("MoE FLOPs/tok analytic", "flops_per_token_analytic", ",.0f"),
-    ("measured", "flops_per_token_measured", ",.0f"), ("routed", "flops_per_token_routed", ",.0f"),
+    ("MoE FLOPs/tok measured", "flops_per_token_measured", ",.0f"),
+    ("MoE FLOPs/tok routed", "flops_per_token_routed", ",.0f"),
     ("model FLOPs/tok analytic", "model_flops_per_token_analytic", ",.0f"),
-    ("model measured", "model_flops_per_token_measured", ",.0f"), ("loss", "loss", ".5f"), ("ppl", "ppl", ",.3f"),
+    ("model FLOPs/tok measured", "model_flops_per_token_measured", ",.0f"), ("loss", "loss", ".5f"), ("ppl", "ppl", ",.3f"),
     ("KL", "kl", ".4g"), ("top-1", "top1_agreement", ".4f"), ("tokens/s", "tokens_per_s", ",.0f"),
     ("TTFT ms", "ttft_ms", ".3f"), ("TPOT ms", "tpot_ms", ".3f"), ("MFU prefill", "s_mfu_prefill", ".3g"),
     ("MBU decode", "s_mbu_decode", ".3g"), ("wall s", "wall_s", ".2f"), ("status", "status", "s"),

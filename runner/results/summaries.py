@@ -238,7 +238,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
             quality += (f"  | default routing: loss {num(run.ref_loss, '.4f')}, KL {num(run.kl, '.4g')}, "
                         f"top-1 agreement {num(run.top1_agreement, '.3f')}")
         lines.append(f"  {run.tokens:,} tokens ({run.blocks} blocks x {run.seq_len}): {quality}")
-    flops = f"analytic {num(run.flops_per_token_analytic)}"
+    dynamic = run.selector not in (None, OWN_ROUTING)
+    flops = f"analytic {num(run.flops_per_token_analytic)}" + (f" at k_max={run.topk}" if dynamic else "")
     if run.flops_per_token_measured is not None:
         flops += f", measured {num(run.flops_per_token_measured)}"
     if run.k_mean is not None and run.selector != OWN_ROUTING:

@@ -42,3 +42,12 @@ def test_whole_model_line_names_the_batch_that_ran_not_the_configured_one():
     assert "FLOPs/token at 2x128 (MoE" in job_summary(run, "olmoe_tiny", "results")
     full = RunRecord(**{**run.as_row(), "blocks": 38})
     assert "FLOPs/token at 8x128 (MoE" in job_summary(full, "olmoe_tiny", "results")
+
+
+def test_a_dynamic_selectors_analytic_count_says_it_is_at_k_max():
+    run = RunRecord(topk=4, moe_layers=2, selector="kneedle", k_mean=2.5, flops_per_token_analytic=100352.0,
+                    flops_per_token_routed=63488.0)
+    line = next(l for l in job_summary(run, "olmoe_tiny", "results").splitlines() if "MoE FLOPs/token" in l)
+    assert "analytic 100,352 at k_max=4, routed 63,488 (mean k 2.50)" in line
+    own = RunRecord(topk=2, moe_layers=2, selector="router", flops_per_token_analytic=51200.0)
+    assert "analytic 51,200;" in job_summary(own, "olmoe_tiny", "results")
