@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .results import RunRecord
+from .results.summaries import forward_batch
 from .schema import RunnerConfig
 
 
@@ -15,9 +16,8 @@ def add(conf: RunnerConfig, row: RunRecord, profiler, layers, experts, loaded) -
 
     tflops, bandwidth = peak_for(row.device_name, conf.device.peak_tflops, conf.device.peak_bandwidth_gbs,
                                  cuda=loaded.device.type == "cuda")
-    blocks = row.blocks or conf.batch_size
     columns, layers = cost_columns(
-        profiler, layers, experts, batch=min(conf.batch_size, blocks), seq_len=conf.seq_len,
+        profiler, layers, experts, batch=forward_batch(conf.batch_size, row.blocks), seq_len=conf.seq_len,
         decode_tokens=conf.decode_tokens or 0, measured_tokens=row.flops_measured_tokens or 0,
         tokens_per_s=row.tokens_per_s, tpot_ms=row.tpot_ms, peak_tflops=tflops, peak_bandwidth_gbs=bandwidth)
     row.update(**columns)

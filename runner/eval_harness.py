@@ -10,8 +10,12 @@ asks for it. docs/eval.md is the manual.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
+import sys
+import tempfile
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -49,6 +53,9 @@ def check_config(ev: EvalConfig, weights: Weights) -> None:
         raise ConfigError(f"eval.limit: {ev.limit} must be a whole number of examples or a fraction in (0, 1)")
     if ev.include_path is not None and not Path(ev.include_path).expanduser().is_dir():
         raise ConfigError(f"eval.include_path: {ev.include_path!r} is not a directory (of local task YAMLs)")
+    kept = _cached_task_names() if ev.include_path is None else None
+    if kept is not None:  # a misspelt task refused with the config errors, before torch is imported
+        _refuse_unknown([name for name in ev.tasks if name not in kept], None)
 
 
 def phases(ev: EvalConfig) -> tuple[str, ...]:
@@ -56,22 +63,68 @@ def phases(ev: EvalConfig) -> tuple[str, ...]:
     return (EVAL_PHASE,) if ev.name == LM_EVAL else ()
 
 
-@lru_cache(maxsize=4)
-def _task_manager(include_path: str | None, tasks: tuple[str, ...]):
-    """lm-eval's task index for these names: the include_path alone when it has them all (indexing lm-eval's own
-    thousands of task YAMLs takes seconds), else lm-eval's tasks plus the include_path. Cached per process."""
-    from lm_eval.tasks import TaskManager
+def task_index_file() -> Path:
+    """Where the names of lm-eval's own tasks are kept between processes: one file per lm-eval version and install
+    (under $XDG_CACHE_HOME, else ~/.cache). Indexing lm-eval's ~14,000 task YAMLs takes 15-20 s on a 2-core CPU;
+    with this file a misspelt task is refused without it."""
+    from importlib.metadata import version
 
-    if include_path is not None:
-        local = TaskManager(include_path=include_path, include_defaults=False)
-        if all(name in local.all_tasks for name in tasks):
-            return local
-    manager = TaskManager(include_path=include_path)
-    unknown = [name for name in tasks if name not in manager.all_tasks]
+    install = find_spec("lm_eval").submodule_search_locations[0]
+    key = hashlib.sha1(f"{version('lm_eval')}:{install}".encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "moe-profiler" / f"lm_eval-tasks-{version('lm_eval')}-{key}.json"
+
+
+def _cached_task_names() -> set[str] | None:
+    try:
+        return set(json.loads(task_index_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _keep_task_names(names) -> None:
+    """The default index's names, written atomically (a unique temp file, then renamed); a cache that cannot be
+    written is skipped (the next refusal is slow again, nothing else changes)."""
+    path = task_index_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            json.dump(sorted(names), tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+
+
+def _refuse_unknown(unknown: list[str], include_path: str | None) -> None:
     if unknown:
         where = f" nor in eval.include_path={include_path}" if include_path else ""
         raise ConfigError(f"eval.tasks: unknown task {', '.join(map(repr, unknown))} (not in lm-eval's registry{where}); "
                           f"{LIST_TASKS}, or set eval.include_path to a directory of task YAMLs")
+
+
+@lru_cache(maxsize=4)
+def _task_manager(include_path: str | None, tasks: tuple[str, ...]):
+    """lm-eval's task index for these names: the include_path alone when it has them all (indexing lm-eval's own
+    thousands of task YAMLs takes seconds), else lm-eval's tasks plus the include_path. A name in neither is refused
+    from the kept list of lm-eval's task names (task_index_file) before anything is indexed, where that list exists.
+    Cached per process."""
+    kept = _cached_task_names()
+    if kept is not None and include_path is None:  # refused before lm_eval.tasks is even imported (3 s)
+        _refuse_unknown([name for name in tasks if name not in kept], include_path)
+    from lm_eval.tasks import TaskManager
+
+    local_names: set[str] = set()
+    if include_path is not None:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(name in local.all_tasks for name in tasks):
+            return local
+        local_names = set(local.all_tasks)
+    if kept is not None:
+        _refuse_unknown([name for name in tasks if name not in kept | local_names], include_path)
+    manager = TaskManager(include_path=include_path)
+    if include_path is None and kept is None:  # lm-eval's own index alone: what the kept list holds
+        _keep_task_names(manager.all_tasks)
+    _refuse_unknown([name for name in tasks if name not in manager.all_tasks], include_path)
     return manager
 
 
@@ -151,7 +204,7 @@ def run(conf, loaded, profiler, row):
     import lm_eval
 
     row.update(eval_tasks=json.dumps(list(ev.tasks)), lm_eval_version=lm_eval.__version__)
-    with profiler.phase(EVAL_PHASE), _quiet():
+    with profiler.phase(EVAL_PHASE), _quiet(), no_progress_bars(sys.stderr):
         results = simple_evaluate(loaded.model, loaded.tokenizer, ev, conf.seed)
     return pd.DataFrame(task_rows(results))
 
@@ -167,3 +220,29 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def no_progress_bars(stream) -> Iterator[None]:
+    """lm-eval's tqdm bars (one per request batch, passed `disable=False` explicitly) turned off for the block when
+    `stream` is not a terminal: in a log file or a SLURM .out each refresh is another line of carriage returns. On a
+    terminal they stay. tqdm reads no setting at call time that overrides an explicit `disable`, so its __init__ is
+    wrapped for the block and restored after."""
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        yield
+        return
+    from tqdm import tqdm
+
+    original = tqdm.__dict__["__init__"]
+    bound = tqdm.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        bound(self, *args, **kwargs)
+
+    tqdm.__init__ = init
+    try:
+        yield
+    finally:
+        tqdm.__init__ = original

@@ -205,7 +205,7 @@ class Attachment:
             if torch.compiler.is_compiling():
                 return
             if self.live and self.enabled and args and isinstance(args[0], torch.Tensor):
-                self.timer.start(layer.position, args[0].device)
+                self.timer.start(layer.position, args[0].device, self.phase)
 
         return hook
 

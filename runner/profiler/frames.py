@@ -55,7 +55,7 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
     row["flops_measured"] = measured[pos] if measured is not None else None
     if p.timer is not None:
-        row.update(p.timer.summary(pos))
+        row.update(p.timer.summary(pos, phase))
     row.update(exact=layer.handler.exact, note=layer.handler.note,
                dims_warning="; ".join(layer.warnings) or None)  # a config or override that contradicts the weights
     mismatch = p.cost.mismatch(phase, layer)

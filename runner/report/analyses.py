@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from .figures import colours, dress, figure, log2_axis, plain_log
+from .figures import by_series, colours, dress, figure, layer_axis, log2_axis, plain_log
 
 MAX_CELLS = 128  # co-activation matrices above this many experts: the mean of each block of adjacent experts
 DROP_COLUMN = re.compile(r"^drop_rate_cf(\d+)_(\d+)$")
@@ -61,13 +61,13 @@ def jaccard(layers):
         return None
     fig, (ax,) = figure(3.4, width=7.0)
     palette = colours(list(layers["series"]))
-    for label, rows in layers[layers["jaccard_next"].notna()].sort_values("layer").groupby("series", sort=False):
+    recorded = layers[layers["jaccard_next"].notna()].sort_values("layer")
+    for label, rows in by_series(recorded):
         values = rows["jaccard_next"].astype(float)
-        ax.plot(rows["layer"], values, marker="o", ms=3.5, color=palette[label],
+        ax.plot(rows["layer"], values, marker="o", ms=5 if len(rows) < 3 else 3.5, color=palette[label],
                 label=f"{label}: mean {values.mean():.3f}")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    layer_axis(ax, recorded["layer"])
+    ax.set_ylim(-0.03, 1.03)  # a share: the whole range, so one or two points are not blown up to fill the axis
     dress(ax, "layer (and the next MoE layer)", "Jaccard of the selected sets", "routing overlap of consecutive layers")
     return fig
 
@@ -87,7 +87,7 @@ def drop_rates(layers):
     fig, (ax,) = figure(3.4, width=7.0)
     palette = colours(list(layers["series"]))
     cfs = [f for f, _ in factors]
-    for label, rows in layers.groupby("series", sort=False):
+    for label, rows in by_series(layers):
         values = rows[[c for _, c in factors]].astype(float)
         if values.isna().all().all():
             continue
@@ -112,7 +112,7 @@ def placement(rows):
     rows = rows.assign(placement=[_series(name, size) for name, size in zip(rows["placement"], rows["ep_size"])])
     fig, (ax,) = figure(3.6, width=7.0)
     palette = colours(list(rows["placement"]))
-    for name, group in rows.groupby("placement", sort=False):
+    for name, group in by_series(rows, "placement"):
         stats = group.groupby("ep_size")["imbalance"].agg(["mean", "min", "max"]).sort_index()
         ax.plot(stats.index, stats["mean"], marker="o", color=palette[name], label=name)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=palette[name], alpha=0.12)

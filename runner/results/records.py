@@ -301,9 +301,9 @@ class _LayerColumns(KeyColumns):
                                        "top-1 to the id's most frequent expert (v3)")
     vocab_ids: Int64 = col("the token ids that qualified for `vocab_specialization` (v3)")
     vocab_tokens: Int64 = col("the tokens paired with their input id for `vocab_specialization` (v3)")
-    latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
-    latency_ms_p50: Double = col("with `latency=true`: median block time per call")
-    latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")
+    latency_ms_mean: Double = col("with `latency=true`: mean block time per call in this row's phase")
+    latency_ms_p50: Double = col("with `latency=true`: median block time per call in this row's phase")
+    latency_calls: Int64 = col("with `latency=true`: calls timed in this row's phase (its first call dropped as warm-up)")
     exact: Bool = col("the analytic count is exact for this architecture")
     note: String = col("why it is not exact, or what the architecture cannot do")
     flops_warning: String = col("the layer is marked exact but its measured FLOPs differ from the analytic count of "

@@ -5,6 +5,7 @@ multirun is runner/callbacks.py.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of
 ANALYSIS_COLUMNS = {"drop_rate_cf1_25": "drop@1.25", "jaccard_mean": "jaccard", "ep_imbalance_balanced": "EP imb"}
 
 
+# the FLOPs/token columns of the sweep summary: runs column -> (label, what it counts); every one is per token
+FLOPS_COLUMNS = {
+    "flops_per_token_analytic": ("MoE@k", "the MoE layers, analytic, at k (k_max for a dynamic selector)"),
+    "flops_per_token_measured": ("MoE_measured", "the MoE layers as FlopCounterMode counted them"),
+    "flops_per_token_routed": ("MoE_routed", "the MoE layers at the k each token was routed to"),
+    "model_flops_per_token_analytic": ("model_FLOPs", "the whole forward, analytic, its MoE part as routed "
+                                                      "(MoE_routed where recorded, else MoE@k)"),
+}
+# how the runner prints counts (parameters, bytes, FLOPs): SI prefixes; docs/results.md says the same
+UNITS = "Counts: k = 1e3, M = 1e6, G = 1e9, T = 1e12 (6.92G parameters = 6.92 billion; 1.2GB = 1.2e9 bytes)."
+
+
 def render(summary, state: dict[str, Any], path: Path) -> str:
     """The sweep's one-screen summary: a line of counts, a row per job (k vs FLOPs/token vs loss, one column per
     swept key), the failed jobs with their errors, where the summary and the results are."""
@@ -100,8 +113,7 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     counts = summary["status"].value_counts().to_dict()
     head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     quality = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
-               "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
-               "model_flops_per_token_analytic": "model FLOPs/tok", "moe_share": "MoE %",
+               **{column: label for column, (label, _) in FLOPS_COLUMNS.items()}, "moe_share": "MoE%",
                "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1"}
     speed = {"tokens_per_s": "tok/s", "s_mfu_prefill": "S-MFU", "s_mbu_decode": "S-MBU", "wall_s": "wall s",
              "status": "status"}
@@ -114,11 +126,12 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     for label in ANALYSIS_COLUMNS.values():
         if label in table:
             table[label] = table[label].map(lambda v: "-" if pd.isna(v) else format(v, ".3f"))
-    for col in ("MoE FLOPs/tok", "measured", "model FLOPs/tok", "tok/s"):
+    for col in (*(label for label, _ in FLOPS_COLUMNS.values()), "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
-    for col in ("MoE %", "S-MFU", "S-MBU"):
+    for col in ("MoE%", "S-MFU", "S-MBU"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
-    table = table.drop(columns=[c for c in ("S-MFU", "S-MBU") if table[c].eq("-").all()])  # on CPU: no peaks
+    optional = ("MoE_measured", "MoE_routed", "S-MFU", "S-MBU")  # not measured, no dynamic k, on CPU (no peaks)
+    table = table.drop(columns=[c for c in optional if table[c].eq("-").all()])
     for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
                      ("wall s", ".1f")):
         table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
@@ -126,7 +139,9 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     for position, (key, values) in enumerate(swept_keys(summary).items(), start=4):  # after model, selector, k
         table.insert(position, key, values)
-    lines = [head, table.to_string(index=False)]
+    shown = [f"{label} = {meaning}" for label, meaning in FLOPS_COLUMNS.values() if label in table]
+    legend = f"FLOPs per token: {'; '.join(shown)}; MoE% = the MoE layers' share of model_FLOPs. {UNITS}"
+    lines = [head, table.to_string(index=False), *textwrap.wrap(legend, 118)]
     failed = summary[summary["status"] == "failed"]
     if len(failed):
         lines.append(f"FAILED ({len(failed)}):")
@@ -156,10 +171,17 @@ def moe_share(runs):
     return (moe / runs["model_flops_per_token_analytic"]).astype(float)
 
 
+def forward_batch(batch_size: int, blocks: int | None) -> int:
+    """The batch of the forwards that ran: the configured batch, or fewer where the data held fewer blocks (a
+    `dataset.slice="[:1]"` of 2 blocks runs 2 x seq_len, not 8 x seq_len); the whole-model cost is computed at it."""
+    return min(batch_size, blocks) if blocks else batch_size
+
+
 def _whole_model(run, num) -> str:
     """The job's whole-model line: FLOPs per token and the MoE share, bytes per token, S-MFU / S-MBU when measured."""
     moe = run.flops_per_token_routed if run.flops_per_token_routed is not None else run.flops_per_token_analytic
-    line = (f"  whole model: {num(run.model_flops_per_token_analytic)} FLOPs/token at {run.batch_size}x{run.seq_len}"
+    line = (f"  whole model: {num(run.model_flops_per_token_analytic)} FLOPs/token at "
+            f"{forward_batch(run.batch_size, run.blocks)}x{run.seq_len}"
             f" (MoE {num(100 * moe / run.model_flops_per_token_analytic, '.1f')} %")
     line += f", measured {num(run.model_flops_per_token_measured)}" if run.model_flops_per_token_measured else ""
     line += ("" if run.model_flops_exact else ", not exact for this architecture") + "); "
@@ -222,7 +244,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
             quality += (f"  | default routing: loss {num(run.ref_loss, '.4f')}, KL {num(run.kl, '.4g')}, "
                         f"top-1 agreement {num(run.top1_agreement, '.3f')}")
         lines.append(f"  {run.tokens:,} tokens ({run.blocks} blocks x {run.seq_len}): {quality}")
-    flops = f"analytic {num(run.flops_per_token_analytic)}"
+    dynamic = run.selector not in (None, OWN_ROUTING)
+    flops = f"analytic {num(run.flops_per_token_analytic)}" + (f" at k_max={run.topk}" if dynamic else "")
     if run.flops_per_token_measured is not None:
         flops += f", measured {num(run.flops_per_token_measured)}"
     if run.k_mean is not None and run.selector != OWN_ROUTING:

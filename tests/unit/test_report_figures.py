@@ -11,7 +11,7 @@ import torch
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
 from runner.report import analyses, routing
-from runner.report.figures import pareto, save
+from runner.report.figures import DPI, pareto, save
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_a_large_expert_load_heatmap_groups_ranks(tmp_path):
     assert np.all(np.diff(relative, axis=1) <= 0)  # ranked: busiest first
     assert relative.mean(axis=1) == pytest.approx(np.ones(58))  # relative to the layer's mean load
     width, height = decoded(routing.load_heatmap(experts, "256 experts"), tmp_path / "large.png")
-    assert (width, height) == (720, 760)  # 9 x 9.5 inches at 80 dpi: 64 columns, 58 rows
+    assert (width, height) == (9 * DPI, round(9.5 * DPI))  # 9 x 9.5 inches: 64 columns, 58 rows
 
 
 def test_pareto_front_by_hand():
