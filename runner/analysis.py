@@ -23,7 +23,8 @@ def analyses_of(config: AnalysisConfig):
 
     return Analyses(capacity_factors=tuple(float(f) for f in config.capacity_factors),
                     coactivation=config.coactivation, transitions=config.transitions,
-                    vocab=config.vocab_specialization, min_token_count=config.min_token_count)
+                    vocab=config.vocab_specialization, min_token_count=config.min_token_count,
+                    lookahead=config.lookahead)
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------

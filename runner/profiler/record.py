@@ -40,8 +40,9 @@ class LayerAccumulators(nn.Module):
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
     k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
     V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
-    the analysis is off. `selection` holds each row's last call's [tokens, V] selection (not per phase) and
-    `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so switching phases changes
+    the analysis is off; lookahead 2 (recall sum, tokens). `selection` holds each row's last call's [tokens, V]
+    selection (not per phase) and `selection_tokens` its size (-1: none); `prediction` / `prediction_tokens` the same
+    for the next MoE layer's experts as predicted at this row (lookahead). The current phase is a device scalar (`phase`), so switching phases changes
     no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
@@ -66,11 +67,15 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
             self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
             self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
+            A = self.lookahead_width = transition_width if analyses.lookahead else 0
+            self.register_buffer("lookahead", torch.zeros(L * P * 2 if A else 0, **f64))
+            self.register_buffer("prediction", torch.zeros(L if A else 0, 0, A, dtype=torch.uint8, device=device))
+            self.register_buffer("prediction_tokens", torch.full((L if A else 0,), -1, **i64))
             self.vocab_size = vocab.register(self, vocab_size if analyses.vocab else 0, device)
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
-            entries = max(W * W if self.coactive else W, V * V, len(SUMS), P, F + 1)
+            entries = max(W * W if self.coactive else W, V * V, A, len(SUMS), P, F + 1)
             self.register_buffer("columns", torch.arange(entries, **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
@@ -156,36 +161,56 @@ class LayerAccumulators(nn.Module):
             shapes["coactivation"] = (W, W)
         if self.transition_width:
             shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
+        if self.lookahead_width:
+            shapes["lookahead"] = (2,)
         shapes.update(vocab.shapes(self))
         return shapes
 
     # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
     def selected(self, rows: slice, index: torch.Tensor, dense: bool) -> torch.Tensor:
         """One call's [n, V] 0/1 selection (uint8) of row `rows` (sentinel / zero-compute slots excluded)."""
-        V, index = self.transition_width, index[0]
-        valid = (index >= 0) & (index < self.real[rows][0])
-        safe = index.clamp(0, V - 1).long()
+        return self.selection_mask(index[0], self.transition_width, self.real[rows][0], dense)
+
+    def selection_mask(self, index: torch.Tensor, width: int, limit, dense: bool) -> torch.Tensor:
+        """[n, width] 0/1 (uint8) of an [n, slots] index: the experts below `limit` each token selected."""
+        valid = (index >= 0) & (index < limit)
+        safe = index.clamp(0, width - 1).long()
         if dense:
-            hit = ((safe.unsqueeze(-1) == self.columns[:V]) & valid.unsqueeze(-1)).sum(1)
+            hit = ((safe.unsqueeze(-1) == self.columns[:width]) & valid.unsqueeze(-1)).sum(1)
         else:
-            hit = torch.zeros(index.shape[0], V, dtype=torch.int64, device=index.device).scatter_add_(
+            hit = torch.zeros(index.shape[0], width, dtype=torch.int64, device=index.device).scatter_add_(
                 -1, safe, valid.long())
         return hit.clamp_max(1).to(torch.uint8)
 
-    def keep_selection(self, row: int, mask: torch.Tensor) -> None:
-        """Copy (never reference) a call's selection for the next layer; eager calls grow the buffer when larger."""
+    def keep_selection(self, row: int, mask: torch.Tensor, name: str = "selection") -> None:
+        """Copy (never reference) a call's selection (`selection`) or prediction (`prediction`) for the next layer;
+        eager calls grow the buffer when larger."""
+        kept = getattr(self, name)
         n = mask.shape[0]
-        if n > self.selection.shape[1]:
+        if n > kept.shape[1]:
             if torch.compiler.is_compiling() or _capturing():  # cannot grow here: the next layer pairs nothing
-                self.selection_tokens[row].fill_(-1)
+                getattr(self, f"{name}_tokens")[row].fill_(-1)
                 return
-            grown = torch.zeros(self.selection.shape[0], n, self.transition_width, dtype=torch.uint8,
-                                device=self.selection.device)
-            grown[:, : self.selection.shape[1]] = self.selection
-            self.selection = grown
-            mark_static(self.selection)
-        self.selection[row, :n].copy_(mask)
-        self.selection_tokens[row].fill_(n)
+            grown = torch.zeros(kept.shape[0], n, kept.shape[2], dtype=torch.uint8, device=kept.device)
+            grown[:, : kept.shape[1]] = kept
+            setattr(self, name, grown)
+            mark_static(grown)
+        getattr(self, name)[row, :n].copy_(mask)
+        getattr(self, f"{name}_tokens")[row].fill_(n)
+
+    def add_lookahead(self, row: int, mask: torch.Tensor, dense: bool) -> None:
+        """Score row `row`'s kept prediction against `mask`, the next MoE layer's selection of the same tokens:
+        the per-token recall |predicted ∩ selected| / |selected| summed, and the tokens that selected any expert,
+        added only where the prediction had as many tokens (device to device on a split model, no host sync)."""
+        n = mask.shape[0]
+        if n > self.prediction.shape[1]:
+            return
+        predicted, selected = self.prediction[row, :n].float(), mask.to(self.prediction.device).float()
+        size = selected.sum(-1)
+        recall = torch.where(size > 0, (predicted * selected).sum(-1) / size.clamp_min(1), 0.0)
+        same = self.prediction_tokens[row] == n
+        sums = torch.stack([recall.sum(dtype=torch.float64), (size > 0).sum().double()]) * same
+        self._add("lookahead", slice(row, row + 1), sums.unsqueeze(0), dense)
 
     def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
         """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
@@ -291,6 +316,11 @@ class RoutingRecorder:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
+        if group.lookahead_width and layer > 0:  # scores the previous MoE layer's prediction of this call's experts
+            previous, previous_row = self._where[layer - 1]
+            actual = group.selection_mask(index[0], group.lookahead_width, self.num_experts[layer],
+                                          dense=torch.compiler.is_compiling())
+            previous.add_lookahead(previous_row, actual, dense=torch.compiler.is_compiling())
         vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
         if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
@@ -314,6 +344,15 @@ class RoutingRecorder:
         for staged, value in zip(stage, (logits[0], index[0], weight[0])):
             staged[row, start: start + tokens].copy_(value)
         self._fill[layer] = start + tokens
+
+    def keep_prediction(self, layer: int, index: torch.Tensor) -> None:
+        """Keep the experts ([n, slots] index) that MoE layer `layer`'s router input, sent through the next MoE
+        layer's router, selects: scored when that layer's call on the same tokens is recorded (lookahead)."""
+        group, row = self._where[layer]
+        index = index.reshape(-1, index.shape[-1]).to(group.prediction.device)
+        mask = group.selection_mask(index, group.lookahead_width, self.num_experts[layer + 1],
+                                    dense=torch.compiler.is_compiling())
+        group.keep_selection(row, mask, "prediction")
 
     def _staging(self, group: LayerAccumulators, logits, index, weight) -> list[torch.Tensor]:
         rows, device = len(group.positions), logits.device
@@ -387,6 +426,7 @@ class RoutingRecorder:
             for name in group.shapes():
                 getattr(group, name).zero_()
             group.selection_tokens.fill_(-1)
+            group.prediction_tokens.fill_(-1)
 
     @property
     def buffer_bytes(self) -> int:
