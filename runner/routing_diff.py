@@ -42,7 +42,10 @@ def routing_key(row) -> tuple:
 
 
 def sequence_ids(trace: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    return trace.assign(sequence=trace["batch"].astype(np.int64) * int(batch_size) + trace["row"].astype(np.int64))
+    """The trace with plain int64 keys (the table reads them as nullable Int32) and `sequence`, the block's index in
+    the job: batch x batch_size + row."""
+    keys = {name: trace[name].astype(np.int64) for name in ("layer", "batch", "row", "position", "token_id")}
+    return trace.assign(**keys, sequence=keys["batch"] * int(batch_size) + keys["row"])
 
 
 def matched_tokens(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -51,9 +54,9 @@ def matched_tokens(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     on = ["phase", "layer", "sequence", "position"]
     merged = a.merge(b, on=on, suffixes=("_a", "_b"))
     ids = merged.drop_duplicates(["sequence", "position"])
-    differs = ids[ids["token_id_a"].astype(np.int64) != ids["token_id_b"].astype(np.int64)]
+    differs = ids[ids["token_id_a"] != ids["token_id_b"]]
     first = differs.groupby("sequence")["position"].min()
-    limit = merged["sequence"].map(first).fillna(np.inf)
+    limit = merged["sequence"].map(first).astype(np.float64).fillna(np.inf)
     return merged[merged["position"] < limit].reset_index(drop=True)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from . import upstream, vocab
+from . import lookahead, upstream, vocab
 from .metrics import router_probs
 from .scan import MoELayer, read_live_top_k
 
@@ -183,7 +183,7 @@ class Attachment:
                 logits = output if following.logits_index is None else output[following.logits_index]
                 probs = router_probs(logits.reshape(-1, logits.shape[-1]), following.handler.scoring)
                 index = probs.topk(read_live_top_k(following) or 1, dim=-1).indices
-            self.recorder.keep_prediction(layer.position, index)
+            lookahead.keep(self.recorder, layer.position, index)
 
     def _capture_ids(self, module, args, kwargs):
         """Copy the forward's input ids (keyword or first positional) for its router calls (vocab.py); a forward given

@@ -26,7 +26,7 @@ from .analyses import Analyses
 from .drops import add_call_drops, add_staged_drops
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
-from . import vocab
+from . import lookahead, vocab
 
 
 def _capturing() -> bool:
@@ -40,10 +40,9 @@ class LayerAccumulators(nn.Module):
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
     k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
     V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
-    the analysis is off; lookahead 2 (recall sum, tokens). `selection` holds each row's last call's [tokens, V]
-    selection (not per phase) and `selection_tokens` its size (-1: none); `prediction` / `prediction_tokens` the same
-    for the next MoE layer's experts as predicted at this row (lookahead). The current phase is a device scalar (`phase`), so switching phases changes
-    no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
+    the analysis is off; lookahead 2 (lookahead.py). `selection` holds each row's last call's [tokens, V] selection
+    (not per phase) and `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so
+    switching phases changes no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
@@ -67,10 +66,7 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
             self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
             self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
-            A = self.lookahead_width = transition_width if analyses.lookahead else 0
-            self.register_buffer("lookahead", torch.zeros(L * P * 2 if A else 0, **f64))
-            self.register_buffer("prediction", torch.zeros(L if A else 0, 0, A, dtype=torch.uint8, device=device))
-            self.register_buffer("prediction_tokens", torch.full((L if A else 0,), -1, **i64))
+            A = self.lookahead_width = lookahead.register(self, transition_width if analyses.lookahead else 0, device)
             self.vocab_size = vocab.register(self, vocab_size if analyses.vocab else 0, device)
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
@@ -161,8 +157,7 @@ class LayerAccumulators(nn.Module):
             shapes["coactivation"] = (W, W)
         if self.transition_width:
             shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
-        if self.lookahead_width:
-            shapes["lookahead"] = (2,)
+        shapes.update(lookahead.shapes(self))
         shapes.update(vocab.shapes(self))
         return shapes
 
@@ -197,38 +192,6 @@ class LayerAccumulators(nn.Module):
             mark_static(grown)
         getattr(self, name)[row, :n].copy_(mask)
         getattr(self, f"{name}_tokens")[row].fill_(n)
-
-    def add_lookahead(self, row: int, mask: torch.Tensor, dense: bool) -> None:
-        """Score row `row`'s kept prediction against `mask`, the next MoE layer's selection of the same tokens:
-        the per-token recall |predicted ∩ selected| / |selected| summed, and the tokens that selected any expert,
-        added only where the prediction had as many tokens (device to device on a split model, no host sync)."""
-        n = mask.shape[0]
-        if n > self.prediction.shape[1]:
-            return
-        predicted, selected = self.prediction[row, :n].float(), mask.to(self.prediction.device).float()
-        size = selected.sum(-1)
-        recall = torch.where(size > 0, (predicted * selected).sum(-1) / size.clamp_min(1), 0.0)
-        same = self.prediction_tokens[row] == n
-        sums = torch.stack([recall.sum(dtype=torch.float64), (size > 0).sum().double()]) * same
-        self._add("lookahead", slice(row, row + 1), sums.unsqueeze(0), dense)
-
-    def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
-        """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
-        the same tokens: transition counts prevᵀ·mask and the per-token Jaccard sum, added only where the kept call
-        had as many tokens. On a split model `mask` is copied to this row's device at each device boundary (device to
-        device, no host sync): the recorder's one cross-device copy, made only with transitions on."""
-        n = mask.shape[0]
-        if n > self.selection.shape[1]:
-            return
-        before, after = self.selection[row, :n].float(), mask.to(self.selection.device).float()
-        same = self.selection_tokens[row] == n
-        counts = torch.mm(before.t(), after).round().long() * same  # [V, V]
-        union = ((before + after) > 0).sum(-1)
-        jaccard = torch.where(union > 0, (before * after).sum(-1) / union.clamp_min(1), 0.0)
-        sums = torch.stack([jaccard.sum(dtype=torch.float64), (union > 0).sum().double()]) * same
-        rows = slice(row, row + 1)
-        self._add("transitions", rows, counts.flatten().unsqueeze(0), dense)
-        self._add("jaccard", rows, sums.unsqueeze(0), dense)
 
 
 class RoutingRecorder:
@@ -317,10 +280,7 @@ class RoutingRecorder:
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
         if group.lookahead_width and layer > 0:  # scores the previous MoE layer's prediction of this call's experts
-            previous, previous_row = self._where[layer - 1]
-            actual = group.selection_mask(index[0], group.lookahead_width, self.num_experts[layer],
-                                          dense=torch.compiler.is_compiling())
-            previous.add_lookahead(previous_row, actual, dense=torch.compiler.is_compiling())
+            lookahead.score(*self._where[layer - 1], group, index[0], self.num_experts[layer])
         vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
         if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
@@ -344,15 +304,6 @@ class RoutingRecorder:
         for staged, value in zip(stage, (logits[0], index[0], weight[0])):
             staged[row, start: start + tokens].copy_(value)
         self._fill[layer] = start + tokens
-
-    def keep_prediction(self, layer: int, index: torch.Tensor) -> None:
-        """Keep the experts ([n, slots] index) that MoE layer `layer`'s router input, sent through the next MoE
-        layer's router, selects: scored when that layer's call on the same tokens is recorded (lookahead)."""
-        group, row = self._where[layer]
-        index = index.reshape(-1, index.shape[-1]).to(group.prediction.device)
-        mask = group.selection_mask(index, group.lookahead_width, self.num_experts[layer + 1],
-                                    dense=torch.compiler.is_compiling())
-        group.keep_selection(row, mask, "prediction")
 
     def _staging(self, group: LayerAccumulators, logits, index, weight) -> list[torch.Tensor]:
         rows, device = len(group.positions), logits.device
@@ -426,7 +377,7 @@ class RoutingRecorder:
             for name in group.shapes():
                 getattr(group, name).zero_()
             group.selection_tokens.fill_(-1)
-            group.prediction_tokens.fill_(-1)
+            lookahead.reset(group)
 
     @property
     def buffer_bytes(self) -> int:

@@ -72,6 +72,7 @@ def test_routing_diff_with_itself_another_batch_size_and_a_perturbed_copy(runs, 
     out = capsys.readouterr().out
     assert "first diverging layer: prefill none, decode none" in out and "compare --routing OK" in out
     assert compare.main([plain, str(runs / "single" / "results"), "--routing", "--min-agreement", "0.95"]) == 0
+    capsys.readouterr()
     # a copy whose trace has one prefill token of the last layer routed elsewhere
     copy = tmp_path / "perturbed"
     shutil.copytree(plain, copy)
@@ -80,12 +81,18 @@ def test_routing_diff_with_itself_another_batch_size_and_a_perturbed_copy(runs, 
     last = data["layer"].max()
     at = data.index[(data["phase"] == "prefill") & (data["layer"] == last)][5]
     data.at[at, "experts"] = np.array([e for e in range(8) if e not in set(data.at[at, "experts"])][:2], np.int16)
+    # and sequence 0 generated another token at its second decode step: that step and the later ones are not compared
+    other_input = (data["phase"] == "decode") & (data["batch"] == 0) & (data["row"] == 0) & (data["position"] == SEQ + 1)
+    data.loc[other_input, "token_id"] += 1
     pq.write_table(results.to_arrow("trace", data.drop(columns="model", errors="ignore").to_dict("records")), part)
     assert compare.main([plain, str(copy), "--routing"]) == 1
     out = capsys.readouterr().out
     assert f"prefill {last}" in out and "FAIL" in out
     tokens = BATCH * BATCHES * SEQ
     assert f"{(tokens - 1) / tokens:.4f}" in out  # exact-set agreement of that layer
+    table_rows = [line.split() for line in out.splitlines() if line.rstrip().endswith((" ok", " FAIL"))]
+    decode_tokens = {int(r[-5].replace(",", "")) for r in table_rows if r[-7] == "decode"}  # phase, layer, tokens, ...
+    assert decode_tokens == {BATCH * BATCHES * (DECODE - 1) - (DECODE - 2)}
 
 
 def test_routing_diff_refuses_what_it_cannot_compare(runs, capsys):

@@ -76,9 +76,9 @@ def trace(rows: list[tuple]) -> pd.DataFrame:
     out["experts"] = [np.array(e, dtype=np.int16) for e in out["experts"]]
     out["expert_weights"] = [np.array(r[6] if len(r) > 6 else [1.0 / len(r[5])] * len(r[5]), np.float16)
                              for r in rows]
-    out["token_id"] = [10 * r[3] + r[4] for r in rows]
+    out["token_id"] = pd.array([10 * r[3] + r[4] for r in rows], dtype="Int64")
     out["run_id"] = "r"
-    return out
+    return out.astype({name: "Int32" for name in ("layer", "batch", "row", "position")})  # as the table reads
 
 
 def test_serving_order_is_per_sequence_in_prefill_and_rows_interleaved_in_decode():
