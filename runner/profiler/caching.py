@@ -1,6 +1,6 @@
 """Expert-cache simulation and routing comparisons on recorded routing (host numpy arrays, e.g. a drained or stored
 routing trace): hit rate against cache capacity under LRU, LFU and Belady's OPT, adjacent-token overlap, and the
-agreement of two runs' selections of the same tokens. Definitions and tie rules: docs/metrics.md#expert-cache-simulation.
+agreement of two runs' selections of the same tokens. Definitions, tie rules: docs/metrics.md#expert-cache-simulation.
 
 All three policies are stack algorithms (Mattson et al. 1970): each keeps a priority order of the experts that does
 not depend on the capacity, and evicts the lowest-priority cached expert, so the cache of capacity C is always the top

@@ -40,9 +40,9 @@ class LayerAccumulators(nn.Module):
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
     k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
     V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
-    the analysis is off; lookahead 2 (lookahead.py). `selection` holds each row's last call's [tokens, V] selection
-    (not per phase) and `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so
-    switching phases changes no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
+    the analysis is off (lookahead: 2, lookahead.py). `selection` holds each row's last call's [tokens, V] selection
+    (not per phase), `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`): switching
+    phases changes no Python state that compiled code reads (no recompile; CUDA-graph replays pick the new phase up).
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
@@ -162,12 +162,9 @@ class LayerAccumulators(nn.Module):
         return shapes
 
     # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
-    def selected(self, rows: slice, index: torch.Tensor, dense: bool) -> torch.Tensor:
-        """One call's [n, V] 0/1 selection (uint8) of row `rows` (sentinel / zero-compute slots excluded)."""
-        return self.selection_mask(index[0], self.transition_width, self.real[rows][0], dense)
-
     def selection_mask(self, index: torch.Tensor, width: int, limit, dense: bool) -> torch.Tensor:
-        """[n, width] 0/1 (uint8) of an [n, slots] index: the experts below `limit` each token selected."""
+        """One call's [n, width] 0/1 selection (uint8) from its [n, slots] index: the experts below `limit` (the
+        layer's real experts: sentinel / zero-compute slots excluded) each token selected."""
         valid = (index >= 0) & (index < limit)
         safe = index.clamp(0, width - 1).long()
         if dense:
@@ -178,10 +175,8 @@ class LayerAccumulators(nn.Module):
         return hit.clamp_max(1).to(torch.uint8)
 
     def keep_selection(self, row: int, mask: torch.Tensor, name: str = "selection") -> None:
-        """Copy (never reference) a call's selection (`selection`) or prediction (`prediction`) for the next layer;
-        eager calls grow the buffer when larger."""
-        kept = getattr(self, name)
-        n = mask.shape[0]
+        """Copy (never reference) a call's `selection` (or `prediction`) for the next layer; eager calls grow it."""
+        kept, n = getattr(self, name), mask.shape[0]
         if n > kept.shape[1]:
             if torch.compiler.is_compiling() or _capturing():  # cannot grow here: the next layer pairs nothing
                 getattr(self, f"{name}_tokens")[row].fill_(-1)
@@ -192,6 +187,24 @@ class LayerAccumulators(nn.Module):
             mark_static(grown)
         getattr(self, name)[row, :n].copy_(mask)
         getattr(self, f"{name}_tokens")[row].fill_(n)
+
+    def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
+        """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
+        the same tokens: transition counts prevᵀ·mask and the per-token Jaccard sum, added only where the kept call
+        had as many tokens. On a split model `mask` is copied to this row's device at each device boundary (device to
+        device, no host sync): the recorder's one cross-device copy, made only with transitions on."""
+        n = mask.shape[0]
+        if n > self.selection.shape[1]:
+            return
+        before, after = self.selection[row, :n].float(), mask.to(self.selection.device).float()
+        same = self.selection_tokens[row] == n
+        counts = torch.mm(before.t(), after).round().long() * same  # [V, V]
+        union = ((before + after) > 0).sum(-1)
+        jaccard = torch.where(union > 0, (before * after).sum(-1) / union.clamp_min(1), 0.0)
+        sums = torch.stack([jaccard.sum(dtype=torch.float64), (union > 0).sum().double()]) * same
+        rows = slice(row, row + 1)
+        self._add("transitions", rows, counts.flatten().unsqueeze(0), dense)
+        self._add("jaccard", rows, sums.unsqueeze(0), dense)
 
 
 class RoutingRecorder:
@@ -274,7 +287,8 @@ class RoutingRecorder:
         if group.num_factors and traced:  # per call (eager: at flush, from the staged calls, drops.py)
             add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
         if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
-            mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
+            mask = group.selection_mask(index[0], group.transition_width, group.real[row],
+                                        dense=torch.compiler.is_compiling())
             if layer > 0:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())

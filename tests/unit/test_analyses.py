@@ -86,8 +86,8 @@ def test_capacity_factors_are_configurable_and_can_be_off():
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
     assert [name for g in off.groups for name, t in g.named_buffers() if t.numel() == 0] == [
-        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens", "vocab",
-        "token_ids", "token_count"]  # all off
+        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens", "lookahead",
+        "prediction", "prediction_tokens", "vocab", "token_ids", "token_count"]  # all off
 
 
 def test_analyses_names():
