@@ -138,45 +138,51 @@ def render(blocks: list[tuple[str, pd.DataFrame]], min_agreement: float) -> tupl
     return "\n".join(lines), failed
 
 
+def diff_sources(a: str, b: str, results_dir: str | None = None):
+    """(the two Selections, [(job label, diff_frame)] of their paired traced jobs, jobs traced only in A / only in B);
+    RoutingDiffError or ResultsNotFound (one line) when nothing can be compared."""
+    from .results.select import select
+
+    sides = [select(source, results_dir) for source in (a, b)]
+    jobs = [_traced_jobs(side) for side in sides]
+    for side, name, found in zip(sides, "AB", jobs):
+        if not found:
+            raise RoutingDiffError(f"{name} ({side.label}) has no traced job; run it with trace=true")
+    keys = [key for key in jobs[0] if key in jobs[1]]
+    if not keys:
+        raise RoutingDiffError("no job of A has the same model, k, selector, data, seq_len, weights and seed as "
+                               "a job of B; --routing compares runs of the same inputs")
+    blocks = []
+    for key in keys:
+        row_a, row_b = jobs[0][key], jobs[1][key]
+        frame = diff_frame(_trace_of(sides[0], row_a["data_run_id"]), _trace_of(sides[1], row_b["data_run_id"]),
+                           int(row_a["batch_size"]), int(row_b["batch_size"]))
+        label = f"{key[0]} k={key[1]} {key[2]}"
+        if frame.empty:
+            raise RoutingDiffError(f"{label}: no token of A matches one of B (same sequence, position and token "
+                                   "ids); --routing compares runs of the same inputs")
+        blocks.append((label, frame))
+    return sides, blocks, [len(mine) - len(keys) for mine in jobs]
+
+
 def main(args) -> int:
     """The --routing mode of runner.compare (args: its parsed arguments)."""
     from .baseline import EXIT_DIFF, EXIT_OK, EXIT_USAGE
     from .errors import ResultsNotFound
-    from .results.select import select
 
     try:
         if not 0 <= args.min_agreement <= 1:
             raise RoutingDiffError(f"--min-agreement must be between 0 and 1, got {args.min_agreement}")
-        sides = [select(source, args.results_dir) for source in (args.a, args.b)]
-        jobs = [_traced_jobs(side) for side in sides]
-        for side, name, found in zip(sides, "AB", jobs):
-            if not found:
-                raise RoutingDiffError(f"{name} ({side.label}) has no traced job; run it with trace=true")
-        keys = [key for key in jobs[0] if key in jobs[1]]
-        if not keys:
-            raise RoutingDiffError("no job of A has the same model, k, selector, data, seq_len, weights and seed as "
-                                   "a job of B; --routing compares runs of the same inputs")
-        blocks, divergence = [], []
-        for key in keys:
-            row_a, row_b = jobs[0][key], jobs[1][key]
-            frame = diff_frame(_trace_of(sides[0], row_a["data_run_id"]), _trace_of(sides[1], row_b["data_run_id"]),
-                               int(row_a["batch_size"]), int(row_b["batch_size"]))
-            label = f"{key[0]} k={key[1]} {key[2]}"
-            if frame.empty:
-                raise RoutingDiffError(f"{label}: no token of A matches one of B (same sequence, position and token "
-                                       "ids); --routing compares runs of the same inputs")
-            blocks.append((label, frame))
-            divergence.append((label, first_divergence(frame)))
+        sides, blocks, unmatched = diff_sources(args.a, args.b, args.results_dir)
     except (ResultsNotFound, RoutingDiffError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     table, failed = render(blocks, args.min_agreement)
     print(f"A: {sides[0].label}\nB: {sides[1].label}\n{table}")
-    for label, first in divergence:
+    for label, frame in blocks:
         print(f"{label}: first diverging layer: " + ", ".join(
-            f"{phase} {'none' if layer is None else layer}" for phase, layer in first.items()))
-    unmatched = [(name, len(mine) - len(keys)) for name, mine in zip("AB", jobs)]
-    print(f"compare --routing {'FAILED' if failed else 'OK'}: {len(keys)} matched job(s), {failed} layer(s) with "
-          f"exact-set agreement below {args.min_agreement:g}, " + ", ".join(f"{n} traced only in {name}"
-                                                                             for name, n in unmatched))
+            f"{phase} {'none' if layer is None else layer}" for phase, layer in first_divergence(frame).items()))
+    print(f"compare --routing {'FAILED' if failed else 'OK'}: {len(blocks)} matched job(s), {failed} layer(s) with "
+          f"exact-set agreement below {args.min_agreement:g}, {unmatched[0]} traced only in A, {unmatched[1]} traced "
+          "only in B")
     return EXIT_DIFF if failed else EXIT_OK
