@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         layers = selection.table("layers")
         if layers is None:
             raise ResultsNotFound(f"{selection.label}: no layers rows, so the experts per layer are unknown")
-        written_before = {name: set(selection.table(name)["run_id"]) if selection.table(name) is not None else set()
+        written_before = {name: set(frame["run_id"]) if (frame := selection.table(name)) is not None else set()
                           for name in ("cache", "locality")}
         runs = selection.runs.set_index("run_id")
         for run_id, rows in trace.groupby("run_id", sort=False):

@@ -33,12 +33,11 @@ class RoutingDiffError(ValueError):
 
 def routing_key(row) -> tuple:
     """What two runs must share for their routing to be compared."""
-    from .baseline.sweeps import _json_dict, job_key
+    from .baseline.sweeps import job_key
 
     model, k, selector, _ = job_key(row)
     data = str(row.get("dataset_source") or row.get("dataset") or "")
-    settings = tuple(str(row.get(c)) for c in SETTING_COLUMNS)
-    return model, k, selector, data, settings, str(sorted(_json_dict(row.get("dims_override")).items()))
+    return (model, k, selector, data, *(str(row.get(c)) for c in SETTING_COLUMNS), str(row.get("dims_override")))
 
 
 def sequence_ids(trace: pd.DataFrame, batch_size: int) -> pd.DataFrame:
