@@ -23,7 +23,8 @@ def analyses_of(config: AnalysisConfig):
 
     return Analyses(capacity_factors=tuple(float(f) for f in config.capacity_factors),
                     coactivation=config.coactivation, transitions=config.transitions,
-                    vocab=config.vocab_specialization, min_token_count=config.min_token_count)
+                    vocab=config.vocab_specialization, min_token_count=config.min_token_count,
+                    lookahead=config.lookahead)
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------
@@ -54,6 +55,10 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
             largest = int(own["ep_size"].max())
             row.update(ep_size_max=largest,
                        ep_imbalance_balanced=float(own.loc[own["ep_size"] == largest, "imbalance"].mean()))
+    if a.cache:  # the trace is closed and on disk: replay it (the run's own rows only)
+        from . import cache
+
+        frames.update(cache.tables(cache.read_trace(results_dir, [row.run_id]), cache.experts_per_layer(layers)))
     for table, frame in frames.items():
         frame = without_prompt_pass(frame)  # generate()'s prompt pass repeats the prefill tokens (as in layers)
         results.write_part(results_dir, table, conf.model.name, list(results.rows_from_frame(frame, row.keys())),

@@ -12,6 +12,8 @@ SWEEP_LOSS_RTOL (--loss-rtol). Timing is checked only with --time-ratio R: B fai
 or its TTFT / TPOT above A's x R. KL, top-1 and the load metrics are shown, not checked.
 
 Exit codes (the baseline's): 0 no difference beyond a tolerance, 1 differences, 2 bad input (one line on stderr).
+
+`--routing` compares the two sides' routing traces instead, token by token (runner/routing_diff.py).
 """
 from __future__ import annotations
 
@@ -159,7 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-ratio", type=float, default=None,
                         help="check timing: fail when B is more than this many times slower than A (tokens/s, TTFT, "
                              "TPOT); default: timing not checked")
+    parser.add_argument("--routing", action="store_true",
+                        help="compare the routing traces instead (trace=true on both sides): per layer, the top-k "
+                             "overlap, exact-set and top-1 agreement of the tokens both fed (runner/routing_diff.py)")
+    parser.add_argument("--min-agreement", type=float, default=1.0,
+                        help="--routing: fail a layer whose exact-set agreement is below this (default 1: identical)")
     args = parser.parse_args(argv)
+    if args.routing:
+        from . import routing_diff
+
+        return routing_diff.main(args)
     from .results.select import select
 
     try:

@@ -164,6 +164,11 @@ class AnalysisConfig:
                                      "frequent expert (layers.vocab_specialization; V x E int32 per layer and phase)",
                                      False)
     min_token_count: int = doc("vocab_specialization: token ids seen fewer times are left out", 5)
+    lookahead: bool = doc("per layer, each token's router input sent through the next MoE layer's router: the share "
+                          "of that layer's experts it predicts (layers.lookahead_recall; one more router matmul per "
+                          "layer and call)", False)
+    cache: bool = doc("replay the routing trace (needs trace=true) through LRU, LFU and OPT expert caches of every "
+                      "capacity: table=cache, and the adjacent-token overlap: table=locality", False)
 
 
 @dataclass

@@ -158,6 +158,8 @@ def check_analysis(cfg: RunnerConfig) -> None:
         _fail("analysis.min_token_count", f"must be >= 1, got {a.min_token_count}")
     if trace.max_tokens < 1:
         _fail("trace.max_tokens", f"must be >= 1, got {trace.max_tokens}")
+    if a.cache and not trace.enabled:
+        _fail("analysis.cache", "replays the routing trace, so it needs trace=true")
     if trace.logits and not trace.enabled:
         _fail("trace.logits", "adds to the trace, so it needs trace=true")
 

@@ -23,6 +23,8 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
   jaccard_next     |S^l & S^(l+1)| / |S^l | S^(l+1)| per token (expert ids compared as numbers), averaged over the
                    tokens with a nonempty union; on layer l
+  lookahead_recall |P^(l+1) & S^(l+1)| / |S^(l+1)| per token, P^(l+1) the top-k of layer l+1's router applied to
+                   layer l's router input (a layer-ahead prefetcher), averaged over tokens with S^(l+1) nonempty; on l
   top-1 expert     of the experts in S, the one of highest p (under a native top-k: argmax p); none where S is empty
   N_x(e)           occurrences of token id x (an input id of the forward) whose top-1 expert is e; N_x = sum_e N_x(e)
   vocab_specialization  mean over the ids with N_x >= min_token_count of max_e N_x(e) / N_x (OLMoE, §5);
@@ -132,6 +134,7 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
         router_entropy=float(sums[0] / math.log(router_width)) if router_width > 1 else 0.0,
         top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
         topk_boundary_margin=float(boundary), **drop_rates(snapshot, position), **jaccard_next(snapshot, position),
+        **lookahead_recall(snapshot, position),
         **load_balance(counts, num_experts),
     )
 
@@ -152,12 +155,23 @@ def drop_rates(snapshot: dict[str, np.ndarray], position: int) -> dict[str, floa
             for i, cf in enumerate(factors)}
 
 
+def _token_mean(snapshot: dict[str, np.ndarray], name: str, column: str, position: int) -> dict[str, float]:
+    """{column: sum / tokens} of a (sum, tokens) accumulator; {} when it was not recorded, NaN without tokens."""
+    if name not in snapshot:
+        return {}
+    total, tokens = snapshot[name][position]
+    return {column: float(total / tokens) if tokens else float("nan")}
+
+
 def jaccard_next(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
     """`jaccard_next`: the mean Jaccard similarity of the token's selections at this layer and the next MoE layer."""
-    if "jaccard" not in snapshot:
-        return {}
-    total, tokens = snapshot["jaccard"][position]
-    return dict(jaccard_next=float(total / tokens) if tokens else float("nan"))
+    return _token_mean(snapshot, "jaccard", "jaccard_next", position)
+
+
+def lookahead_recall(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`lookahead_recall`: the mean share of the next MoE layer's selected experts that this layer's router input,
+    sent through the next layer's router, predicted (recall@k)."""
+    return _token_mean(snapshot, "lookahead", "lookahead_recall", position)
 
 
 def vocab_specialization(counts: np.ndarray, min_token_count: int) -> tuple[float, int]:

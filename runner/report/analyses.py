@@ -120,3 +120,33 @@ def placement(rows):
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     dress(ax, "EP size (ranks)", "imbalance (max / mean rank load)", "expert-parallel imbalance per placement")
     return fig
+
+
+CACHE_GROUPS = 4  # panels of the cache figure: the MoE layers in this many groups of consecutive layers
+POLICY_STYLES = {"lru": "tab:blue", "lfu": "tab:orange", "opt": "tab:green"}
+
+
+def layer_groups(layers: list[int], groups: int = CACHE_GROUPS) -> list[list[int]]:
+    """The layers (sorted) cut into at most `groups` runs of consecutive layers of near-equal size."""
+    layers = sorted(layers)
+    return [list(part) for part in np.array_split(layers, min(groups, len(layers))) if len(part)]
+
+
+def cache_curves(rows):
+    """Expert-cache hit rate against capacity C (as C / E), one line per policy (LRU, LFU, Belady's OPT), one panel per
+    group of consecutive MoE layers (their mean; band: min-max layer); prefill solid, decode dashed."""
+    if rows is None or rows.empty:
+        return None
+    groups = layer_groups([int(x) for x in rows["layer"].unique()])
+    fig, axes = figure(3.4, columns=len(groups))
+    for ax, group in zip(axes, groups):
+        part = rows[rows["layer"].isin(group)]
+        for (phase, policy), lines in part.groupby(["phase", "policy"], sort=True):
+            stats = lines.groupby("capacity_fraction")["hit_rate"].agg(["mean", "min", "max"]).sort_index()
+            style = "-" if phase == "prefill" else "--"
+            ax.plot(stats.index, stats["mean"], ls=style, color=POLICY_STYLES.get(policy), label=f"{policy} {phase}")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=POLICY_STYLES.get(policy), alpha=0.1)
+        ax.set_ylim(0, 1.02)
+        span = f"layer {group[0]}" if len(group) == 1 else f"layers {group[0]}-{group[-1]}"
+        dress(ax, "capacity C / E", "hit rate" if ax is axes[0] else None, span, legend=ax is axes[0])
+    return fig

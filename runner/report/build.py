@@ -107,6 +107,12 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
                     f"Busiest rank's load over the mean rank load (1 = perfectly even) when the experts of "
                     f"{_describe(reference)} are spread over N ranks, per placement, mean over layers (band: the "
                     "least and most imbalanced layer).")
+    if reference is not None:
+        figures.add("cache", analyses.cache_curves(_of(tables["cache"], {reference["run_id"]})),
+                    "Expert-cache hit rate",
+                    f"Hit rate of a per-layer expert cache of C experts against C / E, replaying the routing trace of "
+                    f"{_describe(reference)} in serving order (prefill solid, decode dashed), per policy: LRU, LFU and "
+                    "Belady's OPT (the offline bound); mean over each group of consecutive layers, band: min-max layer.")
     if ok.empty:
         figures.section.notes.append("no job of this model finished ok: nothing to plot")
     return figures.section
@@ -123,6 +129,7 @@ def write_report(selection, out_dir: str | os.PathLike | None = None, layer: int
     runs["model"] = runs["model"].astype(str)
     runs["series"] = series_labels(runs)
     tables = {name: _prefill(selection.table(name)) for name in ("layers", "experts", *OPTIONAL)}
+    tables["cache"] = selection.table("cache")  # both phases: the figure draws decode too
     sections = [model_section(model, rows, tables, out, layer) for model, rows in runs.groupby("model", sort=False)]
     path = out / "report.html"
     tmp = out / ".report.html.tmp"

@@ -1,5 +1,6 @@
 """The records of the routing-analysis tables (docs/metrics.md has the definitions): `coactivation`, `transitions`,
-`placement` (analysis=full, or each switched on alone) and `trace` (trace=true). Each row starts with the run's
+`placement` (analysis=full, or each switched on alone), `trace` (trace=true) and `cache` and `locality` (replayed from
+the trace: analysis.cache=true, or `python -m runner.cache`). Each row starts with the run's
 KeyColumns, so it joins back to `runs` like `layers` and `experts` do. records.py registers them."""
 from __future__ import annotations
 
@@ -70,5 +71,38 @@ class TraceRecord(KeyColumns):
                                     "scores, as the architecture scores)")
 
 
+@dataclasses.dataclass(slots=True)
+class CacheRecord(KeyColumns):
+    """One row of `cache`: one MoE layer's trace replayed through an expert cache of one policy and capacity, in
+    serving order (docs/metrics.md#expert-cache-simulation)."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the model's own layer index")
+    policy: String = col("`lru`, `lfu` (least frequently used, ties: least recently used) or `opt` (Belady: evicts "
+                         "the expert used again furthest ahead; the bound no online policy beats)")
+    capacity: Int32 = col("C: experts the cache holds (1..E)")
+    num_experts: Int32 = col("E: the layer's routed experts")
+    capacity_fraction: Double = col("C / E")
+    tokens: Int64 = col("traced tokens replayed")
+    references: Int64 = col("expert references replayed: the tokens' selected experts, sum of k")
+    hits: Int64 = col("references whose expert was in the cache")
+    hit_rate: Double = col("hits / references (a cold start: first references miss)")
+    cold_misses: Int64 = col("distinct experts referenced: misses under every policy and capacity (at C = E the "
+                             "only ones)")
+
+
+@dataclasses.dataclass(slots=True)
+class LocalityRecord(KeyColumns):
+    """One row of `locality`: adjacent-token routing overlap of one MoE layer (docs/metrics.md#decode-locality)."""
+
+    phase: String = col(PHASE)
+    layer: Int32 = col("the model's own layer index")
+    pairs: Int64 = col("pairs of consecutive tokens of one sequence (decode: consecutive steps of one row)")
+    overlap: Double = col("mean of |S_t ∩ S_t-1| / |S_t| over the pairs (k experts each: the share of a token's "
+                          "experts the previous token also used)")
+    overlap_random: Double = col("the same under uniform random routing: mean |S_t-1| / E (k / E at a fixed k)")
+
+
 ANALYSIS_RECORDS: dict[str, type] = {"coactivation": CoactivationRecord, "transitions": TransitionRecord,
-                                     "placement": PlacementRecord, "trace": TraceRecord}
+                                     "placement": PlacementRecord, "trace": TraceRecord, "cache": CacheRecord,
+                                     "locality": LocalityRecord}

@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache and locality tables and layers.lookahead_recall)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -301,6 +301,9 @@ class _LayerColumns(KeyColumns):
                                        "top-1 to the id's most frequent expert (v3)")
     vocab_ids: Int64 = col("the token ids that qualified for `vocab_specialization` (v3)")
     vocab_tokens: Int64 = col("the tokens paired with their input id for `vocab_specialization` (v3)")
+    lookahead_recall: Double = col("with `analysis.lookahead`: mean per-token share of the next MoE layer's selected "
+                                   "experts that this layer's router input, sent through the next layer's router, "
+                                   "predicted (recall@k of a layer-ahead prefetcher); NaN on the last MoE layer (v4)")
     latency_ms_mean: Double = col("with `latency=true`: mean block time per call in this row's phase")
     latency_ms_p50: Double = col("with `latency=true`: median block time per call in this row's phase")
     latency_calls: Int64 = col("with `latency=true`: calls timed in this row's phase (its first call dropped as warm-up)")

@@ -5,6 +5,7 @@
   The in-process sweep is the ``run_sweep`` fixture of tests/conftest.py.
 - ``helpers.cli``: the environment and process helpers for ``python -m runner`` subprocesses.
 - ``helpers.config_dirs``: a --config-dir of bad files, for the preflight tests in-process and through the CLI.
+- ``helpers.caches``: a plain expert-cache simulator (LRU, LFU, OPT), one capacity at a time.
 - ``helpers.tiny_configs``: tiny random-init configs of every MoE causal-LM architecture in transformers.
 """
 from pathlib import Path

@@ -45,14 +45,15 @@ def fingerprint() -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the schemas come from the records
 def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
-    from runner.results.analysis_records import (CoactivationRecord, PlacementRecord, TraceRecord,
-                                                 TransitionRecord)
+    from runner.results.analysis_records import (CacheRecord, CoactivationRecord, LocalityRecord, PlacementRecord,
+                                                 TraceRecord, TransitionRecord)
 
-    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "tasks")
+    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "cache",
+                              "locality", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
                                "experts": results.ExpertRecord, "coactivation": CoactivationRecord,
                                "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord,
-                               "tasks": results.TaskRecord}
+                               "cache": CacheRecord, "locality": LocalityRecord, "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table

@@ -196,12 +196,13 @@ def test_every_selector_traces_whole_and_equals_eager(name):
 @pytest.mark.parametrize("backend", [BACKEND, "inductor"])
 def test_analyses_trace_whole_and_equal_eager(backend):
     """Co-activation, transitions, capacity drops (per call), the vocabulary table (the ids captured by the top model's
-    pre-hook) and the routing trace under fullgraph compile equal eager, with a selector dropping slots; a second
+    pre-hook), the layer-ahead prediction (the next router called in the hook) and the routing trace under fullgraph
+    compile equal eager, with a selector dropping slots; a second
     shape (decode-like calls) re-traces once and still counts per call. The kept selection was sized by the eager
     calls (a compiled call cannot grow it)."""
     model = tiny("olmoe")
     params = dict(selector="kneedle", selector_params={"k_max": 4},
-                  analyses=("capacity", "coactivation", "transitions", "vocab"))
+                  analyses=("capacity", "coactivation", "transitions", "vocab", "lookahead"))
     calls = [inputs(), inputs(seed=1, batch=3, seq=1), inputs(seed=2, batch=3, seq=1)]
 
     def run(fn, p):
@@ -226,6 +227,8 @@ def test_analyses_trace_whole_and_equal_eager(backend):
                 np.testing.assert_array_equal(layer_before[name], layer_after[name], err_msg=name)
     assert (eager_trace[0][0]["experts"] == -1).any()  # the selector dropped slots, written as -1
     np.testing.assert_allclose(compiled["jaccard_next"], eager["jaccard_next"], rtol=1e-9)
+    np.testing.assert_allclose(compiled["lookahead_recall"], eager["lookahead_recall"], rtol=1e-9)
+    assert 0 < eager["lookahead_recall"].iloc[0] <= 1
     for before, after in zip(eager_pairs, compiled_pairs):
         pd.testing.assert_frame_equal(before, after)
         assert len(before)

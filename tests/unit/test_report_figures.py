@@ -87,3 +87,20 @@ def test_task_accuracy_and_decode_timing_figures(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["tokens/s (prefill)", "TTFT ms", "TPOT ms"]
     assert quality.tasks(runs, None) is None and quality.speed(runs.drop(columns=["tokens_per_s", "ttft_ms",
                                                                                     "tpot_ms"])) is None
+
+
+def test_cache_figure_one_panel_per_layer_group(tmp_path):
+    from runner import cache
+
+    rng = np.random.default_rng(0)
+    trace = pd.DataFrame([dict(phase=phase, layer=layer, batch=0, row=row, position=position,
+                               experts=rng.choice(8, 2, replace=False))
+                          for phase in ("prefill", "decode") for layer in range(6) for row in range(2)
+                          for position in range(12)])
+    rows = cache.cache_frame(trace, {layer: 8 for layer in range(6)})
+    assert analyses.layer_groups(list(range(6))) == [[0, 1], [2, 3], [4], [5]]
+    fig = analyses.cache_curves(rows)
+    assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 6  # 3 policies x 2 phases
+    width, height = decoded(fig, tmp_path / "cache.png")
+    assert width >= 400 and height >= 200
+    assert analyses.cache_curves(None) is None
