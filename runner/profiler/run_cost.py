@@ -4,7 +4,9 @@ against the device's peaks (MoE-CAP, arXiv 2412.07067: sparse, i.e. only the act
 
 Prefill reads every dense parameter and each routed expert that at least one token of the batch chose, once per
 forward; a decode step (one token for each of the batch's sequences) reads the same, deduplicated per step, plus the
-static KV cache. Definitions in docs/flops.md.
+static KV cache generate() allocates (max_length - 1 = seq_len + decode_tokens - 1 slots, attended over whole by every
+step). S-MFU / S-MBU divide by the peak of every GPU the model occupies, as MoE-CAP does. Definitions and how they
+differ from MoE-CAP's reference code: docs/flops.md.
 """
 from __future__ import annotations
 
@@ -39,6 +41,14 @@ def _unique_experts(profiler, experts: pd.DataFrame | None, phase: str, tokens_p
     return out
 
 
+def _phase_tokens(layers: pd.DataFrame | None, phase: str) -> int:
+    """Tokens a phase's MoE layers saw (every MoE layer sees every token: the first layer's count)."""
+    if layers is None or "phase" not in layers or "tokens" not in layers:
+        return 0
+    rows = layers[layers["phase"] == phase]
+    return int(rows["tokens"].iloc[0]) if len(rows) else 0
+
+
 def _moe_per_token(profiler, layers: pd.DataFrame | None, phase: str) -> float:
     """The MoE layers' FLOPs per token of a phase: the routed count where recorded (it follows a dynamic k), else the
     analytic count at the live top-k."""
@@ -51,9 +61,10 @@ def _moe_per_token(profiler, layers: pd.DataFrame | None, phase: str) -> float:
 def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | None, *, batch: int, seq_len: int,
                  decode_tokens: int = 0, measured_tokens: int = 0, tokens_per_s: float | None = None,
                  tpot_ms: float | None = None, peak_tflops: float | None = None,
-                 peak_bandwidth_gbs: float | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+                 peak_bandwidth_gbs: float | None = None, gpus: int = 1) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """The runs columns of the whole-model cost, and `layers` with `param_bytes` (routed-expert bytes read per forward:
-    per batch in prefill, per step in decode)."""
+    per batch in prefill, per step in decode). gpus: the cards the model occupies (S-MFU / S-MBU divide by all of
+    them)."""
     model, forward = profiler.model, profiler.forward_cost()
     tokens = batch * seq_len
     moe = _moe_per_token(profiler, layers, PREFILL)
@@ -61,26 +72,32 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
     params = profiler.param_counts()
     counts, element = byte_counts(model, profiler.layers), _element_bytes(model)
     prefill_experts = counts.per_forward(_unique_experts(profiler, experts, PREFILL, tokens))
-    context = seq_len + decode_tokens  # the static cache generate() allocates
-    kv = forward.kv_bytes_per_token(context, element)
+    # generate()'s static cache: max_length - 1 slots (the last token is never fed back), all read by every step
+    slots = seq_len + max(decode_tokens - 1, 0)
+    kv = forward.kv_bytes_per_token(slots, element, slots if decode_tokens else None)
+    fixed_k = abs(moe - float(profiler.flops_per_token()["flops"].sum())) <= 1e-9 * max(moe, 1.0)
+    prefill_tokens = _phase_tokens(layers, PREFILL)
     row = dict(
         model_flops_per_token_analytic=forward.per_token(batch, seq_len, moe_per_token=moe),
         model_flops_per_token_measured=measured / measured_tokens if measured and measured_tokens else None,
-        model_flops_exact=forward.exact,
+        # the two must agree only over the same tokens: a token-dependent MoE count (a dynamic selector, zero-compute
+        # experts) measured on the first batch alone is not the routed count over all of them
+        model_flops_exact=forward.exact and (fixed_k or not measured_tokens or measured_tokens >= prefill_tokens),
         attention_flops_per_token_causal=forward.attention_flops(batch, seq_len, causal=True) / tokens,
         params_active_nonembedding=float(params["params_active_nonembedding"]),
         param_bytes_per_token=(counts.dense + sum(prefill_experts)) / tokens,
         kv_cache_bytes_per_token=kv, peak_tflops=peak_tflops, peak_bandwidth_gbs=peak_bandwidth_gbs,
     )
     if peak_tflops and tokens_per_s:
-        row["s_mfu_prefill"] = row["model_flops_per_token_analytic"] * tokens_per_s / (peak_tflops * 1e12)
+        row["s_mfu_prefill"] = row["model_flops_per_token_analytic"] * tokens_per_s / (gpus * peak_tflops * 1e12)
     decode_experts = counts.per_forward(_unique_experts(profiler, experts, DECODE, batch)) if decode_tokens else None
     if decode_experts is not None:
-        row["model_flops_per_token_decode"] = forward.per_token(
-            batch, 1, context, moe_per_token=_moe_per_token(profiler, layers, DECODE))
-        row["decode_bytes_per_step"] = counts.dense + sum(decode_experts) + batch * context * kv
+        row["model_flops_per_token_decode"] = forward.decode_per_token(
+            batch, slots, slots, moe_per_token=_moe_per_token(profiler, layers, DECODE))
+        row["decode_bytes_per_step"] = (counts.dense + sum(decode_experts)
+                                        + forward.kv_cache_bytes(batch, slots, element, slots))
         if peak_bandwidth_gbs and tpot_ms:
-            row["s_mbu_decode"] = row["decode_bytes_per_step"] / (tpot_ms / 1e3) / (peak_bandwidth_gbs * 1e9)
+            row["s_mbu_decode"] = row["decode_bytes_per_step"] / (tpot_ms / 1e3) / (gpus * peak_bandwidth_gbs * 1e9)
     if layers is not None and len(layers):
         by_phase = {PREFILL: prefill_experts, DECODE: decode_experts}
         positions = {layer.layer_id: layer.position for layer in profiler.layers}
