@@ -18,7 +18,8 @@ from .evaluate import DECODE, PREFILL
 from .model_cost import byte_counts, expected_unique
 
 
-def _element_bytes(model) -> int:
+def element_bytes(model) -> int:
+    """Bytes of one element of the model's floating-point parameters (what its KV cache holds too)."""
     return next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
 
 
@@ -70,7 +71,7 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
     moe = _moe_per_token(profiler, layers, PREFILL)
     measured = profiler.model_flops_measured().get(PREFILL)
     params = profiler.param_counts()
-    counts, element = byte_counts(model, profiler.layers), _element_bytes(model)
+    counts, element = byte_counts(model, profiler.layers), element_bytes(model)
     prefill_experts = counts.per_forward(_unique_experts(profiler, experts, PREFILL, tokens))
     # generate()'s static cache: max_length - 1 slots (the last token is never fed back), all read by every step
     slots = seq_len + max(decode_tokens - 1, 0)

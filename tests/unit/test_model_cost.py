@@ -206,3 +206,19 @@ def test_meta_job_bytes_are_the_checkpoints_dtype():
         models.load(ModelConfig(name="meta_olmoe", model_type="olmoe", weights=Weights.meta,
                                 config={**config, "torch_dtype": "fp7"}), DeviceConfig(), 0)
     models.clear_cache()
+
+
+def test_utilisation_divides_by_every_gpu_the_model_occupies():
+    """S-MFU / S-MBU over the peak of all the cards (MoE-CAP's num_gpus x peak): a model spread over 4 GPUs at the
+    same rate uses a quarter of them."""
+    from runner.profiler.run_cost import cost_columns
+
+    profiler = MOEProfiler(build_tiny_model("olmoe"), verbose=False)
+    rows = [cost_columns(profiler, None, None, batch=1, seq_len=SEQ, decode_tokens=4, tokens_per_s=1e6, tpot_ms=1.0,
+                         peak_tflops=1.0, peak_bandwidth_gbs=1.0, gpus=gpus)[0] for gpus in (1, 4)]
+    one, four = rows
+    assert one["s_mfu_prefill"] == pytest.approx(one["model_flops_per_token_analytic"] * 1e6 / 1e12)
+    assert four["s_mfu_prefill"] == pytest.approx(one["s_mfu_prefill"] / 4)
+    assert four["s_mbu_decode"] == pytest.approx(one["s_mbu_decode"] / 4)
+    assert four["peak_tflops"] == one["peak_tflops"] == 1.0  # the column stays one card's
+    profiler.detach()
