@@ -161,7 +161,7 @@ def _cache_windows(config) -> dict[int, int]:
 
     try:
         layers = DynamicCache(config=config).layers
-    except Exception:  # a cache layout DynamicCache cannot build (the model brings its own cache class)
+    except (KeyError, ValueError, TypeError, AttributeError):  # a layout DynamicCache cannot build: its own cache
         return {}
     return {i: layer.sliding_window for i, layer in enumerate(layers)
             if isinstance(getattr(layer, "sliding_window", None), int) and layer.sliding_window > 0}
@@ -181,21 +181,22 @@ def attention_modules(model: nn.Module) -> list[Attention]:
         kv_heads = (_first_int(module, arch.ATTENTION_KV_HEADS)
                     or max(heads // (_first_int(module, (arch.ATTENTION_KV_GROUPS,)) or 1), 1))
         window = windows.get(module.layer_idx) if windows else getattr(module, "sliding_window", None)
-        expand = getattr(module, arch.LATENT_EXPAND, None)
-        latent = _first_int(module, (arch.LATENT_RANK,)) if isinstance(expand, nn.Linear) else None
+        expand = latent_expansion(module)
         found.append(Attention(
             name, heads, dim_qk, _first_int(module, arch.ATTENTION_V_DIM) or dim_qk, kv_heads,
             window if isinstance(window, int) and window > 0 else None,
-            latent=latent + (_first_int(module, (arch.LATENT_ROPE,)) or 0) if latent else 0,
-            expand=2 * expand.in_features * expand.out_features if latent else 0))
+            latent=_first_int(module, (arch.LATENT_RANK,)) + (_first_int(module, (arch.LATENT_ROPE,)) or 0)
+            if expand is not None else 0,
+            expand=2 * expand.in_features * expand.out_features if expand is not None else 0))
     return found
 
 
-def latent_expansions(model: nn.Module) -> set[int]:
-    """MLA's up-projections: counted per cached position with the attention, not per token with the dense layers."""
-    return {id(getattr(m, arch.LATENT_EXPAND)) for m in model.modules()
-            if all(hasattr(m, marker) for marker in arch.ATTENTION_MARKERS)
-            and isinstance(getattr(m, arch.LATENT_EXPAND, None), nn.Linear) and _first_int(m, (arch.LATENT_RANK,))}
+def latent_expansion(module: nn.Module) -> nn.Linear | None:
+    """An MLA attention module's up-projection of its cached latent (None for any other module): counted per cached
+    position with the attention, not per token with the dense layers."""
+    expand = getattr(module, arch.LATENT_EXPAND, None)
+    is_attention = all(hasattr(module, marker) for marker in arch.ATTENTION_MARKERS)
+    return expand if is_attention and isinstance(expand, nn.Linear) and _first_int(module, (arch.LATENT_RANK,)) else None
 
 
 def indexer_modules(model: nn.Module) -> list[tuple[int, int]]:
@@ -221,7 +222,7 @@ def moe_module_ids(layers: list[MoELayer]) -> set[int]:
 def forward_cost(model: nn.Module, layers: list[MoELayer]) -> ForwardCost:
     inside = moe_module_ids(layers)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    outside = inside | latent_expansions(model)
+    outside = inside | {id(expand) for m in model.modules() if (expand := latent_expansion(m)) is not None}
     dense = sum(2 * m.in_features * m.out_features for m in model.modules()
                 if isinstance(m, nn.Linear) and id(m) not in outside and m is not head)
     head_flops = 2 * head.in_features * head.out_features if isinstance(head, nn.Linear) else 0

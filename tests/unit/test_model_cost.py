@@ -222,3 +222,43 @@ def test_utilisation_divides_by_every_gpu_the_model_occupies():
     assert four["s_mbu_decode"] == pytest.approx(one["s_mbu_decode"] / 4)
     assert four["peak_tflops"] == one["peak_tflops"] == 1.0  # the column stays one card's
     profiler.detach()
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "olmoe"])
+def test_runs_decode_column_equals_the_real_generate_steps(model_type):
+    """`model_flops_per_token_decode` (the runs column) equals FlopCounterMode over generate's own decode steps with
+    its static cache: the way a job decodes (runner/profiler/evaluate.py: decode)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    from runner.profiler.evaluate import DECODE, PROMPT, without_prompt_pass
+    from runner.profiler.flops import count_flops
+    from runner.profiler.run_cost import cost_columns
+
+    model = build_tiny_model(model_type)
+    profiler = MOEProfiler(model, verbose=False)
+    new = 4
+    prompt = torch.randint(2, 100, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+
+    class AfterPrompt(BaseStreamer):  # generate calls put() with the prompt, then after each new token
+        calls, at = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2:  # the prompt pass is done: what runs from here on is decoding
+                self.at = sum(counter.flop_counts["Global"].values())
+                profiler.set_phase(DECODE)
+
+        def end(self):
+            pass
+
+    clock = AfterPrompt()
+    with torch.no_grad(), profiler.phase(PROMPT), count_flops() as counter:
+        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                       min_new_tokens=new, do_sample=False, cache_implementation="static", pad_token_id=0,
+                       streamer=clock)
+    measured = (sum(counter.flop_counts["Global"].values()) - clock.at) / ((new - 1) * BATCH)
+    layers = without_prompt_pass(profiler.layers_df())
+    row, _ = cost_columns(profiler, layers, without_prompt_pass(profiler.experts_df()), batch=BATCH, seq_len=SEQ,
+                          decode_tokens=new)
+    assert row["model_flops_per_token_decode"] == measured
+    profiler.detach()
