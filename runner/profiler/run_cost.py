@@ -76,14 +76,15 @@ def cost_columns(profiler, layers: pd.DataFrame | None, experts: pd.DataFrame | 
     # generate()'s static cache: max_length - 1 slots (the last token is never fed back), all read by every step
     slots = seq_len + max(decode_tokens - 1, 0)
     kv = forward.kv_bytes_per_token(slots, element, slots if decode_tokens else None)
+    # analytic (all prefill batches) and measured (the measured ones) must agree only over the same tokens: a
+    # token-dependent MoE count (a dynamic selector, zero-compute experts) measured on the first batch alone is not
+    # the routed count over all of them
     fixed_k = abs(moe - float(profiler.flops_per_token()["flops"].sum())) <= 1e-9 * max(moe, 1.0)
-    prefill_tokens = _phase_tokens(layers, PREFILL)
+    same_tokens = fixed_k or not measured_tokens or measured_tokens >= _phase_tokens(layers, PREFILL)
     row = dict(
         model_flops_per_token_analytic=forward.per_token(batch, seq_len, moe_per_token=moe),
         model_flops_per_token_measured=measured / measured_tokens if measured and measured_tokens else None,
-        # the two must agree only over the same tokens: a token-dependent MoE count (a dynamic selector, zero-compute
-        # experts) measured on the first batch alone is not the routed count over all of them
-        model_flops_exact=forward.exact and (fixed_k or not measured_tokens or measured_tokens >= prefill_tokens),
+        model_flops_exact=forward.exact and same_tokens,
         attention_flops_per_token_causal=forward.attention_flops(batch, seq_len, causal=True) / tokens,
         params_active_nonembedding=float(params["params_active_nonembedding"]),
         param_bytes_per_token=(counts.dense + sum(prefill_experts)) / tokens,
