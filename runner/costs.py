@@ -1,5 +1,5 @@
 """The job's whole-model cost columns (runner/profiler/run_cost.py computes them): what job.py hands over, and the
-device's peaks (the config's, else the table of known GPUs; none on CPU)."""
+device's peaks (the config's, else the table of known GPUs; none on CPU), one per GPU the model occupies."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +11,7 @@ from .schema import RunnerConfig
 
 def add(conf: RunnerConfig, row: RunRecord, profiler, layers, experts, loaded) -> tuple[Any, Any]:
     """Fill `row`'s cost columns; returns (layers with their `param_bytes`, experts) for the job to write."""
+    from .profiler.frames import cuda_devices
     from .profiler.hardware import peak_for
     from .profiler.run_cost import cost_columns
 
@@ -19,6 +20,7 @@ def add(conf: RunnerConfig, row: RunRecord, profiler, layers, experts, loaded) -
     columns, layers = cost_columns(
         profiler, layers, experts, batch=forward_batch(conf.batch_size, row.blocks), seq_len=conf.seq_len,
         decode_tokens=conf.decode_tokens or 0, measured_tokens=row.flops_measured_tokens or 0,
-        tokens_per_s=row.tokens_per_s, tpot_ms=row.tpot_ms, peak_tflops=tflops, peak_bandwidth_gbs=bandwidth)
+        tokens_per_s=row.tokens_per_s, tpot_ms=row.tpot_ms, peak_tflops=tflops, peak_bandwidth_gbs=bandwidth,
+        gpus=max(len(cuda_devices(loaded.model)), 1))  # device=auto over several GPUs: all of them, as MoE-CAP
     row.update(**columns)
     return layers, experts

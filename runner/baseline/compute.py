@@ -35,7 +35,10 @@ def k_values(default_k: int, num_experts: int) -> list[int]:
 
 
 def analytic_entries(name: str, profiler, ks: Sequence[int]) -> list[Entry]:
+    from ..profiler.run_cost import element_bytes
+
     layers = profiler.layers
+    forward = profiler.forward_cost()
     params = profiler.param_counts(ks[0])
     out = [
         Entry(name, "moe_layers", len(layers)),
@@ -56,10 +59,15 @@ def analytic_entries(name: str, profiler, ks: Sequence[int]) -> list[Entry]:
         # the whole forward of one CONTEXT-token sequence (no causal halving), and its causal attention term
         out.append(Entry(name, f"model_flops_per_token_ctx{CONTEXT}",
                          clean(profiler.model_flops_per_token(1, CONTEXT, k=k)), k=k))
-    forward = profiler.forward_cost()
+        # one decode step with CONTEXT tokens in a dynamic cache (MLA re-expands its latent at every position)
+        out.append(Entry(name, f"model_flops_per_token_decode_ctx{CONTEXT}",
+                         clean(forward.decode_per_token(1, CONTEXT, moe_per_token=float(frame["flops"].sum()))), k=k))
     out.append(Entry(name, "model_flops_exact", clean(forward.exact)))
     out.append(Entry(name, f"attention_flops_per_token_causal_ctx{CONTEXT}",
                      clean(forward.attention_flops(1, CONTEXT, causal=True) / CONTEXT)))
+    # what the cache holds per token of a CONTEXT-token sequence, in the model's dtype (a meta build: the checkpoint's)
+    out.append(Entry(name, f"kv_cache_bytes_per_token_ctx{CONTEXT}",
+                     clean(forward.kv_bytes_per_token(CONTEXT, element_bytes(profiler.model)))))
     return out
 
 

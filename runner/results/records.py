@@ -143,12 +143,14 @@ class RunRecord(KeyColumns):
     attention_flops_per_token_causal: Double = col("the attention-score term per token with causal halving (the "
                                                    "documented variant; the analytic total counts the full matrix) (v3)")
     model_flops_per_token_decode: Double = col("with `decode_tokens`: analytic FLOPs per generated token, a decode step "
-                                               "against the static cache's `seq_len + decode_tokens` keys, the MoE "
-                                               "layers at their decode routed count (v3)")
+                                               "through generate's static cache of `seq_len + decode_tokens - 1` "
+                                               "slots (MLA: the latent re-expanded at every slot), the MoE layers at "
+                                               "their decode routed count (v3)")
     param_bytes_per_token: Double = col("prefill: parameter bytes read per token (dense parameters and each routed "
                                         "expert a token of the batch chose, read once per batch) (v3)")
-    kv_cache_bytes_per_token: Double = col("KV-cache bytes per token of context at `seq_len + decode_tokens`, in the "
-                                           "model's dtype (v3)")
+    kv_cache_bytes_per_token: Double = col("bytes the KV cache holds per token of context (MLA: its latent), in the "
+                                           "model's dtype: generate's static cache of `seq_len + decode_tokens - 1` "
+                                           "slots (v3)")
     decode_bytes_per_step: Double = col("with `decode_tokens`: bytes read per decode step: parameters (activated "
                                         "experts once per step, expected from the decode loads) and the static KV "
                                         "cache (v3)")
@@ -156,8 +158,8 @@ class RunRecord(KeyColumns):
                               "null on CPU (v3)")
     peak_bandwidth_gbs: Double = col("the device's peak memory GB/s used for S-MBU; null on CPU (v3)")
     s_mfu_prefill: Double = col("sparse MFU of the prefill forwards: model_flops_per_token_analytic x tokens_per_s / "
-                                "peak (v3)")
-    s_mbu_decode: Double = col("sparse MBU of decode: decode_bytes_per_step / tpot / peak bandwidth (v3)")
+                                "(GPUs the model occupies x peak) (v3)")
+    s_mbu_decode: Double = col("sparse MBU of decode: decode_bytes_per_step / tpot / (GPUs x peak bandwidth) (v3)")
     # routing analyses (docs/metrics.md): the prefill phase, averaged over the MoE layers (v3)
     analysis: String = col("the `analysis` preset the job started from (`basic`, `full`, `none`)")
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")

@@ -89,6 +89,17 @@ def test_selector_job_records_params_and_dynamic_k(tmp_path):
     assert row["flops_per_token_routed"] <= row["flops_per_token_analytic"] == moe_flops(4)
     # measured FLOPs follow the experts that really ran (dynamic k), not k_max
     assert row["flops_per_token_measured"] < moe_flops(4)
+    # measured on the first batch only: the guard holds it against the analytic count of that batch's routed tokens
+    # (like with like), not against the per-token analytic column, which covers both batches
+    assert row["flops_measured_tokens"] < row["tokens"] and row["model_flops_exact"] and row["flops_exact"]
+    assert row["model_flops_per_token_analytic"] != row["model_flops_per_token_measured"]
+
+
+def test_dynamic_k_job_measured_on_every_batch_compares_like_with_like(tmp_path):
+    run_job(tmp_path, "selector=cumsum", "selector.threshold=0.2", "topk=4", "measure_flops=true", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["flops_measured_tokens"] == row["tokens"] and row["model_flops_exact"]
+    assert row["model_flops_per_token_analytic"] == pytest.approx(row["model_flops_per_token_measured"], rel=1e-12)
 
 
 def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
@@ -123,9 +134,11 @@ def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
     decode_bytes = eager_layers.loc[eager_layers["phase"] == "decode", "param_bytes"]
     assert (decode_bytes > 0).all() and (decode_bytes < E * 3 * H * I * 4).all()  # fewer than all 8 experts a step
     assert pd.isna(compiled_row["s_mfu_prefill"])  # on CPU without a given peak
-    # a decode step attends over the static cache (64 + 3 keys) where a prefill token saw 64: 2 layers x 4 heads x
-    # (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2 in both phases)
-    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 3 * 32
+    # a decode step attends over generate's static cache, max_length - 1 = 64 + 3 - 1 slots, where a prefill token saw
+    # 64 keys: 2 layers x 4 heads x (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2)
+    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 2 * 32
+    # the bytes of that cache: 2 layers x 2 kv heads x (16 + 16) x fp32 per slot
+    assert eager_row["kv_cache_bytes_per_token"] == 2 * 2 * 32 * 4
     assert compiled_row["compile"] and not eager_row["compile"]
     assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-5)
     for column in ("tokens", "assignments", "flops", "flops_measured"):

@@ -46,3 +46,27 @@ def test_active_parameters_match_the_published_figure(name):
     finally:
         models.clear_cache()
     assert round(counts[convention] / 1e9, 2) == billions
+
+
+def test_deepseek_v3_decode_and_cache_as_docs_flops_md_says():
+    """DeepSeek-V3 (meta, its checkpoint's bf16): the cache holds the 512 + 64 latent per layer, and a decode step at
+    a 4,096-token context re-expands it at every position; docs/flops.md quotes both."""
+    from helpers import ROOT
+    from runner.profiler.run_cost import element_bytes
+
+    config = next(c for c in model_configs() if c.name == "deepseek_v3")
+    models.clear_cache()
+    loaded = models.load(replace(config, weights=Weights.meta), DeviceConfig(name="cpu", device="cpu"), 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profiler = MOEProfiler(loaded.model, verbose=False)
+        cost, moe = profiler.forward_cost(), float(profiler.flops_per_token(8)["flops"].sum())
+        kv, element = cost.kv_bytes_per_token(4096, element_bytes(loaded.model)), element_bytes(loaded.model)
+        decode = cost.decode_per_token(1, 4096, moe_per_token=moe)
+        profiler.detach()
+    finally:
+        models.clear_cache()
+    assert loaded.dtype == "bfloat16" and element == 2 and kv == 61 * (512 + 64) * 2
+    doc = (ROOT / "docs" / "flops.md").read_text()
+    assert f"{kv:,.0f} bytes per token in bf16" in doc and f"{decode / 1e9:,.0f} GFLOP per token at k=8" in doc
