@@ -112,8 +112,28 @@ def _is_class(value: str) -> bool:
         return False
 
 
+# hydra.job.env_set: the variables a config may set for the job's process (and every process it starts); anything
+# else could change what a child process runs (PATH, LD_PRELOAD, PYTHON*, GIT_CONFIG_*: `git` for the provenance)
+ALLOWED_ENV_SET = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                   "PYTORCH_CUDA_ALLOC_CONF", "TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "HF_HUB_OFFLINE",
+                   "HF_DATASETS_OFFLINE", "TRANSFORMERS_VERBOSITY")
+
+
+def check_environment(cfg: DictConfig) -> None:
+    """Refuse (ConfigError) a `hydra.job.env_set` variable outside ALLOWED_ENV_SET: a config never sets the
+    environment the job's child processes run with."""
+    env_set = OmegaConf.select(cfg, "hydra.job.env_set", default=None)
+    if not isinstance(env_set, DictConfig):
+        return
+    for name in env_set.keys():
+        if str(name) not in ALLOWED_ENV_SET:
+            raise ConfigError(f"hydra.job.env_set.{name}: configs may not set the environment of the job's processes "
+                              f"(allowed: {', '.join(ALLOWED_ENV_SET)}); export it in the shell instead")
+
+
 def check_composed(cfg: DictConfig, job: str = "") -> None:
-    """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
+    """Unknown keys, instantiation targets and environment variables of one composed config (with its hydra
+    node)."""
     from .validation import unknown_keys
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
@@ -122,6 +142,7 @@ def check_composed(cfg: DictConfig, job: str = "") -> None:
         raise ConfigError(job + "; ".join(unknown))
     try:
         check_targets(cfg)
+        check_environment(cfg)
     except ConfigError as exc:
         raise ConfigError(job + str(exc)) from None
 

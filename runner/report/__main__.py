@@ -21,7 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=None,
                         help="where to look up a sweep id or `latest` (default: $RUNNER_OUT/results or "
                              "outputs/results)")
-    parser.add_argument("--out", default=None, help="output directory (default: <sweep dir>/report)")
+    parser.add_argument("--out", default=None, help="output directory (default: <sweep dir>/report for a sweep directory, "
+                             "<results dir>/report for a results directory, <results dir>/reports/<id> for an id or "
+                             "latest)")
     parser.add_argument("--layer", type=int, default=None,
                         help="the layer of the co-activation figure (default: the middle MoE layer)")
     args = parser.parse_args(argv)

@@ -35,6 +35,42 @@ log = logging.getLogger(__name__)
 
 _warned: set[tuple[str, str]] = set()
 
+# environment values the running job's config read (runner/job.py: environment_values) -> the `${oc.env:NAME}` the
+# results store in their place, in every string column of every table and in the partition names
+_redactions: dict[str, str] = {}
+# a value this short is replaced only where it is the whole string: "1" or "cpu" occur inside unrelated text
+WHOLE_ONLY = 6
+
+
+def redact_environment(values: dict[str, str]) -> None:
+    """From now on every string written to the results has these values replaced by their references."""
+    _redactions.clear()
+    _redactions.update({value: ref for value, ref in values.items() if value})
+
+
+def redact(value: Any) -> Any:
+    if not _redactions or not isinstance(value, str):
+        return value
+    for secret, ref in _redactions.items():
+        if value == secret or (len(secret) >= WHOLE_ONLY and secret in value):
+            value = value.replace(secret, ref)
+    return value
+
+
+def _redact_table(data: pa.Table) -> pa.Table:
+    if not _redactions:
+        return data
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(data.schema):
+        if pa.types.is_string(field.type):
+            column = data.column(i)
+            for secret, ref in _redactions.items():
+                column = pc.replace_substring(column, secret, ref) if len(secret) >= WHOLE_ONLY else \
+                    pc.if_else(pc.equal(column, secret), ref, column)
+            data = data.set_column(i, field, column)
+    return data
+
 
 def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
     """Rows (dicts by column name, or records) as an arrow table of `table`'s schema; a key the schema lacks is
@@ -48,7 +84,7 @@ def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
                 _warned.add((table, key))
                 log.warning("results: column %r of table %s is not in the schema (v%d); dropped", key, table,
                             SCHEMA_VERSION)
-    arrays = [pa.array([coerce(row.get(f.name), f.type) for row in rows], type=f.type) for f in schema]
+    arrays = [pa.array([redact(coerce(row.get(f.name), f.type)) for row in rows], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -71,7 +107,7 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
 
 
 def _part(results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str) -> Path:
-    directory = Path(results_dir) / f"table={table}" / f"model={_safe(model)}"
+    directory = Path(results_dir) / f"table={table}" / f"model={_safe(redact(model))}"
     name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
     return directory / name
 
@@ -113,7 +149,7 @@ class StreamedPart:
             if self.writer is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-            self.writer.write_table(data.cast(self.schema))
+            self.writer.write_table(_redact_table(data.cast(self.schema)))
         except OSError as exc:
             raise OutputError(f"cannot write results to {self.path.parent} ({exc.strerror or exc})") from None
         self.rows += data.num_rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,17 @@ def select(source: str | os.PathLike, results_dir: str | os.PathLike | None = No
     root = Path(results_dir) if results_dir is not None else default_results_dir()
     runs = _read(lambda: load("runs", sweep=str(source), results_dir=root), root)
     sweep_ids = runs["sweep_id"].dropna().unique()
+    # the report goes under the results dir the command line named, never where a stored row points (sweep_dir)
     if len(sweep_ids) == 1:
-        sweep_dir = runs["sweep_dir"].dropna()
-        out = Path(sweep_dir.iloc[0]) / "report" if len(sweep_dir) else root / "reports" / sweep_ids[0]
-        return Selection(combine(runs, str(root)), root, f"sweep {sweep_ids[0]}", out)
+        return Selection(combine(runs, str(root)), root, f"sweep {sweep_ids[0]}",
+                         root / "reports" / _safe_name(sweep_ids[0]))
     return Selection(fill_resumed(runs), root, f"run {runs['run_id'].iloc[0]}",
-                     root / "reports" / str(runs["run_id"].iloc[0])[:12])
+                     root / "reports" / _safe_name(runs["run_id"].iloc[0]))
+
+
+def _safe_name(stored: Any) -> str:
+    """A stored id as one path component (a planted '../x' stays inside reports/)."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", str(stored))[:40] or "x"
 
 
 def _results_dir(root: Path) -> Selection:

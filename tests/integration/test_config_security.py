@@ -1,0 +1,128 @@
+"""A config never sets the environment of the job's processes, never copies environment values into the results
+(every key, every table), and a report writes only where the command line or the results dir says."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers.jobs import latest_run, run_job
+from runner import provenance, results
+from runner.preflight import preflight
+
+SECRET = "hf_s3cr3t_value"
+
+
+def every_stored_string(results_dir: Path) -> str:
+    """All the string cells of every table of a results dir, and its partition names."""
+    text = [str(p.relative_to(results_dir)) for p in results_dir.rglob("*.parquet")]
+    for table in results.TABLES:
+        frame = results.read_table(results_dir, table)
+        for column in frame.columns:
+            text += [str(v) for v in frame[column].dropna().tolist() if isinstance(v, str)]
+    return "\n".join(text)
+
+
+# -- a config cannot set the environment git (or any child process) runs with ----------------------------------------
+@pytest.mark.parametrize("override,name", [
+    ("+hydra.job.env_set.GIT_CONFIG_COUNT=1", "GIT_CONFIG_COUNT"),
+    ("+hydra.job.env_set.PATH=/tmp/evil", "PATH"),
+    ("+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so", "LD_PRELOAD"),
+    ("+hydra.job.env_set.PYTHONSTARTUP=/tmp/evil.py", "PYTHONSTARTUP"),
+])
+def test_env_set_is_refused(tmp_path, override, name):
+    message = preflight([override, f"out_root={tmp_path}"])
+    assert message is not None and message.startswith(f"hydra.job.env_set.{name}: configs may not set the environment")
+    assert preflight(["+hydra.job.env_set.OMP_NUM_THREADS=2", f"out_root={tmp_path}"]) is None
+
+
+def test_env_set_from_an_experiment_file_is_refused(tmp_path):
+    confdir = tmp_path / "confdir" / "experiment"
+    confdir.mkdir(parents=True)
+    (confdir / "evil_env.yaml").write_text(
+        "# @package _global_\nhydra:\n  job:\n    env_set:\n      GIT_CONFIG_COUNT: '1'\n"
+        "      GIT_CONFIG_KEY_0: core.fsmonitor\n      GIT_CONFIG_VALUE_0: touch marker\n")
+    message = preflight(["--config-dir", str(tmp_path / "confdir"), "experiment=evil_env", f"out_root={tmp_path}"])
+    assert message.startswith("hydra.job.env_set.GIT_CONFIG_COUNT: configs may not set"), message
+    message = preflight(["-m", "--config-dir", str(tmp_path / "confdir"), "experiment=evil_env", "topk=1,2",
+                         f"out_root={tmp_path}"])
+    assert "hydra.job.env_set.GIT_CONFIG_COUNT" in message
+
+
+def test_provenance_runs_git_with_a_fixed_environment(tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", f"touch {marker}; :")  # the hook's arguments go to :
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git").write_text(f"#!/bin/sh\ntouch {marker}.path\nexit 1\n")
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    provenance.git_state.cache_clear()
+    try:
+        sha, _ = provenance.git_state()
+    finally:
+        provenance.git_state.cache_clear()
+    assert not marker.exists() and not Path(f"{marker}.path").exists()
+    real = subprocess.run(["git", "-C", str(provenance.REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          env=provenance.git_environment())
+    assert sha == (real.stdout.strip() or None)
+
+
+# -- environment values never reach the results ----------------------------------------------------------------------
+def test_environment_values_stay_out_of_every_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECRET", SECRET)
+    monkeypatch.setenv("SHORT", "s3c")
+    out = run_job(tmp_path, "tag=${oc.env:SECRET}", "dataset.name=${oc.env:SECRET}", "model.revision=${oc.env:SECRET}",
+                  "+model.config.note=${oc.env:SHORT}", "max_batches=1", "seq_len=32")
+    assert out["status"] == "ok"
+    row = latest_run(tmp_path)
+    assert row["dataset"] == "${oc.env:SECRET}" and row["revision"] == "${oc.env:SECRET}"
+    assert "tag=${oc.env:SECRET}" in row["overrides"]
+    stored = every_stored_string(tmp_path / "results")
+    assert SECRET not in stored and "${oc.env:SECRET}" in stored
+    assert "note: ${oc.env:SHORT}" in row["config_yaml"]
+
+
+def test_sweeper_params_are_stored_as_written(tmp_path):
+    """An experiment's hydra.sweeper.params, which Hydra resolves into each job's overrides: the runs rows (tag,
+    overrides, config_yaml) keep the reference."""
+    import sys
+
+    from helpers import ROOT
+    from helpers.cli import cli_env
+
+    experiments = tmp_path / "confdir" / "experiment"
+    experiments.mkdir(parents=True)
+    (experiments / "secret_sweep.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      tag: ${oc.env:SECRET}\n")
+    proc = subprocess.run([sys.executable, "-m", "runner", "-m", "--config-dir", str(tmp_path / "confdir"),
+                           f"out_root={tmp_path}", "experiment=secret_sweep", "max_batches=1", "seq_len=32",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=cli_env(SECRET=SECRET),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    runs = results.read_table(tmp_path / "results", "runs")
+    assert runs["tag"].tolist() == ["${oc.env:SECRET}"]
+    assert SECRET not in every_stored_string(tmp_path / "results")
+
+
+# -- a report writes where the command line or the results dir says, never where a stored row points -----------------
+def test_report_ignores_a_planted_sweep_dir(tmp_path, capsys):
+    import datetime as dt
+
+    from runner.report.__main__ import main as report
+
+    assert run_job(tmp_path, "max_batches=1", "seq_len=32")["status"] == "ok"
+    root = tmp_path / "results"
+    planted = latest_run(tmp_path).to_dict()
+    elsewhere = tmp_path / "elsewhere"
+    planted.update(run_id="planted0000000000", sweep_id="../../evil", sweep_dir=str(elsewhere), job_num=0,
+                   timestamp=dt.datetime.now(dt.timezone.utc))
+    results.write_part(root, "runs", "olmoe_tiny", [planted], planted["config_hash"], planted["run_id"])
+    assert report(["latest", "--results-dir", str(root)]) == 0
+    assert not elsewhere.exists() and not (tmp_path.parent / "evil").exists()
+    written = Path(capsys.readouterr().out.split("report: ")[1].split(" (")[0])
+    assert written.parent.parent == root / "reports" and written.is_file()
