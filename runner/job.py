@@ -29,7 +29,7 @@ from .results.io import redact_environment
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
 from .slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
-from .validation import check_loaded, validate
+from .validation import check_finite, check_loaded, validate
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -354,6 +354,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
                 tracer.abort()
             raise
         profiler_layers = without_prompt_pass(profiler.layers_df())
+        check_finite(row.loss, profiler_layers)  # NaN routers: a failed job, never imbalance stored as real
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
         prefill = layers[layers["phase"] == PREFILL]  # the run's own numbers; decode rows are in the layers table

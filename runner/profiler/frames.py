@@ -3,6 +3,7 @@ memory, and the text reports. Metric definitions are in metrics.py; this file on
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -207,13 +208,17 @@ def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = Non
     experts = experts_frame(p)
     other = None if fit_on is None else {layer: g.sort_values("expert")["tokens"].to_numpy(np.float64)
                                          for layer, g in fit_on.groupby("layer")}
-    rows = []
+    rows, warned = [], set()
     for (phase, layer_id), group in experts.groupby(["phase", "layer"], sort=False):
         loads = group["tokens"].to_numpy(np.float64)
         if other is not None and (layer_id not in other or len(other[layer_id]) != len(loads)):
             raise ValueError(f"the loads to fit placements on have no layer {layer_id} with {len(loads)} experts: "
                              "fit on a run of the same model")
         sizes = placement.ep_sizes(len(loads)) if ep_sizes is None else [n for n in ep_sizes if len(loads) % n == 0]
+        if ep_sizes is not None and len(sizes) < len(ep_sizes) and len(loads) not in warned:
+            warned.add(len(loads))
+            warnings.warn(f"EP sizes {[n for n in ep_sizes if len(loads) % n]} do not divide the {len(loads)} experts "
+                          "of a layer: no placement rows for them", stacklevel=3)
         for size in sizes:
             extra = (size,) if redundant is None else tuple(redundant)
             fits = [("self", placement.placements(loads, size, extra))]

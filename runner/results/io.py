@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from ..errors import OutputError, ResultsNotFound, one_line
+from ..schema import MODEL_NAME_MAX
 from .columns import coerce
 from .records import PARTITION, SCHEMA_VERSION, SCHEMAS, TABLES, full_schema
 
@@ -88,8 +89,18 @@ def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:40] or "x"
+def safe_name(text: Any, limit: int = 40) -> str:
+    """`text` as one path component: letters, digits, _ . - (a planted '../x' stays one harmless name)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(text)).lstrip(".")[:limit] or "x"
+
+
+def model_partition(model: str) -> str:
+    """The partition value of a model: the name itself when it is a path-safe slug that fits; otherwise (a lost job's
+    unvalidated name) a safe prefix and a hash of the whole name, which cannot merge with another name."""
+    safe = safe_name(model, MODEL_NAME_MAX)
+    if safe == model:
+        return model
+    return f"{safe[:MODEL_NAME_MAX - 13]}-{hashlib.sha1(str(model).encode()).hexdigest()[:12]}"
 
 
 def check_writable(results_dir: str | os.PathLike) -> Path:
@@ -107,8 +118,8 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
 
 
 def _part(results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str) -> Path:
-    directory = Path(results_dir) / f"table={table}" / f"model={_safe(redact(model))}"
-    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
+    directory = Path(results_dir) / f"table={table}" / f"model={model_partition(redact(model))}"
+    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{safe_name(socket.gethostname())}-{os.getpid()}.parquet"
     return directory / name
 
 
@@ -294,8 +305,35 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
             return pd.read_parquet(Path(summary.iloc[0]) / "summary.parquet")
         table = "runs"  # a single run (or a sweep still running): its own rows
     selected = ds.field(key) == value
-    return _ordered(read_table(root, table, filter=selected if filter is None else selected & filter),
-                    "job_num", "timestamp")
+    from .summaries import latest_per_job
+
+    jobs = latest_per_job(read_table(root, "runs", filter=selected), str(root))
+    if table == "runs":
+        if filter is not None:  # the caller's filter, on the rows as returned (a resumed job's reused metrics)
+            jobs = jobs[jobs["run_id"].isin(read_table(root, "runs", filter=selected & filter)["run_id"])]
+        return _ordered(jobs, "job_num", "timestamp")
+    return _ordered(rows_of_jobs(root, table, jobs, filter), "job_num", "timestamp")
+
+
+def data_run_ids(jobs) -> list:
+    """Per runs row, the run id whose rows hold the job's data: a resumed (`skipped`) job's is the reused run's."""
+    return list(jobs["run_id"].where(jobs["status"] != "skipped", jobs["resumed_from"]))
+
+
+def rows_of_jobs(root: str | os.PathLike, table: str, jobs, filter: Any = None):
+    """The rows of `table` holding these jobs' (runs rows) data, each under its job's own run_id (a resumed job's
+    are the reused run's rows)."""
+    import pyarrow.dataset as ds
+
+    data_ids = data_run_ids(jobs)
+    ids = list(dict.fromkeys(str(i) for i in data_ids if isinstance(i, str)))
+    wanted = ds.field("run_id").isin(ids)
+    frame = read_table(root, table, filter=wanted if filter is None else wanted & filter)
+    alias = {data: own for own, data in zip(jobs["run_id"], data_ids) if isinstance(data, str) and data != own}
+    if alias and len(frame):
+        frame = frame.assign(run_id=frame["run_id"].replace(alias))
+    return frame
+
 
 
 def _ordered(frame, *first: str):
