@@ -27,8 +27,9 @@ def analyses_of(config: AnalysisConfig):
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------
-def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str) -> None:
-    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase)."""
+def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str, source=None) -> None:
+    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase).
+    source: placement_source()'s result, read before the model loaded (default: read now)."""
     a = conf.analysis
     row.analysis = a.name
     prefill = layers[layers["phase"] == PREFILL] if "phase" in layers else layers
@@ -42,7 +43,7 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
     if a.transitions:
         frames["transitions"] = profiler.transitions_df()
     if a.placement:
-        fit_on, label = placement_source(a.placement_from, conf.model.name, results_dir)
+        fit_on, label = source or placement_source(a.placement_from, conf.model.name, results_dir)
         try:
             placed = profiler.placement_df(ep_sizes=a.ep_sizes, redundant=a.redundant_experts, fit_on=fit_on,
                                            fitted_on=label)

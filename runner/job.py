@@ -290,6 +290,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
     row.stamp_provenance()
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
     eval_harness.prepare(conf.eval)  # eval=lm_eval: an unknown task or a missing dataset is one line, before the model
+    # analysis.placement_from naming nothing usable: one line before the model loads (and before a trace is written)
+    placement_source = analysis.placement_source(conf.analysis.placement_from, m.name, results_dir) \
+        if conf.analysis.placement else None
 
     documents = None
     t = time.perf_counter()
@@ -368,7 +371,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             row.k_mean = float(prefill["k_mean"].mean())
         row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
-        analysis.write_tables(conf, profiler, layers, row, results_dir)
+        analysis.write_tables(conf, profiler, layers, row, results_dir, placement_source)
         return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job

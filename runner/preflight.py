@@ -220,6 +220,20 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
     return one_line(exc, None) or type(exc).__name__
 
 
+def _output_dir_problem(cfg: DictConfig, multirun: bool) -> Optional[str]:
+    """The job (or sweep) directory Hydra will create, checked before it tries: a path through a file would be its
+    traceback, and in a sweep every job a `failed` row for a job that never started."""
+    from .files import creatable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        directory = OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's runtime resolves: Hydra reports it
+        return None
+    why = creatable(str(directory)) if directory else None
+    return f"{key}: cannot create the directory {directory} ({why}); use a directory path" if why else None
+
+
 def preflight(argv: list[str]) -> Optional[str]:
     """The error line for `python -m runner argv`, or None when Hydra may go ahead."""
     from hydra.core.global_hydra import GlobalHydra
@@ -266,6 +280,9 @@ def preflight(argv: list[str]) -> Optional[str]:
             check_composed(cfg)
         except ConfigError as exc:
             return str(exc)
+        output = _output_dir_problem(cfg, multirun)
+        if output:
+            return output
         if not multirun:
             return None
         from .callbacks import planned_jobs

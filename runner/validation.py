@@ -34,6 +34,13 @@ def _check_device_map(device: DeviceConfig) -> None:
     for key in ("max_memory", "offload_folder"):
         if getattr(device, key) is not None and device.device_map is None:
             _fail(f"device.{key}", "takes effect only with device.device_map; use device=auto or drop it")
+    if device.offload_folder is not None:
+        from .files import creatable
+
+        why = creatable(device.offload_folder)
+        if why:
+            _fail("device.offload_folder", f"cannot create the directory {device.offload_folder} ({why}); use a "
+                  "directory path")
     if device.max_memory is not None and not isinstance(device.max_memory, dict):
         _fail("device.max_memory", f"must be a mapping such as '{{0: 70GiB, cpu: 200GiB}}', got {device.max_memory!r}")
     for where, size in (device.max_memory or {}).items():

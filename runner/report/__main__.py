@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from ..errors import ResultsNotFound
+from ..errors import OutputError, ResultsNotFound
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         selection = select(args.source, args.results_dir)
         path = write_report(selection, args.out, args.layer)
-    except (ResultsNotFound, ValueError, OSError) as exc:
+    except (ResultsNotFound, OutputError, ValueError, OSError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path} ({len(selection.runs)} job(s), {time.perf_counter() - start:.1f} s)")

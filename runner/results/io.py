@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from ..errors import OutputError, ResultsNotFound, one_line
+from ..files import remove_stale_temps, temp_path, write_atomic
 from ..schema import MODEL_NAME_MAX
 from .columns import coerce
 from .records import PARTITION, SCHEMA_VERSION, SCHEMAS, TABLES, full_schema
@@ -111,6 +112,7 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
         probe = root / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         probe.write_bytes(b"")
         probe.unlink()
+        remove_stale_temps(root)  # the temp files of writers killed mid-write (kill -9 during a trace)
     except OSError as exc:
         raise OutputError(f"results_dir {str(root)!r} is not writable ({exc.strerror or exc}); "
                           "set results_dir=<a writable directory>") from None
@@ -134,12 +136,9 @@ def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: lis
     path = _part(results_dir, table, model, config_hash, run_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp"
-        pq.write_table(data, tmp)
-        os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write results to {path.parent} ({exc.strerror or exc})") from None
-    return path
+    return write_atomic(path, lambda tmp: pq.write_table(data, tmp), "results")
 
 
 class StreamedPart:
@@ -148,7 +147,7 @@ class StreamedPart:
 
     def __init__(self, results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str):
         self.path = _part(results_dir, table, model, config_hash, run_id)
-        self.tmp = self.path.parent / f".{self.path.name}.tmp"
+        self.tmp = temp_path(self.path)  # unique, naming this writer: a killed writer's is removed later
         self.schema = SCHEMAS[table]
         self.writer = None
         self.rows = 0
@@ -285,6 +284,9 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
             raise ValueError("table 'summary' is one sweep's; pass sweep='latest', a sweep directory or a sweep_id")
         return _ordered(read_table(root, table, filter=filter), "timestamp", "job_num")
     index = read_table(root, "runs", columns=["run_id", "sweep_id", "sweep_dir", "timestamp"])
+    if index.empty:  # every runs part unreadable (each named on stderr) or none written yet
+        raise ResultsNotFound(f"no readable runs rows in {root}: run `python -m runner` first, or move the "
+                              "unreadable files named above out of the results dir")
     if sweep_dir is not None:
         key, value = "sweep_id", sweep_id_for(sweep_dir)
     elif str(sweep) == "latest":
@@ -320,15 +322,16 @@ def data_run_ids(jobs) -> list:
     return list(jobs["run_id"].where(jobs["status"] != "skipped", jobs["resumed_from"]))
 
 
-def rows_of_jobs(root: str | os.PathLike, table: str, jobs, filter: Any = None):
+def rows_of_jobs(root: str | os.PathLike, table: str, jobs, filter: Any = None, with_files: bool = False):
     """The rows of `table` holding these jobs' (runs rows) data, each under its job's own run_id (a resumed job's
-    are the reused run's rows)."""
+    are the reused run's rows); with_files: plus `__filename`, the part file of each row."""
     import pyarrow.dataset as ds
 
     data_ids = data_run_ids(jobs)
     ids = list(dict.fromkeys(str(i) for i in data_ids if isinstance(i, str)))
     wanted = ds.field("run_id").isin(ids)
-    frame = read_table(root, table, filter=wanted if filter is None else wanted & filter)
+    columns = [*full_schema(table).names, "__filename"] if with_files else None
+    frame = read_table(root, table, filter=wanted if filter is None else wanted & filter, columns=columns)
     alias = {data: own for own, data in zip(jobs["run_id"], data_ids) if isinstance(data, str) and data != own}
     if alias and len(frame):
         frame = frame.assign(run_id=frame["run_id"].replace(alias))

@@ -27,12 +27,13 @@ class Selection:
         """The run ids whose rows hold the jobs' data: a resumed (`skipped`) job's are its reused run's."""
         return list(dict.fromkeys(str(i) for i in data_run_ids(self.runs) if isinstance(i, str)))
 
-    def table(self, name: str):
+    def table(self, name: str, with_files: bool = False):
         """The rows of table `name` for these jobs (a resumed job's under its own run id, so they join its runs row),
-        or None when the table is not written here (unknown to this version, or no rows)."""
+        or None when the table is not written here (unknown to this version, or no rows); with_files: plus
+        `__filename`, each row's part file."""
         if name not in TABLES or not (self.root / f"table={name}").is_dir() or not self.data_run_ids():
             return None
-        frame = rows_of_jobs(self.root, name, self.runs)
+        frame = rows_of_jobs(self.root, name, self.runs, with_files=with_files)
         return None if frame.empty else frame
 
 
