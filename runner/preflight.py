@@ -184,6 +184,22 @@ def _non_string_group(overrides: list[str], loader) -> Optional[str]:
     return None
 
 
+def _unquoted_brackets(exc: BaseException) -> Optional[str]:
+    """`dataset.slice=[:5]`: the shell passes the brackets, Hydra reads a list where the key takes a string."""
+    import re
+
+    cause, override = exc, None
+    while cause is not None:
+        found = re.search(r"Error merging override (\S+)", str(cause))
+        override = override or (found.group(1) if found else None)
+        if re.search(r"Cannot convert '(list|dict)' to string", str(cause)) and override and "=" in override:
+            key, value = override.split("=", 1)
+            return (f"{override}: {key} takes a string, and Hydra reads unquoted brackets as a list; quote the value "
+                    f"inside the shell's quotes: '{key}=\"{value}\"'")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path]) -> Optional[str]:
     """A one-line message for a composition failure Hydra would show as a traceback; None for Hydra's own errors."""
     import yaml
@@ -213,11 +229,25 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
             if unknown:
                 return unknown[0]
         cause = cause.__cause__ or cause.__context__
+    quoted = _unquoted_brackets(exc)
+    if quoted:
+        return quoted
     if isinstance(exc, ValueError) and "Config group override" in str(exc):
         return _non_string_group(overrides, loader) or one_line(exc, None)
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
     return one_line(exc, None) or type(exc).__name__
+
+
+def _missing_requirement(cfg: DictConfig) -> Optional[str]:
+    """A package the config needs that is not installed (eval=lm_eval without lm-evaluation-harness)."""
+    from .eval_harness import LM_EVAL, missing_harness
+
+    try:
+        wants_eval = OmegaConf.select(cfg, "eval.name") == LM_EVAL
+    except Exception:  # noqa: BLE001 - the job's validation names a bad eval group
+        return None
+    return missing_harness() if wants_eval else None
 
 
 def _output_dir_problem(cfg: DictConfig, multirun: bool) -> Optional[str]:
@@ -280,7 +310,7 @@ def preflight(argv: list[str]) -> Optional[str]:
             check_composed(cfg)
         except ConfigError as exc:
             return str(exc)
-        output = _output_dir_problem(cfg, multirun)
+        output = _output_dir_problem(cfg, multirun) or _missing_requirement(cfg)
         if output:
             return output
         if not multirun:
@@ -299,6 +329,9 @@ def preflight(argv: list[str]) -> Optional[str]:
                 check_composed(job_cfg, label)
             except ConfigError as exc:
                 return f"{exc}; nothing was run"
+            missing = _missing_requirement(job_cfg)
+            if missing:  # every such job would fail the same way: refuse the sweep instead
+                return f"{label}{missing}; nothing was run"
         return None
     finally:
         GlobalHydra.instance().clear()
