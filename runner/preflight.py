@@ -250,6 +250,30 @@ def _missing_requirement(cfg: DictConfig) -> Optional[str]:
     return missing_harness() if wants_eval else None
 
 
+def _unresolvable_plugin(cfg: DictConfig) -> Optional[str]:
+    """A launcher or sweeper setting that does not resolve to its type (RUNNER_SLURM_MEM_GB=abc): Hydra would fail
+    instantiating it with a traceback, after recording nothing."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .validation import config_message
+
+    for key in ("hydra.launcher", "hydra.sweeper"):
+        node = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(node, DictConfig):
+            continue
+        for name in node.keys():
+            try:
+                node[name]
+            except OmegaConfBaseException as exc:
+                raw = raw_value(node, name)
+                env = [part.split(",")[0] for part in str(raw).split("${oc.env:")[1:]]
+                how = f"set {env[0]} to a valid value, or " if env else ""
+                why = config_message(exc).removeprefix(f"{key}.{name}: ")
+                return (f"{key}.{name}: {raw!r} does not resolve ({why}); {how}"
+                        f"set {key}.{name}=<value> on the command line")
+    return None
+
+
 def _output_dir_problem(cfg: DictConfig, multirun: bool) -> Optional[str]:
     """The job (or sweep) directory Hydra will create, checked before it tries: a path through a file would be its
     traceback, and in a sweep every job a `failed` row for a job that never started."""
@@ -310,7 +334,7 @@ def preflight(argv: list[str]) -> Optional[str]:
             check_composed(cfg)
         except ConfigError as exc:
             return str(exc)
-        output = _output_dir_problem(cfg, multirun) or _missing_requirement(cfg)
+        output = _output_dir_problem(cfg, multirun) or _missing_requirement(cfg) or _unresolvable_plugin(cfg)
         if output:
             return output
         if not multirun:

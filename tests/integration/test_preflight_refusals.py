@@ -26,3 +26,14 @@ def test_unquoted_brackets_get_the_quoting_hint(tmp_path, argv):
         "dataset.slice=[:5]: dataset.slice takes a string, and Hydra reads unquoted brackets as a list; quote the "
         "value inside the shell's quotes: 'dataset.slice=\"[:5]\"'")
     assert preflight(['dataset.slice="[:5]"', f"out_root={tmp_path}"]) is None
+
+
+def test_a_launcher_setting_that_does_not_resolve_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNNER_SLURM_MEM_GB", "abc")
+    assert preflight(["-m", "topk=1,2", "hydra/launcher=slurm_cpu", f"out_root={tmp_path}"]) == (
+        "hydra.launcher.mem_gb: '${oc.env:RUNNER_SLURM_MEM_GB,16}' does not resolve (While dereferencing interpolation "
+        "'${oc.env:RUNNER_SLURM_MEM_GB,16}': Value 'abc' of type 'str' could not be converted to Integer); set "
+        "RUNNER_SLURM_MEM_GB to a valid value, or set hydra.launcher.mem_gb=<value> on the command line")
+    assert preflight(["-m", "topk=1,2", "hydra/launcher=slurm_cpu", "hydra.launcher.mem_gb=8",
+                      f"out_root={tmp_path}"]) is None
+    assert not (tmp_path / "results").exists()  # no `failed` row for a job never submitted
