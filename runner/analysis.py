@@ -102,8 +102,8 @@ class TraceWriter:
         self.skipped = [0] * len(self.layer_ids)
         self.part = results.StreamedPart(results_dir, "trace", conf.model.name, row.config_hash, row.run_id)
         calls = 2 if conf.decode_tokens else 1  # generate() runs the prompt again, under its own phase
-        profiler.start_trace(capacity=conf.batch_size * (conf.seq_len * calls + conf.decode_tokens),
-                             probs=conf.trace.logits)
+        rows = min(conf.batch_size, int(blocks.ids.shape[0]))  # the largest batch that exists, not the one asked for
+        profiler.start_trace(capacity=rows * (conf.seq_len * calls + conf.decode_tokens), probs=conf.trace.logits)
 
     def after_batch(self, index: int, batch, sequences) -> None:
         ids = batch.cpu().numpy()
