@@ -98,3 +98,20 @@ def test_temp_files_of_dead_writers_are_removed_when_the_next_job_starts(tmp_pat
 
 def test_a_user_directory_is_created_with_its_parents(tmp_path):
     assert user_directory(tmp_path / "a" / "b", "--out").is_dir()
+
+
+def test_a_full_disk_while_hydra_saves_the_job_config_is_one_line(tmp_path):
+    """/dev/full answers every write with ENOSPC: the job's .hydra/config.yaml points there."""
+    from helpers import ROOT
+    from helpers.cli import cli_env
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").symlink_to("/dev/full")
+    proc = subprocess.run([sys.executable, "-m", "runner", f"out_root={tmp_path}", f"hydra.run.dir={run_dir}",
+                           "max_batches=1", "seq_len=32"], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"runner: error: cannot write Hydra's config.yaml in {run_dir / '.hydra'} (No space "
+                                   "left on device); free some space or set hydra.run.dir / hydra.sweep.dir to a "
+                                   "writable directory"), proc.stderr
