@@ -258,7 +258,9 @@ def default_results_dir() -> Path:
 
 def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: str | os.PathLike | None = None,
          filter: Any = None):
-    """Rows of one sweep (or one single run) as a pandas DataFrame.
+    """Rows of one sweep (or one single run) as a pandas DataFrame: each job's latest complete result (one runs row
+    per job, a resumed `skipped` one with the metrics of the run it reused; the other tables' rows of that result,
+    under the job's own run_id).
 
     table: runs | layers | experts | tasks, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
     sweep: "latest" - what ran last: the sweep, or the single run, that wrote the newest row of results_dir;
