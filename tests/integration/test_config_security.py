@@ -2,27 +2,16 @@
 (every key, every table), and a report writes only where the command line or the results dir says."""
 from __future__ import annotations
 
-import subprocess
+import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from helpers.jobs import latest_run, run_job
+from helpers.jobs import every_stored_string, latest_run, run_job
 from runner import provenance, results
 from runner.preflight import preflight
 
 SECRET = "hf_s3cr3t_value"
-
-
-def every_stored_string(results_dir: Path) -> str:
-    """All the string cells of every table of a results dir, and its partition names."""
-    text = [str(p.relative_to(results_dir)) for p in results_dir.rglob("*.parquet")]
-    for table in results.TABLES:
-        frame = results.read_table(results_dir, table)
-        for column in frame.columns:
-            text += [str(v) for v in frame[column].dropna().tolist() if isinstance(v, str)]
-    return "\n".join(text)
 
 
 # -- a config cannot set the environment git (or any child process) runs with ----------------------------------------
@@ -67,9 +56,8 @@ def test_provenance_runs_git_with_a_fixed_environment(tmp_path, monkeypatch):
     finally:
         provenance.git_state.cache_clear()
     assert not marker.exists() and not Path(f"{marker}.path").exists()
-    real = subprocess.run(["git", "-C", str(provenance.REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          env=provenance.git_environment())
-    assert sha == (real.stdout.strip() or None)
+    if (provenance.REPO / ".git").exists():  # the real git ran (the fake one on PATH would have failed)
+        assert re.fullmatch(r"[0-9a-f]{40}", sha or ""), sha
 
 
 # -- environment values never reach the results ----------------------------------------------------------------------
@@ -85,28 +73,6 @@ def test_environment_values_stay_out_of_every_table(tmp_path, monkeypatch):
     stored = every_stored_string(tmp_path / "results")
     assert SECRET not in stored and "${oc.env:SECRET}" in stored
     assert "note: ${oc.env:SHORT}" in row["config_yaml"]
-
-
-def test_sweeper_params_are_stored_as_written(tmp_path):
-    """An experiment's hydra.sweeper.params, which Hydra resolves into each job's overrides: the runs rows (tag,
-    overrides, config_yaml) keep the reference."""
-    import sys
-
-    from helpers import ROOT
-    from helpers.cli import cli_env
-
-    experiments = tmp_path / "confdir" / "experiment"
-    experiments.mkdir(parents=True)
-    (experiments / "secret_sweep.yaml").write_text(
-        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      tag: ${oc.env:SECRET}\n")
-    proc = subprocess.run([sys.executable, "-m", "runner", "-m", "--config-dir", str(tmp_path / "confdir"),
-                           f"out_root={tmp_path}", "experiment=secret_sweep", "max_batches=1", "seq_len=32",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=cli_env(SECRET=SECRET),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    runs = results.read_table(tmp_path / "results", "runs")
-    assert runs["tag"].tolist() == ["${oc.env:SECRET}"]
-    assert SECRET not in every_stored_string(tmp_path / "results")
 
 
 # -- a report writes where the command line or the results dir says, never where a stored row points -----------------
