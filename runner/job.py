@@ -356,7 +356,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             if tracer is not None:
                 tracer.abort()
             raise
-        profiler_layers = without_prompt_pass(profiler.layers_df())
+        with warnings.catch_warnings():  # the library's warning of non-finite routers: the one line is check_finite's
+            warnings.filterwarnings("ignore", message=r"MoE layer\(s\) .*: non-finite router scores")
+            profiler_layers = without_prompt_pass(profiler.layers_df())
         check_finite(row.loss, profiler_layers)  # NaN routers: a failed job, never imbalance stored as real
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")

@@ -224,27 +224,16 @@ def check_loaded(conf: RunnerConfig, model, profiler) -> None:
             logging.getLogger("runner.printed").warning("%s", line)  # the job's runner.log (conf/config.yaml)
 
 
-# per-layer means that turn NaN when any router score of the layer was NaN or inf (fp32 sums on the device, read with
-# the frame: no extra sync)
-ROUTER_SUMS = ("top1_prob", "selected_mass", "router_entropy")
-
-
 def check_finite(loss: Any, layers) -> None:
-    """NumericsError when the router scores of any MoE layer or the loss were not finite: top-k over NaN picks experts
-    in tie order, so the load and drop columns would look like real (extreme) imbalance."""
-    import numpy as np
-
+    """NumericsError when the router scores of any MoE layer or the loss were not finite (profiler.frames.
+    nonfinite_layers): the routing numbers would look like real imbalance."""
     from .errors import NumericsError
+    from .profiler.frames import NONFINITE, nonfinite_layers
 
     problems = []
-    if layers is not None and len(layers) and "tokens" in layers:
-        columns = [c for c in ROUTER_SUMS if c in layers]
-        seen = layers[layers["tokens"].fillna(0).astype(float) > 0]
-        bad = seen[~np.isfinite(seen[columns].astype(float)).all(axis=1)] if columns else seen.iloc[:0]
-        if len(bad):
-            ids = sorted({int(v) for v in bad["layer"]})
-            problems.append(f"non-finite router scores (NaN or inf) in MoE layer(s) {', '.join(map(str, ids[:8]))}"
-                            + (" ..." if len(ids) > 8 else ""))
+    ids = nonfinite_layers(layers) if layers is not None else []
+    if ids:
+        problems.append(f"{NONFINITE} in MoE layer(s) {', '.join(map(str, ids[:8]))}" + (" ..." if len(ids) > 8 else ""))
     if loss is not None and not math.isfinite(float(loss)):
         problems.append(f"loss {loss}")
     if problems:

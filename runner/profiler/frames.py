@@ -34,13 +34,35 @@ def recorded_phases(p: "MOEProfiler") -> dict[str, dict[str, np.ndarray] | None]
     return seen or {p.current_phase: phases.get(p.current_phase)}
 
 
+# per-layer means that turn NaN when any router score of the layer was NaN or inf (fp32 sums on the device, read with
+# the frame: no extra sync)
+ROUTER_MEANS = ("top1_prob", "selected_mass", "router_entropy")
+NONFINITE = "non-finite router scores (NaN or inf)"
+
+
+def nonfinite_layers(layers: pd.DataFrame) -> list[int]:
+    """The layers (ids) whose router scores were NaN or inf for some token: top-k over NaN picks experts in tie
+    order, so their load, drop and dead-expert columns would look like real (extreme) imbalance."""
+    columns = [c for c in ROUTER_MEANS if c in layers]
+    if not columns or "tokens" not in layers or layers.empty:
+        return []
+    seen = layers[layers["tokens"].fillna(0).astype(float) > 0]
+    bad = seen[~np.isfinite(seen[columns].astype(float)).all(axis=1)]
+    return sorted({int(v) for v in bad["layer"]})
+
+
 def layers_frame(p: "MOEProfiler") -> pd.DataFrame:
     rows = []
     for phase, snapshot in recorded_phases(p).items():
         measured = p.cost.measured_in(phase)
         for layer in p.layers:
             rows.append(_layer_row(p, layer, phase, snapshot, measured))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    bad = nonfinite_layers(frame)
+    if bad:
+        warnings.warn(f"MoE layer(s) {', '.join(map(str, bad))}: {NONFINITE}; their routing columns (load, drops, "
+                      "dead experts) are top-k's tie order on NaN, not real routing", stacklevel=3)
+    return frame
 
 
 def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str, np.ndarray] | None,

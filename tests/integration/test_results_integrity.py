@@ -98,3 +98,17 @@ def test_the_library_bounds_redundant_experts_and_warns_on_dropped_ep_sizes():
 
     with pytest.raises(ValueError, match="between 0 and the 8 experts, got 2000000000"):
         placement.balanced(np.ones(8), 2, 2_000_000_000)
+
+
+def test_the_library_warns_of_non_finite_router_scores():
+    import torch
+
+    from helpers.tiny_configs import build_tiny_model
+    from runner import MOEProfiler
+
+    model = build_tiny_model("olmoe", rms_norm_eps=-1.0)
+    with MOEProfiler(model, verbose=False) as profiler:
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0)))
+        with pytest.warns(UserWarning, match=r"MoE layer\(s\) 0, 1, 2, 3: non-finite router scores \(NaN or inf\)"):
+            profiler.layers_df()
