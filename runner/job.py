@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from . import costs, data, eval_harness, results
 from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
-from .results.io import redact_environment
+from .results.io import keep_parts, redact_environment
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
 from .slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
@@ -221,6 +221,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 results.write_part(results_dir, table, conf.model.name,
                                    list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
         results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
+        keep_parts(run_id)
         say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
         return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
                     flops_per_token=row.flops_per_token_analytic)
@@ -254,6 +255,7 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: RunRecord, prior, results_di
 def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str,
             results_dir: str | None, start: float) -> dict[str, Any]:
     mode = _on_error(cfg, ctx)
+    results.remove_parts(row.run_id)  # a failed job keeps no partial tables (a trace, analysis rows): its row says why
     known = isinstance(exc, known_errors())
     message = describe(exc) if known else f"{type(exc).__name__}: {one_line(exc, 500)}"
     if mode == "record" or not known or _full_errors(cfg):  # a single run's known error is the stderr line alone

@@ -138,7 +138,30 @@ def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: lis
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write results to {path.parent} ({exc.strerror or exc})") from None
-    return write_atomic(path, lambda tmp: pq.write_table(data, tmp), "results")
+    return _written(run_id, table, write_atomic(path, lambda tmp: pq.write_table(data, tmp), "results"))
+
+
+# the part files each run id of this process wrote (a failed job removes its own: only its `failed` row stays)
+_parts_by_run: dict[str, list[Path]] = {}
+
+
+def _written(run_id: str, table: str, path: Path) -> Path:
+    if table != "runs":
+        _parts_by_run.setdefault(run_id, []).append(path)
+    return path
+
+
+def keep_parts(run_id: str) -> None:
+    """The job of `run_id` ended ok: its parts stay (and are no longer tracked)."""
+    _parts_by_run.pop(run_id, None)
+
+
+def remove_parts(run_id: str) -> None:
+    """Remove the table parts (not runs rows) this process wrote for `run_id`: a job that fails after writing some
+    (a trace, the analysis tables) leaves no rows that its runs row does not account for."""
+    for path in _parts_by_run.pop(run_id, []):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class StreamedPart:
@@ -147,6 +170,7 @@ class StreamedPart:
 
     def __init__(self, results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str):
         self.path = _part(results_dir, table, model, config_hash, run_id)
+        self.run_id, self.table = run_id, table
         self.tmp = temp_path(self.path)  # unique, naming this writer: a killed writer's is removed later
         self.schema = SCHEMAS[table]
         self.writer = None
@@ -170,7 +194,7 @@ class StreamedPart:
         self.writer.close()
         self.writer = None
         os.replace(self.tmp, self.path)
-        return self.path
+        return _written(self.run_id, self.table, self.path)
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -50,3 +50,13 @@ def test_a_part_with_impossible_expert_ids_is_named_and_skipped_by_the_report(tm
     assert f"report: warning: skipping {path}: coactivation row with an expert id outside the 8 experts" in err
     assert "expert_a=99" in err
     assert (tmp_path / "report" / "olmoe_tiny-coactivation.png").is_file()
+
+
+def test_a_job_failing_after_its_trace_leaves_only_its_failed_row(tmp_path):
+    """The trace is written while the batches run; the non-finite check fails the job after it."""
+    with pytest.raises(SystemExit, match="non-finite router scores"):
+        run_job(tmp_path, "+model.config.rms_norm_eps=-1.0", "trace.enabled=true", "analysis=full", "on_error=record",
+                *SMALL)
+    assert list((tmp_path / "results").rglob("table=trace/**/*.parquet")) == []
+    runs = table(tmp_path, "runs")
+    assert list(runs["status"]) == ["failed"]
