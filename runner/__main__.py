@@ -12,10 +12,12 @@ import signal
 import sys
 
 from runner.errors import INTERRUPT
+from runner.hydra_internals import guard_config_writes
 from runner.schema import CONFIG_DIR, register_configs
 from runner.validation import check_command_line, expand_shorthands
 
 register_configs()
+guard_config_writes()  # a full disk while Hydra saves the job's config: one line, not a traceback
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

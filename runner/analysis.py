@@ -28,8 +28,9 @@ def analyses_of(config: AnalysisConfig):
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------
-def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str) -> None:
-    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase)."""
+def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str, source=None) -> None:
+    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase).
+    source: placement_source()'s result, read before the model loaded (default: read now)."""
     a = conf.analysis
     row.analysis = a.name
     prefill = layers[layers["phase"] == PREFILL] if "phase" in layers else layers
@@ -43,7 +44,7 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
     if a.transitions:
         frames["transitions"] = profiler.transitions_df()
     if a.placement:
-        fit_on, label = placement_source(a.placement_from, conf.model.name, results_dir)
+        fit_on, label = source or placement_source(a.placement_from, conf.model.name, results_dir)
         try:
             placed = profiler.placement_df(ep_sizes=a.ep_sizes, redundant=a.redundant_experts, fit_on=fit_on,
                                            fitted_on=label)
@@ -106,8 +107,8 @@ class TraceWriter:
         self.skipped = [0] * len(self.layer_ids)
         self.part = results.StreamedPart(results_dir, "trace", conf.model.name, row.config_hash, row.run_id)
         calls = 2 if conf.decode_tokens else 1  # generate() runs the prompt again, under its own phase
-        profiler.start_trace(capacity=conf.batch_size * (conf.seq_len * calls + conf.decode_tokens),
-                             probs=conf.trace.logits)
+        rows = min(conf.batch_size, int(blocks.ids.shape[0]))  # the largest batch that exists, not the one asked for
+        profiler.start_trace(capacity=rows * (conf.seq_len * calls + conf.decode_tokens), probs=conf.trace.logits)
 
     def after_batch(self, index: int, batch, sequences) -> None:
         ids = batch.cpu().numpy()

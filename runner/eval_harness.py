@@ -32,15 +32,22 @@ NEEDED_MODULES = ("lm_eval", "accelerate")
 LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for local ones)"
 
 
+def missing_harness() -> str | None:
+    """Why eval=lm_eval cannot run here (lm-evaluation-harness not installed), or None."""
+    missing = [name for name in NEEDED_MODULES if find_spec(name) is None]
+    return f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {INSTALL}" if missing \
+        else None
+
+
 def check_config(ev: EvalConfig, weights: Weights) -> None:
     """The eval group's checks before anything loads (called by runner/validation.py); ConfigError naming the key."""
     if ev.name == EVAL_OFF:
         return
     if ev.name != LM_EVAL:
         raise ConfigError(f"eval: unknown option {ev.name!r}; use eval=none or eval=lm_eval")
-    missing = [name for name in NEEDED_MODULES if find_spec(name) is None]
+    missing = missing_harness()
     if missing:
-        raise ConfigError(f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {INSTALL}")
+        raise ConfigError(missing)
     if not ev.tasks:
         raise ConfigError("eval.tasks: eval=lm_eval needs at least one task, e.g. eval.tasks=[arc_easy,piqa]")
     if weights is Weights.meta:

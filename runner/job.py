@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -19,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import costs, data, eval_harness, results
 from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
+from .results.io import keep_parts, redact_environment
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
 from .slurm import job_id as slurm_job_id
 from .threads import cpu_threads, intra_op_threads
-from .validation import check_loaded, validate
+from .validation import check_finite, check_loaded, validate
 
 log = logging.getLogger("runner")
 # what the job prints (its summary, a skip, a one-line error) also goes here: conf/config.yaml sends it to the job's
@@ -51,6 +53,7 @@ class JobContext:
     job_num: int | None = None
     job_dir: str | None = None
     overrides: list[str] = field(default_factory=list)
+    sweep_params: dict[str, Any] = field(default_factory=dict)  # hydra.sweeper.params as written (unresolved)
     choices: dict[str, Any] = field(default_factory=dict)
     cwd: str = field(default_factory=os.getcwd)
 
@@ -69,8 +72,13 @@ def hydra_context() -> JobContext:
     cwd = OmegaConf.select(hc, "runtime.cwd") or os.getcwd()
     job_num = OmegaConf.select(hc, "job.num")
     multirun = hc.mode == RunMode.MULTIRUN or job_num is not None
+    def unresolved(key: str) -> Any:  # an override 'tag=${oc.env:S}' is a string to store, not to resolve
+        node = OmegaConf.select(hc, key, default=None, throw_on_resolution_failure=False)
+        return OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else None
+
     ctx = JobContext(multirun=multirun, job_num=job_num if multirun else None, cwd=cwd,
-                     overrides=list(OmegaConf.select(hc, "overrides.task") or []),
+                     overrides=[str(o) for o in unresolved("overrides.task") or []],
+                     sweep_params=unresolved("sweeper.params") or {},
                      choices={k: v for k, v in (OmegaConf.to_container(hc.runtime.choices) or {}).items()
                               if not k.startswith("hydra/") and k != "runner_schema"})
     ctx.job_dir = OmegaConf.select(hc, "runtime.output_dir")
@@ -109,6 +117,31 @@ def stored_config(cfg: DictConfig) -> DictConfig:
 
     data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     return OmegaConf.create({k: v if k in PATH_KEYS else keep(v) for k, v in data.items()})
+
+
+_ENV_REFERENCE = re.compile(r"\$\{oc\.env:([^,}\s]+)")
+
+
+def environment_values(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
+    """{value: "${oc.env:NAME}"} for each environment variable the job's config reads outside PATH_KEYS: its keys,
+    its command line and the sweep's hydra.sweeper.params (which Hydra resolves into the job's overrides). The
+    results store the reference wherever the value would appear (results.io.redact)."""
+    def strings(node: Any):
+        if isinstance(node, dict):
+            for value in node.values():
+                yield from strings(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from strings(value)
+        elif isinstance(node, str):
+            yield node
+
+    data = OmegaConf.to_container(cfg, resolve=False)
+    paths = [data.pop(key, None) for key in PATH_KEYS]
+    path_names = {name for text in strings(paths) for name in _ENV_REFERENCE.findall(text)}
+    names = {name for text in strings([data, ctx.overrides, ctx.sweep_params]) for name in _ENV_REFERENCE.findall(text)}
+    values = {os.environ.get(name): "${oc.env:" + name + "}" for name in sorted(names - path_names)}
+    return {value: ref for value, ref in values.items() if value}
 
 
 def _stored_tag(cfg: DictConfig) -> Any:
@@ -166,6 +199,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     model_slug = str(_raw(cfg, "model.name") or "unknown")
     results_dir: str | None = None
+    secrets: dict[str, str] = {}
+    with contextlib.suppress(Exception):  # a config that does not even convert fails below, with its own line
+        secrets = environment_values(cfg, ctx)
+    redact_environment(secrets)
     try:
         conf = validate(cfg)  # ConfigError naming the key; nothing loaded yet
         row.config_hash = config_hash(cfg)
@@ -184,6 +221,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 results.write_part(results_dir, table, conf.model.name,
                                    list(results.rows_from_frame(frame, row.keys())), row.config_hash, run_id)
         results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, run_id)
+        keep_parts(run_id)
         say(results.job_summary(row, conf.model.name, results_dir, None if ctx.multirun else ctx.job_dir, frames[2]))
         return dict(status="ok", run_id=run_id, config_hash=row.config_hash, loss=row.loss,
                     flops_per_token=row.flops_per_token_analytic)
@@ -217,6 +255,7 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: RunRecord, prior, results_di
 def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str,
             results_dir: str | None, start: float) -> dict[str, Any]:
     mode = _on_error(cfg, ctx)
+    results.remove_parts(row.run_id)  # a failed job keeps no partial tables (a trace, analysis rows): its row says why
     known = isinstance(exc, known_errors())
     message = describe(exc) if known else f"{type(exc).__name__}: {one_line(exc, 500)}"
     if mode == "record" or not known or _full_errors(cfg):  # a single run's known error is the stderr line alone
@@ -253,6 +292,9 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
     row.stamp_provenance()
     models.resolve_device(conf.device, m.weights)  # DeviceError before anything heavy
     eval_harness.prepare(conf.eval)  # eval=lm_eval: an unknown task or a missing dataset is one line, before the model
+    # analysis.placement_from naming nothing usable: one line before the model loads (and before a trace is written)
+    placement_source = analysis.placement_source(conf.analysis.placement_from, m.name, results_dir) \
+        if conf.analysis.placement else None
 
     documents = None
     t = time.perf_counter()
@@ -316,7 +358,10 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             if tracer is not None:
                 tracer.abort()
             raise
-        profiler_layers = without_prompt_pass(profiler.layers_df())
+        with warnings.catch_warnings():  # the library's warning of non-finite routers: the one line is check_finite's
+            warnings.filterwarnings("ignore", message=r"MoE layer\(s\) .*: non-finite router scores")
+            profiler_layers = without_prompt_pass(profiler.layers_df())
+        check_finite(row.loss, profiler_layers)  # NaN routers: a failed job, never imbalance stored as real
         layers = profiler_layers.merge(
             analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}), on="layer", how="left")
         if "flops_warning" in layers and layers["flops_warning"].notna().any():  # marked exact, measured otherwise
@@ -333,7 +378,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             row.k_mean = float(prefill["k_mean"].mean())
         row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
-        analysis.write_tables(conf, profiler, layers, row, results_dir)
+        analysis.write_tables(conf, profiler, layers, row, results_dir, placement_source)
         return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job

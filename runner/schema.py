@@ -32,6 +32,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 if not CONFIG_DIR.is_dir():
     CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
+# the longest model.name: the results partition directory holds it whole, so two names sharing a prefix never merge
+MODEL_NAME_MAX = 100
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
 # config-field spellings of the model's own top-k, checked against the expert count before a model loads

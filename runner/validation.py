@@ -19,7 +19,7 @@ from handlers.base import EXPERT_COUNT_FIELDS
 from .errors import ConfigError
 from .eval_harness import check_config as check_eval
 from .help import OTHER_GROUPS
-from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
+from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, MODEL_NAME_MAX, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
                      DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
 from .tokenizer import BYTE_VOCAB_SIZE
 
@@ -34,6 +34,13 @@ def _check_device_map(device: DeviceConfig) -> None:
     for key in ("max_memory", "offload_folder"):
         if getattr(device, key) is not None and device.device_map is None:
             _fail(f"device.{key}", "takes effect only with device.device_map; use device=auto or drop it")
+    if device.offload_folder is not None:
+        from .files import creatable
+
+        why = creatable(device.offload_folder)
+        if why:
+            _fail("device.offload_folder", f"cannot create the directory {device.offload_folder} ({why}); use a "
+                  "directory path")
     if device.max_memory is not None and not isinstance(device.max_memory, dict):
         _fail("device.max_memory", f"must be a mapping such as '{{0: 70GiB, cpu: 200GiB}}', got {device.max_memory!r}")
     for where, size in (device.max_memory or {}).items():
@@ -59,6 +66,9 @@ def check(cfg: RunnerConfig) -> None:
     m, d = cfg.model, cfg.dataset
     if not SLUG.match(m.name):
         _fail("model.name", f"{m.name!r} must be a path-safe slug (letters, digits, _ . -)")
+    if len(m.name) > MODEL_NAME_MAX:
+        _fail("model.name", f"{m.name!r} is {len(m.name)} characters; use at most {MODEL_NAME_MAX} (it names the "
+              "results partition of the model)")
     if m.weights is Weights.pretrained and not m.hf_id:
         _fail("model.hf_id", "weights=pretrained needs a hub id or a local directory")
     if m.default_topk is not None and m.default_topk < 1:
@@ -152,6 +162,7 @@ def check_analysis(cfg: RunnerConfig) -> None:
         for value in values or ():
             if value < low:
                 _fail(f"analysis.{key}", f"must be integers >= {low}, got {value}")
+    check_placement(cfg, expert_count(cfg.model, cfg.dims))
     if a.placement_from is not None and not a.placement:
         _fail("analysis.placement_from", "scores placements, so it needs analysis.placement=true (or analysis=full)")
     if a.min_token_count < 1:
@@ -162,6 +173,23 @@ def check_analysis(cfg: RunnerConfig) -> None:
         _fail("analysis.cache", "replays the routing trace, so it needs trace=true")
     if trace.logits and not trace.enabled:
         _fail("trace.logits", "adds to the trace, so it needs trace=true")
+
+
+def check_placement(cfg: RunnerConfig, experts: Optional[int]) -> None:
+    """Explicit EP sizes must divide the expert count (a placement splits the experts evenly over the ranks) and the
+    redundant replicas are at most one per expert: what would be dropped or run for hours fails here instead."""
+    a = cfg.analysis
+    if not a.placement or experts is None:
+        return
+    for size in a.ep_sizes or ():
+        if experts % size:
+            divisors = [n for n in range(2, experts + 1) if experts % n == 0][:8]
+            _fail("analysis.ep_sizes", f"{size} does not divide the {experts} experts of model {cfg.model.name!r}; "
+                  f"use divisors such as {', '.join(map(str, divisors))} (or null for those of 2..64)")
+    for replicas in a.redundant_experts or ():
+        if replicas > experts:
+            _fail("analysis.redundant_experts", f"{replicas} exceeds the {experts} experts of model "
+                  f"{cfg.model.name!r}; use at most one replica per expert ({experts})")
 
 
 def expand_shorthands(argv: list[str]) -> list[str]:
@@ -178,6 +206,8 @@ def check_loaded(conf: RunnerConfig, model, profiler) -> None:
         if k > experts:
             raise ConfigError(f"{layer.dims['top_k'].detail}: top-k {k} exceeds the {experts} experts of layer "
                               f"{layer.layer_id}; use a value <= {experts} (or topk=K to change the live top-k)")
+    if profiler.layers:  # the expert count a checkpoint brings (the config may not have said)
+        check_placement(conf, profiler.layers[0].dims["num_experts"].value)
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     positions = getattr(text, "max_position_embeddings", None)
     if conf.model.weights is not Weights.meta and isinstance(positions, int) and not isinstance(positions, bool):
@@ -194,6 +224,24 @@ def check_loaded(conf: RunnerConfig, model, profiler) -> None:
         print(line, file=sys.stderr, flush=True)
         with contextlib.suppress(OSError):
             logging.getLogger("runner.printed").warning("%s", line)  # the job's runner.log (conf/config.yaml)
+
+
+def check_finite(loss: Any, layers) -> None:
+    """NumericsError when the router scores of any MoE layer or the loss were not finite (profiler.frames.
+    nonfinite_layers): the routing numbers would look like real imbalance."""
+    from .errors import NumericsError
+    from .profiler.frames import NONFINITE, nonfinite_layers
+
+    problems = []
+    ids = nonfinite_layers(layers) if layers is not None else []
+    if ids:
+        problems.append(f"{NONFINITE} in MoE layer(s) {', '.join(map(str, ids[:8]))}" + (" ..." if len(ids) > 8 else ""))
+    if loss is not None and not math.isfinite(float(loss)):
+        problems.append(f"loss {loss}")
+    if problems:
+        raise NumericsError(f"{' and '.join(problems)}: the model's numbers are undefined (a config that breaks it, "
+                            "e.g. model.config.rms_norm_eps <= 0, or an overflowing device.dtype); the routing numbers "
+                            "would be meaningless, so none were stored")
 
 
 def check_positions(seq_len: int, decode_tokens: int, positions: int) -> None:

@@ -3,6 +3,7 @@ memory, and the text reports. Metric definitions are in metrics.py; this file on
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,13 +34,35 @@ def recorded_phases(p: "MOEProfiler") -> dict[str, dict[str, np.ndarray] | None]
     return seen or {p.current_phase: phases.get(p.current_phase)}
 
 
+# per-layer means that turn NaN when any router score of the layer was NaN or inf (fp32 sums on the device, read with
+# the frame: no extra sync)
+ROUTER_MEANS = ("top1_prob", "selected_mass", "router_entropy")
+NONFINITE = "non-finite router scores (NaN or inf)"
+
+
+def nonfinite_layers(layers: pd.DataFrame) -> list[int]:
+    """The layers (ids) whose router scores were NaN or inf for some token: top-k over NaN picks experts in tie
+    order, so their load, drop and dead-expert columns would look like real (extreme) imbalance."""
+    columns = [c for c in ROUTER_MEANS if c in layers]
+    if not columns or "tokens" not in layers or layers.empty:
+        return []
+    seen = layers[layers["tokens"].fillna(0).astype(float) > 0]
+    bad = seen[~np.isfinite(seen[columns].astype(float)).all(axis=1)]
+    return sorted({int(v) for v in bad["layer"]})
+
+
 def layers_frame(p: "MOEProfiler") -> pd.DataFrame:
     rows = []
     for phase, snapshot in recorded_phases(p).items():
         measured = p.cost.measured_in(phase)
         for layer in p.layers:
             rows.append(_layer_row(p, layer, phase, snapshot, measured))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    bad = nonfinite_layers(frame)
+    if bad:
+        warnings.warn(f"MoE layer(s) {', '.join(map(str, bad))}: {NONFINITE}; their routing columns (load, drops, "
+                      "dead experts) are top-k's tie order on NaN, not real routing", stacklevel=3)
+    return frame
 
 
 def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str, np.ndarray] | None,
@@ -210,13 +233,17 @@ def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = Non
     experts = experts_frame(p)
     other = None if fit_on is None else {layer: g.sort_values("expert")["tokens"].to_numpy(np.float64)
                                          for layer, g in fit_on.groupby("layer")}
-    rows = []
+    rows, warned = [], set()
     for (phase, layer_id), group in experts.groupby(["phase", "layer"], sort=False):
         loads = group["tokens"].to_numpy(np.float64)
         if other is not None and (layer_id not in other or len(other[layer_id]) != len(loads)):
             raise ValueError(f"the loads to fit placements on have no layer {layer_id} with {len(loads)} experts: "
                              "fit on a run of the same model")
         sizes = placement.ep_sizes(len(loads)) if ep_sizes is None else [n for n in ep_sizes if len(loads) % n == 0]
+        if ep_sizes is not None and len(sizes) < len(ep_sizes) and len(loads) not in warned:
+            warned.add(len(loads))
+            warnings.warn(f"EP sizes {[n for n in ep_sizes if len(loads) % n]} do not divide the {len(loads)} experts "
+                          "of a layer: no placement rows for them", stacklevel=3)
         for size in sizes:
             extra = (size,) if redundant is None else tuple(redundant)
             fits = [("self", placement.placements(loads, size, extra))]

@@ -51,13 +51,11 @@ def plain_numbers(ax, flops: str = "") -> None:
 
 
 def save(fig, path: Path) -> Path:
-    """The PNG, written atomically (a temp file beside it, then renamed)."""
-    import os
+    """The PNG, written atomically (a temp file unique to this writer beside it, then renamed)."""
+    from ..files import write_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": None})
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": None}),
+                        "the figure")
 
 
 def selector_params(raw: Any) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def tasks(runs, task_rows):
         return None
     ok = ok_runs(runs)
     column, meaning = flops_column(ok)
-    data = task_rows.merge(ok[["run_id", "series", "topk", column]], on="run_id")
+    joined = ["series", "topk", column]  # the task rows carry their job's key columns (topk) too: the runs' win
+    data = task_rows.drop(columns=[c for c in joined if c in task_rows]).merge(ok[["run_id", *joined]], on="run_id")
     data = data[data["value"].notna()]
     panels = list(data.groupby(["task", "metric"], sort=True))[:4]
     if not panels:

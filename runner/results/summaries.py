@@ -49,18 +49,27 @@ def sweep_runs(results_dir: str, sweep_id: str):
     return read_table(results_dir, "runs", filter=ds.field("sweep_id") == sweep_id)
 
 
-def combine(runs, results_dir: str):
-    """The sweep summary: the latest row per job, in job order; a `skipped` (resumed) job shows the metrics of the
-    run it reused (fill_resumed, that run read from results_dir)."""
+def latest_per_job(runs, results_dir: str):
+    """The latest runs row of each job (per job_num; rows without one, single runs, each stay), a resumed (`skipped`)
+    one with the metrics of the run it reused (fill_resumed, that run read from results_dir)."""
     import pyarrow.dataset as ds
 
     if not len(runs):
         return runs
-    runs = runs.sort_values("timestamp").groupby("job_num", dropna=False, sort=False).tail(1)
-    resumed = list(runs.loc[runs["status"] == "skipped", "resumed_from"].dropna())
+    runs = runs.sort_values("timestamp", kind="stable")
+    runs = runs[~runs["job_num"].duplicated(keep="last") | runs["job_num"].isna()]
+    resumed = list(runs.loc[runs["status"] == "skipped", "resumed_from"].dropna().unique())
     if resumed:
         runs = fill_resumed(runs, read_table(results_dir, "runs", filter=ds.field("run_id").isin(resumed)))
-    runs = runs.copy()
+    return runs.reset_index(drop=True)
+
+
+def combine(runs, results_dir: str):
+    """The sweep summary: the latest row per job, in job order; a `skipped` (resumed) job shows the metrics of the
+    run it reused (fill_resumed, that run read from results_dir)."""
+    if not len(runs):
+        return runs
+    runs = latest_per_job(runs, results_dir).copy()
     runs["model"] = runs["model"].astype(str)
     return runs.sort_values(["job_num", "timestamp"], na_position="last").reset_index(drop=True)
 

@@ -53,6 +53,16 @@ def latest_run(tmp_path: Path) -> pd.Series:
     return table(tmp_path, "runs").sort_values("timestamp").iloc[-1]
 
 
+def every_stored_string(results_dir: Path) -> str:
+    """All the string cells of every table of a results dir, and its part files' paths (partition names)."""
+    text = [str(p.relative_to(results_dir)) for p in results_dir.rglob("*.parquet")]
+    for name in results.TABLES:
+        frame = results.read_table(results_dir, name)
+        for column in frame.columns:
+            text += [str(v) for v in frame[column].dropna().tolist() if isinstance(v, str)]
+    return "\n".join(text)
+
+
 def start_sweep(hydra_sweep_runner, tmp_path: Path, *overrides: str, name: str = "sweep"):
     """A multirun in-process (basic launcher), its sweep dir tmp_path / name; use as a context manager."""
     return hydra_sweep_runner(calling_file=None, calling_module="runner", task_function=job.run,

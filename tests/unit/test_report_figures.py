@@ -80,8 +80,8 @@ def test_task_accuracy_and_decode_timing_figures(tmp_path):
                              topk=[2, 4, 2, 4], flops_per_token_routed=[51200.0, 100352.0, 48120.0, 78007.0],
                              tokens_per_s=[1e5, 8e4, 9e4, 7e4], ttft_ms=[3.0, 4.0, 3.5, 4.5],
                              tpot_ms=[1.0, 1.2, 1.1, 1.3]))
-    tasks = pd.DataFrame(dict(run_id=["a", "b", "c", "d"], task="arc_easy", metric="acc",
-                              value=[0.5, 0.6, 0.52, 0.58], stderr=0.01, n=100))
+    tasks = pd.DataFrame(dict(run_id=["a", "b", "c", "d"], task="arc_easy", metric="acc", topk=[2, 4, 2, 4],
+                              value=[0.5, 0.6, 0.52, 0.58], stderr=0.01, n=100))  # tasks rows carry the key columns
     assert decoded(quality.tasks(runs, tasks), tmp_path / "tasks.png")[0] >= 400
     fig = quality.speed(runs)
     assert [ax.get_title() for ax in fig.axes] == ["tokens/s (prefill)", "TTFT ms", "TPOT ms"]
