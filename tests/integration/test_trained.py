@@ -191,3 +191,30 @@ def test_loss_rises_as_k_falls_for_the_trained_model_only(trained, untrained, he
     assert losses[1] > losses[2] + 0.03, losses
     assert abs(random[1] - random[2]) < 0.02, random
     assert losses[1] - losses[2] > 3 * abs(random[1] - random[2])
+
+
+def test_the_numbers_the_docs_quote_are_what_the_shipped_model_gives(tmp_path):
+    """README's quick-start output and docs/trained.md's table (prose column), from the default job and the sweep's
+    jobs run here; the held-out loss and training time from the checkpoint's training.json."""
+    import json
+
+    from helpers import ROOT
+    from helpers.jobs import run_job, table
+    from runner.trained import TRAINED_DIR
+
+    jobs = {"top-1": ("topk=1",), "top-2 (the model's own)": (), "top-4": ("topk=4",),
+            "kneedle, k_max 4": ("topk=4", "selector=kneedle")}
+    for overrides in jobs.values():
+        assert run_job(tmp_path, "model=olmoe_pydoc", *overrides)["status"] == "ok"
+    runs = table(tmp_path, "runs").sort_values("timestamp").reset_index(drop=True)
+    readme, trained_md = (ROOT / "README.md").read_text(), (ROOT / "docs" / "trained.md").read_text()
+    default = runs.iloc[1]
+    assert f"{default.tokens:,} tokens ({default.blocks} blocks x 128): loss {default.loss:.4f}  ppl {default.ppl:.2f}" \
+        in readme
+    assert f"analytic {default.flops_per_token_analytic:,.0f}, measured {default.flops_per_token_measured:,.0f}" in readme
+    for (label, _), run in zip(jobs.items(), runs.itertuples()):
+        k = f"{run.k_mean:.2f}" if run.selector == "kneedle" else str(run.topk)
+        assert f"| {label} | {run.loss:.4f} | {k} |" in trained_md, (label, run.loss, run.k_mean)
+    record = json.loads((TRAINED_DIR / "olmoe_pydoc_bytes" / "training.json").read_text())
+    assert f"| held-out loss | {record['held_out_loss']:.4f} nats/byte" in trained_md
+    assert f"{record['train_seconds']:.0f} s of training" in trained_md
