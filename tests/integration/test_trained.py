@@ -218,3 +218,44 @@ def test_the_numbers_the_docs_quote_are_what_the_shipped_model_gives(tmp_path):
     record = json.loads((TRAINED_DIR / "olmoe_pydoc_bytes" / "training.json").read_text())
     assert f"| held-out loss | {record['held_out_loss']:.4f} nats/byte" in trained_md
     assert f"{record['train_seconds']:.0f} s of training" in trained_md
+
+
+def test_the_recipe_writes_a_checkpoint_that_from_pretrained_loads(tmp_path):
+    """`python -m runner.trained.train` in miniature (3 steps): a real checkpoint, tokenizer and record, written whole."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runner.trained.train import Settings, held_out_loss, main
+
+    out = tmp_path / "mini"
+    assert main(["--out", str(out), "--steps", "3"]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert [point["step"] for point in record["curve"]] == [1, 2, 3] and record["settings"]["steps"] == 3
+    assert record["settings"] == {**record["settings"], "seed": 0, "threads": Settings.threads}
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.output_router_logits is False and model.config.num_experts == E
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer("pydoc")["input_ids"] == list(b"pydoc")
+    held = blocks(DatasetKind.pydoc, split="heldout")
+    assert record["data"]["held_out_blocks"] >= held.shape[0]
+    # the recorded held-out loss is the saved model's: recomputed here on all the held-out blocks
+    full = data.tokenize(data.load_documents(DatasetConfig(kind=DatasetKind.pydoc, split="heldout")), tokenizer,
+                         SEQ_LEN, "heldout").ids
+    torch.set_num_threads(1)
+    assert held_out_loss(model, full, 16) == pytest.approx(record["held_out_loss"], abs=1e-4)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
+
+
+def test_the_pydoc_dataset_splits_are_disjoint_and_a_bad_split_is_one_line():
+    from runner.errors import ConfigError
+    from runner.trained import pydoc_topics
+
+    train, held = pydoc_topics("train"), pydoc_topics("heldout")
+    assert len(held) == 8 and not set(train) & set(held)
+    conf = validate(compose_config("dataset=pydoc_heldout"))
+    assert data.label(conf.dataset) == "pydoc_heldout" and list(data.load_documents(conf.dataset)) == held
+    with pytest.raises(ConfigError, match=r"^dataset.split: 'test' is not a split of the pydoc text; use one of "
+                                          r"train, heldout$"):
+        validate(compose_config("dataset=pydoc_heldout", "dataset.split=test"))
