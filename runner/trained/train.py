@@ -2,9 +2,10 @@
 
     python -m runner.trained.train [--out DIR] [--steps N] [--threads N]
 
-Seeded and CPU-only; about 7-10 minutes on 2 cores. It trains transformers' OlmoeForCausalLM (hidden 128, 4 layers,
-8 experts, top-2, expert width 128, the byte vocabulary of 259: runner/tokenizer.py) on the training split of
-`pydoc_data.topics` (runner/trained/__init__.py), with AdamW and the router load-balancing loss, and writes to --out
+Seeded and CPU-only; about 4 minutes on a busy 2-core machine (docs/trained.md). It trains transformers'
+OlmoeForCausalLM (hidden 128, 4 layers, 8 experts, top-2, expert width 128, the byte vocabulary of 259:
+runner/tokenizer.py) on the training split of `pydoc_data.topics` (runner/trained/__init__.py), with AdamW and the
+router load-balancing loss, and writes to --out
 (default: the shipped runner/trained/olmoe_pydoc_bytes, replaced atomically):
   config.json, model.safetensors (float32), generation_config.json  -> AutoModelForCausalLM.from_pretrained(dir)
   tokenizer.json, tokenizer_config.json                             -> AutoTokenizer.from_pretrained(dir)
@@ -30,6 +31,7 @@ from pathlib import Path
 from . import TRAINED_DIR, pydoc_topics
 
 DEFAULT_NAME = "olmoe_pydoc_bytes"
+MODEL_YAML = "olmoe_pydoc"  # conf/model/olmoe_pydoc.yaml: the architecture
 EVAL_EVERY = 25
 
 
@@ -46,11 +48,18 @@ class Settings:
     grad_clip: float = 1.0
     router_aux_loss_coef: float = 0.01
     threads: int = 1  # one: the same sums on every run of a machine, and no thread waiting on another when it is busy
-    model: dict = field(default_factory=lambda: dict(
-        model_type="olmoe", vocab_size=259, hidden_size=128, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
-        max_position_embeddings=1024, tie_word_embeddings=False, pad_token_id=256, bos_token_id=257,
-        eos_token_id=258))
+    model: dict = field(default_factory=lambda: architecture(MODEL_YAML))
+
+
+def architecture(name: str) -> dict:
+    """model_type and config of conf/model/<name>.yaml: the one definition of the architecture, which
+    `model.weights=random` builds untrained."""
+    from omegaconf import OmegaConf
+
+    from ..schema import CONFIG_DIR
+
+    yaml = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    return dict(model_type=yaml.model_type, **OmegaConf.to_container(yaml.config))
 
 
 def learning_rate(s: Settings, step: int) -> float:
@@ -77,10 +86,10 @@ def held_out_loss(model, blocks, batch_size: int) -> float:
 
 def train(s: Settings, out: Path, log=partial(print, flush=True)) -> dict:
     import torch
-    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..data import tokenize
+    from ..provenance import versions
     from ..tokenizer import byte_tokenizer
 
     torch.set_num_threads(s.threads)
@@ -136,8 +145,8 @@ def train(s: Settings, out: Path, log=partial(print, flush=True)) -> dict:
                   held_out_blocks=int(held_out.shape[0]), held_out_tokens=int(held_out.numel()),
                   split="topics in sorted name order; every tenth from the seventh held out (runner/trained/__init__.py)"),
         held_out_loss=round(final, 5), train_seconds=round(train_s, 1),
-        machine=dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                     cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(), threads=s.threads),
+        machine=dict(**versions(), cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                     threads=s.threads),
         curve=curve)
     _write(model, tokenizer, record, out)
     return record

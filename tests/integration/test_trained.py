@@ -132,6 +132,12 @@ def test_the_default_model_is_the_shipped_checkpoint_loaded_through_from_pretrai
     assert tokenizer(text)["input_ids"] == byte_tokenizer()(text)["input_ids"] == list(text.encode())
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (256, 257, 258)
     assert tokenizer.decode(list(text.encode())) == text
+    # model.weights=random builds the same architecture untrained: the yaml's config is the checkpoint's
+    from transformers import AutoConfig
+
+    shipped = AutoConfig.from_pretrained(checkpoint)
+    assert shipped.model_type == conf.model.model_type
+    assert {key: getattr(shipped, key) for key in conf.model.config} == dict(conf.model.config)
 
 
 def test_held_out_loss_is_far_below_the_uniform_loss_and_the_random_model(measured):
