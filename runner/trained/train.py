@@ -2,7 +2,7 @@
 
     python -m runner.trained.train [--out DIR] [--steps N] [--threads N]
 
-Seeded and CPU-only; about 4 minutes on a busy 2-core machine (docs/trained.md). It trains transformers'
+Seeded and CPU-only; 4-6 minutes on a busy 2-core machine (docs/trained.md). It trains transformers'
 OlmoeForCausalLM (hidden 128, 4 layers, 8 experts, top-2, expert width 128, the byte vocabulary of 259:
 runner/tokenizer.py) on the training split of `pydoc_data.topics` (runner/trained/__init__.py), with AdamW and the
 router load-balancing loss, and writes to --out
