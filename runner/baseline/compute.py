@@ -98,7 +98,8 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
 
     from ..trained import is_shipped
 
-    measured = model_cfg.weights is Weights.random or is_shipped(model_cfg.hf_id)  # a forward pass: the weights are here, no download
+    # a forward pass where the weights are here without a download: random init, or a checkpoint in the package
+    measured = model_cfg.weights is Weights.random or is_shipped(model_cfg.hf_id)
     if not measured:
         model_cfg = replace(model_cfg, weights=Weights.meta)
     models.clear_cache()  # a fresh build: never a model another caller may have changed

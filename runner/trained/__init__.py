@@ -3,7 +3,7 @@
 `pydoc_topics(split)` is the one definition of the training / held-out split of the CPython documentation text that
 ships in the standard library (`pydoc_data.topics`): the topics in sorted name order, every tenth from the seventh
 held out (8 of 79 topics, about 11 % of the bytes). The recipe (runner/trained/train.py) trains on "train"; the dataset
-`dataset=pydoc_heldout` (kind builtin, text pydoc_heldout) reads "heldout". No torch here: the schema imports it.
+`dataset=pydoc_heldout` (kind pydoc, split heldout) reads "heldout". No torch here: the schema imports it.
 """
 from __future__ import annotations
 
