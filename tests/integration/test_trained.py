@@ -225,6 +225,15 @@ def test_the_numbers_the_docs_quote_are_what_the_shipped_model_gives(tmp_path):
         row = re.search(rf"^\| {re.escape(label)} \| ([\d.]+) \| ([\d.]+) \|", trained_md, re.M)
         assert row and float(row.group(1)) == pytest.approx(run.loss, abs=quoted), (label, run.loss)
         assert float(row.group(2)) == pytest.approx(run.k_mean, abs=0.006), (label, run.k_mean)
+    # the README's "what you are looking at" and trained.md's bullets, on prose
+    k1, k2, k4, knee = runs.itertuples()
+    saved = 1 - knee.flops_per_token_measured / k4.flops_per_token_analytic
+    experts = table(tmp_path, "experts")
+    experts = experts[experts.run_id == k2.run_id]
+    hottest = (experts.groupby("layer")["tokens"].agg(lambda t: t.max() / t.sum())).max()
+    for text in (readme, trained_md):
+        assert f"{saved:.0%}".replace("%", " %") in text and f"{hottest:.0%}".replace("%", " %") in text, (saved, hottest)
+    assert f"top-1 costs {k1.loss - k2.loss:.2f} nats/byte" in readme and f"keeps {knee.k_mean:.1f} experts" in readme
     record = json.loads((TRAINED_DIR / "olmoe_pydoc_bytes" / "training.json").read_text())
     held = re.search(r"^\| held-out loss \| ([\d.]+) nats/byte", trained_md, re.M)
     assert held and float(held.group(1)) == pytest.approx(record["held_out_loss"], abs=quoted)
