@@ -55,6 +55,7 @@ class Weights(Enum):
 
 class DatasetKind(Enum):
     builtin = "builtin"  # the text shipped in runner/corpus.py
+    pydoc = "pydoc"  # the stdlib's pydoc_data.topics, split as the shipped trained model was (runner/trained)
     hf = "hf"  # datasets.load_dataset(path, config_name, split=split + slice, data_files=...)
     local = "local"  # local .txt / .jsonl / .json / .parquet files
 
@@ -90,14 +91,15 @@ class ModelConfig:
 class DatasetConfig:
     """where the text comes from and which slice of it"""
 
-    kind: DatasetKind = doc("builtin (runner/corpus.py) | hf (datasets.load_dataset) | local (files)",
+    kind: DatasetKind = doc("builtin (runner/corpus.py) | pydoc (the stdlib's Python docs, the trained model's text) | "
+                            "hf (datasets.load_dataset) | local (files)",
                             DatasetKind.builtin)
     name: Optional[str] = doc("label in the results; null: derived from what is loaded", None)
     path: Optional[str] = doc("hf: hub id, builder (json, csv, parquet, text) or save_to_disk dir; local: file or glob",
                               None)
     config_name: Optional[str] = doc("hf: the dataset's configuration", None)
     data_files: Optional[Any] = doc("hf: data_files for builders such as json, csv, parquet", None)
-    split: str = doc("hf: the split to read", "train")
+    split: str = doc("hf: the split to read; pydoc: heldout (not trained on) | train", "train")
     slice: Optional[str] = doc("documents to keep, Python/datasets syntax: '[:64]', '[10:20]', '[:10%]'", None)
     field: str = doc("text column / JSON key", "text")
     format: str = doc("local: auto (by extension) | text | jsonl | json | parquet", "auto")
@@ -275,11 +277,26 @@ def canonical_json(data: Any) -> str:
     return json.dumps(keyed(data), sort_keys=True, default=str)
 
 
+TRAINED_RESOLVER = "trained"
+
+
+def register_resolvers() -> None:
+    """`${trained:NAME}` in a model yaml: the directory of a checkpoint shipped in the package (runner/trained/NAME),
+    wherever the package is installed or checked out."""
+    from omegaconf import OmegaConf
+
+    from .trained import TRAINED_DIR
+
+    if not OmegaConf.has_resolver(TRAINED_RESOLVER):
+        OmegaConf.register_new_resolver(TRAINED_RESOLVER, lambda name: str(TRAINED_DIR / name))
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from .help import help_text
 
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="runner_schema", node=RunnerConfig)
     store.store(group="hydra/help", name="runner_help",

@@ -22,6 +22,7 @@ from .help import OTHER_GROUPS
 from .schema import (APP_SELECTORS, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, MEMORY_SIZE, MODEL_NAME_MAX, INT32_MAX, INT64_MAX, ON_ERROR, OWN_ROUTING, QUALITY, SLICE, SLUG, TOPK_FIELDS,
                      DatasetKind, DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
 from .tokenizer import BYTE_VOCAB_SIZE
+from .trained import SPLITS as PYDOC_SPLITS
 
 
 def _fail(key: str, message: str) -> None:
@@ -141,6 +142,8 @@ def check(cfg: RunnerConfig) -> None:
               "or use dataset=wikitext2")
     if d.kind is DatasetKind.local and not d.path:
         _fail("dataset.path", "dataset=local needs a path: a file or a glob")
+    if d.kind is DatasetKind.pydoc and d.split not in PYDOC_SPLITS:
+        _fail("dataset.split", f"{d.split!r} is not a split of the pydoc text; use one of {', '.join(PYDOC_SPLITS)}")
     if d.slice is not None and not SLICE.match(d.slice):
         _fail("dataset.slice", f"{d.slice!r} is not a slice such as '[:64]', '[10:20]' or '[:10%]'")
     if d.format not in ("auto", "text", "jsonl", "json", "parquet"):

@@ -1,5 +1,6 @@
 """The built-in baseline: every conf/model/*.yaml on the meta device (analytic numbers), and a real forward pass of
-the tiny (random-weight) models over the built-in text (measured FLOPs and loss)."""
+the tiny (random-weight) models and of the trained checkpoints shipped in the package over the built-in text (measured
+FLOPs and loss)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,8 +22,9 @@ CONTEXT = 4096  # tokens of the sequence the analytic whole-model figures are fo
 def model_configs() -> list:
     from omegaconf import OmegaConf
 
-    from ..schema import CONFIG_DIR, ModelConfig
+    from ..schema import CONFIG_DIR, ModelConfig, register_resolvers
 
+    register_resolvers()  # ${trained:NAME} in the yamls of the shipped checkpoints
     configs = []
     for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
         configs.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))))
@@ -102,8 +104,11 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
     from ..profiler import MOEProfiler
     from ..schema import DeviceConfig, Weights
 
-    random = model_cfg.weights is Weights.random
-    if not random:
+    from ..trained import is_shipped
+
+    # a forward pass where the weights are here without a download: random init, or a checkpoint in the package
+    measured = model_cfg.weights is Weights.random or is_shipped(model_cfg.hf_id)
+    if not measured:
         model_cfg = replace(model_cfg, weights=Weights.meta)
     models.clear_cache()  # a fresh build: never a model another caller may have changed
     loaded = models.load(model_cfg, DeviceConfig(name="cpu", device="cpu", dtype="float32"), SEED)
@@ -114,7 +119,7 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
             out = analytic_entries(model_cfg.name, profiler, k_values(default_k, profiler.layers[0].num_experts))
         finally:
             profiler.detach()
-        if not random:
+        if not measured:
             return out
         blocks = data.tokenize(documents, loaded.tokenizer, SEQ_LEN, "the built-in text")
         if blocks.num_blocks < BLOCKS:

@@ -80,7 +80,7 @@ class RunRecord(KeyColumns):
     default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
     k_max: Int32 = col("the selector's `k_max`; null under `router`")
-    dataset_kind: String = col("`builtin`, `hf` or `local`")
+    dataset_kind: String = col("`builtin`, `pydoc`, `hf` or `local`")
     dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
                                  "/data/eval.jsonl`)")
     seq_len: Int32 = col("tokens per block")

@@ -15,6 +15,8 @@ from omegaconf import open_dict
 from runner import job, results
 from runner.schema import CONFIG_DIR, register_configs
 
+from . import tiny_unless_named
+
 register_configs()
 
 H, I, E = 64, 32, 8  # olmoe_tiny / mixtral_tiny
@@ -26,15 +28,18 @@ def moe_flops(k: int, layers: int = 2, shared: int = 0) -> int:
 
 
 def compose_config(*overrides: str, hydra: bool = False):
-    """The project's config with these overrides (no out_root); `hydra=True` keeps the `hydra` node."""
+    """The project's config with these overrides (no out_root); `hydra=True` keeps the `hydra` node. The model is
+    olmoe_tiny unless the overrides name one (helpers.tiny_unless_named)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        return compose("config", overrides=tiny_unless_named(overrides), return_hydra_config=hydra)
 
 
 def compose_job(tmp_path: Path, *overrides: str):
-    """A single run's config writing under tmp_path, with Hydra's runtime config set as `python -m runner` has it."""
+    """A single run's config writing under tmp_path, with Hydra's runtime config set as `python -m runner` has it
+    (olmoe_tiny unless the overrides name a model)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        cfg = compose("config", overrides=[f"out_root={tmp_path}", *overrides], return_hydra_config=True)
+        cfg = compose("config", overrides=[f"out_root={tmp_path}", *tiny_unless_named(overrides)],
+                      return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -67,7 +72,8 @@ def start_sweep(hydra_sweep_runner, tmp_path: Path, *overrides: str, name: str =
     """A multirun in-process (basic launcher), its sweep dir tmp_path / name; use as a context manager."""
     return hydra_sweep_runner(calling_file=None, calling_module="runner", task_function=job.run,
                               config_path=str(CONFIG_DIR), config_name="config",
-                              overrides=[f"out_root={tmp_path}", *overrides], temp_dir=str(tmp_path / name))
+                              overrides=[f"out_root={tmp_path}", *tiny_unless_named(overrides)],
+                              temp_dir=str(tmp_path / name))
 
 
 def runs_of(tmp_path: Path, sweep_dir: Path) -> pd.DataFrame:
