@@ -21,6 +21,9 @@ class CoactivationRecord(KeyColumns):
     expert_b: Int32 = col("another expert (both (a, b) and (b, a) are listed)")
     count: Int64 = col("C[a, b]: tokens whose selected set holds both a and b (all pairs, not only rank-adjacent "
                        "ones); P(b|a) = C[a, b] / c_a with c_a from `experts.tokens`")
+    count_random: Double = col("C[a, b] under uniform random routing at the same per-token k: Σ_(a≠b) C / (E(E − 1)), "
+                               "the same for every pair of the layer (v4)")
+    lift: Double = col("count / count_random: above 1, the pair is chosen together more often than chance (v4)")
 
 
 @dataclasses.dataclass(slots=True)
@@ -34,6 +37,9 @@ class TransitionRecord(KeyColumns):
     expert_b: Int32 = col("an expert selected at `next_layer`")
     count: Int64 = col("T[a, b]: tokens that selected a at `layer` and b at `next_layer` (over all pairs of their "
                        "two selected sets)")
+    count_random: Double = col("T[a, b] under uniform random routing at the same per-token k: ΣT / (E_layer · "
+                               "E_next_layer) (v4)")
+    lift: Double = col("count / count_random (v4)")
 
 
 @dataclasses.dataclass(slots=True)

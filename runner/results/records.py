@@ -26,7 +26,7 @@ import pyarrow as pa
 from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def new_run_id() -> str:
@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the standard balance family, distinct experts per call, the random-routing baselines and the confidence intervals)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -157,6 +157,18 @@ class RunRecord(KeyColumns):
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
     jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
                                "transitions are recorded")
+    jaccard_random_mean: Double = col("mean over the same pairs of `layers.jaccard_random`, the uniform-routing "
+                                      "baseline of `jaccard_mean` (v4)")
+    load_max_mean_p50: Double = col("median over the MoE layers of the prefill `layers.load_max_mean` (v4)")
+    load_max_mean_p95: Double = col("its 95th percentile over the MoE layers (linear interpolation) (v4)")
+    load_cv_p50: Double = col("median over the MoE layers of `layers.load_cv` (v4)")
+    load_cv_p95: Double = col("95th percentile over the MoE layers of `layers.load_cv` (v4)")
+    load_jain_p05: Double = col("5th percentile over the MoE layers of `layers.load_jain` (its bad tail is low) (v4)")
+    load_jain_p50: Double = col("median over the MoE layers of `layers.load_jain` (v4)")
+    load_gini_p50: Double = col("median over the MoE layers of `layers.load_gini` (v4)")
+    load_gini_p95: Double = col("95th percentile over the MoE layers of `layers.load_gini` (v4)")
+    load_entropy_p05: Double = col("5th percentile over the MoE layers of `layers.load_entropy` (v4)")
+    load_entropy_p50: Double = col("median over the MoE layers of `layers.load_entropy` (v4)")
     ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
     ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
                                         "`ep_size_max`, fitted on this run's loads")
@@ -276,11 +288,19 @@ class _LayerColumns(KeyColumns):
     top1_prob: Double = col("mean p₍₁₎")
     top1_margin: Double = col("mean p₍₁₎ − p₍₂₎")
     selected_mass: Double = col("mean router probability of the experts used")
-    load_cv: Double = col("std/mean of the expert loads")
+    load_cv: Double = col("std/mean of the expert loads (population std)")
+    load_jain: Double = col("Jain's index (Σc)²/(E·Σc²) of the expert loads (1 = balanced, 1/E = one expert) (v4)")
     load_gini: Double = col("Gini coefficient of the expert loads")
-    load_entropy: Double = col("normalised entropy of the expert loads (1 = perfectly balanced)")
+    load_entropy: Double = col("normalised entropy of the expert loads, nats / ln E (1 = perfectly balanced)")
     load_max_mean: Double = col("max/mean of the expert loads")
+    load_maxvio: Double = col("MaxVio = max/mean − 1 of the expert loads (v4)")
     dead_experts: Int64 = col("experts that got no token")
+    cold_experts: Int64 = col("experts with a share of the assignments below a tenth of the uniform share 1/E, dead "
+                              "ones included (v4)")
+    distinct_experts_per_call: Double = col("with capacity drops recorded: mean over router calls of the distinct "
+                                            "experts the call used (v4)")
+    distinct_experts_uniform: Double = col("the same under uniform routing: mean over calls of E(1 − (1 − k/E)^B), B "
+                                           "the call's tokens, k its mean k (v4)")
     topk_boundary_margin: Double = col("mean (lowest selected − highest unselected score) / lowest selected score, over "
                                        "tokens with a boundary (v2)")
     drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call; null unless capacity drops "
@@ -290,6 +310,8 @@ class _LayerColumns(KeyColumns):
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
     jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
                                "layer and the next MoE layer (v2)")
+    jaccard_random: Double = col("with transitions on: the `jaccard_next` uniform random routing gives at the two "
+                                 "layers' k histograms, computed exactly (v4)")
     vocab_specialization: Double = col("with `analysis.vocab_specialization`: over the token ids seen at least "
                                        "`analysis.min_token_count` times, the mean share of their occurrences routed "
                                        "top-1 to the id's most frequent expert (v3)")

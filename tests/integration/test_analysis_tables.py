@@ -128,6 +128,9 @@ def test_placement_rows_and_the_runs_summary_columns(tables):
     prefill = layers[layers["phase"] == "prefill"]
     assert runs["analysis"] == "full" and runs["ep_size_max"] == 8
     assert runs["drop_rate_cf1_25"] == pytest.approx(prefill["drop_rate_cf1_25"].mean())
+    assert runs["jaccard_random_mean"] == pytest.approx(prefill["jaccard_random"].dropna().mean())
+    assert runs["load_cv_p50"] == pytest.approx(np.median(prefill["load_cv"]))
+    assert runs["load_jain_p05"] == pytest.approx(np.percentile(prefill["load_jain"], 5))
     balanced = placed.query("phase == 'prefill' and placement == 'balanced' and ep_size == 8")
     assert runs["ep_imbalance_balanced"] == pytest.approx(balanced["imbalance"].mean())
 

@@ -31,7 +31,11 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, the whole-model cost
                 # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), layers.device,
                 # runs.memory_by_device, their runs columns
-                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6"}
+                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
+                # 4: layers load_jain, load_maxvio, cold_experts, distinct experts per call and its uniform reference,
+                # jaccard_random; coactivation / transitions count_random and lift; runs balance percentiles across
+                # layers, jaccard_random_mean, confidence intervals of the quality columns
+                4: "fd95e7c79cf2c0088af38f749582a9a89a8fb6d3a2b8e2e155b8415de5399fec"}
 
 
 def fingerprint() -> str:

@@ -225,7 +225,8 @@ def test_analyses_trace_whole_and_equal_eager(backend):
             for name in ("experts", "weights", "phase", "probs"):
                 np.testing.assert_array_equal(layer_before[name], layer_after[name], err_msg=name)
     assert (eager_trace[0][0]["experts"] == -1).any()  # the selector dropped slots, written as -1
-    np.testing.assert_allclose(compiled["jaccard_next"], eager["jaccard_next"], rtol=1e-9)
+    for column in ("jaccard_next", "distinct_experts_per_call", "distinct_experts_uniform"):
+        np.testing.assert_allclose(compiled[column], eager[column], rtol=1e-9, err_msg=column)
     for before, after in zip(eager_pairs, compiled_pairs):
         pd.testing.assert_frame_equal(before, after)
         assert len(before)
