@@ -358,6 +358,9 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
     batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
     if conf.max_batches is not None:
         batches = batches[: conf.max_batches]
+    units = None  # the confidence intervals' unit: the document each token came from (each block its own without)
+    if blocks.doc_starts:
+        units = [blocks.documents_of(start, len(b)) for start, b in zip(range(0, ids.shape[0], conf.batch_size), batches)]
     result = evaluate(
         loaded.model, profiler, batches, reference=need_reference,
         pad_id=tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None,
@@ -366,6 +369,6 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
         desc=f"{conf.model.name} k={row.topk} {conf.selector.name}",
-        after_batch=tracer.after_batch if tracer is not None else None)
+        after_batch=tracer.after_batch if tracer is not None else None, units=units)
     row.update(documents=blocks.documents, **result.row())
     return result.measured_tokens

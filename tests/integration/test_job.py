@@ -75,6 +75,9 @@ def test_topk_changes_flops_and_triggers_quality_reference(tmp_path, k):
     assert row["flops_measured_tokens"] == row["tokens"]  # measure_flops=true: every batch
     assert row["reference"] and row["kl"] >= 0 and 0 <= row["top1_agreement"] <= 1
     assert math.isclose(row["ref_ppl"], math.exp(row["ref_loss"]))
+    assert row["ci_units"] >= 2  # the documents of the builtin text
+    for stem in ("loss", "ppl", "kl", "top1_agreement"):  # 95 % bootstrap intervals over documents
+        assert row[f"{stem}_ci_low"] <= row[stem] <= row[f"{stem}_ci_high"], stem
     layers = table(tmp_path, "layers")
     assert (layers["top_k"] == k).all() and (layers["default_top_k"] == 2).all() and (layers["topk"] == k).all()
 

@@ -35,7 +35,7 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 4: layers load_jain, load_maxvio, cold_experts, distinct experts per call and its uniform reference,
                 # jaccard_random; coactivation / transitions count_random and lift; runs balance percentiles across
                 # layers, jaccard_random_mean, confidence intervals of the quality columns
-                4: "fd95e7c79cf2c0088af38f749582a9a89a8fb6d3a2b8e2e155b8415de5399fec"}
+                4: "71c38b9e5dff7ceb7906d84c962f04c88438f2067f337eda69e4eb8e34f89e60"}
 
 
 def fingerprint() -> str:
