@@ -134,11 +134,29 @@ class SelectorConfig:
     threshold: Optional[float] = doc("cumsum: smallest k whose probability mass reaches it (top-p)", None)
     ratio: Optional[float] = doc("gap_ratio: cut where p(i)/p(i+1) reaches it", None)
     alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
+    target_k: Optional[float] = doc("compute-matched: calibrate the selector's parameter (cumsum threshold, min_p "
+                                    "alpha, gap_ratio ratio) so its mean k on the calibration batches is this; with "
+                                    "router, the static top-k at this (integer) k", None)
+    calibration_batches: Optional[int] = doc("the job's first batches, set aside to calibrate on (evaluation starts "
+                                             "after them); null: 2 with target_k, else none. Give every job of a "
+                                             "comparison the same value so they evaluate the same batches", None)
 
     @property
     def params(self) -> dict[str, Any]:
+        """The selector's own parameters (what the profiler's set_selector takes)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+                if f.name not in ("name", *CALIBRATION_KEYS) and getattr(self, f.name) is not None}
+
+    @property
+    def held_out_batches(self) -> int:
+        """Leading batches kept for calibration, out of the evaluation."""
+        if self.calibration_batches is not None:
+            return self.calibration_batches
+        return DEFAULT_CALIBRATION_BATCHES if self.target_k is not None else 0
+
+
+CALIBRATION_KEYS = ("target_k", "calibration_batches")
+DEFAULT_CALIBRATION_BATCHES = 2
 
 
 @dataclass

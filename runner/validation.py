@@ -219,6 +219,26 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
             _fail(key, f"{value} is out of range; use an integer between {-bound - 1} and {bound}")
 
 
+def _check_calibration(selector: SelectorConfig) -> None:
+    """selector.target_k / selector.calibration_batches (compute-matched selectors, profiler/calibrate.py)."""
+    from .profiler.selector_names import CALIBRATED
+
+    target, held = selector.target_k, selector.calibration_batches
+    if held is not None and held < 1:
+        _fail("selector.calibration_batches", f"must be at least 1, got {held}; leave it null for no calibration")
+    if target is None:
+        return
+    if not math.isfinite(target) or target <= 0:
+        _fail("selector.target_k", f"must be a positive mean k, got {target!r}")
+    if selector.name == OWN_ROUTING:
+        if target != int(target):
+            _fail("selector.target_k", f"selector=router runs a static top-k: target_k must be a whole k, got "
+                  f"{target}; calibrate a dynamic selector (cumsum, min_p, gap_ratio) to a fractional mean k")
+    elif selector.name not in CALIBRATED:
+        _fail("selector.target_k", f"selector {selector.name!r} has no parameter to calibrate; target_k works with "
+              f"{', '.join(sorted(CALIBRATED))} (and router, as the static top-k)")
+
+
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
     name, params = selector.name, dict(selector.params)
     if name == "topk":  # the name of the model's own routing before it was `router`
@@ -226,6 +246,7 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
               "selector=router, and topk=K for its k")
     if name not in APP_SELECTORS:
         _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(APP_SELECTORS)}")
+    _check_calibration(selector)
     if name == OWN_ROUTING:
         if params:
             _fail(f"selector.{next(iter(params))}", "selector 'router' is the model's own routing and takes no "

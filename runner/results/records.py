@@ -80,6 +80,14 @@ class RunRecord(KeyColumns):
     default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
     k_max: Int32 = col("the selector's `k_max`; null under `router`")
+    target_k: Double = col("`selector.target_k`: the mean k the selector was calibrated to (router: the static k) (v4)")
+    calibration_batches: Int32 = col("leading batches held out of the evaluation for calibration "
+                                     "(`selector.calibration_batches`) (v4)")
+    calibration_slice: String = col("the blocks calibrated on: `blocks 0-N of <dataset_source> (batches 0-M)`; the "
+                                    "evaluation starts after them (v4)")
+    calibrated_param: String = col("the selector parameter calibrated (`threshold`, `alpha`, `ratio`) (v4)")
+    calibrated_value: Double = col("its calibrated value (also in `selector_params`) (v4)")
+    calibration_k_mean: Double = col("the mean k it gave on the calibration batches; `k_mean` is the evaluation's (v4)")
     dataset_kind: String = col("`builtin`, `hf` or `local`")
     dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
                                  "/data/eval.jsonl`)")

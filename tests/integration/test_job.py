@@ -302,3 +302,33 @@ def test_local_parquet_with_custom_field(tmp_path):
 def test_fixture_files_in_tests_data(tmp_path):
     run_job(tmp_path, "dataset=local", f"dataset.path={DATA / 'tiny.jsonl'}", *SMALL)
     assert latest_run(tmp_path)["status"] == "ok"
+
+
+def test_target_k_calibrates_on_held_out_batches_and_evaluates_the_rest(tmp_path):
+    """selector.target_k: the threshold bisected on the first 2 batches (blocks 0-3), the evaluation on the next 2;
+    the static top-k (router) with the same batches held out evaluates the same blocks."""
+    run_job(tmp_path, "selector=cumsum", "selector.target_k=1.5", "topk=4", "batch_size=2", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["target_k"] == 1.5 and row["calibration_batches"] == 2 and row["calibrated_param"] == "threshold"
+    assert row["calibration_slice"].startswith("blocks 0-3 of ") and row["blocks"] == 4  # max_batches after them
+    assert abs(row["calibration_k_mean"] - 1.5) <= 0.02  # 128 tokens a layer on the calibration batches
+    assert abs(row["k_mean"] - 1.5) <= 0.25  # other blocks: near the target
+    assert json.loads(row["selector_params"])["threshold"] == row["calibrated_value"]
+    run_job(tmp_path, "selector=router", "selector.target_k=3", "selector.calibration_batches=2", "batch_size=2",
+            *SMALL)
+    static = latest_run(tmp_path)
+    assert static["topk"] == 3 and static["k_mean"] == 3 and pd.isna(static["calibrated_value"])
+    assert static["blocks"] == 4 and static["calibration_slice"] == row["calibration_slice"]
+    assert static["tokens"] == row["tokens"]
+
+
+@pytest.mark.parametrize("override, message", [
+    (("selector=kneedle", "selector.target_k=2"), "selector 'kneedle' has no parameter to calibrate"),
+    (("selector=router", "selector.target_k=1.5"), "target_k must be a whole k"),
+    (("selector=cumsum", "selector.target_k=0"), "must be a positive mean k"),
+    (("selector=cumsum", "selector.target_k=2", "max_batches=null", "dataset.slice='[:1]'", "seq_len=64",
+      "selector.calibration_batches=50"), "leaves no batch to evaluate"),
+])
+def test_target_k_refusals_are_one_line(tmp_path, override, message):
+    with pytest.raises(SystemExit, match=message):
+        run_job(tmp_path, *override)

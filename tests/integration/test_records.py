@@ -34,8 +34,8 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
                 # 4: layers load_jain, load_maxvio, cold_experts, distinct experts per call and its uniform reference,
                 # jaccard_random; coactivation / transitions count_random and lift; runs balance percentiles across
-                # layers, jaccard_random_mean, confidence intervals of the quality columns
-                4: "71c38b9e5dff7ceb7906d84c962f04c88438f2067f337eda69e4eb8e34f89e60"}
+                # layers, jaccard_random_mean, confidence intervals of the quality columns, the calibration columns
+                4: "c1342ddac4bac15f4b0ff8d557d106accb55c6ff210357fb3653dce837b59362"}
 
 
 def fingerprint() -> str:
