@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import costs, data, eval_harness, results
-from .errors import ConfigError, RunnerError, describe, known_errors, one_line
+from .errors import RunnerError, describe, known_errors, one_line
 from .results import RunRecord, sweep_id_for
 from .schema import NON_RESULT_KEYS, OWN_ROUTING, RunnerConfig, Weights, canonical_json
 from .slurm import job_id as slurm_job_id
@@ -351,39 +351,17 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
     log.info("%s", profiler.scan_report().splitlines()[0])
 
 
-def _calibrate(conf: RunnerConfig, loaded, profiler, calibration: list, row: RunRecord) -> None:
-    """selector.target_k: the selector's parameter bisected on the calibration batches (profiler/calibrate.py); the
-    runs columns say what was found, on which blocks."""
-    from .profiler.calibrate import calibrate
-
-    blocks = sum(int(b.shape[0]) for b in calibration)
-    row.update(calibration_batches=len(calibration), target_k=conf.selector.target_k,
-               calibration_slice=f"blocks 0-{blocks - 1} of {row.dataset_source} (batches 0-{len(calibration) - 1})")
-    if conf.selector.target_k is None or conf.selector.name == OWN_ROUTING:
-        return  # the same batches held out, so that this job evaluates what the calibrated ones do
-    found = calibrate(loaded.model, profiler, calibration, conf.selector.name, profiler.selector_params,
-                      conf.selector.target_k)
-    row.update(calibrated_param=found.param, calibrated_value=found.value, calibration_k_mean=found.k_mean,
-               selector_params=json.dumps(profiler.selector_params, sort_keys=True, default=str))
-
-
 def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord, tracer) -> int:
     """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
     FLOP-counted tokens."""
+    from . import calibration
     from .profiler.evaluate import evaluate
 
     tok = loaded.tokenizer
     ids = blocks.ids
     batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
     held = conf.selector.held_out_batches  # leading batches to calibrate on, out of the evaluation
-    calibration, batches = batches[:held], batches[held:]
-    if conf.max_batches is not None:
-        batches = batches[: conf.max_batches]
-    if held:
-        if not batches:
-            raise ConfigError(f"selector.calibration_batches={held} leaves no batch to evaluate ({len(calibration)} "
-                              "batches in all); use a larger dataset slice or fewer calibration batches")
-        _calibrate(conf, loaded, profiler, calibration, row)
+    batches = calibration.hold_out(conf, loaded, profiler, batches, row)
     first = held * conf.batch_size  # the first evaluated block
     units = None  # the confidence intervals' unit: the document each token came from (each block its own without)
     if blocks.doc_starts:

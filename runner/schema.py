@@ -127,13 +127,16 @@ class DeviceConfig:
 class SelectorConfig:
     """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
-    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", OWN_ROUTING)
+    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p | "
+                    "random_k", OWN_ROUTING)
     k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
     k_min: Optional[int] = doc("fewest experts per token", None)
     k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
     threshold: Optional[float] = doc("cumsum: smallest k whose probability mass reaches it (top-p)", None)
     ratio: Optional[float] = doc("gap_ratio: cut where p(i)/p(i+1) reaches it", None)
     alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
+    keep: Optional[float] = doc("random_k: each slot after k_min kept with this probability (a baseline)", None)
+    seed: Optional[int] = doc("random_k: seed of its draws (a hash of the router output, no RNG state)", None)
     target_k: Optional[float] = doc("compute-matched: calibrate the selector's parameter (cumsum threshold, min_p "
                                     "alpha, gap_ratio ratio) so its mean k on the calibration batches is this; with "
                                     "router, the static top-k at this (integer) k", None)

@@ -47,6 +47,7 @@ __all__ = [
     "entropy",
     "gap_ratio",
     "min_p",
+    "random_k",
     "get_selector",
     "validate_params",
     "mask_from_k",
@@ -268,6 +269,31 @@ def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -
     return _finish(k, k_min, k_max)
 
 
+def _hash_uniform(x: torch.Tensor) -> torch.Tensor:
+    """A stateless pseudo-random number in [0, 1) per element: frac(sin(x) * 43758.5453) (a common shader hash),
+    computed in fp64 so that it is the same on every device and under compile."""
+    return torch.frac(torch.sin(x.double()) * 43758.5453).abs()
+
+
+def random_k(probs: torch.Tensor, k_max: int, k_min: int = 1, keep: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """Random dropping (a baseline): each of the slots k_min+1..k_max is kept with probability ``keep``, so
+    k = k_min + #{kept} and the mean k is k_min + keep * (k_max - k_min); the kept experts are the top-k of that k.
+
+    The draws are a seeded hash of the token's router probabilities (no RNG state, so the same token gets the same k
+    on every run and device, and compiled / captured code changes no state per call); they ignore how confident the
+    router is, which is what a dynamic selector is compared against.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "random_k")
+    q = _check_unit(keep, "keep", "random_k")
+    s = _as_int(seed, "random_k: seed")
+    slots = _columns(k_max, p.device).double()  # [1, k_max]
+    ranked = torch.sort(p, dim=1, descending=True).values.double()  # sorted values only: expert order changes nothing
+    mix = (ranked * (1.0 + _columns(p.shape[1], p.device).double())).sum(1, keepdim=True)  # [T, 1]
+    draws = _hash_uniform(mix * 7919.0 + slots * 12.9898 + s * 78.233)  # [T, k_max]
+    kept = (draws < q) & (slots >= k_min)
+    return _finish(kept.sum(1) + k_min, k_min, k_max)
+
+
 # name -> function: the function of each name in SELECTOR_NAMES (defined above; a missing one fails here at import)
 SELECTORS: dict[str, SelectorFn] = {name: globals()[name] for name in SELECTOR_NAMES}
 
@@ -276,6 +302,8 @@ _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "threshold": lambda v, where: _check_unit(v, "threshold", where),
     "alpha": lambda v, where: _check_unit(v, "alpha", where),
     "ratio": lambda v, where: _check_ratio(v, where),
+    "keep": lambda v, where: _check_unit(v, "keep", where),
+    "seed": lambda v, where: _as_int(v, f"{where}: seed"),
 }
 
 

@@ -1,11 +1,12 @@
 """The records of the routing-analysis tables (docs/metrics.md has the definitions): `coactivation`, `transitions`,
-`placement` (analysis=full, or each switched on alone) and `trace` (trace=true). Each row starts with the run's
-KeyColumns, so it joins back to `runs` like `layers` and `experts` do. records.py registers them."""
+`placement` (analysis=full, or each switched on alone) and `trace` (trace=true), and of `tasks` (eval=lm_eval). Each
+row starts with the run's KeyColumns, so it joins back to `runs` like `layers` and `experts` do. records.py registers
+them."""
 from __future__ import annotations
 
 import dataclasses
 
-from .columns import (Double, Float16List, Int16List, Int32, Int32ListList, Int64, String, col)
+from .columns import (Bool, Double, Float16List, Int16List, Int32, Int32ListList, Int64, String, col)
 from .records import KeyColumns
 
 PHASE = "`prefill` or `decode`"
@@ -74,6 +75,23 @@ class TraceRecord(KeyColumns):
     expert_weights: Float16List = col("their combine weights, as the model applied them")
     router_probs: Float16List = col("with trace.logits=true: the router's full distribution (softmax or sigmoid "
                                     "scores, as the architecture scores)")
+
+
+@dataclasses.dataclass(slots=True)
+class TaskRecord(KeyColumns):
+    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
+
+    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
+                       "of its own)")
+    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
+                               "only when equal")
+    metric: String = col("the metric: `acc`, `acc_norm`, ...")
+    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
+    value: Double = col("the metric's value over the scored examples")
+    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
+    n: Int64 = col("examples scored (after `eval.limit`)")
+    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
+    higher_is_better: Bool = col("the metric's direction")
 
 
 ANALYSIS_RECORDS: dict[str, type] = {"coactivation": CoactivationRecord, "transitions": TransitionRecord,

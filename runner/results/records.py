@@ -1,6 +1,6 @@
 """One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord),
-`tasks` (TaskRecord); the routing-analysis tables (coactivation, transitions, placement, trace) are in
-analysis_records.py.
+`tasks` (TaskRecord, in analysis_records.py with the routing-analysis tables: coactivation, transitions, placement,
+trace).
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -81,11 +81,9 @@ class RunRecord(KeyColumns):
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
     k_max: Int32 = col("the selector's `k_max`; null under `router`")
     target_k: Double = col("`selector.target_k`: the mean k the selector was calibrated to (router: the static k) (v4)")
-    calibration_batches: Int32 = col("leading batches held out of the evaluation for calibration "
-                                     "(`selector.calibration_batches`) (v4)")
-    calibration_slice: String = col("the blocks calibrated on: `blocks 0-N of <dataset_source> (batches 0-M)`; the "
-                                    "evaluation starts after them (v4)")
-    calibrated_param: String = col("the selector parameter calibrated (`threshold`, `alpha`, `ratio`) (v4)")
+    calibration_batches: Int32 = col("leading batches held out of the evaluation to calibrate on (v4)")
+    calibration_slice: String = col("the blocks calibrated on (`blocks 0-N of <dataset_source> (batches 0-M)`) (v4)")
+    calibrated_param: String = col("the selector parameter calibrated (`threshold`, `alpha`, `ratio`, `keep`) (v4)")
     calibrated_value: Double = col("its calibrated value (also in `selector_params`) (v4)")
     calibration_k_mean: Double = col("the mean k it gave on the calibration batches; `k_mean` is the evaluation's (v4)")
     dataset_kind: String = col("`builtin`, `hf` or `local`")
@@ -121,17 +119,15 @@ class RunRecord(KeyColumns):
     ref_ppl: Double = col("exp(ref_loss)")
     kl: Double = col("mean KL(P_ref ‖ P_job) of the next-token distributions")
     top1_agreement: Double = col("share of targets where the reference and the job predict the same next token")
-    # 95 % percentile-bootstrap intervals over documents (docs/results.md#confidence-intervals) (v4)
-    ci_units: Int64 = col("documents the confidence intervals resample (blocks when the data has no document "
-                          "boundaries) (v4)")
-    loss_ci_low: Double = col("lower end of the 95 % bootstrap interval of `loss` over documents (v4)")
-    loss_ci_high: Double = col("upper end of that interval (v4)")
+    ci_units: Int64 = col("documents the 95 % bootstrap intervals below resample (blocks without documents) (v4)")
+    loss_ci_low: Double = col("lower end of the 95 % interval of `loss` (v4)")
+    loss_ci_high: Double = col("upper end of the 95 % interval of `loss` (v4)")
     ppl_ci_low: Double = col("exp(loss_ci_low) (v4)")
     ppl_ci_high: Double = col("exp(loss_ci_high) (v4)")
-    kl_ci_low: Double = col("lower end of the 95 % bootstrap interval of `kl` over documents (v4)")
-    kl_ci_high: Double = col("upper end of that interval (v4)")
-    top1_agreement_ci_low: Double = col("lower end of the 95 % bootstrap interval of `top1_agreement` (v4)")
-    top1_agreement_ci_high: Double = col("upper end of that interval (v4)")
+    kl_ci_low: Double = col("lower end of the 95 % interval of `kl` (v4)")
+    kl_ci_high: Double = col("upper end of the 95 % interval of `kl` (v4)")
+    top1_agreement_ci_low: Double = col("lower end of the 95 % interval of `top1_agreement` (v4)")
+    top1_agreement_ci_high: Double = col("upper end of the 95 % interval of `top1_agreement` (v4)")
     # routing and FLOPs (MoE layers only)
     moe_layers: Int32 = col("number of MoE layers")
     k_mean: Double = col("mean over the MoE layers of their prefill `k_mean`")
@@ -176,18 +172,17 @@ class RunRecord(KeyColumns):
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
     jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
                                "transitions are recorded")
-    jaccard_random_mean: Double = col("mean over the same pairs of `layers.jaccard_random`, the uniform-routing "
-                                      "baseline of `jaccard_mean` (v4)")
+    jaccard_random_mean: Double = col("mean of `layers.jaccard_random` over the same pairs: its random baseline (v4)")
     load_max_mean_p50: Double = col("median over the MoE layers of the prefill `layers.load_max_mean` (v4)")
-    load_max_mean_p95: Double = col("its 95th percentile over the MoE layers (linear interpolation) (v4)")
-    load_cv_p50: Double = col("median over the MoE layers of `layers.load_cv` (v4)")
-    load_cv_p95: Double = col("95th percentile over the MoE layers of `layers.load_cv` (v4)")
-    load_jain_p05: Double = col("5th percentile over the MoE layers of `layers.load_jain` (its bad tail is low) (v4)")
-    load_jain_p50: Double = col("median over the MoE layers of `layers.load_jain` (v4)")
-    load_gini_p50: Double = col("median over the MoE layers of `layers.load_gini` (v4)")
-    load_gini_p95: Double = col("95th percentile over the MoE layers of `layers.load_gini` (v4)")
-    load_entropy_p05: Double = col("5th percentile over the MoE layers of `layers.load_entropy` (v4)")
-    load_entropy_p50: Double = col("median over the MoE layers of `layers.load_entropy` (v4)")
+    load_max_mean_p95: Double = col("its 95th percentile (v4)")
+    load_cv_p50: Double = col("median of `layers.load_cv` (v4)")
+    load_cv_p95: Double = col("its 95th percentile (v4)")
+    load_jain_p05: Double = col("5th percentile of `layers.load_jain` (its bad tail is low) (v4)")
+    load_jain_p50: Double = col("median of `layers.load_jain` (v4)")
+    load_gini_p50: Double = col("median of `layers.load_gini` (v4)")
+    load_gini_p95: Double = col("its 95th percentile (v4)")
+    load_entropy_p05: Double = col("5th percentile of `layers.load_entropy` (v4)")
+    load_entropy_p50: Double = col("median of `layers.load_entropy` (v4)")
     ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
     ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
                                         "`ep_size_max`, fitted on this run's loads")
@@ -388,24 +383,7 @@ class ExpertRecord(KeyColumns):
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
 
-@dataclasses.dataclass(slots=True)
-class TaskRecord(KeyColumns):
-    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
-
-    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
-                       "of its own)")
-    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
-                               "only when equal")
-    metric: String = col("the metric: `acc`, `acc_norm`, ...")
-    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
-    value: Double = col("the metric's value over the scored examples")
-    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
-    n: Int64 = col("examples scored (after `eval.limit`)")
-    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
-    higher_is_better: Bool = col("the metric's direction")
-
-
-from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
+from .analysis_records import ANALYSIS_RECORDS, TaskRecord  # noqa: E402 - they build on KeyColumns, defined above
 
 RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,
                             "tasks": TaskRecord}
