@@ -28,14 +28,19 @@ def hold_out(conf: RunnerConfig, loaded, profiler, batches: list, row: RunRecord
 def _calibrate(conf: RunnerConfig, loaded, profiler, calibration: list, row: RunRecord) -> None:
     """selector.target_k: the selector's parameter bisected on the calibration batches (profiler/calibrate.py); the
     runs columns say what was found, on which blocks."""
-    from .profiler.calibrate import calibrate
+    from .profiler.calibrate import calibrate, calibrate_layer_k
+    from .profiler.selector_names import LAYER_BUDGET
 
     blocks = sum(int(b.shape[0]) for b in calibration)
     row.update(calibration_batches=len(calibration), target_k=conf.selector.target_k,
                calibration_slice=f"blocks 0-{blocks - 1} of {row.dataset_source} (batches 0-{len(calibration) - 1})")
     if conf.selector.target_k is None or conf.selector.name == OWN_ROUTING:
         return  # the same batches held out, so that this job evaluates what the calibrated ones do
-    found = calibrate(loaded.model, profiler, calibration, conf.selector.name, profiler.selector_params,
-                      conf.selector.target_k)
+    if conf.selector.name == LAYER_BUDGET:  # a k per layer, the budget split by sensitivity
+        found = calibrate_layer_k(loaded.model, profiler, calibration, int(profiler.selector_params["k_max"]),
+                                  conf.selector.target_k)
+    else:
+        found = calibrate(loaded.model, profiler, calibration, conf.selector.name, profiler.selector_params,
+                          conf.selector.target_k)
     row.update(calibrated_param=found.param, calibrated_value=found.value, calibration_k_mean=found.k_mean,
                selector_params=json.dumps(profiler.selector_params, sort_keys=True, default=str))

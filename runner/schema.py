@@ -128,7 +128,7 @@ class SelectorConfig:
     """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
     name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p | "
-                    "random_k", OWN_ROUTING)
+                    "random_k | layer_k", OWN_ROUTING)
     k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
     k_min: Optional[int] = doc("fewest experts per token", None)
     k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
@@ -137,6 +137,8 @@ class SelectorConfig:
     alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
     keep: Optional[float] = doc("random_k: each slot after k_min kept with this probability (a baseline)", None)
     seed: Optional[int] = doc("random_k: seed of its draws (a hash of the router output, no RNG state)", None)
+    ks: Optional[List[int]] = doc("layer_k: a k per MoE layer (null: k_max everywhere; target_k splits a budget)",
+                                  None)
     target_k: Optional[float] = doc("compute-matched: calibrate the selector's parameter (cumsum threshold, min_p "
                                     "alpha, gap_ratio ratio) so its mean k on the calibration batches is this; with "
                                     "router, the static top-k at this (integer) k", None)

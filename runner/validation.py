@@ -221,7 +221,7 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
 
 def _check_calibration(selector: SelectorConfig) -> None:
     """selector.target_k / selector.calibration_batches (compute-matched selectors, profiler/calibrate.py)."""
-    from .profiler.selector_names import CALIBRATED
+    from .profiler.selector_names import CALIBRATED, LAYER_BUDGET
 
     target, held = selector.target_k, selector.calibration_batches
     if held is not None and held < 1:
@@ -234,9 +234,9 @@ def _check_calibration(selector: SelectorConfig) -> None:
         if target != int(target):
             _fail("selector.target_k", f"selector=router runs a static top-k: target_k must be a whole k, got "
                   f"{target}; calibrate a dynamic selector (cumsum, min_p, gap_ratio) to a fractional mean k")
-    elif selector.name not in CALIBRATED:
+    elif selector.name not in (*CALIBRATED, LAYER_BUDGET):
         _fail("selector.target_k", f"selector {selector.name!r} has no parameter to calibrate; target_k works with "
-              f"{', '.join(sorted(CALIBRATED))} (and router, as the static top-k)")
+              f"{', '.join(sorted((*CALIBRATED, LAYER_BUDGET)))} (and router, as the static top-k)")
 
 
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
@@ -253,6 +253,8 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
                   "parameters; set topk=K")
         return
     for key, value in params.items():
+        if key == "ks":  # a list of k per layer: checked by the selectors' own validation
+            continue
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             _fail(f"selector.{key}", f"must be a number, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):

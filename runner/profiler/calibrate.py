@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .attach import input_device
 from .evaluate import PREFILL
@@ -69,3 +70,50 @@ def calibrate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor],
     profiler.set_selector(selector, **{**params, name: best})
     profiler.reset()
     return Calibration(param=name, value=best, k_mean=tried[best], steps=len(tried))
+
+
+@torch.no_grad()
+def layer_sensitivity(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], k: int) -> list[float]:
+    """Per MoE layer: the mean KL(P_k || P) of the next-token distributions when that layer alone runs at k - 1 and
+    every other at k (LExI's and Alloc-MoE's sensitivity, measured on the output)."""
+    device, layers = input_device(model), len(profiler.layers)
+    kl, tokens = [0.0] * layers, 0
+    for batch in batches:
+        x = batch.to(device)
+        profiler.set_selector("layer_k", k_max=k, ks=[k] * layers)
+        reference = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+        tokens += reference.shape[0] * reference.shape[1]
+        for position in range(layers):
+            ks = [k - 1 if i == position else k for i in range(layers)]
+            profiler.set_selector("layer_k", k_max=k, ks=ks)
+            logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+            kl[position] += float((reference.exp() * (reference - logp)).sum(-1).clamp_min(0).sum())
+    profiler.reset()
+    return [value / max(tokens, 1) for value in kl]
+
+
+def allocate_layer_k(sensitivity: Sequence[float], k: int, target_k: float) -> list[int]:
+    """A k per layer whose mean is as close to target_k as whole steps allow (round((k - target_k) * L) steps of -1),
+    taken from the least sensitive layers first (ties: the earlier layer), one step per layer per round, never
+    below 1."""
+    layers = len(sensitivity)
+    ks = [k] * layers
+    steps = max(0, round((k - target_k) * layers))
+    order = sorted(range(layers), key=lambda i: (sensitivity[i], i))
+    while steps and any(v > 1 for v in ks):
+        for i in order:
+            if steps and ks[i] > 1:
+                ks[i] -= 1
+                steps -= 1
+    return ks
+
+
+def calibrate_layer_k(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], k: int,
+                      target_k: float) -> Calibration:
+    """Per-layer static k at a mean of target_k: the budget split by each layer's sensitivity at k - 1 on `batches`;
+    the profiler is left running it."""
+    sensitivity = layer_sensitivity(model, profiler, batches, k) if k > 1 else [0.0] * len(profiler.layers)
+    ks = allocate_layer_k(sensitivity, k, target_k)
+    profiler.set_selector("layer_k", k_max=k, ks=ks)
+    profiler.reset()
+    return Calibration(param="ks", value=sum(ks) / len(ks), k_mean=sum(ks) / len(ks), steps=len(ks) + 1)

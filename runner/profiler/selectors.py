@@ -48,6 +48,7 @@ __all__ = [
     "gap_ratio",
     "min_p",
     "random_k",
+    "layer_k",
     "get_selector",
     "validate_params",
     "mask_from_k",
@@ -294,6 +295,26 @@ def random_k(probs: torch.Tensor, k_max: int, k_min: int = 1, keep: float = 0.5,
     return _finish(kept.sum(1) + k_min, k_min, k_max)
 
 
+def layer_k(probs: torch.Tensor, k_max: int, k_min: int = 1, ks: Any = None, position: int = 0) -> torch.Tensor:
+    """Per-layer static k (a baseline, LExI / Alloc-MoE style): every token of MoE layer ``position`` (0-based, in
+    model order) keeps ks[position] experts; ``ks`` None keeps k_max everywhere. The profiler passes ``position``.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "layer_k")
+    kk = k_max if ks is None else _as_int(ks[position], f"layer_k: ks[{position}]")
+    return _finish(torch.full((p.shape[0],), kk, dtype=torch.long, device=p.device), k_min, k_max)
+
+
+def _check_ks(value: Any, where: str) -> Any:
+    if value is None:
+        return value
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise SelectorError(f"{where}: ks must be a list of k per MoE layer, got {value!r}")
+    for k in value:
+        if _as_int(k, f"{where}: ks entry") < 1:
+            raise SelectorError(f"{where}: every k in ks must be >= 1, got {k}")
+    return value
+
+
 # name -> function: the function of each name in SELECTOR_NAMES (defined above; a missing one fails here at import)
 SELECTORS: dict[str, SelectorFn] = {name: globals()[name] for name in SELECTOR_NAMES}
 
@@ -304,6 +325,7 @@ _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "ratio": lambda v, where: _check_ratio(v, where),
     "keep": lambda v, where: _check_unit(v, "keep", where),
     "seed": lambda v, where: _as_int(v, f"{where}: seed"),
+    "ks": _check_ks,
 }
 
 
@@ -312,7 +334,12 @@ def _valid_names() -> str:
 
 
 def _param_names(fn: SelectorFn) -> list[str]:
-    return [n for n in inspect.signature(fn).parameters if n != "probs"]
+    return [n for n in inspect.signature(fn).parameters if n not in ("probs", "position")]
+
+
+def takes_position(fn: SelectorFn) -> bool:
+    """Whether the selector wants the MoE layer's position (``position=``): a per-layer rule."""
+    return "position" in inspect.signature(fn).parameters
 
 
 def get_selector(name_or_fn: str | SelectorFn) -> SelectorFn:

@@ -322,6 +322,16 @@ def test_target_k_calibrates_on_held_out_batches_and_evaluates_the_rest(tmp_path
     assert static["tokens"] == row["tokens"]
 
 
+def test_layer_k_target_splits_the_budget_over_the_layers(tmp_path):
+    run_job(tmp_path, "selector=layer_k", "selector.target_k=1.5", "topk=2", "batch_size=2", *SMALL)
+    row = latest_run(tmp_path)
+    ks = json.loads(row["selector_params"])["ks"]
+    assert sorted(ks) == [1, 2] and row["k_mean"] == 1.5 == row["calibration_k_mean"]
+    assert row["calibrated_param"] == "ks" and row["flops_per_token_measured"] == row["flops_per_token_routed"]
+    layers = table(tmp_path, "layers").query("phase == 'prefill'").sort_values("position")
+    assert layers["k_mean"].tolist() == ks
+
+
 @pytest.mark.parametrize("override, message", [
     (("selector=kneedle", "selector.target_k=2"), "selector 'kneedle' has no parameter to calibrate"),
     (("selector=router", "selector.target_k=1.5"), "target_k must be a whole k"),

@@ -7,7 +7,8 @@ import torch
 
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
-from runner.profiler.calibrate import CALIBRATED, calibrate, mean_k
+from runner.profiler.calibrate import (CALIBRATED, allocate_layer_k, calibrate, calibrate_layer_k, layer_sensitivity,
+                                      mean_k)
 
 
 def batches(n, seed):
@@ -47,3 +48,37 @@ def test_a_target_out_of_reach_gives_the_nearest_end_and_unknown_selectors_are_r
     assert found.k_mean == pytest.approx(4.0)
     with pytest.raises(ValueError, match="no parameter to calibrate"):
         calibrate(model, profiler, batches(1, 0), "entropy", {"k_max": 4}, 2.0)
+
+
+def test_allocate_layer_k_by_hand():
+    # 4 layers at k = 4, target 3.25: round(0.75 * 4) = 3 steps, to the least sensitive layers 2, 0, 3
+    assert allocate_layer_k([0.2, 0.5, 0.1, 0.3], 4, 3.25) == [3, 4, 3, 3]
+    # target 2.5: 6 steps, a round over all four, then 2 more to the least sensitive
+    assert allocate_layer_k([0.2, 0.5, 0.1, 0.3], 4, 2.5) == [2, 3, 2, 3]
+    assert allocate_layer_k([0.0, 0.0], 2, 0.5) == [1, 1]  # never below 1
+    assert allocate_layer_k([0.3, 0.3], 4, 4.0) == [4, 4]
+
+
+def test_layer_k_calibration_on_a_tiny_model(tiny):
+    """The sensitivity of a layer is the KL when it alone runs at k - 1, recounted; the budget goes to the layer
+    whose KL is larger; the profiler runs the k per layer found (measured k per layer)."""
+    model, profiler = tiny
+    calibration = batches(2, 0)
+    sensitivity = layer_sensitivity(model, profiler, calibration, 3)
+    assert all(v >= 0 for v in sensitivity) and max(sensitivity) > 0
+    profiler.set_selector("layer_k", k_max=3, ks=[3, 2])  # recount layer 1's entry
+    with torch.no_grad():
+        kl, count = 0.0, 0
+        for x in calibration:
+            profiler.set_selector("layer_k", k_max=3, ks=[3, 3])
+            ref = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+            profiler.set_selector("layer_k", k_max=3, ks=[3, 2])
+            logp = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+            kl += float((ref.exp() * (ref - logp)).sum(-1).sum())
+            count += x.numel()
+    assert sensitivity[1] == pytest.approx(kl / count, rel=1e-5, abs=1e-12)
+    found = calibrate_layer_k(model, profiler, calibration, 3, 2.5)
+    assert found.k_mean == 2.5 and sorted(profiler.selector_params["ks"]) == [2, 3]
+    assert profiler.selector_params["ks"][sensitivity.index(min(sensitivity))] == 2  # the least sensitive gives
+    layers = (mean_k(model, profiler, calibration), profiler.layers_df()["k_mean"].tolist())
+    assert layers[0] == 2.5 and layers[1] == profiler.selector_params["ks"]

@@ -167,7 +167,8 @@ def test_inductor_kneedle_equals_eager():
 
 # parameters that make each selector drop experts on the tiny model's near-uniform routers
 SELECTOR_PARAMS = {"topk": {"k": 2}, "kneedle": {}, "cumsum": {"threshold": 0.3}, "entropy": {},
-                   "gap_ratio": {"ratio": 1.05}, "min_p": {"alpha": 0.9}, "random_k": {"keep": 0.4}}
+                   "gap_ratio": {"ratio": 1.05}, "min_p": {"alpha": 0.9}, "random_k": {"keep": 0.4},
+                   "layer_k": {"ks": [1, 3]}}
 
 
 @pytest.mark.parametrize("name", sorted(SELECTOR_PARAMS))

@@ -18,6 +18,7 @@ from runner.profiler.selectors import (
     mask_from_k,
     min_p,
     random_k,
+    layer_k,
     topk,
     validate_params,
 )
@@ -61,7 +62,7 @@ def test_mask_from_k_builds_prefix_masks():
 
 
 def test_registry_has_the_six_selectors_with_formula_docstrings():
-    assert ALL == ["cumsum", "entropy", "gap_ratio", "kneedle", "min_p", "random_k", "topk"]
+    assert ALL == ["cumsum", "entropy", "gap_ratio", "kneedle", "layer_k", "min_p", "random_k", "topk"]
     for name, fn in SELECTORS.items():
         assert fn.__doc__ and len(fn.__doc__.strip()) > 20, name
 
@@ -496,7 +497,7 @@ def test_get_selector_unknown_name_lists_valid_names():
     with pytest.raises(SelectorError) as ei:
         get_selector("knee")
     msg = str(ei.value)
-    assert msg == "unknown selector 'knee'; valid selectors: cumsum, entropy, gap_ratio, kneedle, min_p, random_k, topk"
+    assert msg == "unknown selector 'knee'; valid selectors: cumsum, entropy, gap_ratio, kneedle, layer_k, min_p, random_k, topk"
     assert "\n" not in msg
     with pytest.raises(SelectorError, match="must be a name .* or a callable, got int"):
         get_selector(3)
@@ -543,7 +544,7 @@ def test_validate_params_error_messages():
     assert _msg("min_p", {"alpha": "0.1"}) == "selector 'min_p': alpha must be a real number, got str '0.1'"
     assert _msg("topk", {"k_max": 8.5}) == "selector 'topk': k_max must be an int, got float 8.5"
     assert _msg("nope", {}) == (
-        "unknown selector 'nope'; valid selectors: cumsum, entropy, gap_ratio, kneedle, min_p, random_k, topk"
+        "unknown selector 'nope'; valid selectors: cumsum, entropy, gap_ratio, kneedle, layer_k, min_p, random_k, topk"
     )
     # without k_max, bounds are checked against num_experts
     assert _msg("kneedle", {"k_min": 9}, 8) == "selector 'kneedle': k_min=9 is greater than k_max=8"
@@ -570,3 +571,16 @@ def test_random_k_by_hand():
     assert is_prefix(random_k(many, 8, keep=0.25))
     with pytest.raises(SelectorError, match="keep must be in"):
         random_k(p, 4, keep=1.5)
+
+
+def test_layer_k_by_hand():
+    p = P(CURVE, CURVE)
+    assert ks(layer_k(p, 4, ks=[3, 1, 4], position=0)) == [3, 3]
+    assert ks(layer_k(p, 4, ks=[3, 1, 4], position=1)) == [1, 1]
+    assert ks(layer_k(p, 4)) == [4, 4]  # no ks: k_max everywhere
+    assert ks(layer_k(p, 4, k_min=2, ks=[1], position=0)) == [2, 2]  # clamped
+    validate_params("layer_k", {"k_max": 4, "ks": [1, 2]}, 6)
+    with pytest.raises(SelectorError, match="every k in ks must be >= 1"):
+        validate_params("layer_k", {"k_max": 4, "ks": [0, 2]}, 6)
+    with pytest.raises(SelectorError, match="ks must be a list"):
+        validate_params("layer_k", {"k_max": 4, "ks": 3}, 6)
