@@ -26,7 +26,7 @@ class Routing:
         self.selector: Callable | None = None
         self.selector_name: str | None = None
         self.selector_params: dict[str, Any] = {}
-        self.per_layer = False
+        self.per_layer = self.per_index = False
 
     @property
     def top_k(self) -> int | None:
@@ -83,6 +83,7 @@ class Routing:
         self.selector, self.selector_name = function, name
         self.selector_params = {"k_max": k_max, **params}
         self.per_layer = selectors.takes_position(function)
+        self.per_index = selectors.takes_index(function)
         self.attachment.select = self.select
 
     def clear(self) -> None:
@@ -117,6 +118,8 @@ class Routing:
         params["k_max"] = index.shape[-1]
         if self.per_layer:  # a per-layer rule: a constant per layer, so compiled code traces each layer once
             params["position"] = layer.position
+        if self.per_index:  # a rule on the candidates' expert ids (expert ablation)
+            params["index"] = index
         keep = self.selector(router_probs(logits.reshape(-1, logits.shape[-1]), layer.handler.scoring), **params)
         keep = keep.to(device=index.device, dtype=torch.bool)
         new_index = torch.where(keep, index, layer.num_experts)  # sentinel: not computed

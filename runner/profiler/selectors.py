@@ -342,6 +342,11 @@ def takes_position(fn: SelectorFn) -> bool:
     return "position" in inspect.signature(fn).parameters
 
 
+def takes_index(fn: SelectorFn) -> bool:
+    """Whether the selector wants the candidates' expert ids (``index=``, [..., k_max])."""
+    return "index" in inspect.signature(fn).parameters
+
+
 def get_selector(name_or_fn: str | SelectorFn) -> SelectorFn:
     """Look a selector up by name in SELECTORS, or pass a callable through unchanged."""
     if isinstance(name_or_fn, str):
