@@ -62,6 +62,18 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
                            row.config_hash, row.run_id)
 
 
+def write_ablation(conf: RunnerConfig, model, profiler, ids, row: RunRecord, results_dir: str) -> None:
+    """analysis.ablation: table=ablation from the first `analysis.ablation_batches` evaluated batches (after any held
+    out for calibration), with the model's own routing at the job's top-k."""
+    from .profiler.ablation import expert_ablation
+
+    size, first = conf.batch_size, conf.selector.held_out_batches * conf.batch_size
+    batches = [ids[i: i + size] for i in range(first, first + conf.analysis.ablation_batches * size, size)]
+    frame = expert_ablation(model, profiler, [b for b in batches if len(b)])
+    results.write_part(results_dir, "ablation", conf.model.name, list(results.rows_from_frame(frame, row.keys())),
+                       row.config_hash, row.run_id)
+
+
 # the per-layer balance metrics summarised across layers (Megatron-LM #2398): the median and the bad tail
 LAYER_PERCENTILES = (("load_max_mean", (50, 95)), ("load_cv", (50, 95)), ("load_jain", (5, 50)),
                      ("load_gini", (50, 95)), ("load_entropy", (5, 50)))

@@ -334,7 +334,10 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir)
-        return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        frames = (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        if conf.analysis.ablation:  # last: its passes change the routing the frames above describe
+            analysis.write_ablation(conf, loaded.model, profiler, blocks.ids, row, results_dir)
+        return frames
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 

@@ -187,6 +187,10 @@ class AnalysisConfig:
                                      "frequent expert (layers.vocab_specialization; V x E int32 per layer and phase)",
                                      False)
     min_token_count: int = doc("vocab_specialization: token ids seen fewer times are left out", 5)
+    ablation: bool = doc("per MoE layer and expert, the loss and KL with that expert removed from routing: "
+                         "table=ablation (L x E extra passes over analysis.ablation_batches; needs selector=router)",
+                         False)
+    ablation_batches: int = doc("analysis.ablation: the evaluated batches it runs on (the first ones)", 1)
 
 
 @dataclass

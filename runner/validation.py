@@ -138,6 +138,7 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+    _check_ablation(cfg)
     check_eval(cfg.eval, m.weights)
     check_analysis(cfg)
 
@@ -217,6 +218,15 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
         bound = INT64_MAX if key == "seed" else INT32_MAX
         if not -bound - 1 <= value <= bound:
             _fail(key, f"{value} is out of range; use an integer between {-bound - 1} and {bound}")
+
+
+def _check_ablation(cfg) -> None:
+    """analysis.ablation: the model's own routing only; at least one batch."""
+    if cfg.analysis.ablation and cfg.selector.name != OWN_ROUTING:
+        _fail("analysis.ablation", f"expert ablation runs the model's own routing; use selector=router (got "
+              f"selector={cfg.selector.name}), with topk=K for another k")
+    if cfg.analysis.ablation_batches < 1:
+        _fail("analysis.ablation_batches", f"must be at least 1, got {cfg.analysis.ablation_batches}")
 
 
 def _check_calibration(selector: SelectorConfig) -> None:

@@ -94,5 +94,18 @@ class TaskRecord(KeyColumns):
     higher_is_better: Bool = col("the metric's direction")
 
 
+@dataclasses.dataclass(slots=True)
+class AblationRecord(KeyColumns):
+    """One row of `ablation` (analysis.ablation): one MoE layer's expert removed from routing (v4)."""
+
+    layer: Int32 = col("the model's own layer index")
+    expert: Int32 = col("the expert removed from this layer's routing (its slot goes to the next best expert)")
+    loss: Double = col("mean next-token NLL over the ablation batches with the expert removed")
+    delta_loss: Double = col("loss minus the model's own routing's loss on the same batches")
+    kl: Double = col("mean KL(P_own ‖ P_ablated) of the next-token distributions")
+    top1_agreement: Double = col("share of targets where the own and the ablated routing predict the same token")
+    targets: Int64 = col("next-token targets averaged over")
+
+
 ANALYSIS_RECORDS: dict[str, type] = {"coactivation": CoactivationRecord, "transitions": TransitionRecord,
-                                     "placement": PlacementRecord, "trace": TraceRecord}
+                                     "placement": PlacementRecord, "trace": TraceRecord, "ablation": AblationRecord}

@@ -209,3 +209,13 @@ def test_trace_true_is_short_for_trace_enabled():
 def test_analysis_config_errors_are_one_line(tmp_path, override, message):
     with pytest.raises(SystemExit, match=message.replace(".", r"\.").replace("[", r"\[")):
         run_job(tmp_path, override)
+
+
+def test_ablation_table_has_a_row_per_layer_and_expert(tmp_path):
+    run_job(tmp_path, "analysis.ablation=true", "seq_len=32", "batch_size=2", "max_batches=2")
+    ablation, runs = table(tmp_path, "ablation"), table(tmp_path, "runs").iloc[0]
+    assert sorted(zip(ablation["layer"], ablation["expert"])) == [(l, e) for l in (0, 1) for e in range(8)]
+    assert (ablation["targets"] == 2 * 31).all() and (ablation["kl"] >= 0).all()  # one batch of 2 blocks
+    assert (ablation["run_id"] == runs["run_id"]).all()
+    np.testing.assert_allclose(ablation["loss"] - ablation["delta_loss"], ablation["loss"].iloc[0]
+                               - ablation["delta_loss"].iloc[0])  # one own-routing loss for every row

@@ -336,6 +336,7 @@ def test_layer_k_target_splits_the_budget_over_the_layers(tmp_path):
     (("selector=kneedle", "selector.target_k=2"), "selector 'kneedle' has no parameter to calibrate"),
     (("selector=router", "selector.target_k=1.5"), "target_k must be a whole k"),
     (("selector=cumsum", "selector.target_k=0"), "must be a positive mean k"),
+    (("selector=cumsum", "analysis.ablation=true"), "expert ablation runs the model's own routing"),
     (("selector=cumsum", "selector.target_k=2", "max_batches=null", "dataset.slice='[:1]'", "seq_len=64",
       "selector.calibration_batches=50"), "leaves no batch to evaluate"),
 ])

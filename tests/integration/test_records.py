@@ -34,8 +34,9 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
                 # 4: layers load_jain, load_maxvio, cold_experts, distinct experts per call and its uniform reference,
                 # jaccard_random; coactivation / transitions count_random and lift; runs balance percentiles across
-                # layers, jaccard_random_mean, confidence intervals of the quality columns, the calibration columns
-                4: "c1342ddac4bac15f4b0ff8d557d106accb55c6ff210357fb3653dce837b59362"}
+                # layers, jaccard_random_mean, confidence intervals of the quality columns, the calibration columns, the
+                # ablation table
+                4: "bd866a69f53130b22d5baf4bbf4dd02418744cb1b068d347b5ada740be90def2"}
 
 
 def fingerprint() -> str:
@@ -47,14 +48,15 @@ def fingerprint() -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the schemas come from the records
 def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
-    from runner.results.analysis_records import (CoactivationRecord, PlacementRecord, TraceRecord,
+    from runner.results.analysis_records import (AblationRecord, CoactivationRecord, PlacementRecord, TraceRecord,
                                                  TransitionRecord)
 
-    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "tasks")
+    assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace",
+                              "ablation", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
                                "experts": results.ExpertRecord, "coactivation": CoactivationRecord,
                                "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord,
-                               "tasks": results.TaskRecord}
+                               "ablation": AblationRecord, "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table
