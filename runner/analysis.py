@@ -76,7 +76,7 @@ def write_ablation(conf: RunnerConfig, model, profiler, ids, row: RunRecord, res
 
 # the per-layer balance metrics summarised across layers (Megatron-LM #2398): the median and the bad tail
 LAYER_PERCENTILES = (("load_max_mean", (50, 95)), ("load_cv", (50, 95)), ("load_jain", (5, 50)),
-                     ("load_gini", (50, 95)), ("load_entropy", (5, 50)))
+                     ("load_entropy", (5, 50)))
 
 
 def layer_percentiles(layers) -> dict[str, float]:

@@ -63,7 +63,9 @@ def batch_sums(logits: torch.Tensor, input_ids: torch.Tensor, ref_logits: torch.
 # confidence intervals: a percentile bootstrap over units (documents, or blocks), fixed seed and resamples
 CI_LEVEL, CI_RESAMPLES, CI_SEED = 0.95, 1000, 0
 # each interval: the runs columns' stem, its numerator sum and denominator sum over a unit
-CI_RATIOS = (("loss", "nll", "targets"), ("kl", "kl", "targets"), ("top1_agreement", "agree", "targets"))
+# (loss_delta: loss - ref_loss, per target on the same documents, so paired: much narrower than the two apart)
+CI_RATIOS = (("loss", "nll", "targets"), ("kl", "kl", "targets"), ("top1_agreement", "agree", "targets"),
+             ("loss_delta", "nll_delta", "targets"))
 
 
 class UnitSums:
@@ -80,12 +82,15 @@ class UnitSums:
         size = max(held, int(ids.max()) + 1 if ids.size else 0)
         columns = dict(targets=None, **{key: values[key].double().cpu().numpy()[mask]
                                         for key in ("nll", "kl", "agree") if key in values})
+        if "ref_nll" in values:
+            columns["nll_delta"] = (values["nll"] - values["ref_nll"]).double().cpu().numpy()[mask]
         for name, weights in columns.items():
             before = np.pad(self.sums.get(name, np.zeros(0)), (0, size - held))
             self.sums[name] = before + np.bincount(ids, weights=weights, minlength=size)
 
     def intervals(self) -> dict[str, float | int]:
-        """`<stem>_ci_low` / `<stem>_ci_high` of each ratio in CI_RATIOS (and ppl from loss), `ci_units`."""
+        """`<stem>_ci_low` / `<stem>_ci_high` of each ratio in CI_RATIOS whose sums were added (and ppl from loss),
+        `ci_units`."""
         present = self.sums.get("targets", np.zeros(0)) > 0
         out: dict[str, float | int] = dict(ci_units=int(present.sum()))
         for stem, numerator, denominator in CI_RATIOS:

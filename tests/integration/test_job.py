@@ -78,6 +78,9 @@ def test_topk_changes_flops_and_triggers_quality_reference(tmp_path, k):
     assert row["ci_units"] >= 2  # the documents of the builtin text
     for stem in ("loss", "ppl", "kl", "top1_agreement"):  # 95 % bootstrap intervals over documents
         assert row[f"{stem}_ci_low"] <= row[stem] <= row[f"{stem}_ci_high"], stem
+    delta = row["loss"] - row["ref_loss"]  # paired per document: inside the two losses' own intervals' spread
+    assert row["loss_delta_ci_low"] <= delta <= row["loss_delta_ci_high"]
+    assert row["loss_delta_ci_high"] - row["loss_delta_ci_low"] < row["loss_ci_high"] - row["loss_ci_low"]
     layers = table(tmp_path, "layers")
     assert (layers["top_k"] == k).all() and (layers["default_top_k"] == 2).all() and (layers["topk"] == k).all()
 

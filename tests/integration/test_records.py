@@ -36,7 +36,7 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # jaccard_random; coactivation / transitions count_random and lift; runs balance percentiles across
                 # layers, jaccard_random_mean, confidence intervals of the quality columns, the calibration columns, the
                 # ablation table
-                4: "bd866a69f53130b22d5baf4bbf4dd02418744cb1b068d347b5ada740be90def2"}
+                4: "2663a9974b4e255dd50c572bbd247e899dfb02dba3ec45fc4bec86b9fae99025"}
 
 
 def fingerprint() -> str:

@@ -104,6 +104,8 @@ def test_intervals_come_from_per_unit_sums_of_the_targets():
         for stem in ("loss", "kl", "top1_agreement", "ppl"):
             assert row[f"{stem}_ci_low"] <= row[stem] <= row[f"{stem}_ci_high"], stem
         assert row["ppl_ci_low"] == math.exp(row["loss_ci_low"])
+        delta = row["loss"] - row["ref_loss"]  # the own routing: exactly 0 per target, so a point interval
+        assert row["loss_delta_ci_low"] <= delta <= row["loss_delta_ci_high"] and abs(delta) < 1e-6
     sums = UnitSums()
     with torch.no_grad():
         for x, u in zip(xs, units):

@@ -84,7 +84,7 @@ def test_layer_percentiles_by_hand():
     got = layer_percentiles(layers)
     assert got["load_max_mean_p50"] == 3.0 and got["load_max_mean_p95"] == pytest.approx(4.8)  # 4 + 0.8 * (5 - 4)
     assert got["load_jain_p05"] == pytest.approx(0.25 + 0.2 * 0.25) and got["load_cv_p95"] == pytest.approx(0.1)
-    assert "load_gini_p50" not in got  # not in the frame
+    assert "load_entropy_p50" not in got  # not in the frame
 
 
 def test_random_baselines_on_a_tiny_model():
