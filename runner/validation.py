@@ -243,7 +243,7 @@ def _check_calibration(selector: SelectorConfig) -> None:
     if selector.name == OWN_ROUTING:
         if target != int(target):
             _fail("selector.target_k", f"selector=router runs a static top-k: target_k must be a whole k, got "
-                  f"{target}; calibrate a dynamic selector (cumsum, min_p, gap_ratio) to a fractional mean k")
+                  f"{target}; calibrate cumsum, min_p, gap_ratio, random_k or layer_k to a fractional mean k")
     elif selector.name not in (*CALIBRATED, LAYER_BUDGET):
         _fail("selector.target_k", f"selector {selector.name!r} has no parameter to calibrate; target_k works with "
               f"{', '.join(sorted((*CALIBRATED, LAYER_BUDGET)))} (and router, as the static top-k)")
