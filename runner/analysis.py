@@ -34,10 +34,12 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
     a = conf.analysis
     row.analysis = a.name
     prefill = layers[layers["phase"] == PREFILL] if "phase" in layers else layers
-    for column in ("drop_rate_cf1_25", "jaccard_next"):
+    for column, summary in (("drop_rate_cf1_25", "drop_rate_cf1_25"), ("jaccard_next", "jaccard_mean"),
+                            ("jaccard_random", "jaccard_random_mean")):
         values = prefill[column].dropna() if column in prefill else []
         if len(values):
-            setattr(row, "jaccard_mean" if column == "jaccard_next" else column, float(values.mean()))
+            setattr(row, summary, float(values.mean()))
+    row.update(**layer_percentiles(prefill))
     frames = {}
     if a.coactivation:
         frames["coactivation"] = profiler.coactivation_df()
@@ -64,6 +66,35 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
         frame = without_prompt_pass(frame)  # generate()'s prompt pass repeats the prefill tokens (as in layers)
         results.write_part(results_dir, table, conf.model.name, list(results.rows_from_frame(frame, row.keys())),
                            row.config_hash, row.run_id)
+
+
+def write_ablation(conf: RunnerConfig, model, profiler, ids, row: RunRecord, results_dir: str) -> None:
+    """analysis.ablation: table=ablation from the first `analysis.ablation_batches` evaluated batches (after any held
+    out for calibration), with the model's own routing at the job's top-k."""
+    from .profiler.ablation import expert_ablation
+
+    size, first = conf.batch_size, conf.selector.held_out_batches * conf.batch_size
+    batches = [ids[i: i + size] for i in range(first, first + conf.analysis.ablation_batches * size, size)]
+    frame = expert_ablation(model, profiler, [b for b in batches if len(b)])
+    results.write_part(results_dir, "ablation", conf.model.name, list(results.rows_from_frame(frame, row.keys())),
+                       row.config_hash, row.run_id)
+
+
+# the per-layer balance metrics summarised across layers (Megatron-LM #2398): the median and the bad tail
+LAYER_PERCENTILES = (("load_max_mean", (50, 95)), ("load_cv", (50, 95)), ("load_jain", (5, 50)),
+                     ("load_entropy", (5, 50)))
+
+
+def layer_percentiles(layers) -> dict[str, float]:
+    """`<metric>_p<q>` runs columns: percentiles over the MoE layers (numpy's linear interpolation) of the balance
+    metrics, from one phase's layers rows; layers that saw no token are left out."""
+    out = {}
+    for metric, quantiles in LAYER_PERCENTILES:
+        values = layers[metric].dropna().to_numpy(float) if metric in layers else []
+        if len(values):
+            for q in quantiles:
+                out[f"{metric}_p{q:02d}"] = float(np.percentile(values, q))
+    return out
 
 
 def placement_source(spec: str | None, model: str, results_dir: str):

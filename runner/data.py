@@ -41,6 +41,12 @@ class Blocks:
         offsets = block * int(self.ids.shape[1]) + np.asarray(positions)
         return np.searchsorted(np.asarray(self.doc_starts), offsets, side="right") - 1
 
+    def documents_of(self, first: int, count: int) -> Any:
+        """[count, seq_len]: the document of every token of blocks first .. first + count - 1."""
+        import numpy as np
+
+        return self.documents_at(first, np.arange(count * int(self.ids.shape[1]))).reshape(count, -1)
+
     @property
     def num_blocks(self) -> int:
         return int(self.ids.shape[0])

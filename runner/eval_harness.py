@@ -4,7 +4,7 @@ The job's loaded model, with its top-k or selector already applied and the profi
 HFLM (which accepts a model instance and a tokenizer) and scored on `eval.tasks`; the routing of those forward passes
 is recorded under the phase `eval` (the layers and experts tables get phase=eval rows). Seeds (Python, numpy, torch,
 few-shot sampling) are the job's `seed`. simple_evaluate's results become the rows of the `tasks` table
-(runner/results/records.py, TaskRecord). lm-eval is the optional extra `.[eval]`; nothing here imports it before a job
+(runner/results/analysis_records.py, TaskRecord). lm-eval is the optional extra `.[eval]`; nothing here imports it before a job
 asks for it. docs/eval.md is the manual.
 """
 from __future__ import annotations

@@ -316,6 +316,8 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         check_loaded(conf, loaded.model, profiler)
         default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
         k = conf.topk if conf.topk is not None else default_k
+        if conf.selector.name == OWN_ROUTING and conf.selector.target_k is not None:
+            k = int(conf.selector.target_k)  # the compute-matched static top-k
         if conf.selector.name == OWN_ROUTING:
             if k != default_k:
                 profiler.set_top_k(k)
@@ -342,7 +344,8 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
             return (*costs.add(conf, row, profiler, layers, None, loaded), None)
 
         t = time.perf_counter()
-        needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
+        needed = conf.seq_len * conf.batch_size * (conf.max_batches + conf.selector.held_out_batches) \
+            if conf.max_batches is not None else None
         blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(d), max_tokens=needed)
         row.data_s = data_s + time.perf_counter() - t
         need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
@@ -379,7 +382,10 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         row.update(**dispatch.memory_columns(profiler.memory_df()))
         row.peak_rss_bytes = _peak_rss()
         analysis.write_tables(conf, profiler, layers, row, results_dir, placement_source)
-        return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        frames = (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        if conf.analysis.ablation:  # last: its passes change the routing the frames above describe
+            analysis.write_ablation(conf, loaded.model, profiler, blocks.ids, row, results_dir)
+        return frames
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
@@ -399,13 +405,18 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
 def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord, tracer) -> int:
     """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
     FLOP-counted tokens."""
+    from . import calibration
     from .profiler.evaluate import evaluate
 
     tok = loaded.tokenizer
     ids = blocks.ids
     batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
-    if conf.max_batches is not None:
-        batches = batches[: conf.max_batches]
+    held = conf.selector.held_out_batches  # leading batches to calibrate on, out of the evaluation
+    batches = calibration.hold_out(conf, loaded, profiler, batches, row)
+    first = held * conf.batch_size  # the first evaluated block
+    units = None  # the confidence intervals' unit: the document each token came from (each block its own without)
+    if blocks.doc_starts:
+        units = [blocks.documents_of(first + i * conf.batch_size, len(b)) for i, b in enumerate(batches)]
     result = evaluate(
         loaded.model, profiler, batches, reference=need_reference,
         pad_id=tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None,
@@ -414,6 +425,7 @@ def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool
         decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
         desc=f"{conf.model.name} k={row.topk} {conf.selector.name}",
-        after_batch=tracer.after_batch if tracer is not None else None)
+        after_batch=(lambda i, b, s: tracer.after_batch(i + held, b, s)) if tracer is not None else None,
+        units=units)
     row.update(documents=blocks.documents, **result.row())
     return result.measured_tokens

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .profiler import caching
+from .results.io import data_run_ids
 
 DIFF_COLUMNS = ["run_id", "phase", "layer", "batch", "row", "position", "token_id", "experts", "expert_weights"]
 SETTING_COLUMNS = ("seq_len", "weights", "seed")  # what fixes the tokens besides the data source; batching may vary
@@ -105,7 +106,7 @@ def first_divergence(frame: pd.DataFrame) -> dict[str, int | None]:
 
 def _traced_jobs(selection) -> dict[tuple, pd.Series]:
     """routing key -> the latest runs row of a job with trace rows (`data_run_id`: the run whose rows hold them)."""
-    runs = selection.runs.assign(data_run_id=selection._data_ids())
+    runs = selection.runs.assign(data_run_id=data_run_ids(selection.runs))
     if "timestamp" in runs:
         runs = runs.sort_values("timestamp", kind="stable")
     traced = pd.to_numeric(runs["trace_rows"], errors="coerce").fillna(0) > 0 if "trace_rows" in runs else \

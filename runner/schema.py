@@ -131,18 +131,41 @@ class DeviceConfig:
 class SelectorConfig:
     """per-token routing: the model's own top-k, or a dynamic-k selector and its parameters (selector.k_max=8)"""
 
-    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p", OWN_ROUTING)
+    name: str = doc("router (the model's own routing at topk) | kneedle | cumsum | entropy | gap_ratio | min_p | "
+                    "random_k | layer_k", OWN_ROUTING)
     k_max: Optional[int] = doc("candidate experts per token; null: the job's topk", None)
     k_min: Optional[int] = doc("fewest experts per token", None)
     k: Optional[int] = doc("selector topk under a k_max pool (library use), not the model's own routing", None)
     threshold: Optional[float] = doc("cumsum: smallest k whose probability mass reaches it (top-p)", None)
     ratio: Optional[float] = doc("gap_ratio: cut where p(i)/p(i+1) reaches it", None)
     alpha: Optional[float] = doc("min_p: keep experts with p >= alpha * p_max", None)
+    keep: Optional[float] = doc("random_k: each slot after k_min kept with this probability (a baseline)", None)
+    seed: Optional[int] = doc("random_k: seed of its draws (a hash of the router output, no RNG state)", None)
+    ks: Optional[List[int]] = doc("layer_k: a k per MoE layer (null: k_max everywhere; target_k splits a budget)",
+                                  None)
+    target_k: Optional[float] = doc("compute-matched: calibrate the selector's parameter (cumsum threshold, min_p "
+                                    "alpha, gap_ratio ratio) so its mean k on the calibration batches is this; with "
+                                    "router, the static top-k at this (integer) k", None)
+    calibration_batches: Optional[int] = doc("the job's first batches, set aside to calibrate on (evaluation starts "
+                                             "after them); null: 2 with target_k, else none. Give every job of a "
+                                             "comparison the same value so they evaluate the same batches", None)
 
     @property
     def params(self) -> dict[str, Any]:
+        """The selector's own parameters (what the profiler's set_selector takes)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+                if f.name not in ("name", *CALIBRATION_KEYS) and getattr(self, f.name) is not None}
+
+    @property
+    def held_out_batches(self) -> int:
+        """Leading batches kept for calibration, out of the evaluation."""
+        if self.calibration_batches is not None:
+            return self.calibration_batches
+        return DEFAULT_CALIBRATION_BATCHES if self.target_k is not None else 0
+
+
+CALIBRATION_KEYS = ("target_k", "calibration_batches")
+DEFAULT_CALIBRATION_BATCHES = 2
 
 
 @dataclass
@@ -173,6 +196,10 @@ class AnalysisConfig:
                           "layer and call)", False)
     cache: bool = doc("replay the routing trace (needs trace=true) through LRU, LFU and OPT expert caches of every "
                       "capacity: table=cache, and the adjacent-token overlap: table=locality", False)
+    ablation: bool = doc("per MoE layer and expert, the loss and KL with that expert removed from routing: "
+                         "table=ablation (L x E extra passes over analysis.ablation_batches; needs selector=router)",
+                         False)
+    ablation_batches: int = doc("analysis.ablation: the evaluated batches it runs on (the first ones)", 1)
 
 
 @dataclass

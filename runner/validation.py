@@ -151,6 +151,7 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+    _check_ablation(cfg)
     check_eval(cfg.eval, m.weights)
     check_analysis(cfg)
 
@@ -272,6 +273,35 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
             _fail(key, f"{value} is out of range; use an integer between {-bound - 1} and {bound}")
 
 
+def _check_ablation(cfg) -> None:
+    """analysis.ablation: the model's own routing only; at least one batch."""
+    if cfg.analysis.ablation and cfg.selector.name != OWN_ROUTING:
+        _fail("analysis.ablation", f"expert ablation runs the model's own routing; use selector=router (got "
+              f"selector={cfg.selector.name}), with topk=K for another k")
+    if cfg.analysis.ablation_batches < 1:
+        _fail("analysis.ablation_batches", f"must be at least 1, got {cfg.analysis.ablation_batches}")
+
+
+def _check_calibration(selector: SelectorConfig) -> None:
+    """selector.target_k / selector.calibration_batches (compute-matched selectors, profiler/calibrate.py)."""
+    from .profiler.selector_names import CALIBRATED, LAYER_BUDGET
+
+    target, held = selector.target_k, selector.calibration_batches
+    if held is not None and held < 1:
+        _fail("selector.calibration_batches", f"must be at least 1, got {held}; leave it null for no calibration")
+    if target is None:
+        return
+    if not math.isfinite(target) or target <= 0:
+        _fail("selector.target_k", f"must be a positive mean k, got {target!r}")
+    if selector.name == OWN_ROUTING:
+        if target != int(target):
+            _fail("selector.target_k", f"selector=router runs a static top-k: target_k must be a whole k, got "
+                  f"{target}; calibrate cumsum, min_p, gap_ratio, random_k or layer_k to a fractional mean k")
+    elif selector.name not in (*CALIBRATED, LAYER_BUDGET):
+        _fail("selector.target_k", f"selector {selector.name!r} has no parameter to calibrate; target_k works with "
+              f"{', '.join(sorted((*CALIBRATED, LAYER_BUDGET)))} (and router, as the static top-k)")
+
+
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
     name, params = selector.name, dict(selector.params)
     if name == "topk":  # the name of the model's own routing before it was `router`
@@ -279,12 +309,15 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
               "selector=router, and topk=K for its k")
     if name not in APP_SELECTORS:
         _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(APP_SELECTORS)}")
+    _check_calibration(selector)
     if name == OWN_ROUTING:
         if params:
             _fail(f"selector.{next(iter(params))}", "selector 'router' is the model's own routing and takes no "
                   "parameters; set topk=K")
         return
     for key, value in params.items():
+        if key == "ks":  # a list of k per layer: checked by the selectors' own validation
+            continue
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             _fail(f"selector.{key}", f"must be a number, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):

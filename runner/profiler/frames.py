@@ -12,7 +12,7 @@ import torch
 
 from handlers.base import DIMENSIONS
 
-from .metrics import expert_metrics, layer_metrics, vocab_columns
+from .metrics import expert_metrics, jaccard_uniform, layer_metrics, vocab_columns
 from .scan import MoELayer, read_live_top_k
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
         row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
+        if "jaccard_next" in row:
+            row["jaccard_random"] = _jaccard_random(p, layer, snapshot)
         row.update(layer.cost.flops(row["tokens"], layer.computed_pairs(row["tokens"], row["assignments"], row["top_k"])))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
@@ -91,6 +93,15 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
         row[f"{column}_source"] = resolved.source
         row[f"{column}_detail"] = resolved.detail
     return row
+
+
+def _jaccard_random(p: "MOEProfiler", layer: MoELayer, snapshot: dict[str, np.ndarray]) -> float:
+    """`jaccard_random`: the Jaccard uniform routing gives at this layer's and the next one's k histograms (NaN on
+    the last MoE layer, and where the two layers have different numbers of experts)."""
+    pos = layer.position
+    if pos + 1 >= len(p.layers) or p.layers[pos + 1].num_experts != layer.num_experts:
+        return float("nan")
+    return jaccard_uniform(snapshot["k_hist"][pos], snapshot["k_hist"][pos + 1], layer.num_experts)
 
 
 def experts_frame(p: "MOEProfiler") -> pd.DataFrame:
@@ -176,7 +187,7 @@ def report(p: "MOEProfiler") -> str:
 
 
 # -- analyses -----------------------------------------------------------------------------------------------------
-COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count"]
+COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count", "count_random", "lift"]
 PLACEMENT_COLUMNS = ["phase", "layer", "ep_size", "placement", "fitted_on", "imbalance", "balancedness", "busiest_rank_tokens",
                      "expert_ranks"]
 
@@ -196,12 +207,15 @@ def coactivation_frame(p: "MOEProfiler") -> pd.DataFrame:
             matrix = snapshot["coactivation"][layer.position][:E, :E].copy()
             np.fill_diagonal(matrix, 0)
             a, b = np.nonzero(matrix)
-            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert_a=a, expert_b=b,
-                                            count=matrix[a, b].astype(np.int64))))
+            # uniform routing at the same per-token k spreads the same pairs, sum_t k_t (k_t - 1), evenly
+            expected = matrix.sum() / (E * (E - 1)) if E > 1 else float("nan")
+            count = matrix[a, b].astype(np.int64)
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert_a=a, expert_b=b, count=count,
+                                            count_random=float(expected), lift=count / expected)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COACTIVATION_COLUMNS)
 
 
-TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count", "count_random", "lift"]
 
 
 def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
@@ -217,8 +231,12 @@ def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
         for layer, following in zip(p.layers, p.layers[1:]):
             matrix = snapshot["transitions"][layer.position][: layer.num_experts, : following.num_experts]
             a, b = np.nonzero(matrix)
+            # uniform routing at the same per-token k: sum_t k_t^l k_t^(l+1) pairs, spread evenly over E^l E^(l+1)
+            expected = matrix.sum() / (layer.num_experts * following.num_experts)
+            count = matrix[a, b].astype(np.int64)
             frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, next_layer=following.layer_id,
-                                            expert_a=a, expert_b=b, count=matrix[a, b].astype(np.int64))))
+                                            expert_a=a, expert_b=b, count=count, count_random=float(expected),
+                                            lift=count / expected)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRANSITION_COLUMNS)
 
 

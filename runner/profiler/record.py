@@ -38,7 +38,8 @@ class LayerAccumulators(nn.Module):
     """Accumulators of the MoE layers that share one device and router width, as flat registered buffers.
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
-    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
+    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k) and
+    distinct 3 (with the drops: sums over calls of distinct experts and their uniform reference, calls), coactivation W * W, transitions
     V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
     the analysis is off (lookahead: 2, lookahead.py). `selection` holds each row's last call's [tokens, V] selection
     (not per phase), `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`): switching
@@ -60,6 +61,8 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("k_hist", torch.zeros(L * P * (W + 1), **i64))
             self.register_buffer("sums", torch.zeros(L * P * len(SUMS), **f64))
             self.register_buffer("drops", torch.zeros(L * P * (F + 1) if F else 0, **i64))
+            # with the drops (they see each call's loads): sum of distinct experts per call, its uniform reference, calls
+            self.register_buffer("distinct", torch.zeros(L * P * 3 if F else 0, **f64))
             self.register_buffer("coactivation", torch.zeros(L * P * W * W if self.coactive else 0, **i64))
             self.register_buffer("factors", torch.tensor(analyses.capacity_factors, **f64))
             self.register_buffer("transitions", torch.zeros(L * P * V * V, **i64))
@@ -152,7 +155,7 @@ class LayerAccumulators(nn.Module):
         W = self.width
         shapes = dict(counts=(W,), gate_mass=(W,), importance=(W,), k_hist=(W + 1,), sums=(len(SUMS),))
         if self.num_factors:
-            shapes["drops"] = (self.num_factors + 1,)
+            shapes.update(drops=(self.num_factors + 1,), distinct=(3,))
         if self.coactive:
             shapes["coactivation"] = (W, W)
         if self.transition_width:

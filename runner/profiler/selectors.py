@@ -47,6 +47,8 @@ __all__ = [
     "entropy",
     "gap_ratio",
     "min_p",
+    "random_k",
+    "layer_k",
     "get_selector",
     "validate_params",
     "mask_from_k",
@@ -268,6 +270,51 @@ def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -
     return _finish(k, k_min, k_max)
 
 
+def _hash_uniform(x: torch.Tensor) -> torch.Tensor:
+    """A stateless pseudo-random number in [0, 1) per element: frac(sin(x) * 43758.5453) (a common shader hash),
+    computed in fp64 so that it is the same on every device and under compile."""
+    return torch.frac(torch.sin(x.double()) * 43758.5453).abs()
+
+
+def random_k(probs: torch.Tensor, k_max: int, k_min: int = 1, keep: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """Random dropping (a baseline): each of the slots k_min+1..k_max is kept with probability ``keep``, so
+    k = k_min + #{kept} and the mean k is k_min + keep * (k_max - k_min); the kept experts are the top-k of that k.
+
+    The draws are a seeded hash of the token's router probabilities (no RNG state, so the same token gets the same k
+    on every run and device, and compiled / captured code changes no state per call); they ignore how confident the
+    router is, which is what a dynamic selector is compared against.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "random_k")
+    q = _check_unit(keep, "keep", "random_k")
+    s = _as_int(seed, "random_k: seed")
+    slots = _columns(k_max, p.device).double()  # [1, k_max]
+    ranked = torch.sort(p, dim=1, descending=True).values.double()  # sorted values only: expert order changes nothing
+    mix = (ranked * (1.0 + _columns(p.shape[1], p.device).double())).sum(1, keepdim=True)  # [T, 1]
+    draws = _hash_uniform(mix * 7919.0 + slots * 12.9898 + s * 78.233)  # [T, k_max]
+    kept = (draws < q) & (slots >= k_min)
+    return _finish(kept.sum(1) + k_min, k_min, k_max)
+
+
+def layer_k(probs: torch.Tensor, k_max: int, k_min: int = 1, ks: Any = None, position: int = 0) -> torch.Tensor:
+    """Per-layer static k (a baseline, LExI / Alloc-MoE style): every token of MoE layer ``position`` (0-based, in
+    model order) keeps ks[position] experts; ``ks`` None keeps k_max everywhere. The profiler passes ``position``.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "layer_k")
+    kk = k_max if ks is None else _as_int(ks[position], f"layer_k: ks[{position}]")
+    return _finish(torch.full((p.shape[0],), kk, dtype=torch.long, device=p.device), k_min, k_max)
+
+
+def _check_ks(value: Any, where: str) -> Any:
+    if value is None:
+        return value
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise SelectorError(f"{where}: ks must be a list of k per MoE layer, got {value!r}")
+    for k in value:
+        if _as_int(k, f"{where}: ks entry") < 1:
+            raise SelectorError(f"{where}: every k in ks must be >= 1, got {k}")
+    return value
+
+
 # name -> function: the function of each name in SELECTOR_NAMES (defined above; a missing one fails here at import)
 SELECTORS: dict[str, SelectorFn] = {name: globals()[name] for name in SELECTOR_NAMES}
 
@@ -276,6 +323,9 @@ _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "threshold": lambda v, where: _check_unit(v, "threshold", where),
     "alpha": lambda v, where: _check_unit(v, "alpha", where),
     "ratio": lambda v, where: _check_ratio(v, where),
+    "keep": lambda v, where: _check_unit(v, "keep", where),
+    "seed": lambda v, where: _as_int(v, f"{where}: seed"),
+    "ks": _check_ks,
 }
 
 
@@ -284,7 +334,17 @@ def _valid_names() -> str:
 
 
 def _param_names(fn: SelectorFn) -> list[str]:
-    return [n for n in inspect.signature(fn).parameters if n != "probs"]
+    return [n for n in inspect.signature(fn).parameters if n not in ("probs", "position")]
+
+
+def takes_position(fn: SelectorFn) -> bool:
+    """Whether the selector wants the MoE layer's position (``position=``): a per-layer rule."""
+    return "position" in inspect.signature(fn).parameters
+
+
+def takes_index(fn: SelectorFn) -> bool:
+    """Whether the selector wants the candidates' expert ids (``index=``, [..., k_max])."""
+    return "index" in inspect.signature(fn).parameters
 
 
 def get_selector(name_or_fn: str | SelectorFn) -> SelectorFn:

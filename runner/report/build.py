@@ -65,8 +65,10 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
     figures.add("frontier", quality.frontier(runs), "Cost and quality",
                 "MoE FLOPs per token against loss and against KL to the model's own routing (symlog axis: the own "
                 "routing at its own k is the reference, KL 0). One line per selector, each point labelled by its k "
-                "(k_max for a dynamic selector); ringed: Pareto-optimal points (no other job has lower or equal FLOPs "
-                "and lower or equal loss / KL).")
+                "(k_max for a dynamic selector), with its 95 % bootstrap interval over documents where recorded; ringed: "
+                "Pareto-optimal points, whose loss / KL is below every cheaper job's with the two intervals apart (no "
+                "point of equal FLOPs beyond it either); without intervals, no other job has lower or equal FLOPs and "
+                "lower or equal loss / KL.")
     figures.add("tasks", quality.tasks(runs, _of(tables["tasks"], ids)), "Task accuracy",
                 "Task scores against MoE FLOPs per token, one line per selector, points labelled by k.")
     figures.add("speed", quality.speed(runs), "Speed",

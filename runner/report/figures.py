@@ -97,16 +97,20 @@ def flops_column(runs) -> tuple[str, str]:
     return FLOPS_COLUMNS[-1]
 
 
-def pareto(x, y) -> list[bool]:
-    """True where no other point is at least as good in both (lower x, lower y) and better in one."""
-    points = [(float(a), float(b)) for a, b in zip(x, y)]
-    out = []
-    for i, (a, b) in enumerate(points):
-        finite = math.isfinite(a) and math.isfinite(b)
-        out.append(finite and not any(
-            (c <= a and d <= b and (c < a or d < b)) for j, (c, d) in enumerate(points)
-            if j != i and math.isfinite(c) and math.isfinite(d)))
-    return out
+def pareto(x, y, low=None, high=None) -> list[bool]:
+    """True where a point is better than every cheaper point (lower x) beyond the uncertainty, its interval's upper end
+    `high` below the other's lower end `low`, and no point of the same x is better beyond it. Without intervals (None,
+    or NaN ends) the values themselves: the usual front (no other point at least as good in both and better in one;
+    exact ties both stay)."""
+    ys = [float(b) for b in y]
+
+    def ends(values) -> list[float]:
+        return ys if values is None else [float(e) if math.isfinite(float(e)) else v for e, v in zip(values, ys)]
+
+    xs, lows, highs = [float(a) for a in x], ends(low), ends(high)
+    kept = [j for j, (c, d) in enumerate(zip(xs, ys)) if math.isfinite(c) and math.isfinite(d)]
+    return [i in kept and all(highs[i] < lows[j] if xs[j] < xs[i] else not highs[j] < lows[i]
+                              for j in kept if j != i and xs[j] <= xs[i]) for i in range(len(xs))]
 
 
 def ok_runs(runs):

@@ -11,9 +11,18 @@ def _label_points(ax, xs, ys, ks) -> None:
         ax.annotate(f"k={int(k)}" if k == k else "", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
 
 
+def _interval(data, metric):
+    """The metric's confidence interval columns (low, high), or (None, None) where no job has them."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low in data and high in data and data[low].notna().any():
+        return data[low].astype(float), data[high].astype(float)
+    return None, None
+
+
 def frontier(runs):
     """MoE FLOPs/token against loss, and against KL to the model's own routing: one series per selector, each point
-    labelled by k, Pareto-optimal points (lower FLOPs and lower loss / KL than any other point) ringed."""
+    labelled by k, with its 95 % interval where recorded; ringed: points whose loss / KL is below every cheaper point's
+    beyond both intervals (figures.pareto)."""
     ok = with_reference_kl(ok_runs(runs))
     ok = ok[ok["loss"].notna()]
     if ok.empty:
@@ -27,12 +36,17 @@ def frontier(runs):
         data = ok[ok[metric].notna()].sort_values(column)
         if metric == "kl":
             kl_axis(ax, data["kl"])
+        low, high = _interval(data, metric)
         for label, group in by_series(data):
             ax.plot(group[column], group[metric], marker="o", ms=5, lw=1.2, color=palette[label], label=label)
+            if low is not None:  # the 95 % bootstrap interval over documents
+                ax.errorbar(group[column], group[metric], yerr=[(group[metric] - low[group.index]).clip(lower=0),
+                                                                (high[group.index] - group[metric]).clip(lower=0)],
+                            fmt="none", ecolor=palette[label], elinewidth=1, capsize=2)
             _label_points(ax, group[column], group[metric], group["topk"])
         ax.margins(x=0.08, y=0.08)  # room for the k labels of the outermost points
         if len(data) > 1:  # one job: nothing to be optimal against
-            front = data[pareto(data[column], data[metric])]
+            front = data[pareto(data[column], data[metric], low, high)]
             ax.scatter(front[column], front[metric], s=130, facecolors="none", edgecolors="black", linewidths=1.2,
                        label="Pareto-optimal", zorder=3)
         dress(ax, f"MoE FLOPs/token ({meaning})", title, f"cost vs {metric}", legend=ax is axes[0])

@@ -1,6 +1,6 @@
 """One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord),
-`tasks` (TaskRecord); the routing-analysis tables (coactivation, transitions, placement, trace) are in
-analysis_records.py.
+`tasks` (TaskRecord, in analysis_records.py with the routing-analysis tables: coactivation, transitions, placement,
+trace).
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache and locality tables and layers.lookahead_recall)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache, locality and ablation tables, layers.lookahead_recall, the standard balance family, distinct experts per call, the random-routing baselines, calibration and the confidence intervals)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -80,6 +80,12 @@ class RunRecord(KeyColumns):
     default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
     k_max: Int32 = col("the selector's `k_max`; null under `router`")
+    target_k: Double = col("`selector.target_k`: the mean k the selector was calibrated to (router: the static k) (v4)")
+    calibration_batches: Int32 = col("leading batches held out of the evaluation to calibrate on (v4)")
+    calibration_slice: String = col("the blocks calibrated on (`blocks 0-N of <dataset_source> (batches 0-M)`) (v4)")
+    calibrated_param: String = col("the selector parameter calibrated (`threshold`, `alpha`, `ratio`, `keep`) (v4)")
+    calibrated_value: Double = col("its calibrated value (also in `selector_params`) (v4)")
+    calibration_k_mean: Double = col("the mean k it gave on the calibration batches; `k_mean` is the evaluation's (v4)")
     dataset_kind: String = col("`builtin`, `pydoc`, `hf` or `local`")
     dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
                                  "/data/eval.jsonl`)")
@@ -113,6 +119,17 @@ class RunRecord(KeyColumns):
     ref_ppl: Double = col("exp(ref_loss)")
     kl: Double = col("mean KL(P_ref ‖ P_job) of the next-token distributions")
     top1_agreement: Double = col("share of targets where the reference and the job predict the same next token")
+    ci_units: Int64 = col("documents the 95 % bootstrap intervals below resample (blocks without documents) (v4)")
+    loss_ci_low: Double = col("lower end of the 95 % interval of `loss` (v4)")
+    loss_ci_high: Double = col("upper end of the 95 % interval of `loss` (v4)")
+    ppl_ci_low: Double = col("exp(loss_ci_low) (v4)")
+    ppl_ci_high: Double = col("exp(loss_ci_high) (v4)")
+    kl_ci_low: Double = col("lower end of the 95 % interval of `kl` (v4)")
+    kl_ci_high: Double = col("upper end of the 95 % interval of `kl` (v4)")
+    top1_agreement_ci_low: Double = col("lower end of the 95 % interval of `top1_agreement` (v4)")
+    top1_agreement_ci_high: Double = col("upper end of the 95 % interval of `top1_agreement` (v4)")
+    loss_delta_ci_low: Double = col("lower end of the 95 % interval of loss − ref_loss, paired per document (v4)")
+    loss_delta_ci_high: Double = col("upper end of the 95 % interval of loss − ref_loss (v4)")
     # routing and FLOPs (MoE layers only)
     moe_layers: Int32 = col("number of MoE layers")
     k_mean: Double = col("mean over the MoE layers of their prefill `k_mean`")
@@ -165,6 +182,15 @@ class RunRecord(KeyColumns):
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
     jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
                                "transitions are recorded")
+    jaccard_random_mean: Double = col("mean of `layers.jaccard_random` over the same pairs: its random baseline (v4)")
+    load_max_mean_p50: Double = col("median over the MoE layers of the prefill `layers.load_max_mean` (v4)")
+    load_max_mean_p95: Double = col("its 95th percentile (v4)")
+    load_cv_p50: Double = col("median of `layers.load_cv` (v4)")
+    load_cv_p95: Double = col("its 95th percentile (v4)")
+    load_jain_p05: Double = col("5th percentile of `layers.load_jain` (its bad tail is low) (v4)")
+    load_jain_p50: Double = col("median of `layers.load_jain` (v4)")
+    load_entropy_p05: Double = col("5th percentile of `layers.load_entropy` (v4)")
+    load_entropy_p50: Double = col("median of `layers.load_entropy` (v4)")
     ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
     ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
                                         "`ep_size_max`, fitted on this run's loads")
@@ -284,11 +310,19 @@ class _LayerColumns(KeyColumns):
     top1_prob: Double = col("mean p₍₁₎")
     top1_margin: Double = col("mean p₍₁₎ − p₍₂₎")
     selected_mass: Double = col("mean router probability of the experts used")
-    load_cv: Double = col("std/mean of the expert loads")
+    load_cv: Double = col("std/mean of the expert loads (population std)")
+    load_jain: Double = col("Jain's index (Σc)²/(E·Σc²) of the expert loads (1 = balanced, 1/E = one expert) (v4)")
     load_gini: Double = col("Gini coefficient of the expert loads")
-    load_entropy: Double = col("normalised entropy of the expert loads (1 = perfectly balanced)")
+    load_entropy: Double = col("normalised entropy of the expert loads, nats / ln E (1 = perfectly balanced)")
     load_max_mean: Double = col("max/mean of the expert loads")
+    load_maxvio: Double = col("MaxVio = max/mean − 1 of the expert loads (v4)")
     dead_experts: Int64 = col("experts that got no token")
+    cold_experts: Int64 = col("experts with a share of the assignments below a tenth of the uniform share 1/E, dead "
+                              "ones included (v4)")
+    distinct_experts_per_call: Double = col("with capacity drops recorded: mean over router calls of the distinct "
+                                            "experts the call used (v4)")
+    distinct_experts_uniform: Double = col("the same under uniform routing: mean over calls of E(1 − (1 − k/E)^B), B "
+                                           "the call's tokens, k its mean k (v4)")
     topk_boundary_margin: Double = col("mean (lowest selected − highest unselected score) / lowest selected score, over "
                                        "tokens with a boundary (v2)")
     drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call; null unless capacity drops "
@@ -298,6 +332,8 @@ class _LayerColumns(KeyColumns):
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
     jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
                                "layer and the next MoE layer (v2)")
+    jaccard_random: Double = col("with transitions on: the `jaccard_next` uniform random routing gives at the two "
+                                 "layers' k histograms, computed exactly (v4)")
     vocab_specialization: Double = col("with `analysis.vocab_specialization`: over the token ids seen at least "
                                        "`analysis.min_token_count` times, the mean share of their occurrences routed "
                                        "top-1 to the id's most frequent expert (v3)")
@@ -361,24 +397,7 @@ class ExpertRecord(KeyColumns):
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
 
-@dataclasses.dataclass(slots=True)
-class TaskRecord(KeyColumns):
-    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
-
-    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
-                       "of its own)")
-    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
-                               "only when equal")
-    metric: String = col("the metric: `acc`, `acc_norm`, ...")
-    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
-    value: Double = col("the metric's value over the scored examples")
-    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
-    n: Int64 = col("examples scored (after `eval.limit`)")
-    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
-    higher_is_better: Bool = col("the metric's direction")
-
-
-from .analysis_records import ANALYSIS_RECORDS  # noqa: E402 - they build on KeyColumns, defined above
+from .analysis_records import ANALYSIS_RECORDS, TaskRecord  # noqa: E402 - they build on KeyColumns, defined above
 
 RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,
                             "tasks": TaskRecord}

@@ -49,7 +49,7 @@ def test_groups_are_complete():
     assert set(FULL) == set(SURVEY)
     assert {"olmoe_tiny", "mixtral_tiny", "qwen2_moe_tiny", "deepseek_v3_tiny"} <= set(TINY)
     assert set(DEVICES) == {"cpu", "cuda", "auto"}
-    assert set(SELECTORS) == {"router", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p"}
+    assert set(SELECTORS) == {"router", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p", "random_k", "layer_k"}
     assert set(DATASETS) == {"builtin", "hf", "local", "pydoc_heldout", "wikitext2"}
     assert TRAINED == ["olmoe_pydoc"]
     assert {"smoke", "paper_topk"} <= set(EXPERIMENTS)

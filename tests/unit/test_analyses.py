@@ -86,8 +86,8 @@ def test_capacity_factors_are_configurable_and_can_be_off():
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
     assert [name for g in off.groups for name, t in g.named_buffers() if t.numel() == 0] == [
-        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens", "lookahead",
-        "prediction", "prediction_tokens", "vocab", "token_ids", "token_count"]  # all off
+        "drops", "distinct", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens",
+        "lookahead", "prediction", "prediction_tokens", "vocab", "token_ids", "token_count"]  # all off
 
 
 def test_analyses_names():
@@ -148,7 +148,7 @@ def test_tiny_model_columns_and_coactivation_invariant():
     assert df["topk_boundary_margin"].between(0, 1).all()  # native top-k: the selected are the most probable
     loads = p.experts_df().set_index(["phase", "layer", "expert"])["tokens"]
     co = p.coactivation_df()
-    assert list(co.columns) == ["phase", "layer", "expert_a", "expert_b", "count"]
+    assert list(co.columns) == ["phase", "layer", "expert_a", "expert_b", "count", "count_random", "lift"]
     assert (co["expert_a"] != co["expert_b"]).all() and (co["count"] > 0).all()
     row_sums = co.groupby(["phase", "layer", "expert_a"])["count"].sum()
     for (phase, layer, expert), total in row_sums.items():  # fixed k, no drops: sum_{b != a} C[a, b] = (k - 1) c_a
@@ -268,7 +268,8 @@ def test_transitions_on_a_tiny_model():
     df = p.layers_df()
     assert df["jaccard_next"].iloc[0] >= 0 and math.isnan(df["jaccard_next"].iloc[1])
     flow = p.transitions_df()
-    assert list(flow.columns) == ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+    assert list(flow.columns) == ["phase", "layer", "next_layer", "expert_a", "expert_b", "count", "count_random",
+                                  "lift"]
     assert set(zip(flow["layer"], flow["next_layer"])) == {(0, 1)} and (flow["count"] > 0).all()
     k = int(df["top_k"].iloc[0])
     assert flow["count"].sum() == k * k * df["tokens"].iloc[0]  # every token: k x k pairs

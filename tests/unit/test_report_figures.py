@@ -10,7 +10,7 @@ import torch
 
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
-from runner.report import analyses, routing
+from runner.report import analyses, quality, routing
 from runner.report.figures import DPI, pareto, save
 
 
@@ -69,6 +69,11 @@ def test_pareto_front_by_hand():
     loss = [5.0, 4.0, 4.5, 3.0, 4.0]
     assert pareto(flops, loss) == [True, True, False, True, True]  # (3, 4.5) is beaten by (2, 4.0); ties both stay
     assert pareto([1, float("nan")], [1, 0]) == [True, False]
+    # with intervals: (2, 4.0 ± 0.6) overlaps (1, 5.0 ± 0.5), so it is not shown to beat the cheaper point; (4, 3.0 ±
+    # 0.2) is below every cheaper interval; the last point's NaN interval falls back to its value 4.0, below 4.5
+    low, high = [4.5, 3.4, 4.0, 2.8, float("nan")], [5.5, 4.6, 5.0, 3.2, float("nan")]
+    assert pareto(flops, loss, low, high) == [True, False, False, True, True]
+    assert pareto([1, 2], [5.0, 4.0], [4.9, 3.9], [5.1, 4.1]) == [True, True]  # apart: both on the front
 
 
 def test_task_accuracy_and_decode_timing_figures(tmp_path):
@@ -104,3 +109,16 @@ def test_cache_figure_one_panel_per_layer_group(tmp_path):
     width, height = decoded(fig, tmp_path / "cache.png")
     assert width >= 400 and height >= 200
     assert analyses.cache_curves(None) is None
+
+
+def test_frontier_draws_the_intervals_and_rings_by_them():
+    runs = pd.DataFrame(dict(status="ok", loss=[5.0, 4.0, 3.0], kl=[0.0, 0.1, 0.05], flops_per_token_routed=[1, 2, 4],
+                             topk=[1, 2, 4], series=["a", "a", "b"], loss_ci_low=[4.5, 3.4, 2.8],
+                             loss_ci_high=[5.5, 4.6, 3.2], kl_ci_low=[0.0, 0.05, 0.01], kl_ci_high=[0.0, 0.2, 0.1]),
+                        index=[7, 3, 5])
+    fig = quality.frontier(runs)
+    loss_panel = fig.axes[0]
+    bars = [c for c in loss_panel.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 2  # one per series
+    ringed = next(c for c in loss_panel.collections if c.get_label() == "Pareto-optimal").get_offsets()
+    assert sorted(map(tuple, np.asarray(ringed).tolist())) == [(1.0, 5.0), (4.0, 3.0)]  # (2, 4.0 ± 0.6) overlaps
