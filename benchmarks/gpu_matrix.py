@@ -41,7 +41,8 @@ DENSE_FIELDS = ("first_k_dense_replace", "num_dense_layers")
 
 
 def full_size_models() -> list[str]:
-    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if "_tiny" not in p.stem)
+    """The hub checkpoints' yamls: not the tiny models, nor the small trained one shipped in the package (${trained:})."""
+    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if "_tiny" not in p.stem and "${trained:" not in p.read_text())
 
 
 def model_conf(name: str) -> dict[str, Any]:

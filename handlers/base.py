@@ -108,6 +108,10 @@ class Handler:
     # Routers that limit choices to `topk_group` of `n_group` groups: k above topk_group*E/n_group
     # silently picks experts outside the allowed groups.
     group_limited: bool = False
+    # The transformers release (major, minor) from which the router's zero-computation slots (indices >= the real
+    # expert count) are sent to real experts with weight 0 and so cost like them; None: they never run. Versioned
+    # data, because the same model code changed what it executes between releases (longcat_flash in 5.25).
+    zero_slots_run_since: tuple[int, int] | None = None
     note: str = ""
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ ENTRIES = [
     _SIGMOID_GROUPED.with_(model_types=(mt,))
     for mt in (
         "deepseek_v3", "deepseek_v32", "sarvam_mla", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "sarvam_moe",
-        "dots1", "kimi_linear", "bailing_hybrid", "axk1", "axk2", "hy_v4", "solar_open",
+        "dots1", "kimi_linear", "bailing_hybrid", "axk1", "axk2", "hy_v4", "solar_open", "param2moe", "minicpm5_moe",
     )
 ] + [
     Handler(
@@ -32,6 +32,11 @@ ENTRIES = [
     Handler(
         ("deepseek_v4",), shared_expert_dim=("moe_intermediate_size",), scoring="sigmoid", renormalize=True,
         note="hash-routed layers take experts from a token-id table: their k cannot change",
+    ),
+    Handler(
+        ("ergo",), shared_expert_dim=("shared_intermediate_size",), gated=False, shared_gated=False, scoring="sigmoid",
+        renormalize=True,
+        note="non-gated relu^2 experts (2 matmuls); the per-expert and shared-expert RMSNorms are not counted",
     ),
     Handler(
         ("nemotron_h",), num_experts=("n_routed_experts",), shared_expert_dim=("moe_shared_expert_intermediate_size",),

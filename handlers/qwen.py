@@ -11,7 +11,7 @@ ENTRIES = [
     Handler(("qwen4_exp_text",), shared_expert_dim=_SHARED),
     Handler(("flint",), shared_expert_dim=_SHARED, scoring="sigmoid", renormalize=True),
     Handler(("lara_mini",), shared_expert_dim=_SHARED),
-    Handler(("kolibri1",), shared_expert_dim=_SHARED, scoring="sigmoid", renormalize=True),
+    Handler(("kolibri1", "kolibri1_1"), shared_expert_dim=_SHARED, scoring="sigmoid", renormalize=True),
     Handler(("laguna",), shared_expert_dim=_SHARED, scoring="sigmoid", renormalize=True),
     Handler(("mellum",)),
     Handler(("lfm2_moe",), scoring="sigmoid", renormalize=True),

@@ -15,8 +15,9 @@ ENTRIES = [
     ),
     Handler(
         ("longcat_flash",), expert_dim=("expert_ffn_hidden_size",), scoring="softmax", can_skip=False,
-        renormalize=False,
-        note="zero-computation experts (index >= n_routed_experts) cost nothing: k counts real experts only",
+        renormalize=False, zero_slots_run_since=(5, 25),
+        note="zero-computation experts (index >= n_routed_experts): k counts real experts only; before transformers "
+             "5.25 they cost nothing, from 5.25 on each runs on a real expert with weight 0 and costs like one",
     ),
     Handler(
         ("zaya",), exact=False, can_skip=False,

@@ -26,6 +26,10 @@ class OutputError(RunnerError):
     """The results directory cannot be written."""
 
 
+class NumericsError(RunnerError):
+    """The model produced non-finite router scores or loss: its routing numbers would be meaningless."""
+
+
 class ResultsNotFound(RunnerError, LookupError):
     """No results where the reader looked (no results dir, an unknown sweep or run id)."""
 

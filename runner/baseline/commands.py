@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import OutputError
+from ..files import user_directory
 from .diffs import compare, counts, table
 from .csvfile import DEFAULT_FILE, ROOT, load, write
 from .entries import SWEEP_LOSS_RTOL, BaselineError, Entry
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.loss_rtol < 0 or not math.isfinite(args.loss_rtol):
             raise BaselineError(f"--loss-rtol must be a number >= 0, got {args.loss_rtol}")
         path = args.file or DEFAULT_FILE
+        if args.command == "update":
+            user_directory(path.parent, "--file")  # where the file goes, before anything is computed
         runs = read_runs(args.results) if args.results is not None else None
         if args.command == "check":
             baseline = load(path)  # a missing or corrupt file fails before anything is computed
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             now, failures = sweep_entries(runs, loss_rtol=args.loss_rtol), []
         else:
             now, failures = builtin_entries_reporting()
-    except BaselineError as exc:
+    except (BaselineError, OutputError) as exc:
         print(f"baseline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for note in failures:
@@ -84,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_DIFF
         if diffs and baseline is not None:
             print(table(diffs))
-        write(path, now)
+        try:
+            write(path, now)
+        except OutputError as exc:  # a full disk: one line, no temp file left
+            print(f"baseline: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         change = "new file" if baseline is None else (counts(diffs) or "no changes")
         print(f"baseline updated: {len(now)} entries written to {shown} ({change}; {elapsed:.1f} s)")
         return EXIT_OK

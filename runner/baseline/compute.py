@@ -1,5 +1,6 @@
 """The built-in baseline: every conf/model/*.yaml on the meta device (analytic numbers), and a real forward pass of
-the tiny (random-weight) models over the built-in text (measured FLOPs and loss)."""
+the tiny (random-weight) models and of the trained checkpoints shipped in the package over the built-in text (measured
+FLOPs and loss)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -22,8 +23,9 @@ CONTEXT = 4096  # tokens of the sequence the analytic whole-model figures are fo
 def model_configs() -> list:
     from omegaconf import OmegaConf
 
-    from ..config.schema import CONFIG_DIR, ModelConfig
+    from ..config.schema import CONFIG_DIR, ModelConfig, register_resolvers
 
+    register_resolvers()  # ${trained:NAME} in the yamls of the shipped checkpoints
     configs = []
     for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
         configs.append(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))))
@@ -36,7 +38,10 @@ def k_values(default_k: int, num_experts: int) -> list[int]:
 
 
 def analytic_entries(name: str, profiler, ks: Sequence[int]) -> list[Entry]:
+    from ..profiler.cost_run import element_bytes
+
     layers = profiler.layers
+    forward = profiler.forward_cost()
     params = profiler.param_counts(ks[0])
     out = [
         Entry(name, "moe_layers", len(layers)),
@@ -57,10 +62,15 @@ def analytic_entries(name: str, profiler, ks: Sequence[int]) -> list[Entry]:
         # the whole forward of one CONTEXT-token sequence (no causal halving), and its causal attention term
         out.append(Entry(name, f"model_flops_per_token_ctx{CONTEXT}",
                          clean(profiler.model_flops_per_token(1, CONTEXT, k=k)), k=k))
-    forward = profiler.forward_cost()
+        # one decode step with CONTEXT tokens in a dynamic cache (MLA re-expands its latent at every position)
+        out.append(Entry(name, f"model_flops_per_token_decode_ctx{CONTEXT}",
+                         clean(forward.decode_per_token(1, CONTEXT, moe_per_token=float(frame["flops"].sum()))), k=k))
     out.append(Entry(name, "model_flops_exact", clean(forward.exact)))
     out.append(Entry(name, f"attention_flops_per_token_causal_ctx{CONTEXT}",
                      clean(forward.attention_flops(1, CONTEXT, causal=True) / CONTEXT)))
+    # what the cache holds per token of a CONTEXT-token sequence, in the model's dtype (a meta build: the checkpoint's)
+    out.append(Entry(name, f"kv_cache_bytes_per_token_ctx{CONTEXT}",
+                     clean(forward.kv_bytes_per_token(CONTEXT, element_bytes(profiler.model)))))
     return out
 
 
@@ -95,8 +105,11 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
     from ..profiler import MOEProfiler
     from ..config.schema import DeviceConfig, Weights
 
-    random = model_cfg.weights is Weights.random
-    if not random:
+    from ..trained import is_shipped
+
+    # a forward pass where the weights are here without a download: random init, or a checkpoint in the package
+    measured = model_cfg.weights is Weights.random or is_shipped(model_cfg.hf_id)
+    if not measured:
         model_cfg = replace(model_cfg, weights=Weights.meta)
     models.clear_cache()  # a fresh build: never a model another caller may have changed
     loaded = models.load(model_cfg, DeviceConfig(name="cpu", device="cpu", dtype="float32"), SEED)
@@ -107,7 +120,7 @@ def model_entries(model_cfg, documents=None) -> list[Entry]:
             out = analytic_entries(model_cfg.name, profiler, k_values(default_k, profiler.layers[0].num_experts))
         finally:
             profiler.detach()
-        if not random:
+        if not measured:
             return out
         blocks = data.tokenize(documents, loaded.tokenizer, SEQ_LEN, "the built-in text")
         if blocks.num_blocks < BLOCKS:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..files import user_directory, write_atomic
 from .entries import BaselineError, Entry, Value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,10 +37,8 @@ def write(path: Path, entries: Sequence[Entry]) -> None:
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise RuntimeError(f"duplicate baseline keys: {', '.join(duplicates[:5])}")  # a bug in the entry builders
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps(entries), encoding="utf-8", newline="")
-    os.replace(tmp, path)
+    user_directory(path.parent, "--file")
+    write_atomic(path, dumps(entries), "the baseline")
 
 
 _INT = re.compile(r"^-?\d+$")

@@ -4,7 +4,7 @@ Jobs are matched by what changes their numbers: model, k, selector and its param
 seq_len, batching, dtype, device, weights, seed and dimension overrides (runner.baseline.job_key, the key a pinned
 sweep's baseline uses). One table: MoE FLOPs/token, loss, KL, top-1 agreement, tokens/s (TTFT/TPOT when decoded) and
 the per-layer load metrics (mean over layers, with the layer that moved most), each A, B and delta; then the jobs
-only one side has.
+only one side has. A job of A that B lacks is a difference (--allow-missing: it is not); no job in common fails.
 
 Tolerances are the FLOPs baseline's (runner/baseline/entries.py, docs/baselines.md#tolerances): status and analytic
 FLOPs exact, measured FLOPs exact under the model's own routing and ROUTING_RTOL under a dynamic selector, loss
@@ -12,6 +12,8 @@ SWEEP_LOSS_RTOL (--loss-rtol). Timing is checked only with --time-ratio R: B fai
 or its TTFT / TPOT above A's x R. KL, top-1 and the load metrics are shown, not checked.
 
 Exit codes (the baseline's): 0 no difference beyond a tolerance, 1 differences, 2 bad input (one line on stderr).
+
+`--routing` compares the two sides' routing traces instead, token by token (runner/baseline/routing_diff.py).
 """
 from __future__ import annotations
 
@@ -160,7 +162,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-ratio", type=float, default=None,
                         help="check timing: fail when B is more than this many times slower than A (tokens/s, TTFT, "
                              "TPOT); default: timing not checked")
+    parser.add_argument("--routing", action="store_true",
+                        help="compare the routing traces instead (trace=true on both sides): per layer, the top-k "
+                             "overlap, exact-set and top-1 agreement of the tokens both fed (runner/baseline/routing_diff.py)")
+    parser.add_argument("--min-agreement", type=float, default=1.0,
+                        help="--routing: fail a layer whose exact-set agreement is below this (default 1: identical)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="jobs of A that B lacks are not a difference (default: they fail the comparison)")
     args = parser.parse_args(argv)
+    if args.routing:
+        from . import routing_diff
+
+        return routing_diff.main(args)
     from ..results.select import select
 
     try:
@@ -192,10 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if keys:
             print(f"only in {side} ({len(keys)}):\n" + "\n".join(f"  {label(key, len(settings) > 1)}" for key in keys))
     failed = sum(row[6] == "FAIL" for row in table)
+    missing = len(only[0][1]) if not args.allow_missing else 0
+    if not matched:  # a gate that compared nothing must not pass
+        print(f"compare FAILED: 0 matched job(s): A and B have no job in common, nothing was compared "
+              f"({len(only[0][1])} only in A, {len(only[1][1])} only in B); compare sweeps of the same jobs")
+        return EXIT_DIFF
     summary = (f"{len(matched)} matched job(s), {failed} difference(s) beyond tolerance, "
                f"{len(only[0][1])} only in A, {len(only[1][1])} only in B")
-    print(f"compare {'FAILED' if failed else 'OK'}: {summary}")
-    return EXIT_DIFF if failed else EXIT_OK
+    if missing and not failed:
+        summary += " (a job of A missing from B is a difference; --allow-missing accepts it)"
+    print(f"compare {'FAILED' if failed or missing else 'OK'}: {summary}")
+    return EXIT_DIFF if failed or missing else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
 
         from .hydra_internals import sweep_batches
 
-        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-        arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        def unresolved(key: str) -> Any:  # `${oc.env:...}` stays as written (a lost job's row stores it)
+            node = OmegaConf.select(config, key, default=None)
+            return OmegaConf.to_container(node, resolve=False) if node is not None else None
+
+        params = unresolved("hydra.sweeper.params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in unresolved("hydra.overrides.task") or []]
         loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
         batches = sweep_batches(parsed, OmegaConf.select(config, "hydra.sweeper.max_batch_size"))

@@ -14,9 +14,11 @@ import sys
 from runner.errors import INTERRUPT
 from runner.config.schema import CONFIG_DIR
 from runner.config.help import register_configs
+from runner.cli.hydra_internals import guard_config_writes
 from runner.cli.preflight import check_command_line, expand_shorthands
 
 register_configs()
+guard_config_writes()  # a full disk while Hydra saves the job's config: one line, not a traceback
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

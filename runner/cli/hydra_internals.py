@@ -87,3 +87,26 @@ def child_node(container: Any, key: Any) -> Optional[Node]:
 def raw_value(container: Any, key: Any) -> Any:
     """The value under `key` as written, an interpolation such as '${x}' left as that string."""
     return container._get_node(key)._value()
+
+
+# -- hydra.core.utils._save_config -------------------------------------------------------------------------------------
+def guard_config_writes() -> None:
+    """Hydra writes the job's .hydra/config.yaml (hydra.yaml, overrides.yaml) before the task starts; an OSError
+    there (a full disk) would be a traceback. Make it one line: a SystemExit, which Hydra's error report (it catches
+    Exception) lets through to the interpreter's one-line exit 1. Idempotent."""
+    import hydra.core.utils as hydra_utils
+
+    original = hydra_utils._save_config
+    if getattr(original, "guarded", False):
+        return
+
+    def save_config(cfg: Any, filename: str, output_dir: Any) -> None:
+        try:
+            original(cfg, filename, output_dir)
+        except OSError as exc:
+            raise SystemExit(
+                f"runner: error: cannot write Hydra's {filename} in {output_dir} ({exc.strerror or exc}); free some "
+                "space or set hydra.run.dir / hydra.sweep.dir to a writable directory") from None
+
+    save_config.guarded = True  # type: ignore[attr-defined]
+    hydra_utils._save_config = save_config

@@ -113,14 +113,35 @@ def _is_class(value: str) -> bool:
         return False
 
 
+# hydra.job.env_set: the variables a config may set for the job's process (and every process it starts); anything
+# else could change what a child process runs (PATH, LD_PRELOAD, PYTHON*, GIT_CONFIG_*: `git` for the provenance)
+ALLOWED_ENV_SET = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                   "PYTORCH_CUDA_ALLOC_CONF", "TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "HF_HUB_OFFLINE",
+                   "HF_DATASETS_OFFLINE", "TRANSFORMERS_VERBOSITY")
+
+
+def check_environment(cfg: DictConfig) -> None:
+    """Refuse (ConfigError) a `hydra.job.env_set` variable outside ALLOWED_ENV_SET: a config never sets the
+    environment the job's child processes run with."""
+    env_set = OmegaConf.select(cfg, "hydra.job.env_set", default=None)
+    if not isinstance(env_set, DictConfig):
+        return
+    for name in env_set.keys():
+        if str(name) not in ALLOWED_ENV_SET:
+            raise ConfigError(f"hydra.job.env_set.{name}: configs may not set the environment of the job's processes "
+                              f"(allowed: {', '.join(ALLOWED_ENV_SET)}); export it in the shell instead")
+
+
 def check_composed(cfg: DictConfig, job: str = "") -> None:
-    """Unknown keys and instantiation targets of one composed config (with its hydra node)."""
+    """Unknown keys, instantiation targets and environment variables of one composed config (with its hydra
+    node)."""
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     unknown = unknown_keys(plain)
     if unknown:
         raise ConfigError(job + "; ".join(unknown))
     try:
         check_targets(cfg)
+        check_environment(cfg)
     except ConfigError as exc:
         raise ConfigError(job + str(exc)) from None
 
@@ -162,6 +183,22 @@ def _non_string_group(overrides: list[str], loader) -> Optional[str]:
     return None
 
 
+def _unquoted_brackets(exc: BaseException) -> Optional[str]:
+    """`dataset.slice=[:5]`: the shell passes the brackets, Hydra reads a list where the key takes a string."""
+    import re
+
+    cause, override = exc, None
+    while cause is not None:
+        found = re.search(r"Error merging override (\S+)", str(cause))
+        override = override or (found.group(1) if found else None)
+        if re.search(r"Cannot convert '(list|dict)' to string", str(cause)) and override and "=" in override:
+            key, value = override.split("=", 1)
+            return (f"{override}: {key} takes a string, and Hydra reads unquoted brackets as a list; quote the value "
+                    f"inside the shell's quotes: '{key}=\"{value}\"'")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path]) -> Optional[str]:
     """A one-line message for a composition failure Hydra would show as a traceback; None for Hydra's own errors."""
     import yaml
@@ -189,11 +226,64 @@ def _explain(exc: BaseException, overrides: list[str], loader, dirs: list[Path])
             if unknown:
                 return unknown[0]
         cause = cause.__cause__ or cause.__context__
+    quoted = _unquoted_brackets(exc)
+    if quoted:
+        return quoted
     if isinstance(exc, ValueError) and "Config group override" in str(exc):
         return _non_string_group(overrides, loader) or one_line(exc, None)
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
     return one_line(exc, None) or type(exc).__name__
+
+
+def _missing_requirement(cfg: DictConfig) -> Optional[str]:
+    """A package the config needs that is not installed (eval=lm_eval without lm-evaluation-harness)."""
+    from ..config.schema import LM_EVAL
+    from ..config.eval_checks import missing_harness
+
+    try:
+        wants_eval = OmegaConf.select(cfg, "eval.name") == LM_EVAL
+    except Exception:  # noqa: BLE001 - the job's validation names a bad eval group
+        return None
+    return missing_harness() if wants_eval else None
+
+
+def _unresolvable_plugin(cfg: DictConfig) -> Optional[str]:
+    """A launcher or sweeper setting that does not resolve to its type (RUNNER_SLURM_MEM_GB=abc): Hydra would fail
+    instantiating it with a traceback, after recording nothing."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..errors import config_message
+
+    for key in ("hydra.launcher", "hydra.sweeper"):
+        node = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(node, DictConfig):
+            continue
+        for name in node.keys():
+            try:
+                node[name]
+            except OmegaConfBaseException as exc:
+                raw = raw_value(node, name)
+                env = [part.split(",")[0] for part in str(raw).split("${oc.env:")[1:]]
+                how = f"set {env[0]} to a valid value, or " if env else ""
+                why = config_message(exc).removeprefix(f"{key}.{name}: ")
+                return (f"{key}.{name}: {raw!r} does not resolve ({why}); {how}"
+                        f"set {key}.{name}=<value> on the command line")
+    return None
+
+
+def _output_dir_problem(cfg: DictConfig, multirun: bool) -> Optional[str]:
+    """The job (or sweep) directory Hydra will create, checked before it tries: a path through a file would be its
+    traceback, and in a sweep every job a `failed` row for a job that never started."""
+    from ..files import creatable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        directory = OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's runtime resolves: Hydra reports it
+        return None
+    why = creatable(str(directory)) if directory else None
+    return f"{key}: cannot create the directory {directory} ({why}); use a directory path" if why else None
 
 
 def preflight(argv: list[str]) -> Optional[str]:
@@ -243,6 +333,9 @@ def preflight(argv: list[str]) -> Optional[str]:
             check_composed(cfg)
         except ConfigError as exc:
             return str(exc)
+        output = _output_dir_problem(cfg, multirun) or _missing_requirement(cfg) or _unresolvable_plugin(cfg)
+        if output:
+            return output
         if not multirun:
             return None
         from .callbacks import planned_jobs
@@ -259,6 +352,9 @@ def preflight(argv: list[str]) -> Optional[str]:
                 check_composed(job_cfg, label)
             except ConfigError as exc:
                 return f"{exc}; nothing was run"
+            missing = _missing_requirement(job_cfg)
+            if missing:  # every such job would fail the same way: refuse the sweep instead
+                return f"{label}{missing}; nothing was run"
         return None
     finally:
         GlobalHydra.instance().clear()

@@ -10,8 +10,6 @@ import math
 import re
 import sys
 from enum import Enum
-from importlib.util import find_spec
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,10 +18,12 @@ from handlers.base import EXPERT_COUNT_FIELDS
 
 from ..errors import ConfigError, config_message
 from ..profiler.selector_registry import OWN_ROUTING
+from .eval_checks import check_eval
 from .help import OTHER_GROUPS
-from .schema import (APP_SELECTORS, BYTE_VOCAB_SIZE, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, EVAL_OFF,
-                     INT32_MAX, INT64_MAX, LM_EVAL, MEMORY_SIZE, ON_ERROR, QUALITY, SLICE, SLUG, TOPK_FIELDS, DatasetKind,
-                     DeviceConfig, DimsConfig, EvalConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
+from .schema import (APP_SELECTORS, BYTE_VOCAB_SIZE, CAPACITY_FACTORS, COMPILE_MODES, DEVICE_MAPS, DTYPES, INT32_MAX,
+                     INT64_MAX, MEMORY_SIZE, MODEL_NAME_MAX, ON_ERROR, QUALITY, SLICE, SLUG, TOPK_FIELDS, DatasetKind,
+                     DeviceConfig, DimsConfig, ModelConfig, RunnerConfig, SelectorConfig, Weights)
+from ..trained import SPLITS as PYDOC_SPLITS
 
 
 def _fail(key: str, message: str) -> None:
@@ -36,6 +36,13 @@ def _check_device_map(device: DeviceConfig) -> None:
     for key in ("max_memory", "offload_folder"):
         if getattr(device, key) is not None and device.device_map is None:
             _fail(f"device.{key}", "takes effect only with device.device_map; use device=auto or drop it")
+    if device.offload_folder is not None:
+        from ..files import creatable
+
+        why = creatable(device.offload_folder)
+        if why:
+            _fail("device.offload_folder", f"cannot create the directory {device.offload_folder} ({why}); use a "
+                  "directory path")
     if device.max_memory is not None and not isinstance(device.max_memory, dict):
         _fail("device.max_memory", f"must be a mapping such as '{{0: 70GiB, cpu: 200GiB}}', got {device.max_memory!r}")
     for where, size in (device.max_memory or {}).items():
@@ -61,6 +68,9 @@ def check(cfg: RunnerConfig) -> None:
     m, d = cfg.model, cfg.dataset
     if not SLUG.match(m.name):
         _fail("model.name", f"{m.name!r} must be a path-safe slug (letters, digits, _ . -)")
+    if len(m.name) > MODEL_NAME_MAX:
+        _fail("model.name", f"{m.name!r} is {len(m.name)} characters; use at most {MODEL_NAME_MAX} (it names the "
+              "results partition of the model)")
     if m.weights is Weights.pretrained and not m.hf_id:
         _fail("model.hf_id", "weights=pretrained needs a hub id or a local directory")
     if m.default_topk is not None and m.default_topk < 1:
@@ -133,6 +143,8 @@ def check(cfg: RunnerConfig) -> None:
               "or use dataset=wikitext2")
     if d.kind is DatasetKind.local and not d.path:
         _fail("dataset.path", "dataset=local needs a path: a file or a glob")
+    if d.kind is DatasetKind.pydoc and d.split not in PYDOC_SPLITS:
+        _fail("dataset.split", f"{d.split!r} is not a split of the pydoc text; use one of {', '.join(PYDOC_SPLITS)}")
     if d.slice is not None and not SLICE.match(d.slice):
         _fail("dataset.slice", f"{d.slice!r} is not a slice such as '[:64]', '[10:20]' or '[:10%]'")
     if d.format not in ("auto", "text", "jsonl", "json", "parquet"):
@@ -140,6 +152,7 @@ def check(cfg: RunnerConfig) -> None:
     if d.name is not None and not SLUG.match(d.name):
         _fail("dataset.name", f"{d.name!r} must be a path-safe slug")
     check_selector(cfg.selector, experts)
+    _check_ablation(cfg)
     check_eval(cfg.eval, m.weights)
     check_analysis(cfg)
 
@@ -154,14 +167,34 @@ def check_analysis(cfg: RunnerConfig) -> None:
         for value in values or ():
             if value < low:
                 _fail(f"analysis.{key}", f"must be integers >= {low}, got {value}")
+    check_placement(cfg, expert_count(cfg.model, cfg.dims))
     if a.placement_from is not None and not a.placement:
         _fail("analysis.placement_from", "scores placements, so it needs analysis.placement=true (or analysis=full)")
     if a.min_token_count < 1:
         _fail("analysis.min_token_count", f"must be >= 1, got {a.min_token_count}")
     if trace.max_tokens < 1:
         _fail("trace.max_tokens", f"must be >= 1, got {trace.max_tokens}")
+    if a.cache and not trace.enabled:
+        _fail("analysis.cache", "replays the routing trace, so it needs trace=true")
     if trace.logits and not trace.enabled:
         _fail("trace.logits", "adds to the trace, so it needs trace=true")
+
+
+def check_placement(cfg: RunnerConfig, experts: Optional[int]) -> None:
+    """Explicit EP sizes must divide the expert count (a placement splits the experts evenly over the ranks) and the
+    redundant replicas are at most one per expert: what would be dropped or run for hours fails here instead."""
+    a = cfg.analysis
+    if not a.placement or experts is None:
+        return
+    for size in a.ep_sizes or ():
+        if experts % size:
+            divisors = [n for n in range(2, experts + 1) if experts % n == 0][:8]
+            _fail("analysis.ep_sizes", f"{size} does not divide the {experts} experts of model {cfg.model.name!r}; "
+                  f"use divisors such as {', '.join(map(str, divisors))} (or null for those of 2..64)")
+    for replicas in a.redundant_experts or ():
+        if replicas > experts:
+            _fail("analysis.redundant_experts", f"{replicas} exceeds the {experts} experts of model "
+                  f"{cfg.model.name!r}; use at most one replica per expert ({experts})")
 
 
 def check_loaded(conf: RunnerConfig, model, profiler) -> None:
@@ -172,6 +205,8 @@ def check_loaded(conf: RunnerConfig, model, profiler) -> None:
         if k > experts:
             raise ConfigError(f"{layer.dims['top_k'].detail}: top-k {k} exceeds the {experts} experts of layer "
                               f"{layer.layer_id}; use a value <= {experts} (or topk=K to change the live top-k)")
+    if profiler.layers:  # the expert count a checkpoint brings (the config may not have said)
+        check_placement(conf, profiler.layers[0].dims["num_experts"].value)
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     positions = getattr(text, "max_position_embeddings", None)
     if conf.model.weights is not Weights.meta and isinstance(positions, int) and not isinstance(positions, bool):
@@ -188,6 +223,24 @@ def check_loaded(conf: RunnerConfig, model, profiler) -> None:
         print(line, file=sys.stderr, flush=True)
         with contextlib.suppress(OSError):
             logging.getLogger("runner.printed").warning("%s", line)  # the job's runner.log (conf/config.yaml)
+
+
+def check_finite(loss: Any, layers) -> None:
+    """NumericsError when the router scores of any MoE layer or the loss were not finite (profiler.frames.
+    nonfinite_layers): the routing numbers would look like real imbalance."""
+    from ..errors import NumericsError
+    from ..profiler.frames import NONFINITE, nonfinite_layers
+
+    problems = []
+    ids = nonfinite_layers(layers) if layers is not None else []
+    if ids:
+        problems.append(f"{NONFINITE} in MoE layer(s) {', '.join(map(str, ids[:8]))}" + (" ..." if len(ids) > 8 else ""))
+    if loss is not None and not math.isfinite(float(loss)):
+        problems.append(f"loss {loss}")
+    if problems:
+        raise NumericsError(f"{' and '.join(problems)}: the model's numbers are undefined (a config that breaks it, "
+                            "e.g. model.config.rms_norm_eps <= 0, or an overflowing device.dtype); the routing numbers "
+                            "would be meaningless, so none were stored")
 
 
 def check_positions(seq_len: int, decode_tokens: int, positions: int) -> None:
@@ -215,6 +268,35 @@ def check_int_ranges(cfg: RunnerConfig) -> None:
             _fail(key, f"{value} is out of range; use an integer between {-bound - 1} and {bound}")
 
 
+def _check_ablation(cfg) -> None:
+    """analysis.ablation: the model's own routing only; at least one batch."""
+    if cfg.analysis.ablation and cfg.selector.name != OWN_ROUTING:
+        _fail("analysis.ablation", f"expert ablation runs the model's own routing; use selector=router (got "
+              f"selector={cfg.selector.name}), with topk=K for another k")
+    if cfg.analysis.ablation_batches < 1:
+        _fail("analysis.ablation_batches", f"must be at least 1, got {cfg.analysis.ablation_batches}")
+
+
+def _check_calibration(selector: SelectorConfig) -> None:
+    """selector.target_k / selector.calibration_batches (compute-matched selectors, profiler/calibrate.py)."""
+    from ..profiler.selector_registry import CALIBRATED, LAYER_BUDGET
+
+    target, held = selector.target_k, selector.calibration_batches
+    if held is not None and held < 1:
+        _fail("selector.calibration_batches", f"must be at least 1, got {held}; leave it null for no calibration")
+    if target is None:
+        return
+    if not math.isfinite(target) or target <= 0:
+        _fail("selector.target_k", f"must be a positive mean k, got {target!r}")
+    if selector.name == OWN_ROUTING:
+        if target != int(target):
+            _fail("selector.target_k", f"selector=router runs a static top-k: target_k must be a whole k, got "
+                  f"{target}; calibrate cumsum, min_p, gap_ratio, random_k or layer_k to a fractional mean k")
+    elif selector.name not in (*CALIBRATED, LAYER_BUDGET):
+        _fail("selector.target_k", f"selector {selector.name!r} has no parameter to calibrate; target_k works with "
+              f"{', '.join(sorted((*CALIBRATED, LAYER_BUDGET)))} (and router, as the static top-k)")
+
+
 def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
     name, params = selector.name, dict(selector.params)
     if name == "topk":  # the name of the model's own routing before it was `router`
@@ -222,12 +304,15 @@ def check_selector(selector: SelectorConfig, experts: Optional[int]) -> None:
               "selector=router, and topk=K for its k")
     if name not in APP_SELECTORS:
         _fail("selector.name", f"unknown selector {name!r}; valid selectors: {', '.join(APP_SELECTORS)}")
+    _check_calibration(selector)
     if name == OWN_ROUTING:
         if params:
             _fail(f"selector.{next(iter(params))}", "selector 'router' is the model's own routing and takes no "
                   "parameters; set topk=K")
         return
     for key, value in params.items():
+        if key == "ks":  # a list of k per layer: checked by the selectors' own validation
+            continue
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             _fail(f"selector.{key}", f"must be a number, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
@@ -282,31 +367,3 @@ def unknown_keys(data: dict, cls: type = None, prefix: str = "") -> list[str]:
         elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
             errors += unknown_keys(value, hints[key], f"{prefix}{key}.")
     return errors
-
-
-EVAL_INSTALL = 'pip install -e ".[eval]"'
-# HFLM imports accelerate at import time (lm-eval's own `hf` extra brings it); the `eval` extra installs both
-EVAL_NEEDS = ("lm_eval", "accelerate")
-
-
-def check_eval(ev: EvalConfig, weights: Weights) -> None:
-    """The eval group's checks before anything loads; ConfigError naming the key."""
-    if ev.name == EVAL_OFF:
-        return
-    if ev.name != LM_EVAL:
-        raise ConfigError(f"eval: unknown option {ev.name!r}; use eval=none or eval=lm_eval")
-    missing = [name for name in EVAL_NEEDS if find_spec(name) is None]
-    if missing:
-        raise ConfigError(f"eval=lm_eval needs lm-evaluation-harness ({', '.join(missing)} not installed): {EVAL_INSTALL}")
-    if not ev.tasks:
-        raise ConfigError("eval.tasks: eval=lm_eval needs at least one task, e.g. eval.tasks=[arc_easy,piqa]")
-    if weights is Weights.meta:
-        raise ConfigError("eval=lm_eval: model.weights=meta has no weights to score tasks with; use "
-                          "model.weights=pretrained or random")
-    for key, value, low in (("num_fewshot", ev.num_fewshot, 0), ("batch_size", ev.batch_size, 1)):
-        if value is not None and value < low:
-            raise ConfigError(f"eval.{key}: must be >= {low}, got {value}")
-    if ev.limit is not None and (ev.limit <= 0 or (ev.limit >= 1 and ev.limit != int(ev.limit))):
-        raise ConfigError(f"eval.limit: {ev.limit} must be a whole number of examples or a fraction in (0, 1)")
-    if ev.include_path is not None and not Path(ev.include_path).expanduser().is_dir():
-        raise ConfigError(f"eval.include_path: {ev.include_path!r} is not a directory (of local task YAMLs)")

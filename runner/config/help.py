@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .schema import CONFIG_DIR, RunnerConfig
+from .schema import CONFIG_DIR, RunnerConfig, register_resolvers
 
 
 OTHER_GROUPS = {"experiment": "a sweep declared in conf/experiment/<name>.yaml (run it with -m)"}
@@ -71,6 +71,7 @@ def launcher_presets() -> dict[str, str]:
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="runner_schema", node=RunnerConfig)
     store.store(group="hydra/help", name="runner_help",

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from ..profiler.analysis_set import CAPACITY_FACTORS
-from ..profiler.selector_registry import OWN_ROUTING, SELECTOR_NAMES, param_help
+from ..profiler.selector_registry import CALIBRATION_PARAMS, OWN_ROUTING, SELECTOR_NAMES, param_help
 
 # the app's selectors: the model's own routing, and the library's dynamic-k policies (its static "topk" policy is
 # for library use: the router does that itself)
@@ -31,6 +31,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not CONFIG_DIR.is_dir():
     CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
+# the longest model.name: the results partition directory holds it whole, so two names sharing a prefix never merge
+MODEL_NAME_MAX = 100
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$")
 # config-field spellings of the model's own top-k, checked against the expert count before a model loads
@@ -55,6 +57,7 @@ class Weights(Enum):
 
 class DatasetKind(Enum):
     builtin = "builtin"  # the text shipped in runner/job/corpus.py
+    pydoc = "pydoc"  # the stdlib's pydoc_data.topics, split as the shipped trained model was (runner/trained)
     hf = "hf"  # datasets.load_dataset(path, config_name, split=split + slice, data_files=...)
     local = "local"  # local .txt / .jsonl / .json / .parquet files
 
@@ -90,14 +93,15 @@ class ModelConfig:
 class DatasetConfig:
     """where the text comes from and which slice of it"""
 
-    kind: DatasetKind = doc("builtin (runner/job/corpus.py) | hf (datasets.load_dataset) | local (files)",
+    kind: DatasetKind = doc("builtin (runner/job/corpus.py) | pydoc (the stdlib's Python docs, the trained model's "
+                            "text) | hf (datasets.load_dataset) | local (files)",
                             DatasetKind.builtin)
     name: Optional[str] = doc("label in the results; null: derived from what is loaded", None)
     path: Optional[str] = doc("hf: hub id, builder (json, csv, parquet, text) or save_to_disk dir; local: file or glob",
                               None)
     config_name: Optional[str] = doc("hf: the dataset's configuration", None)
     data_files: Optional[Any] = doc("hf: data_files for builders such as json, csv, parquet", None)
-    split: str = doc("hf: the split to read", "train")
+    split: str = doc("hf: the split to read; pydoc: heldout (not trained on) | train", "train")
     slice: Optional[str] = doc("documents to keep, Python/datasets syntax: '[:64]', '[10:20]', '[:10%]'", None)
     field: str = doc("text column / JSON key", "text")
     format: str = doc("local: auto (by extension) | text | jsonl | json | parquet", "auto")
@@ -138,11 +142,28 @@ class SelectorConfig:
     threshold: Optional[float] = doc(param_help("threshold"), None)
     ratio: Optional[float] = doc(param_help("ratio"), None)
     alpha: Optional[float] = doc(param_help("alpha"), None)
+    keep: Optional[float] = doc(param_help("keep"), None)
+    seed: Optional[int] = doc(param_help("seed"), None)
+    ks: Optional[List[int]] = doc(param_help("ks"), None)
+    target_k: Optional[float] = doc(param_help("target_k"), None)
+    calibration_batches: Optional[int] = doc(param_help("calibration_batches"), None)
 
     @property
     def params(self) -> dict[str, Any]:
+        """The selector's own parameters (what the profiler's set_selector takes)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+                if f.name not in ("name", *CALIBRATION_KEYS) and getattr(self, f.name) is not None}
+
+    @property
+    def held_out_batches(self) -> int:
+        """Leading batches kept for calibration, out of the evaluation."""
+        if self.calibration_batches is not None:
+            return self.calibration_batches
+        return DEFAULT_CALIBRATION_BATCHES if self.target_k is not None else 0
+
+
+CALIBRATION_KEYS = tuple(CALIBRATION_PARAMS)  # the app's keys, not the policy's parameters
+DEFAULT_CALIBRATION_BATCHES = 2
 
 
 @dataclass
@@ -168,6 +189,15 @@ class AnalysisConfig:
                                      "frequent expert (layers.vocab_specialization; V x E int32 per layer and phase)",
                                      False)
     min_token_count: int = doc("vocab_specialization: token ids seen fewer times are left out", 5)
+    lookahead: bool = doc("per layer, each token's router input sent through the next MoE layer's router: the share "
+                          "of that layer's experts it predicts (layers.lookahead_recall; one more router matmul per "
+                          "layer and call)", False)
+    cache: bool = doc("replay the routing trace (needs trace=true) through LRU, LFU and OPT expert caches of every "
+                      "capacity: table=cache, and the adjacent-token overlap: table=locality", False)
+    ablation: bool = doc("per MoE layer and expert, the loss and KL with that expert removed from routing: "
+                         "table=ablation (L x E extra passes over analysis.ablation_batches; needs selector=router)",
+                         False)
+    ablation_batches: int = doc("analysis.ablation: the evaluated batches it runs on (the first ones)", 1)
 
 
 @dataclass
@@ -248,3 +278,17 @@ class RunnerConfig:
     debug: bool = doc("show tracebacks instead of one-line errors", False)
     report: bool = doc("at the end of a multirun, write <sweep dir>/report/report.html with plots "
                        "(python -m runner.report)", True)
+
+
+TRAINED_RESOLVER = "trained"
+
+
+def register_resolvers() -> None:
+    """`${trained:NAME}` in a model yaml: the directory of a checkpoint shipped in the package (runner/trained/NAME),
+    wherever the package is installed or checked out."""
+    from omegaconf import OmegaConf
+
+    from ..trained import TRAINED_DIR
+
+    if not OmegaConf.has_resolver(TRAINED_RESOLVER):
+        OmegaConf.register_new_resolver(TRAINED_RESOLVER, lambda name: str(TRAINED_DIR / name))

@@ -13,7 +13,8 @@ import numpy as np
 from .. import results
 from ..errors import ConfigError, ResultsNotFound, RunnerError
 from ..results import RunRecord
-from ..profiler.evaluate import DECODE, PREFILL, without_prompt_pass
+from ..profiler.phases import DECODE, PREFILL
+from ..profiler.evaluate import without_prompt_pass
 from ..config.schema import AnalysisConfig, RunnerConfig
 
 
@@ -23,26 +24,30 @@ def analyses_of(config: AnalysisConfig):
 
     return Analyses(capacity_factors=tuple(float(f) for f in config.capacity_factors),
                     coactivation=config.coactivation, transitions=config.transitions,
-                    vocab=config.vocab_specialization, min_token_count=config.min_token_count)
+                    vocab=config.vocab_specialization, min_token_count=config.min_token_count,
+                    lookahead=config.lookahead)
 
 
 # -- tables and summary columns ------------------------------------------------------------------------------------
-def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str) -> None:
-    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase)."""
+def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_dir: str, source=None) -> None:
+    """Write the analysis tables the config asks for and fill the runs columns that sum them up (prefill phase).
+    source: placement_source()'s result, read before the model loaded (default: read now)."""
     a = conf.analysis
     row.analysis = a.name
     prefill = layers[layers["phase"] == PREFILL] if "phase" in layers else layers
-    for column in ("drop_rate_cf1_25", "jaccard_next"):
+    for column, summary in (("drop_rate_cf1_25", "drop_rate_cf1_25"), ("jaccard_next", "jaccard_mean"),
+                            ("jaccard_random", "jaccard_random_mean")):
         values = prefill[column].dropna() if column in prefill else []
         if len(values):
-            setattr(row, "jaccard_mean" if column == "jaccard_next" else column, float(values.mean()))
+            setattr(row, summary, float(values.mean()))
+    row.update(**layer_percentiles(prefill))
     frames = {}
     if a.coactivation:
         frames["coactivation"] = profiler.coactivation_df()
     if a.transitions:
         frames["transitions"] = profiler.transitions_df()
     if a.placement:
-        fit_on, label = placement_source(a.placement_from, conf.model.name, results_dir)
+        fit_on, label = source or placement_source(a.placement_from, conf.model.name, results_dir)
         try:
             placed = profiler.placement_df(ep_sizes=a.ep_sizes, redundant=a.redundant_experts, fit_on=fit_on,
                                            fitted_on=label)
@@ -54,10 +59,43 @@ def write_tables(conf: RunnerConfig, profiler, layers, row: RunRecord, results_d
             largest = int(own["ep_size"].max())
             row.update(ep_size_max=largest,
                        ep_imbalance_balanced=float(own.loc[own["ep_size"] == largest, "imbalance"].mean()))
+    if a.cache:  # the trace is closed and on disk: replay it (the run's own rows only)
+        from ..results import cache_replay as cache
+
+        frames.update(cache.tables(cache.read_trace(results_dir, [row.run_id]), cache.experts_per_layer(layers)))
     for table, frame in frames.items():
         frame = without_prompt_pass(frame)  # generate()'s prompt pass repeats the prefill tokens (as in layers)
         results.write_part(results_dir, table, conf.model.name, list(results.rows_from_frame(frame, row.keys())),
                            row.config_hash, row.run_id)
+
+
+def write_ablation(conf: RunnerConfig, model, profiler, ids, row: RunRecord, results_dir: str) -> None:
+    """analysis.ablation: table=ablation from the first `analysis.ablation_batches` evaluated batches (after any held
+    out for calibration), with the model's own routing at the job's top-k."""
+    from ..profiler.ablation import expert_ablation
+
+    size, first = conf.batch_size, conf.selector.held_out_batches * conf.batch_size
+    batches = [ids[i: i + size] for i in range(first, first + conf.analysis.ablation_batches * size, size)]
+    frame = expert_ablation(model, profiler, [b for b in batches if len(b)])
+    results.write_part(results_dir, "ablation", conf.model.name, list(results.rows_from_frame(frame, row.keys())),
+                       row.config_hash, row.run_id)
+
+
+# the per-layer balance metrics summarised across layers (Megatron-LM #2398): the median and the bad tail
+LAYER_PERCENTILES = (("load_max_mean", (50, 95)), ("load_cv", (50, 95)), ("load_jain", (5, 50)),
+                     ("load_entropy", (5, 50)))
+
+
+def layer_percentiles(layers) -> dict[str, float]:
+    """`<metric>_p<q>` runs columns: percentiles over the MoE layers (numpy's linear interpolation) of the balance
+    metrics, from one phase's layers rows; layers that saw no token are left out."""
+    out = {}
+    for metric, quantiles in LAYER_PERCENTILES:
+        values = layers[metric].dropna().to_numpy(float) if metric in layers else []
+        if len(values):
+            for q in quantiles:
+                out[f"{metric}_p{q:02d}"] = float(np.percentile(values, q))
+    return out
 
 
 def placement_source(spec: str | None, model: str, results_dir: str):
@@ -101,8 +139,8 @@ class TraceWriter:
         self.skipped = [0] * len(self.layer_ids)
         self.part = results.StreamedPart(results_dir, "trace", conf.model.name, row.config_hash, row.run_id)
         calls = 2 if conf.decode_tokens else 1  # generate() runs the prompt again, under its own phase
-        profiler.start_trace(capacity=conf.batch_size * (conf.seq_len * calls + conf.decode_tokens),
-                             probs=conf.trace.logits)
+        rows = min(conf.batch_size, int(blocks.ids.shape[0]))  # the largest batch that exists, not the one asked for
+        profiler.start_trace(capacity=rows * (conf.seq_len * calls + conf.decode_tokens), probs=conf.trace.logits)
 
     def after_batch(self, index: int, batch, sequences) -> None:
         ids = batch.cpu().numpy()

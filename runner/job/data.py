@@ -41,6 +41,12 @@ class Blocks:
         offsets = block * int(self.ids.shape[1]) + np.asarray(positions)
         return np.searchsorted(np.asarray(self.doc_starts), offsets, side="right") - 1
 
+    def documents_of(self, first: int, count: int) -> Any:
+        """[count, seq_len]: the document of every token of blocks first .. first + count - 1."""
+        import numpy as np
+
+        return self.documents_at(first, np.arange(count * int(self.ids.shape[1]))).reshape(count, -1)
+
     @property
     def num_blocks(self) -> int:
         return int(self.ids.shape[0])
@@ -99,6 +105,11 @@ def load_documents(cfg: DatasetConfig) -> Documents:
         from .corpus import TEXT
 
         return Documents(lambda: paragraphs(io.StringIO(TEXT)), cfg.slice, "the built-in text", "the built-in text is empty")
+    if cfg.kind is DatasetKind.pydoc:
+        from ..trained import pydoc_topics
+
+        return Documents(lambda: iter(pydoc_topics(cfg.split)), cfg.slice, f"the pydoc {cfg.split} text",
+                         f"the pydoc {cfg.split} text is empty")
     if cfg.kind is DatasetKind.local:
         paths = _local_paths(cfg)
         blank = "" if file_format(paths[0], cfg.format) == "text" else f", or no non-blank {cfg.field!r} values"
@@ -253,6 +264,8 @@ def describe(cfg: DatasetConfig) -> str:
         return f"{cfg.path}" + (f"/{cfg.config_name}" if cfg.config_name else "") + f":{cfg.split}{cfg.slice or ''}" + files
     if cfg.kind is DatasetKind.local:
         return f"{cfg.path}{cfg.slice or ''}"
+    if cfg.kind is DatasetKind.pydoc:
+        return f"pydoc_data.topics:{cfg.split}{cfg.slice or ''}"
     return f"builtin{cfg.slice or ''}"
 
 
@@ -263,6 +276,8 @@ def label(cfg: DatasetConfig) -> str:
         return cfg.name
     if cfg.kind is DatasetKind.builtin:
         return "builtin"
+    if cfg.kind is DatasetKind.pydoc:
+        return f"pydoc_{cfg.split}"
     if cfg.kind is DatasetKind.local:
         return _slug(Path(cfg.path).name)
     files = [Path(f).name for f in _data_files(cfg)] if cfg.data_files is not None else []

@@ -78,10 +78,10 @@ def _fresh_folder(parent: str) -> str:
     import atexit
     import shutil
     import tempfile
-    from pathlib import Path
 
-    Path(parent).expanduser().mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="offload-", dir=Path(parent).expanduser())
+    from ..files import user_directory
+
+    folder = tempfile.mkdtemp(prefix="offload-", dir=user_directory(parent, "device.offload_folder"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 

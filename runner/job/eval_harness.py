@@ -4,7 +4,7 @@ The job's loaded model, with its top-k or selector already applied and the profi
 HFLM (which accepts a model instance and a tokenizer) and scored on `eval.tasks`; the routing of those forward passes
 is recorded under the phase `eval` (the layers and experts tables get phase=eval rows). Seeds (Python, numpy, torch,
 few-shot sampling) are the job's `seed`. simple_evaluate's results become the rows of the `tasks` table
-(runner/results/records.py, TaskRecord). lm-eval is the optional extra `.[eval]`; nothing here imports it before a job
+(runner/results/analysis_records.py, TaskRecord). lm-eval is the optional extra `.[eval]`; nothing here imports it before a job
 asks for it. docs/eval.md is the manual.
 """
 from __future__ import annotations
@@ -12,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ConfigError, DataError, one_line
+from ..errors import DataError, one_line
+from ..config.eval_checks import cached_task_names, keep_task_names, refuse_unknown_tasks
 from ..config.schema import LM_EVAL, EvalConfig
 from ..profiler.phases import EVAL
-
-LIST_TASKS = "list them with `lm-eval ls tasks` (add --include_path DIR for local ones)"
-
 
 def phases(ev: EvalConfig) -> tuple[str, ...]:
     """The profiler phases a job preallocates for its task evaluation."""
@@ -32,19 +31,26 @@ def phases(ev: EvalConfig) -> tuple[str, ...]:
 @lru_cache(maxsize=4)
 def _task_manager(include_path: str | None, tasks: tuple[str, ...]):
     """lm-eval's task index for these names: the include_path alone when it has them all (indexing lm-eval's own
-    thousands of task YAMLs takes seconds), else lm-eval's tasks plus the include_path. Cached per process."""
+    thousands of task YAMLs takes seconds), else lm-eval's tasks plus the include_path. A name in neither is refused
+    from the kept list of lm-eval's task names (task_index_file) before anything is indexed, where that list exists.
+    Cached per process."""
+    kept = cached_task_names()
+    if kept is not None and include_path is None:  # refused before lm_eval.tasks is even imported (3 s)
+        refuse_unknown_tasks([name for name in tasks if name not in kept], include_path)
     from lm_eval.tasks import TaskManager
 
+    local_names: set[str] = set()
     if include_path is not None:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(name in local.all_tasks for name in tasks):
             return local
+        local_names = set(local.all_tasks)
+    if kept is not None:
+        refuse_unknown_tasks([name for name in tasks if name not in kept | local_names], include_path)
     manager = TaskManager(include_path=include_path)
-    unknown = [name for name in tasks if name not in manager.all_tasks]
-    if unknown:
-        where = f" nor in eval.include_path={include_path}" if include_path else ""
-        raise ConfigError(f"eval.tasks: unknown task {', '.join(map(repr, unknown))} (not in lm-eval's registry{where}); "
-                          f"{LIST_TASKS}, or set eval.include_path to a directory of task YAMLs")
+    if include_path is None and kept is None:  # lm-eval's own index alone: what the kept list holds
+        keep_task_names(manager.all_tasks)
+    refuse_unknown_tasks([name for name in tasks if name not in manager.all_tasks], include_path)
     return manager
 
 
@@ -124,7 +130,7 @@ def run(conf, loaded, profiler, row):
     import lm_eval
 
     row.update(eval_tasks=json.dumps(list(ev.tasks)), lm_eval_version=lm_eval.__version__)
-    with profiler.phase(EVAL), _quiet():
+    with profiler.phase(EVAL), _quiet(), no_progress_bars(sys.stderr):
         results = simple_evaluate(loaded.model, loaded.tokenizer, ev, conf.seed)
     return pd.DataFrame(task_rows(results))
 
@@ -140,3 +146,29 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def no_progress_bars(stream) -> Iterator[None]:
+    """lm-eval's tqdm bars (one per request batch, passed `disable=False` explicitly) turned off for the block when
+    `stream` is not a terminal: in a log file or a SLURM .out each refresh is another line of carriage returns. On a
+    terminal they stay. tqdm reads no setting at call time that overrides an explicit `disable`, so its __init__ is
+    wrapped for the block and restored after."""
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        yield
+        return
+    from tqdm import tqdm
+
+    original = tqdm.__dict__["__init__"]
+    bound = tqdm.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        bound(self, *args, **kwargs)
+
+    tqdm.__init__ = init
+    try:
+        yield
+    finally:
+        tqdm.__init__ = original

@@ -76,9 +76,17 @@ def resolve_device(device: DeviceConfig, weights: Weights):
     return dev
 
 
-def resolve_dtype(device: DeviceConfig, weights: Weights, target):
+def resolve_dtype(device: DeviceConfig, weights: Weights, target, checkpoint: str | None = None):
+    """The dtype to build or load in. weights=meta: the checkpoint's own (`torch_dtype` / `dtype` in model.config),
+    since the bytes per token of a meta job are what the checkpoint reads (device.dtype where it states none)."""
     import torch
 
+    if weights is Weights.meta and checkpoint:
+        declared = getattr(torch, str(checkpoint).removeprefix("torch."), None)
+        if not isinstance(declared, torch.dtype):
+            raise ConfigError(f"model.config.torch_dtype: {checkpoint!r} is not a torch dtype (bfloat16, float16, "
+                              "float32, float8_e4m3fn, ...)")
+        return declared
     if device.dtype == "auto":
         if weights is Weights.pretrained:
             return "auto"
@@ -97,7 +105,8 @@ def load(model_cfg: ModelConfig, device_cfg: DeviceConfig, seed: int) -> Loaded:
     _free_accelerator_memory()
     start = time.perf_counter()
     target = resolve_device(device_cfg, model_cfg.weights)
-    dtype = resolve_dtype(device_cfg, model_cfg.weights, target)
+    declared = dict(model_cfg.config or {})
+    dtype = resolve_dtype(device_cfg, model_cfg.weights, target, declared.get("torch_dtype") or declared.get("dtype"))
     if model_cfg.weights is Weights.pretrained:
         model = _load_pretrained(model_cfg, device_cfg, target, dtype)
     elif device_cfg.device_map is not None and model_cfg.weights is Weights.random:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import resource
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,14 +23,15 @@ from . import cost_columns as costs, data, eval_harness, models
 from .. import results
 from ..errors import RunnerError, describe, known_errors, one_line
 from ..results import RunRecord
+from ..results.io import keep_parts, redact_environment
 from ..results.gpu_memory import memory_columns
 from ..config.identity import config_hash, stored_config
 from ..config.schema import RunnerConfig, Weights
-from ..profiler.phases import PHASES, PREFILL
+from ..profiler.phases import PHASES
 from ..profiler.selector_registry import OWN_ROUTING
 from ..slurm import job_id as slurm_job_id
-from .context import JobContext, hydra_context
-from .threads import cpu_threads, intra_op_threads
+from .context import JobContext, environment_values, hydra_context
+from .measurement import layer_table, measure, with_analytic_flops
 from ..config.checks import check_loaded, validate
 
 log = logging.getLogger("runner")
@@ -94,6 +94,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     failure becomes a `failed` row (a sweep goes on) or one line on stderr (a single run), never a lost result."""
     ctx = hydra_context()
     attempt = Attempt(row=first_row(cfg, ctx), model_slug=str(_raw(cfg, "model.name") or "unknown"))
+    secrets: dict[str, str] = {}
+    with contextlib.suppress(Exception):  # a config that does not even convert fails below, with its own line
+        secrets = environment_values(cfg, ctx)
+    redact_environment(secrets)
     try:
         return _steps(cfg, ctx, attempt)
     except KeyboardInterrupt:  # Ctrl-C: record this job as interrupted (not as a crash), then stop
@@ -158,6 +162,7 @@ def write_tables(conf: RunnerConfig, row: RunRecord, frames, results_dir: str) -
             results.write_part(results_dir, table, conf.model.name,
                                list(results.rows_from_frame(frame, row.keys())), row.config_hash, row.run_id)
     results.write_part(results_dir, "runs", conf.model.name, [row], row.config_hash, row.run_id)
+    keep_parts(row.run_id)
 
 
 def _interrupted(cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str, results_dir: str | None,
@@ -183,6 +188,7 @@ def _skip(conf: RunnerConfig, ctx: JobContext, row: RunRecord, prior, results_di
 def _failed(exc: Exception, cfg: DictConfig, ctx: JobContext, row: RunRecord, model_slug: str,
             results_dir: str | None, start: float) -> dict[str, Any]:
     mode = _on_error(cfg, ctx)
+    results.remove_parts(row.run_id)  # a failed job keeps no partial tables (a trace, analysis rows): its row says why
     known = isinstance(exc, known_errors())
     message = describe(exc) if known else f"{type(exc).__name__}: {one_line(exc, 500)}"
     if mode == "record" or not known or _full_errors(cfg):  # a single run's known error is the stderr line alone
@@ -215,7 +221,7 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
     from ..profiler.evaluate import without_prompt_pass
 
     row.stamp_provenance()
-    check_before_loading(conf)
+    placement_source = check_before_loading(conf, results_dir)
     documents, data_s = read_documents(conf)
     loaded = load_model(conf, row)
     profiler = attach_profiler(conf, loaded)
@@ -231,16 +237,24 @@ def execute(conf: RunnerConfig, ctx: JobContext, row: RunRecord, results_dir: st
         measured_tokens, tasks = measure(conf, loaded, profiler, blocks, routing_changed, row, results_dir)
         layers = layer_table(profiler, analytic, measured_tokens, row)
         row.update(**memory_columns(profiler.memory_df()), peak_rss_bytes=_peak_rss())
-        analysis.write_tables(conf, profiler, layers, row, results_dir)
-        return (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        analysis.write_tables(conf, profiler, layers, row, results_dir, placement_source)
+        frames = (*costs.add(conf, row, profiler, layers, without_prompt_pass(profiler.experts_df()), loaded), tasks)
+        if conf.analysis.ablation:  # last: its passes change the routing the frames above describe
+            analysis.write_ablation(conf, loaded.model, profiler, blocks.ids, row, results_dir)
+        return frames
     finally:
         profiler.detach()  # the cached model goes back pristine for the next job
 
 
-def check_before_loading(conf: RunnerConfig) -> None:
-    """The device exists; eval=lm_eval's tasks and datasets are there: one line each, before anything heavy."""
+def check_before_loading(conf: RunnerConfig, results_dir: str):
+    """The device exists; eval=lm_eval's tasks and datasets are there; analysis.placement_from names something usable
+    (before a trace is written): one line each, before anything heavy. Returns the placement source (or None)."""
+    from . import analysis_tables as analysis
+
     models.resolve_device(conf.device, conf.model.weights)
     eval_harness.prepare(conf.eval)
+    return analysis.placement_source(conf.analysis.placement_from, conf.model.name, results_dir) \
+        if conf.analysis.placement else None
 
 
 def read_documents(conf: RunnerConfig):
@@ -279,6 +293,8 @@ def set_routing(conf: RunnerConfig, profiler, row: RunRecord) -> bool:
     """The live top-k or the selector; returns whether the routing differs from the model's own."""
     default_k = profiler.top_k or profiler.layers[0].dims["top_k"].value
     k = conf.topk if conf.topk is not None else default_k
+    if conf.selector.name == OWN_ROUTING and conf.selector.target_k is not None:
+        k = int(conf.selector.target_k)  # the compute-matched static top-k
     if conf.selector.name == OWN_ROUTING:
         if k != default_k:
             profiler.set_top_k(k)
@@ -303,57 +319,14 @@ def count_flops(profiler, row: RunRecord):
     return analytic
 
 
-def with_analytic_flops(layers, analytic):
-    return layers.merge(analytic[["layer", "flops"]].rename(columns={"flops": "flops_per_token_analytic"}),
-                        on="layer", how="left")
-
-
 def tokenize(conf: RunnerConfig, documents, loaded, row: RunRecord, data_s: float):
     """The documents as blocks of seq_len tokens, only as many as the batches need."""
     t = time.perf_counter()
-    needed = conf.seq_len * conf.batch_size * conf.max_batches if conf.max_batches is not None else None
+    needed = conf.seq_len * conf.batch_size * (conf.max_batches + conf.selector.held_out_batches) \
+        if conf.max_batches is not None else None
     blocks = data.tokenize(documents, loaded.tokenizer, conf.seq_len, data.describe(conf.dataset), max_tokens=needed)
     row.data_s = data_s + time.perf_counter() - t
     return blocks
-
-
-def measure(conf: RunnerConfig, loaded, profiler, blocks, routing_changed: bool, row: RunRecord, results_dir: str):
-    """The library's evaluation over the batches (and the trace of them), then the eval tasks; returns the
-    FLOP-counted tokens and the tasks frame."""
-    from . import analysis_tables as analysis
-
-    need_reference = conf.quality == "always" or (conf.quality == "auto" and routing_changed)
-    tracer = analysis.TraceWriter(conf, profiler, blocks, row, results_dir) if conf.trace.enabled else None
-    try:
-        with intra_op_threads(cpu_threads(conf.device, loaded.device, row.params_total)):
-            measured_tokens = _evaluate(conf, loaded, profiler, blocks, need_reference, row, tracer)
-            if tracer is not None:
-                tracer.close()  # the trace covers the evaluated batches, not the eval tasks
-                tracer = None
-            tasks = eval_harness.run(conf, loaded, profiler, row)  # eval=lm_eval: phase=eval, the tasks table
-    except BaseException:
-        if tracer is not None:
-            tracer.abort()
-        raise
-    return measured_tokens, tasks
-
-
-def layer_table(profiler, analytic, measured_tokens: int, row: RunRecord):
-    """The layers frame (the prompt pass of generate() left out) with FLOPs per token; the run's prefill numbers on
-    the row (decode rows stay in the layers table)."""
-    from ..profiler.evaluate import without_prompt_pass
-
-    layers = with_analytic_flops(without_prompt_pass(profiler.layers_df()), analytic)
-    prefill = layers[layers["phase"] == PREFILL]
-    if "flops_measured" in layers and measured_tokens:
-        layers.loc[prefill.index, "flops_measured_per_token"] = prefill["flops_measured"].astype(float) / measured_tokens
-        row.flops_per_token_measured = float(prefill["flops_measured"].astype(float).sum()) / measured_tokens
-        row.flops_measured_tokens = measured_tokens
-    if "flops" in prefill and "tokens" in prefill and len(prefill) and prefill["tokens"].gt(0).all():
-        row.flops_per_token_routed = float((prefill["flops"] / prefill["tokens"]).sum())
-    if "k_mean" in prefill:
-        row.k_mean = float(prefill["k_mean"].mean())
-    return layers
 
 
 def _peak_rss() -> int:
@@ -366,26 +339,3 @@ def _write_scan_report(ctx: JobContext, profiler) -> None:
             Path(ctx.job_dir).mkdir(parents=True, exist_ok=True)
             (Path(ctx.job_dir) / "scan.txt").write_text(profiler.scan_report() + "\n")
     log.info("%s", profiler.scan_report().splitlines()[0])
-
-
-def _evaluate(conf: RunnerConfig, loaded, profiler, blocks, need_reference: bool, row: RunRecord, tracer) -> int:
-    """The library's evaluation over the job's batches; fills the run's quality and speed columns and returns the
-    FLOP-counted tokens."""
-    from ..profiler.evaluate import evaluate
-
-    tok = loaded.tokenizer
-    ids = blocks.ids
-    batches = [ids[i: i + conf.batch_size] for i in range(0, ids.shape[0], conf.batch_size)]
-    if conf.max_batches is not None:
-        batches = batches[: conf.max_batches]
-    result = evaluate(
-        loaded.model, profiler, batches, reference=need_reference,
-        pad_id=tok.pad_token_id if tok.pad_token_id not in (tok.bos_token_id, tok.eos_token_id) else None,
-        measure_flops="all" if conf.measure_flops else "first", compile=conf.compile, compile_mode=conf.compile_mode,
-        decode_tokens=conf.decode_tokens or 0,
-        decode_pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        progress=conf.progress if conf.progress is not None else sys.stderr.isatty(),
-        desc=f"{conf.model.name} k={row.topk} {conf.selector.name}",
-        after_batch=tracer.after_batch if tracer is not None else None)
-    row.update(documents=blocks.documents, **result.row())
-    return result.measured_tokens

@@ -2,7 +2,7 @@
 top-k or apply a dynamic-k selector, and evaluate quality against the model's own routing. Imports no Hydra.
 
 Imports are lazy (`from runner.profiler import MOEProfiler` loads torch then), so that the torch-free module
-selector_names can be read by the runner's schema without importing torch."""
+selector_registry can be read by the runner's schema without importing torch."""
 from __future__ import annotations
 
 __all__ = ["Analyses", "MOEProfiler", "ProfilerError", "NoMoEError"]

@@ -27,7 +27,7 @@ from .drops import add_call_drops, add_staged_drops
 from .phases import DEFAULT_PHASES
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
-from . import vocab
+from . import lookahead, vocab
 
 
 def _capturing() -> bool:
@@ -39,11 +39,12 @@ class LayerAccumulators(nn.Module):
     """Accumulators of the MoE layers that share one device and router width, as flat registered buffers.
 
     Layout: row r (a layer), phase p -> slot s = r * P + p; counts / gate_mass / importance hold W entries per slot,
-    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k), coactivation W * W, transitions
+    k_hist W + 1, sums len(SUMS), drops F + 1 (F capacity factors, then sum T * k) and
+    distinct 3 (with the drops: sums over calls of distinct experts and their uniform reference, calls), coactivation W * W, transitions
     V * V and jaccard 2 (V: the widest router of the model), vocab vocab_size * W (int32, vocab.py), or nothing where
-    the analysis is off. `selection` holds each row's last call's [tokens, V] selection (not per phase) and
-    `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`), so switching phases changes
-    no Python state that compiled code reads: no recompile, and CUDA-graph replays pick the new phase up.
+    the analysis is off (lookahead: 2, lookahead.py). `selection` holds each row's last call's [tokens, V] selection
+    (not per phase), `selection_tokens` its size (-1: none). The current phase is a device scalar (`phase`): switching
+    phases changes no Python state that compiled code reads (no recompile; CUDA-graph replays pick the new phase up).
     """
 
     def __init__(self, positions: list[int], width: int, num_experts: list[int], phases: int, device: torch.device,
@@ -61,17 +62,20 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("k_hist", torch.zeros(L * P * (W + 1), **i64))
             self.register_buffer("sums", torch.zeros(L * P * len(SUMS), **f64))
             self.register_buffer("drops", torch.zeros(L * P * (F + 1) if F else 0, **i64))
+            # with the drops (they see each call's loads): sum of distinct experts per call, its uniform reference, calls
+            self.register_buffer("distinct", torch.zeros(L * P * 3 if F else 0, **f64))
             self.register_buffer("coactivation", torch.zeros(L * P * W * W if self.coactive else 0, **i64))
             self.register_buffer("factors", torch.tensor(analyses.capacity_factors, **f64))
             self.register_buffer("transitions", torch.zeros(L * P * V * V, **i64))
             self.register_buffer("jaccard", torch.zeros(L * P * 2 if V else 0, **f64))
             self.register_buffer("selection", torch.zeros(L if V else 0, 0, V, dtype=torch.uint8, device=device))
             self.register_buffer("selection_tokens", torch.full((L if V else 0,), -1, **i64))
+            A = self.lookahead_width = lookahead.register(self, transition_width if analyses.lookahead else 0, device)
             self.vocab_size = vocab.register(self, vocab_size if analyses.vocab else 0, device)
             self.register_buffer("phase", torch.zeros((), **i64))
             self.register_buffer("row_slots", torch.arange(L, **i64) * P)  # first slot of each row
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
-            entries = max(W * W if self.coactive else W, V * V, len(SUMS), P, F + 1)
+            entries = max(W * W if self.coactive else W, V * V, A, len(SUMS), P, F + 1)
             self.register_buffer("columns", torch.arange(entries, **i64))
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
@@ -152,41 +156,41 @@ class LayerAccumulators(nn.Module):
         W = self.width
         shapes = dict(counts=(W,), gate_mass=(W,), importance=(W,), k_hist=(W + 1,), sums=(len(SUMS),))
         if self.num_factors:
-            shapes["drops"] = (self.num_factors + 1,)
+            shapes.update(drops=(self.num_factors + 1,), distinct=(3,))
         if self.coactive:
             shapes["coactivation"] = (W, W)
         if self.transition_width:
             shapes.update(transitions=(self.transition_width,) * 2, jaccard=(2,))
+        shapes.update(lookahead.shapes(self))
         shapes.update(vocab.shapes(self))
         return shapes
 
     # -- cross-layer transitions (opt-in) --------------------------------------------------------------------------
-    def selected(self, rows: slice, index: torch.Tensor, dense: bool) -> torch.Tensor:
-        """One call's [n, V] 0/1 selection (uint8) of row `rows` (sentinel / zero-compute slots excluded)."""
-        V, index = self.transition_width, index[0]
-        valid = (index >= 0) & (index < self.real[rows][0])
-        safe = index.clamp(0, V - 1).long()
+    def selection_mask(self, index: torch.Tensor, width: int, limit, dense: bool) -> torch.Tensor:
+        """One call's [n, width] 0/1 selection (uint8) from its [n, slots] index: the experts below `limit` (the
+        layer's real experts: sentinel / zero-compute slots excluded) each token selected."""
+        valid = (index >= 0) & (index < limit)
+        safe = index.clamp(0, width - 1).long()
         if dense:
-            hit = ((safe.unsqueeze(-1) == self.columns[:V]) & valid.unsqueeze(-1)).sum(1)
+            hit = ((safe.unsqueeze(-1) == self.columns[:width]) & valid.unsqueeze(-1)).sum(1)
         else:
-            hit = torch.zeros(index.shape[0], V, dtype=torch.int64, device=index.device).scatter_add_(
+            hit = torch.zeros(index.shape[0], width, dtype=torch.int64, device=index.device).scatter_add_(
                 -1, safe, valid.long())
         return hit.clamp_max(1).to(torch.uint8)
 
-    def keep_selection(self, row: int, mask: torch.Tensor) -> None:
-        """Copy (never reference) a call's selection for the next layer; eager calls grow the buffer when larger."""
-        n = mask.shape[0]
-        if n > self.selection.shape[1]:
+    def keep_selection(self, row: int, mask: torch.Tensor, name: str = "selection") -> None:
+        """Copy (never reference) a call's `selection` (or `prediction`) for the next layer; eager calls grow it."""
+        kept, n = getattr(self, name), mask.shape[0]
+        if n > kept.shape[1]:
             if torch.compiler.is_compiling() or _capturing():  # cannot grow here: the next layer pairs nothing
-                self.selection_tokens[row].fill_(-1)
+                getattr(self, f"{name}_tokens")[row].fill_(-1)
                 return
-            grown = torch.zeros(self.selection.shape[0], n, self.transition_width, dtype=torch.uint8,
-                                device=self.selection.device)
-            grown[:, : self.selection.shape[1]] = self.selection
-            self.selection = grown
-            mark_static(self.selection)
-        self.selection[row, :n].copy_(mask)
-        self.selection_tokens[row].fill_(n)
+            grown = torch.zeros(kept.shape[0], n, kept.shape[2], dtype=torch.uint8, device=kept.device)
+            grown[:, : kept.shape[1]] = kept
+            setattr(self, name, grown)
+            mark_static(grown)
+        getattr(self, name)[row, :n].copy_(mask)
+        getattr(self, f"{name}_tokens")[row].fill_(n)
 
     def add_transition(self, row: int, mask: torch.Tensor, dense: bool) -> None:
         """Pair row `row`'s kept selection (the previous MoE layer's last call) with `mask`, the next layer's call on
@@ -287,11 +291,14 @@ class RoutingRecorder:
         if group.num_factors and traced:  # per call (eager: at flush, from the staged calls, drops.py)
             add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
         if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
-            mask = group.selected(slice(row, row + 1), index, dense=torch.compiler.is_compiling())
+            mask = group.selection_mask(index[0], group.transition_width, group.real[row],
+                                        dense=torch.compiler.is_compiling())
             if layer > 0:
                 previous, previous_row = self._where[layer - 1]
                 previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
             group.keep_selection(row, mask)
+        if group.lookahead_width and layer > 0:  # scores the previous MoE layer's prediction of this call's experts
+            lookahead.score(*self._where[layer - 1], group, index[0], self.num_experts[layer])
         vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
         if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
@@ -388,6 +395,7 @@ class RoutingRecorder:
             for name in group.shapes():
                 getattr(group, name).zero_()
             group.selection_tokens.fill_(-1)
+            lookahead.reset(group)
 
     @property
     def buffer_bytes(self) -> int:

@@ -16,17 +16,20 @@ class Analyses:
     none); coactivation: an E x E count matrix per layer and phase (off by default); transitions: an E x E count
     matrix and the Jaccard similarity per pair of consecutive MoE layers and phase, plus each layer's last selection
     (off by default); vocab: a [vocab_size, E] int32 count table of (token id, top-1 expert) per layer and phase, for
-    `vocab_specialization` over the ids seen at least min_token_count times (off by default: 412 MB for OLMoE)."""
+    `vocab_specialization` over the ids seen at least min_token_count times (off by default: 412 MB for OLMoE);
+    lookahead: each MoE layer's router input sent through the next MoE layer's router, its top-k compared with the
+    experts that layer then selects (`lookahead_recall`; off by default: one more router matmul per layer and call)."""
     # opt-in (`analyses=("capacity",)` takes CAPACITY_FACTORS): per-call drop counting cost +3 % prefill and +10 % decode
     # time in eager mode on an H100 (full-width OLMoE, BENCHMARKS.md), over the overhead target of the default profiler
     capacity_factors: tuple[float, ...] = ()
     coactivation: bool = False
     transitions: bool = False
     vocab: bool = False
+    lookahead: bool = False
     # ids seen fewer times score high whatever the router does (one occurrence: 1), so they are left out of the mean
     min_token_count: int = 5
 
-    NAMES = ("capacity", "coactivation", "transitions", "vocab")
+    NAMES = ("capacity", "coactivation", "transitions", "vocab", "lookahead")
 
     def __post_init__(self):
         count = self.min_token_count
@@ -43,4 +46,5 @@ class Analyses:
         if names - set(cls.NAMES):
             raise ValueError(f"unknown analyses {sorted(names - set(cls.NAMES))}; known: {list(cls.NAMES)}")
         return cls(capacity_factors=CAPACITY_FACTORS if "capacity" in names else (),
-                   coactivation="coactivation" in names, transitions="transitions" in names, vocab="vocab" in names)
+                   coactivation="coactivation" in names, transitions="transitions" in names, vocab="vocab" in names,
+                   lookahead="lookahead" in names)

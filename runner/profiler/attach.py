@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from . import upstream, vocab
+from . import lookahead, upstream, vocab
 from .phases import PREFILL
 from .metrics import router_probs
 from .scan import MoELayer, read_live_top_k
@@ -127,10 +127,13 @@ class Attachment:
     def _router_hook(self, layer: MoELayer, slot: list | None):
         handler, position = layer.handler, layer.position
         positions: list[tuple[int, int, int]] = []  # (logits, weights, index) slots, found on the first eager call
+        following = self._predicted_layer(layer)
 
         def hook(module, args, output):
             if not (self.live and self.enabled):  # Python flags: compiled code guards on them
                 return None
+            if following is not None and args and isinstance(args[0], torch.Tensor):
+                self._predict(layer, following, args[0])
             if layer.router_output == "triple":
                 if torch.compiler.is_compiling():  # no Python state written while tracing: found again (free)
                     i_logits, i_weights, i_index = self._routing_positions(module, layer, output)
@@ -157,6 +160,31 @@ class Attachment:
             return None
 
         return hook
+
+    def _predicted_layer(self, layer: MoELayer) -> MoELayer | None:
+        """With the lookahead analysis: the next MoE layer, when its router can be called on this layer's router input
+        (a router module whose weights are here, not offloaded to the meta device)."""
+        if self.recorder is None or not self.recorder.analyses.lookahead or layer.position + 1 >= len(self.layers):
+            return None
+        following = self.layers[layer.position + 1]
+        router = following.router
+        if router is None or following.router_output == "none" or any(p.is_meta for p in router.parameters()):
+            return None
+        return following
+
+    def _predict(self, layer: MoELayer, following: MoELayer, hidden: torch.Tensor) -> None:
+        """The experts `following`'s router picks from `layer`'s router input, kept for `following`'s call: its own
+        top-k where the router selects (a triple), else the live top-k of its scores. `forward` is called directly, so
+        no hook (the profiler's own) fires, and the profiler's dispatch modes do not count it as the model's work."""
+        with upstream.unseen_by_dispatch_modes(), torch.no_grad():
+            output = following.router.forward(hidden.to(layer_device(following)))
+            if following.router_output == "triple":
+                index = output[self._routing_positions(following.router, following, output)[2]]
+            else:
+                logits = output if following.logits_index is None else output[following.logits_index]
+                probs = router_probs(logits.reshape(-1, logits.shape[-1]), following.handler.scoring)
+                index = probs.topk(read_live_top_k(following) or 1, dim=-1).indices
+            lookahead.keep(self.recorder, layer.position, index)
 
     def _capture_ids(self, module, args, kwargs):
         """Copy the forward's input ids (keyword or first positional) for its router calls (vocab.py); a forward given
@@ -206,7 +234,7 @@ class Attachment:
             if torch.compiler.is_compiling():
                 return
             if self.live and self.enabled and args and isinstance(args[0], torch.Tensor):
-                self.timer.start(layer.position, args[0].device)
+                self.timer.start(layer.position, args[0].device, self.phase)
 
         return hook
 

@@ -19,7 +19,9 @@ class Peak:
 # (substring of torch.cuda.get_device_name(), case-insensitive) -> peak; the first match wins, so the more specific
 # names come first.
 PEAKS: tuple[tuple[str, Peak], ...] = (
-    # https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM: 1,979 TFLOPS bf16 with sparsity, 4.8 TB/s)
+    # https://www.nvidia.com/en-us/data-center/h200/ (H200 NVL: 1,671 TFLOPS bf16 with sparsity, 4.8 TB/s; H200 SXM:
+    # 1,979 with sparsity, 4.8 TB/s)
+    ("H200 NVL", Peak(835.5, 4800.0, "https://www.nvidia.com/en-us/data-center/h200/")),
     ("H200", Peak(989.5, 4800.0, "https://www.nvidia.com/en-us/data-center/h200/")),
     # https://www.nvidia.com/en-us/data-center/h100/ (H100 NVL: 1,671 sparse, 3.9 TB/s; PCIe: 1,513 sparse, 2 TB/s;
     # SXM: 1,979 sparse, 3.35 TB/s; torch names the SXM card "NVIDIA H100 80GB HBM3")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,22 +25,97 @@ from .phases import DECODE, PHASES, PREFILL, PROMPT  # noqa: F401 - the names ca
 
 
 @torch.no_grad()
+def target_values(logits: torch.Tensor, input_ids: torch.Tensor, ref_logits: torch.Tensor | None = None,
+                  pad_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Per next-token target of one batch ([B, T - 1]): `mask` (not a pad), NLL, and (with a reference) the
+    reference NLL, KL(P_ref || P) and top-1 agreement."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, 1:].to(logp.device)
+    mask = torch.ones_like(targets, dtype=torch.bool) if pad_id is None else targets != pad_id
+    out = dict(mask=mask, nll=-logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+    if ref_logits is not None:
+        ref = F.log_softmax(ref_logits[:, :-1].float().to(logp.device), dim=-1)
+        out.update(ref_nll=-ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+                   kl=(ref.exp() * (ref - logp)).sum(-1).clamp_min(0),  # >= 0: rounding alone gives -1e-10 and so on
+                   agree=ref.argmax(-1) == logp.argmax(-1))
+    return out
+
+
+def _sums(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    mask = values["mask"]
+    out = dict(targets=int(mask.sum()), nll=float(values["nll"][mask].sum()))
+    if "kl" in values:
+        out.update(ref_nll=float(values["ref_nll"][mask].sum()), kl=float(values["kl"][mask].sum()),
+                   agree=int(values["agree"][mask].sum()))
+    return out
+
+
 def batch_sums(logits: torch.Tensor, input_ids: torch.Tensor, ref_logits: torch.Tensor | None = None,
                pad_id: int | None = None) -> dict[str, float]:
     """Next-token sums of one batch: targets, NLL over all non-pad targets, and (with a reference) the reference
     NLL, KL(P_ref || P) and top-1 agreement. Python numbers, so batches add up exactly."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:].to(logp.device)
-    mask = torch.ones_like(targets, dtype=torch.bool) if pad_id is None else targets != pad_id
-    nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    out = dict(targets=int(mask.sum()), nll=float(nll[mask].sum()))
-    if ref_logits is not None:
-        ref = F.log_softmax(ref_logits[:, :-1].float().to(logp.device), dim=-1)
-        ref_nll = -ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        kl = (ref.exp() * (ref - logp)).sum(-1).clamp_min(0)  # KL >= 0: float rounding alone gives -1e-10 and so on
-        agree = ref.argmax(-1) == logp.argmax(-1)
-        out.update(ref_nll=float(ref_nll[mask].sum()), kl=float(kl[mask].sum()), agree=int(agree[mask].sum()))
-    return out
+    return _sums(target_values(logits, input_ids, ref_logits, pad_id))
+
+
+# confidence intervals: a percentile bootstrap over units (documents, or blocks), fixed seed and resamples
+CI_LEVEL, CI_RESAMPLES, CI_SEED = 0.95, 1000, 0
+# each interval: the runs columns' stem, its numerator sum and denominator sum over a unit
+# (loss_delta: loss - ref_loss, per target on the same documents, so paired: much narrower than the two apart)
+CI_RATIOS = (("loss", "nll", "targets"), ("kl", "kl", "targets"), ("top1_agreement", "agree", "targets"),
+             ("loss_delta", "nll_delta", "targets"))
+
+
+class UnitSums:
+    """Per-unit sums of the per-target values (unit: the document a target token came from, or its block), added
+    batch by batch on the host with bincount (one device-to-host copy of [B, T - 1] values per batch)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, values: dict[str, torch.Tensor], units: np.ndarray) -> None:
+        mask = values["mask"].cpu().numpy()
+        ids = np.asarray(units, dtype=np.int64)[:, 1:][mask]  # a target belongs to its own token's unit
+        held = len(next(iter(self.sums.values()), ()))
+        size = max(held, int(ids.max()) + 1 if ids.size else 0)
+        columns = dict(targets=None, **{key: values[key].double().cpu().numpy()[mask]
+                                        for key in ("nll", "kl", "agree") if key in values})
+        if "ref_nll" in values:
+            columns["nll_delta"] = (values["nll"] - values["ref_nll"]).double().cpu().numpy()[mask]
+        for name, weights in columns.items():
+            before = np.pad(self.sums.get(name, np.zeros(0)), (0, size - held))
+            self.sums[name] = before + np.bincount(ids, weights=weights, minlength=size)
+
+    def intervals(self) -> dict[str, float | int]:
+        """`<stem>_ci_low` / `<stem>_ci_high` of each ratio in CI_RATIOS whose sums were added (and ppl from loss),
+        `ci_units`."""
+        present = self.sums.get("targets", np.zeros(0)) > 0
+        out: dict[str, float | int] = dict(ci_units=int(present.sum()))
+        for stem, numerator, denominator in CI_RATIOS:
+            if numerator in self.sums:
+                low, high = bootstrap_ratio(self.sums[numerator][present], self.sums[denominator][present])
+                out.update({f"{stem}_ci_low": low, f"{stem}_ci_high": high})
+        if "loss_ci_low" in out:
+            out.update(ppl_ci_low=_ppl(out["loss_ci_low"]), ppl_ci_high=_ppl(out["loss_ci_high"]))
+        return out
+
+
+def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, level: float = CI_LEVEL,
+                    resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(numerator) / sum(denominator) over units drawn with replacement
+    (a token-weighted mean, as the point estimate is), with a fixed seed: the same data give the same interval.
+    NaN with fewer than two units."""
+    n = len(numerator)
+    if n < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    chunk = max(1, min(resamples, 4_000_000 // n))  # bounded memory: chunk x n indices at a time
+    for start in range(0, resamples, chunk):
+        pick = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        ratios[start: start + len(pick)] = numerator[pick].sum(1) / denominator[pick].sum(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 @dataclass
@@ -60,6 +136,8 @@ class Evaluation:
     ref_ppl: float | None = None
     kl: float | None = None
     top1_agreement: float | None = None
+    # 95 % percentile-bootstrap intervals over units (UnitSums.intervals): ci_units, <stem>_ci_low / _ci_high
+    intervals: dict[str, float | int] = field(default_factory=dict)
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     decode_steps: int | None = None
@@ -67,7 +145,8 @@ class Evaluation:
 
     def row(self) -> dict[str, Any]:
         """The run-level numbers, by results column name."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("times", "measured_tokens")}
+        return {**{k: v for k, v in self.__dict__.items() if k not in ("times", "measured_tokens", "intervals")},
+                **self.intervals}
 
 
 def _ppl(loss: float) -> float:
@@ -78,14 +157,16 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
              pad_id: int | None = None, measure_flops: str = "first", compile: bool = False,
              compile_mode: str | None = None, decode_tokens: int = 0, decode_pad_id: int | None = None,
              progress: bool = False, desc: str = "",
-             after_batch: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None) -> Evaluation:
+             after_batch: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
+             units: Sequence[np.ndarray] | None = None) -> Evaluation:
     """Run each batch of token ids through `model` with `profiler` attached, and measure loss / perplexity, and
     with `reference=True` the KL and top-1 agreement against the model's own routing (a second, unrecorded pass).
 
     measure_flops: "first" counts FLOPs on the first batch only (the others are timed), "all" on every batch.
     compile: torch.compile the model (after the profiler attached, so its hooks are traced), warmed up on each batch
     shape outside the timed region. decode_tokens: after each batch, a greedy static-cache generate of that many
-    tokens, timed as TTFT / TPOT, its routing recorded under the decode phase.
+    tokens, timed as TTFT / TPOT, its routing recorded under the decode phase. units: per batch, a [B, T] array of
+    the unit (e.g. document index) each token belongs to, for the confidence intervals; default each block its own.
     """
     device = input_device(model)
     gpus = cuda_devices(model) if device.type == "cuda" else []  # a split model finishes on its last GPU
@@ -113,6 +194,7 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
     totals = dict(targets=0, nll=0.0, ref_nll=0.0, kl=0.0, agree=0)
     forward_s = reference_s = timed_s = 0.0
     tokens = measured_tokens = timed_tokens = 0
+    unit_sums, blocks = UnitSums(), 0
     from tqdm.auto import tqdm
 
     for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, file=sys.stderr)):
@@ -138,8 +220,13 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         else:
             timed_tokens += x.numel()
             timed_s += elapsed
-        for key, value in batch_sums(logits, x, ref_logits, pad_id).items():
+        values = target_values(logits, x, ref_logits, pad_id)
+        for key, value in _sums(values).items():
             totals[key] += value
+        unit_sums.add(values, units[i] if units is not None else blocks + np.arange(x.shape[0])[:, None]
+                      + np.zeros(x.shape, dtype=np.int64))
+        blocks += x.shape[0]
+        del values
         del logits, ref_logits
         sequences = decode(model, profiler, x, decode_tokens, decode_pad_id, times) if decode_tokens else None
         if after_batch is not None:
@@ -150,7 +237,7 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         batches=len(batches), blocks=sum(b.shape[0] for b in batches), tokens=tokens, targets=totals["targets"],
         loss=loss, ppl=_ppl(loss), forward_s=forward_s, measured_tokens=measured_tokens, reference=reference,
         tokens_per_s=(timed_tokens / timed_s) if timed_s > 0 else (tokens / forward_s if forward_s else None),
-        reference_s=reference_s if reference else None, times=times)
+        reference_s=reference_s if reference else None, times=times, intervals=unit_sums.intervals())
     if times["ttft_s"]:
         result.ttft_ms = 1e3 * sum(times["ttft_s"]) / len(times["ttft_s"])
         result.tpot_ms = 1e3 * sum(times["tpot_s"]) / len(times["tpot_s"]) if times["tpot_s"] else None

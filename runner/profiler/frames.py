@@ -3,6 +3,7 @@ memory, and the text reports. Metric definitions are in metrics.py; this file on
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from handlers.base import DIMENSIONS
 
-from .metrics import expert_metrics, layer_metrics, vocab_columns
+from .metrics import expert_metrics, jaccard_uniform, layer_metrics, vocab_columns
 from .scan import MoELayer, read_live_top_k
 
 if TYPE_CHECKING:
@@ -33,13 +34,35 @@ def recorded_phases(p: "MOEProfiler") -> dict[str, dict[str, np.ndarray] | None]
     return seen or {p.current_phase: phases.get(p.current_phase)}
 
 
+# per-layer means that turn NaN when any router score of the layer was NaN or inf (fp32 sums on the device, read with
+# the frame: no extra sync)
+ROUTER_MEANS = ("top1_prob", "selected_mass", "router_entropy")
+NONFINITE = "non-finite router scores (NaN or inf)"
+
+
+def nonfinite_layers(layers: pd.DataFrame) -> list[int]:
+    """The layers (ids) whose router scores were NaN or inf for some token: top-k over NaN picks experts in tie
+    order, so their load, drop and dead-expert columns would look like real (extreme) imbalance."""
+    columns = [c for c in ROUTER_MEANS if c in layers]
+    if not columns or "tokens" not in layers or layers.empty:
+        return []
+    seen = layers[layers["tokens"].fillna(0).astype(float) > 0]
+    bad = seen[~np.isfinite(seen[columns].astype(float)).all(axis=1)]
+    return sorted({int(v) for v in bad["layer"]})
+
+
 def layers_frame(p: "MOEProfiler") -> pd.DataFrame:
     rows = []
     for phase, snapshot in recorded_phases(p).items():
         measured = p.cost.measured_in(phase)
         for layer in p.layers:
             rows.append(_layer_row(p, layer, phase, snapshot, measured))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    bad = nonfinite_layers(frame)
+    if bad:
+        warnings.warn(f"MoE layer(s) {', '.join(map(str, bad))}: {NONFINITE}; their routing columns (load, drops, "
+                      "dead experts) are top-k's tie order on NaN, not real routing", stacklevel=3)
+    return frame
 
 
 def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str, np.ndarray] | None,
@@ -50,14 +73,19 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
     if snapshot is not None:
         row.update(layer_metrics(snapshot, pos, layer.num_experts, layer.router_width, row["top_k"]))
         row.update(vocab_columns(snapshot, pos, layer.num_experts, p.recorder.analyses.min_token_count))
-        row.update(layer.cost.flops(row["tokens"], row["assignments"]))
+        if "jaccard_next" in row:
+            row["jaccard_random"] = _jaccard_random(p, layer, snapshot)
+        row.update(layer.cost.flops(row["tokens"], layer.computed_pairs(row["tokens"], row["assignments"], row["top_k"])))
         row["flops"] = row["flops_router"] + row["flops_experts"] + row["flops_shared"]
         row["flops_per_token"] = row["flops"] / row["tokens"] if row["tokens"] else float("nan")
     row["flops_measured"] = measured[pos] if measured is not None else None
     if p.timer is not None:
-        row.update(p.timer.summary(pos))
+        row.update(p.timer.summary(pos, phase))
     row.update(exact=layer.handler.exact, note=layer.handler.note,
                dims_warning="; ".join(layer.warnings) or None)  # a config or override that contradicts the weights
+    mismatch = p.cost.mismatch(phase, layer)
+    if mismatch is not None:  # marked exact, measured otherwise: never stored as exact
+        row.update(exact=False, flops_warning=mismatch)
     for dim in DIMENSIONS:
         resolved = layer.dims[dim]
         column = "default_top_k" if dim == "top_k" else dim  # `top_k` is the live value that ran
@@ -65,6 +93,15 @@ def _layer_row(p: "MOEProfiler", layer: MoELayer, phase: str, snapshot: dict[str
         row[f"{column}_source"] = resolved.source
         row[f"{column}_detail"] = resolved.detail
     return row
+
+
+def _jaccard_random(p: "MOEProfiler", layer: MoELayer, snapshot: dict[str, np.ndarray]) -> float:
+    """`jaccard_random`: the Jaccard uniform routing gives at this layer's and the next one's k histograms (NaN on
+    the last MoE layer, and where the two layers have different numbers of experts)."""
+    pos = layer.position
+    if pos + 1 >= len(p.layers) or p.layers[pos + 1].num_experts != layer.num_experts:
+        return float("nan")
+    return jaccard_uniform(snapshot["k_hist"][pos], snapshot["k_hist"][pos + 1], layer.num_experts)
 
 
 def experts_frame(p: "MOEProfiler") -> pd.DataFrame:
@@ -150,7 +187,7 @@ def report(p: "MOEProfiler") -> str:
 
 
 # -- analyses -----------------------------------------------------------------------------------------------------
-COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count"]
+COACTIVATION_COLUMNS = ["phase", "layer", "expert_a", "expert_b", "count", "count_random", "lift"]
 PLACEMENT_COLUMNS = ["phase", "layer", "ep_size", "placement", "fitted_on", "imbalance", "balancedness", "busiest_rank_tokens",
                      "expert_ranks"]
 
@@ -170,12 +207,15 @@ def coactivation_frame(p: "MOEProfiler") -> pd.DataFrame:
             matrix = snapshot["coactivation"][layer.position][:E, :E].copy()
             np.fill_diagonal(matrix, 0)
             a, b = np.nonzero(matrix)
-            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert_a=a, expert_b=b,
-                                            count=matrix[a, b].astype(np.int64))))
+            # uniform routing at the same per-token k spreads the same pairs, sum_t k_t (k_t - 1), evenly
+            expected = matrix.sum() / (E * (E - 1)) if E > 1 else float("nan")
+            count = matrix[a, b].astype(np.int64)
+            frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, expert_a=a, expert_b=b, count=count,
+                                            count_random=float(expected), lift=count / expected)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COACTIVATION_COLUMNS)
 
 
-TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+TRANSITION_COLUMNS = ["phase", "layer", "next_layer", "expert_a", "expert_b", "count", "count_random", "lift"]
 
 
 def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
@@ -191,8 +231,12 @@ def transitions_frame(p: "MOEProfiler") -> pd.DataFrame:
         for layer, following in zip(p.layers, p.layers[1:]):
             matrix = snapshot["transitions"][layer.position][: layer.num_experts, : following.num_experts]
             a, b = np.nonzero(matrix)
+            # uniform routing at the same per-token k: sum_t k_t^l k_t^(l+1) pairs, spread evenly over E^l E^(l+1)
+            expected = matrix.sum() / (layer.num_experts * following.num_experts)
+            count = matrix[a, b].astype(np.int64)
             frames.append(pd.DataFrame(dict(phase=phase, layer=layer.layer_id, next_layer=following.layer_id,
-                                            expert_a=a, expert_b=b, count=matrix[a, b].astype(np.int64))))
+                                            expert_a=a, expert_b=b, count=count, count_random=float(expected),
+                                            lift=count / expected)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRANSITION_COLUMNS)
 
 
@@ -207,13 +251,17 @@ def placement_frame(p: "MOEProfiler", ep_sizes: Any = None, redundant: Any = Non
     experts = experts_frame(p)
     other = None if fit_on is None else {layer: g.sort_values("expert")["tokens"].to_numpy(np.float64)
                                          for layer, g in fit_on.groupby("layer")}
-    rows = []
+    rows, warned = [], set()
     for (phase, layer_id), group in experts.groupby(["phase", "layer"], sort=False):
         loads = group["tokens"].to_numpy(np.float64)
         if other is not None and (layer_id not in other or len(other[layer_id]) != len(loads)):
             raise ValueError(f"the loads to fit placements on have no layer {layer_id} with {len(loads)} experts: "
                              "fit on a run of the same model")
         sizes = placement.ep_sizes(len(loads)) if ep_sizes is None else [n for n in ep_sizes if len(loads) % n == 0]
+        if ep_sizes is not None and len(sizes) < len(ep_sizes) and len(loads) not in warned:
+            warned.add(len(loads))
+            warnings.warn(f"EP sizes {[n for n in ep_sizes if len(loads) % n]} do not divide the {len(loads)} experts "
+                          "of a layer: no placement rows for them", stacklevel=3)
         for size in sizes:
             extra = (size,) if redundant is None else tuple(redundant)
             fits = [("self", placement.placements(loads, size, extra))]

@@ -9,11 +9,15 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   load c_e         number of (token, slot) assignments to expert e (zero-count experts included)
   gate_mass G_e    sum of the combine weights given to expert e
   importance I_e   sum of p_e over tokens
-  load_cv          std(c) / mean(c) (population std)
+  load_cv          std(c) / mean(c) (population std, zero-count experts included)
+  load_jain        Jain's index (sum c)^2 / (E * sum c^2) = 1 / (1 + load_cv^2) (1 = balanced, 1/E = one expert)
   load_gini        2 * sum_i i * c_(i) / (E * sum c) - (E + 1) / E, c sorted ascending, i = 1..E
-  load_entropy     -sum f_e ln f_e / ln E, f = c / sum c (1 = perfectly balanced)
-  load_max_mean    max(c) / mean(c)
+  load_entropy     -sum f_e ln f_e / ln E, f = c / sum c (nats over nats; 1 = perfectly balanced)
+  load_max_mean    max(c) / mean(c); load_maxvio = load_max_mean - 1 (MaxVio, Loss-Free Balancing)
   dead_experts     number of experts with c_e = 0
+  cold_experts     number of experts with f_e < COLD_SHARE / E (below a tenth of the uniform share; dead included)
+  distinct_experts_per_call  mean over router calls of #{e : the call's c_e > 0}; distinct_experts_uniform: the mean
+                   over calls of E * (1 - (1 - k/E)^B), what uniform routing of the call's B tokens at its mean k gives
   topk_boundary_margin  (min_{e in S} p_e - max_{e not in S} p_e) / min_{e in S} p_e, averaged over the tokens with
                    1 <= |S| < width (a token with nothing, or everything, selected has no boundary)
   capacity C       ceil(T * k / E * cf) for one router call (Megatron-Core get_capacity): T tokens, k slots per token
@@ -23,6 +27,12 @@ Definitions (p = the router's distribution over experts for one token, in fp32; 
   transitions      for consecutive MoE layers l, l+1: T[a, b] = number of tokens with a in S^l and b in S^(l+1)
   jaccard_next     |S^l & S^(l+1)| / |S^l | S^(l+1)| per token (expert ids compared as numbers), averaged over the
                    tokens with a nonempty union; on layer l
+  lookahead_recall |P^(l+1) & S^(l+1)| / |S^(l+1)| per token, P^(l+1) the top-k of layer l+1's router applied to
+                   layer l's router input (a layer-ahead prefetcher), averaged over tokens with S^(l+1) nonempty; on l
+  jaccard_random   the same expectation under uniform random routing: |S^l| and |S^(l+1)| drawn independently from
+                   the two layers' k histograms, the sets uniform among the E experts (the intersection hypergeometric)
+  count_random     coactivation: sum_{a != b} C[a, b] / (E (E - 1)), the count every pair would get if each token's
+                   set were uniform at its k; transitions: sum T / (E^l E^(l+1)); lift = count / count_random
   top-1 expert     of the experts in S, the one of highest p (under a native top-k: argmax p); none where S is empty
   N_x(e)           occurrences of token id x (an input id of the forward) whose top-1 expert is e; N_x = sum_e N_x(e)
   vocab_specialization  mean over the ids with N_x >= min_token_count of max_e N_x(e) / N_x (OLMoE, §5);
@@ -90,13 +100,18 @@ def capacity_drops(counts: torch.Tensor, factors: torch.Tensor, tokens: int, slo
     return over.clamp_min(0).sum(-1).long()
 
 
+# an expert is cold when its share of the layer's assignments is below this fraction of the uniform share 1/E
+COLD_SHARE = 0.1
+
+
 def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:
     """Balance metrics of one layer's expert loads (definitions in the module docstring)."""
     c = counts[:num_experts].astype(np.float64)
     total = c.sum()
     if total <= 0:
         nan = float("nan")
-        return dict(load_cv=nan, load_gini=nan, load_entropy=nan, load_max_mean=nan, dead_experts=num_experts)
+        return dict(load_cv=nan, load_jain=nan, load_gini=nan, load_entropy=nan, load_max_mean=nan, load_maxvio=nan,
+                    dead_experts=num_experts, cold_experts=num_experts)
     mean = c.mean()
     f = c / total
     nz = f[f > 0]
@@ -104,11 +119,41 @@ def load_balance(counts: np.ndarray, num_experts: int) -> dict[str, float]:
     gini = 2.0 * (ranks * np.sort(c)).sum() / (num_experts * total) - (num_experts + 1) / num_experts
     return dict(
         load_cv=float(c.std() / mean),
+        load_jain=float(total ** 2 / (num_experts * (c ** 2).sum())),
         load_gini=float(gini),
         load_entropy=float(-(nz * np.log(nz)).sum() / math.log(num_experts)) if num_experts > 1 else 1.0,
         load_max_mean=float(c.max() / mean),
+        load_maxvio=float(c.max() / mean - 1.0),
         dead_experts=int((c == 0).sum()),
+        cold_experts=int((f < COLD_SHARE / num_experts).sum()),
     )
+
+
+def jaccard_uniform(sizes_a: np.ndarray, sizes_b: np.ndarray, num_experts: int) -> float:
+    """E[|A & B| / |A | B|] for A, B uniform random subsets of E experts, |A| = a with probability sizes_a[a] /
+    sum(sizes_a) and |B| likewise, independently (k histograms); pairs with an empty union left out, as in
+    `jaccard_next`. Exact: |A & B| given a and b is hypergeometric. NaN when nothing qualifies."""
+    pa, pb = np.asarray(sizes_a, np.float64), np.asarray(sizes_b, np.float64)
+    if pa.sum() <= 0 or pb.sum() <= 0:
+        return float("nan")
+    pa, pb = pa / pa.sum(), pb / pb.sum()
+    total = weight = 0.0
+    for a in np.nonzero(pa)[0]:
+        for b in np.nonzero(pb)[0]:
+            a, b = int(a), int(b)
+            if a + b == 0 or a > num_experts or b > num_experts:
+                continue
+            both = pa[a] * pb[b]
+            weight += both
+            ways = math.comb(num_experts, b)
+            total += both * sum(math.comb(a, i) * math.comb(num_experts - a, b - i) / ways * i / (a + b - i)
+                                for i in range(max(0, a + b - num_experts), min(a, b) + 1))
+    return total / weight if weight else float("nan")
+
+
+def expected_distinct(num_experts: float | np.ndarray, k: float | np.ndarray, tokens: float | np.ndarray):
+    """E * (1 - (1 - k/E)^B): the experts B tokens touch when each picks k of E uniformly (MoE-CAP; vLLM #54228)."""
+    return num_experts * (1.0 - (1.0 - k / num_experts) ** tokens)
 
 
 def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: int, router_width: int,
@@ -132,6 +177,8 @@ def layer_metrics(snapshot: dict[str, np.ndarray], position: int, num_experts: i
         router_entropy=float(sums[0] / math.log(router_width)) if router_width > 1 else 0.0,
         top1_prob=float(sums[1]), top1_margin=float(sums[2]), selected_mass=float(sums[3]),
         topk_boundary_margin=float(boundary), **drop_rates(snapshot, position), **jaccard_next(snapshot, position),
+        **lookahead_recall(snapshot, position),
+        **distinct_per_call(snapshot, position),
         **load_balance(counts, num_experts),
     )
 
@@ -152,12 +199,34 @@ def drop_rates(snapshot: dict[str, np.ndarray], position: int) -> dict[str, floa
             for i, cf in enumerate(factors)}
 
 
+def _token_mean(snapshot: dict[str, np.ndarray], name: str, column: str, position: int) -> dict[str, float]:
+    """{column: sum / tokens} of a (sum, tokens) accumulator; {} when it was not recorded, NaN without tokens."""
+    if name not in snapshot:
+        return {}
+    total, tokens = snapshot[name][position]
+    return {column: float(total / tokens) if tokens else float("nan")}
+
+
 def jaccard_next(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
     """`jaccard_next`: the mean Jaccard similarity of the token's selections at this layer and the next MoE layer."""
-    if "jaccard" not in snapshot:
+    return _token_mean(snapshot, "jaccard", "jaccard_next", position)
+
+
+def lookahead_recall(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`lookahead_recall`: the mean share of the next MoE layer's selected experts that this layer's router input,
+    sent through the next layer's router, predicted (recall@k)."""
+    return _token_mean(snapshot, "lookahead", "lookahead_recall", position)
+
+
+def distinct_per_call(snapshot: dict[str, np.ndarray], position: int) -> dict[str, float]:
+    """`distinct_experts_per_call` and its uniform reference `distinct_experts_uniform`: means over router calls
+    (recorded with the capacity drops, which see each call's loads)."""
+    if "distinct" not in snapshot:
         return {}
-    total, tokens = snapshot["jaccard"][position]
-    return dict(jaccard_next=float(total / tokens) if tokens else float("nan"))
+    distinct, uniform, calls = snapshot["distinct"][position]
+    nan = float("nan")
+    return dict(distinct_experts_per_call=float(distinct / calls) if calls else nan,
+                distinct_experts_uniform=float(uniform / calls) if calls else nan)
 
 
 def vocab_specialization(counts: np.ndarray, min_token_count: int) -> tuple[float, int]:

@@ -2,8 +2,8 @@
 FLOPs, latency and memory per MoE layer.
 
 A thin facade over parts with one job each: scan.py finds the MoE layers, attach.py owns the hooks and phases,
-routing.py changes top-k and selectors, record.py accumulates routing on the device, cost.py counts FLOPs and
-parameters, frames.py lays the results out.
+routing_control.py changes top-k and selectors, accumulators.py accumulates routing on the device, cost_layers.py
+counts FLOPs and parameters, frames.py lays the results out.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .cost_model import ForwardCost, forward_cost
 from .analysis_set import Analyses
 from .accumulators import RoutingRecorder
 from .routing_control import Routing
-from .scan import MoELayer, scan_model, text_config
+from .scan import MoELayer, read_live_top_k, scan_model, text_config
 
 __all__ = ["Analyses", "MOEProfiler", "ProfilerError"]
 
@@ -184,7 +184,17 @@ class MOEProfiler:
         and with fullgraph=True raises instead). So inside this block compiled models run eagerly, by
         torch.compiler.set_stance("force_eager"): the forward never breaks, the count is exact (the code that runs is
         the model's own), and it is slower; compiled code is used again after the block (its caches are kept)."""
-        return self.cost.measure_flops(self.current_phase)
+        return self.cost.measure_flops(self.current_phase, self._routed_pairs if self.recorder is not None else None)
+
+    def _routed_pairs(self) -> list[tuple[int, int]]:
+        """Per layer, (tokens, computed expert pairs) recorded so far over every phase: one read of the device."""
+        snapshot = self.recorder.snapshot()
+        out = []
+        for layer in self.layers:
+            tokens = int(snapshot["k_hist"][layer.position].sum())
+            assignments = int(snapshot["counts"][layer.position][: layer.num_experts].sum())
+            out.append((tokens, layer.computed_pairs(tokens, assignments, read_live_top_k(layer))))
+        return out
 
     def flops_per_token(self, k: float | None = None) -> pd.DataFrame:
         """Analytic forward FLOPs per token of each MoE layer at top-k `k` (default: the live top-k). No forward pass

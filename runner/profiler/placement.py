@@ -61,6 +61,8 @@ def round_robin(num_experts: int, ep_size: int) -> Placement:
 def balanced(loads: np.ndarray, ep_size: int, redundant: int = 0) -> Placement:
     loads = np.asarray(loads, dtype=np.float64)
     num_experts = len(loads)
+    if not 0 <= redundant <= num_experts:  # one loop step per replica: an unbounded count would run for hours
+        raise ValueError(f"redundant experts must be between 0 and the {num_experts} experts, got {redundant}")
     replicas = np.ones(num_experts, dtype=np.int64)
     for _ in range(redundant):  # each extra replica to the expert with the highest load per replica (lowest id on ties)
         replicas[int(np.argmax(loads / replicas))] += 1

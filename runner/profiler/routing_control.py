@@ -26,6 +26,7 @@ class Routing:
         self.selector: Callable | None = None
         self.selector_name: str | None = None
         self.selector_params: dict[str, Any] = {}
+        self.per_layer = self.per_index = False
 
     @property
     def top_k(self) -> int | None:
@@ -66,6 +67,10 @@ class Routing:
         k_max = int(params.pop("k_max", None) or self.top_k or self.layers[0].dims["top_k"].value)
         if isinstance(selector, str):
             selectors.validate_params(selector, {"k_max": k_max, **params}, self.layers[0].num_experts)
+        ks = params.get("ks")
+        if ks is not None and len(ks) != len(self.layers):
+            raise ProfilerError(f"selector {name!r}: ks has {len(ks)} values for {len(self.layers)} MoE layers; give "
+                                "one k per MoE layer")
         self.set_top_k(k_max)
         for layer in self.layers:
             if hasattr(layer.experts, upstream.EXPERT_PARALLEL):  # transformers >= 5.2x: sentinel handling is opt-in
@@ -77,6 +82,8 @@ class Routing:
                 setattr(config, upstream.EXPERTS_IMPLEMENTATION, experts.NAME)  # grouped_mm, one inference-time mask
         self.selector, self.selector_name = function, name
         self.selector_params = {"k_max": k_max, **params}
+        self.per_layer = selectors.takes_position(function)
+        self.per_index = selectors.takes_index(function)
         self.attachment.select = self.select
 
     def clear(self) -> None:
@@ -109,6 +116,10 @@ class Routing:
         not computed) and weight 0."""
         params = dict(self.selector_params)
         params["k_max"] = index.shape[-1]
+        if self.per_layer:  # a per-layer rule: a constant per layer, so compiled code traces each layer once
+            params["position"] = layer.position
+        if self.per_index:  # a rule on the candidates' expert ids (expert ablation)
+            params["index"] = index
         keep = self.selector(router_probs(logits.reshape(-1, logits.shape[-1]), layer.handler.scoring), **params)
         keep = keep.to(device=index.device, dtype=torch.bool)
         new_index = torch.where(keep, index, layer.num_experts)  # sentinel: not computed

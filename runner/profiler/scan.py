@@ -12,6 +12,7 @@ from torch import nn
 from handlers import Handler, Resolved, get_handler, resolve_dim
 from handlers.base import DIMENSIONS, GENERIC, RouterOutput, TopKLocation, TopKOwner
 
+from . import upstream
 from .cost_formulas import LayerCost, layer_cost
 
 
@@ -39,10 +40,16 @@ class MoELayer:
     logits_index: int | None = 0
     experts_take_routing: bool = True
     top_k_attr: TopKLocation = TopKLocation("router", "top_k")
+    zero_slots_run: bool = False  # zero-computation slots run on real experts (cost like them): handler + release
 
     @property
     def num_experts(self) -> int:
         return self.dims["num_experts"].value
+
+    def computed_pairs(self, tokens: int, assignments: int, top_k: int | None) -> int:
+        """The (token, expert) pairs whose expert FLOPs ran: the routed assignments, or every top-k slot where the
+        architecture runs its zero-computation slots on real experts (handlers: zero_slots_run_since)."""
+        return tokens * top_k if self.zero_slots_run and top_k else assignments
 
     def measured_modules(self) -> list[nn.Module]:
         """The modules whose executed FLOPs make up this MoE layer (no module counted twice)."""
@@ -151,6 +158,8 @@ def _adapt_to_installed_version(layer: MoELayer) -> None:
     handler = layer.handler
     layer.router_output, layer.logits_index = handler.router_output, handler.logits_index
     layer.experts_take_routing, layer.top_k_attr = handler.experts_take_routing, handler.top_k_attr
+    since = handler.zero_slots_run_since
+    layer.zero_slots_run = since is not None and upstream.transformers_release() >= since
     if handler.router_output != "none" and type(layer.router) is nn.Linear:
         layer.router_output, layer.logits_index = "logits", None
     try:

@@ -50,13 +50,42 @@ register_selector("gap_ratio", "cut where the ratio of consecutive sorted probab
 register_selector("min_p", "keep the experts whose probability is at least alpha times the largest",
                   alpha=(0.1, "min_p: keep experts with p >= alpha * p_max"))
 
+register_selector("random_k", "random dropping (a baseline): each slot after k_min kept with probability keep",
+                  keep=(0.5, "random_k: each slot after k_min kept with this probability (a baseline)"),
+                  seed=(0, "random_k: seed of its draws (a hash of the router output, no RNG state)"))
+register_selector("layer_k", "per-layer static k (a baseline): MoE layer i keeps ks[i] experts per token",
+                  ks=(None, "layer_k: a k per MoE layer (null: k_max everywhere; target_k splits a budget)"))
+
 SELECTOR_NAMES = tuple(SELECTOR_SPECS)
+
+# keywords the profiler passes to a policy whose function takes them (not parameters a user sets): the MoE layer's
+# position in model order (per-layer rules such as layer_k) and the candidates' expert ids (the ablation)
+PROFILER_KEYWORDS = ("position", "index")
+
+# compute-matched selectors (calibrate.py): selector -> (the parameter its k is monotone in, the range bisected, whether
+# on a log scale)
+CALIBRATED = {"cumsum": ("threshold", 0.0, 1.0, False), "min_p": ("alpha", 0.0, 1.0, False),
+              "gap_ratio": ("ratio", 1.0, 1e4, True), "random_k": ("keep", 0.0, 1.0, False)}
+# per-layer static k: target_k splits the budget over the layers by their sensitivity (calibrate.allocate_layer_k)
+LAYER_BUDGET = "layer_k"
+
+# the app's calibration keys of `selector.*` (runner/job/calibration.py), beside the policies' parameters
+CALIBRATION_PARAMS: dict[str, tuple[Any, str]] = {
+    "target_k": (None, "compute-matched: calibrate the selector's parameter (cumsum threshold, min_p alpha, gap_ratio "
+                       "ratio, random_k keep) so its mean k on the calibration batches is this; with router, the "
+                       "static top-k at this (integer) k"),
+    "calibration_batches": (None, "the job's first batches, set aside to calibrate on (evaluation starts after "
+                                  "them); null: 2 with target_k, else none. Give every job of a comparison the same "
+                                  "value so they evaluate the same batches"),
+}
 
 
 def param_help(name: str) -> str:
     """The help of a selector parameter, shared or own (one declaration per name across the selectors)."""
     if name in SHARED_PARAMS:
         return SHARED_PARAMS[name][1]
+    if name in CALIBRATION_PARAMS:
+        return CALIBRATION_PARAMS[name][1]
     return next(spec.params[name][1] for spec in SELECTOR_SPECS.values() if name in spec.params)
 
 

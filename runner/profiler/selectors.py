@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import numbers
-import operator
 from typing import Any, Callable, Mapping
 
 import torch
 
-from .selector_registry import SELECTOR_SPECS, SHARED_PARAMS
+from .selector_args import SelectorError, _as_int, _check_bounds, _check_ks, _check_ratio, _check_unit
+from .selector_registry import PROFILER_KEYWORDS, SELECTOR_SPECS, SHARED_PARAMS
 
 __all__ = [
     "SelectorFn",
@@ -47,6 +45,8 @@ __all__ = [
     "entropy",
     "gap_ratio",
     "min_p",
+    "random_k",
+    "layer_k",
     "get_selector",
     "validate_params",
     "mask_from_k",
@@ -61,7 +61,7 @@ def implements(name: str) -> Callable[[SelectorFn], SelectorFn]:
     def register(fn: SelectorFn) -> SelectorFn:
         declared = {k: default for k, (default, _) in {**SHARED_PARAMS, **SELECTOR_SPECS[name].params}.items()}
         signature = inspect.signature(fn).parameters
-        found = {k: p.default for k, p in signature.items() if k != "probs"}
+        found = {k: p.default for k, p in signature.items() if k not in ("probs", *PROFILER_KEYWORDS)}
         found["k_max"] = declared["k_max"]  # required by the function; the app's default (null: the job's topk)
         if found != declared:
             raise TypeError(f"selector {name!r}: {fn.__name__}{inspect.signature(fn)} does not match its declaration "
@@ -78,59 +78,6 @@ KNEEDLE_FLAT_TOL = 1e-7
 # Relative slack on the perplexity in ``entropy``, so that a distribution that is
 # uniform over n experts gives n, not n + 1, despite fp32 rounding in exp(H).
 ENTROPY_REL_TOL = 1e-5
-
-
-class SelectorError(ValueError):
-    """Bad selector name, parameter or input (the message is one line)."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise SelectorError(f"{what} must be an int, got bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise SelectorError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
-
-
-def _as_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SelectorError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
-    out = float(value)
-    if math.isnan(out):
-        raise SelectorError(f"{what} must not be NaN")
-    return out
-
-
-def _check_bounds(k_max: Any, k_min: Any, num_experts: int, where: str) -> tuple[int, int]:
-    k_max = _as_int(k_max, f"{where}: k_max")
-    k_min = _as_int(k_min, f"{where}: k_min")
-    if k_max < 1:
-        raise SelectorError(f"{where}: k_max must be >= 1, got {k_max}")
-    if k_max > num_experts:
-        raise SelectorError(f"{where}: k_max={k_max} exceeds the number of experts E={num_experts}")
-    if k_min < 1:
-        raise SelectorError(f"{where}: k_min must be >= 1, got {k_min}")
-    if k_min > k_max:
-        raise SelectorError(f"{where}: k_min={k_min} is greater than k_max={k_max}")
-    return k_max, k_min
-
-
-def _check_unit(value: Any, name: str, where: str) -> float:
-    v = _as_float(value, f"{where}: {name}")
-    if not 0.0 <= v <= 1.0:
-        raise SelectorError(f"{where}: {name} must be in [0, 1], got {v}")
-    return v
-
-
-def _check_ratio(value: Any, where: str) -> float:
-    v = _as_float(value, f"{where}: ratio")
-    if v < 1.0:
-        raise SelectorError(f"{where}: ratio must be >= 1, got {v}")
-    return v
 
 
 def _prepare(probs: Any, k_max: Any, k_min: Any, where: str) -> tuple[torch.Tensor, int, int]:
@@ -290,6 +237,42 @@ def min_p(probs: torch.Tensor, k_max: int, k_min: int = 1, alpha: float = 0.1) -
     return _finish(k, k_min, k_max)
 
 
+def _hash_uniform(x: torch.Tensor) -> torch.Tensor:
+    """A stateless pseudo-random number in [0, 1) per element: frac(sin(x) * 43758.5453) (a common shader hash),
+    computed in fp64 so that it is the same on every device and under compile."""
+    return torch.frac(torch.sin(x.double()) * 43758.5453).abs()
+
+
+@implements("random_k")
+def random_k(probs: torch.Tensor, k_max: int, k_min: int = 1, keep: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """Random dropping (a baseline): each of the slots k_min+1..k_max is kept with probability ``keep``, so
+    k = k_min + #{kept} and the mean k is k_min + keep * (k_max - k_min); the kept experts are the top-k of that k.
+
+    The draws are a seeded hash of the token's router probabilities (no RNG state, so the same token gets the same k
+    on every run and device, and compiled / captured code changes no state per call); they ignore how confident the
+    router is, which is what a dynamic selector is compared against.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "random_k")
+    q = _check_unit(keep, "keep", "random_k")
+    s = _as_int(seed, "random_k: seed")
+    slots = _columns(k_max, p.device).double()  # [1, k_max]
+    ranked = torch.sort(p, dim=1, descending=True).values.double()  # sorted values only: expert order changes nothing
+    mix = (ranked * (1.0 + _columns(p.shape[1], p.device).double())).sum(1, keepdim=True)  # [T, 1]
+    draws = _hash_uniform(mix * 7919.0 + slots * 12.9898 + s * 78.233)  # [T, k_max]
+    kept = (draws < q) & (slots >= k_min)
+    return _finish(kept.sum(1) + k_min, k_min, k_max)
+
+
+@implements("layer_k")
+def layer_k(probs: torch.Tensor, k_max: int, k_min: int = 1, ks: Any = None, position: int = 0) -> torch.Tensor:
+    """Per-layer static k (a baseline, LExI / Alloc-MoE style): every token of MoE layer ``position`` (0-based, in
+    model order) keeps ks[position] experts; ``ks`` None keeps k_max everywhere. The profiler passes ``position``.
+    """
+    p, k_max, k_min = _prepare(probs, k_max, k_min, "layer_k")
+    kk = k_max if ks is None else _as_int(ks[position], f"layer_k: ks[{position}]")
+    return _finish(torch.full((p.shape[0],), kk, dtype=torch.long, device=p.device), k_min, k_max)
+
+
 if set(SELECTORS) != set(SELECTOR_SPECS):  # a declared selector without its function fails here, at import
     raise TypeError(f"selectors declared but not implemented: {sorted(set(SELECTOR_SPECS) - set(SELECTORS))}")
 
@@ -298,6 +281,9 @@ _PARAM_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "threshold": lambda v, where: _check_unit(v, "threshold", where),
     "alpha": lambda v, where: _check_unit(v, "alpha", where),
     "ratio": lambda v, where: _check_ratio(v, where),
+    "keep": lambda v, where: _check_unit(v, "keep", where),
+    "seed": lambda v, where: _as_int(v, f"{where}: seed"),
+    "ks": _check_ks,
 }
 
 
@@ -306,7 +292,17 @@ def _valid_names() -> str:
 
 
 def _param_names(fn: SelectorFn) -> list[str]:
-    return [n for n in inspect.signature(fn).parameters if n != "probs"]
+    return [n for n in inspect.signature(fn).parameters if n not in ("probs", *PROFILER_KEYWORDS)]
+
+
+def takes_position(fn: SelectorFn) -> bool:
+    """Whether the selector wants the MoE layer's position (``position=``): a per-layer rule."""
+    return "position" in inspect.signature(fn).parameters
+
+
+def takes_index(fn: SelectorFn) -> bool:
+    """Whether the selector wants the candidates' expert ids (``index=``, [..., k_max])."""
+    return "index" in inspect.signature(fn).parameters
 
 
 def get_selector(name_or_fn: str | SelectorFn) -> SelectorFn:

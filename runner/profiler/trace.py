@@ -2,7 +2,7 @@
 until the caller drains it (once per batch), for offline studies (SGLang's per_token mode, Megatron's routing trace,
 vLLM's routed_experts).
 
-Same design as the recorder (record.py): preallocated buffers on each layer's device, written in place at a device
+Same design as the recorder (accumulators.py): preallocated buffers on each layer's device, written in place at a device
 cursor (`index_copy_` at fill + arange(n)), the phase a device scalar. No Python state changes per call, so
 torch.compile traces it and CUDA graphs replay it. Tokens past `capacity` between two drains land on one spare row
 and are counted, never written over earlier ones: drain() reports them as `overflow`.

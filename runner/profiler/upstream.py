@@ -11,6 +11,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+# -- transformers' release ------------------------------------------------------------------------------------------
+
+
+def transformers_release() -> tuple[int, int]:
+    """(major, minor) of the installed transformers: what a handler's versioned quirks are compared with."""
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 # -- torch.utils.flop_counter -------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from ..errors import ResultsNotFound
+from ..errors import OutputError, ResultsNotFound
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=None,
                         help="where to look up a sweep id or `latest` (default: $RUNNER_OUT/results or "
                              "outputs/results)")
-    parser.add_argument("--out", default=None, help="output directory (default: <sweep dir>/report)")
+    parser.add_argument("--out", default=None, help="output directory (default: <sweep dir>/report for a sweep directory, "
+                             "<results dir>/report for a results directory, <results dir>/reports/<id> for an id or "
+                             "latest)")
     parser.add_argument("--layer", type=int, default=None,
                         help="the layer of the co-activation figure (default: the middle MoE layer)")
     args = parser.parse_args(argv)
@@ -32,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         selection = select(args.source, args.results_dir)
         path = write_report(selection, args.out, args.layer)
-    except (ResultsNotFound, ValueError, OSError) as exc:
+    except (ResultsNotFound, OutputError, ValueError, OSError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path} ({len(selection.runs)} job(s), {time.perf_counter() - start:.1f} s)")

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from .figures import colours, dress, figure, log2_axis, plain_log
+from .figures import by_series, colours, dress, figure, layer_axis, log2_axis, plain_log
 
 MAX_CELLS = 128  # co-activation matrices above this many experts: the mean of each block of adjacent experts
 DROP_COLUMN = re.compile(r"^drop_rate_cf(\d+)_(\d+)$")
@@ -61,13 +61,13 @@ def jaccard(layers):
         return None
     fig, (ax,) = figure(3.4, width=7.0)
     palette = colours(list(layers["series"]))
-    for label, rows in layers[layers["jaccard_next"].notna()].sort_values("layer").groupby("series", sort=False):
+    recorded = layers[layers["jaccard_next"].notna()].sort_values("layer")
+    for label, rows in by_series(recorded):
         values = rows["jaccard_next"].astype(float)
-        ax.plot(rows["layer"], values, marker="o", ms=3.5, color=palette[label],
+        ax.plot(rows["layer"], values, marker="o", ms=5 if len(rows) < 3 else 3.5, color=palette[label],
                 label=f"{label}: mean {values.mean():.3f}")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    layer_axis(ax, recorded["layer"])
+    ax.set_ylim(-0.03, 1.03)  # a share: the whole range, so one or two points are not blown up to fill the axis
     dress(ax, "layer (and the next MoE layer)", "Jaccard of the selected sets", "routing overlap of consecutive layers")
     return fig
 
@@ -87,7 +87,7 @@ def drop_rates(layers):
     fig, (ax,) = figure(3.4, width=7.0)
     palette = colours(list(layers["series"]))
     cfs = [f for f, _ in factors]
-    for label, rows in layers.groupby("series", sort=False):
+    for label, rows in by_series(layers):
         values = rows[[c for _, c in factors]].astype(float)
         if values.isna().all().all():
             continue
@@ -112,11 +112,41 @@ def placement(rows):
     rows = rows.assign(placement=[_series(name, size) for name, size in zip(rows["placement"], rows["ep_size"])])
     fig, (ax,) = figure(3.6, width=7.0)
     palette = colours(list(rows["placement"]))
-    for name, group in rows.groupby("placement", sort=False):
+    for name, group in by_series(rows, "placement"):
         stats = group.groupby("ep_size")["imbalance"].agg(["mean", "min", "max"]).sort_index()
         ax.plot(stats.index, stats["mean"], marker="o", color=palette[name], label=name)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=palette[name], alpha=0.12)
     log2_axis(ax, rows["ep_size"])
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     dress(ax, "EP size (ranks)", "imbalance (max / mean rank load)", "expert-parallel imbalance per placement")
+    return fig
+
+
+CACHE_GROUPS = 4  # panels of the cache figure: the MoE layers in this many groups of consecutive layers
+POLICY_STYLES = {"lru": "tab:blue", "lfu": "tab:orange", "opt": "tab:green"}
+
+
+def layer_groups(layers: list[int], groups: int = CACHE_GROUPS) -> list[list[int]]:
+    """The layers (sorted) cut into at most `groups` runs of consecutive layers of near-equal size."""
+    layers = sorted(layers)
+    return [list(part) for part in np.array_split(layers, min(groups, len(layers))) if len(part)]
+
+
+def cache_curves(rows):
+    """Expert-cache hit rate against capacity C (as C / E), one line per policy (LRU, LFU, Belady's OPT), one panel per
+    group of consecutive MoE layers (their mean; band: min-max layer); prefill solid, decode dashed."""
+    if rows is None or rows.empty:
+        return None
+    groups = layer_groups([int(x) for x in rows["layer"].unique()])
+    fig, axes = figure(3.4, columns=len(groups))
+    for ax, group in zip(axes, groups):
+        part = rows[rows["layer"].isin(group)]
+        for (phase, policy), lines in part.groupby(["phase", "policy"], sort=True):
+            stats = lines.groupby("capacity_fraction")["hit_rate"].agg(["mean", "min", "max"]).sort_index()
+            style = "-" if phase == "prefill" else "--"
+            ax.plot(stats.index, stats["mean"], ls=style, color=POLICY_STYLES.get(policy), label=f"{policy} {phase}")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=POLICY_STYLES.get(policy), alpha=0.1)
+        ax.set_ylim(0, 1.02)
+        span = f"layer {group[0]}" if len(group) == 1 else f"layers {group[0]}-{group[-1]}"
+        dress(ax, "capacity C / E", "hit rate" if ax is axes[0] else None, span, legend=ax is axes[0])
     return fig

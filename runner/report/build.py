@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..files import user_directory, write_atomic
 from . import analysis_figures as analyses, page, quality, routing_figures as routing
 from ..profiler.phases import PREFILL
 from .figures import OWN_ROUTING, comparison_k, ok_runs, reference_job, save, series_labels
@@ -63,8 +65,10 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
     figures.add("frontier", quality.frontier(runs), "Cost and quality",
                 "MoE FLOPs per token against loss and against KL to the model's own routing (symlog axis: the own "
                 "routing at its own k is the reference, KL 0). One line per selector, each point labelled by its k "
-                "(k_max for a dynamic selector); ringed: Pareto-optimal points (no other job has lower or equal FLOPs "
-                "and lower or equal loss / KL).")
+                "(k_max for a dynamic selector), with its 95 % bootstrap interval over documents where recorded; ringed: "
+                "Pareto-optimal points, whose loss / KL is below every cheaper job's with the two intervals apart (no "
+                "point of equal FLOPs beyond it either); without intervals, no other job has lower or equal FLOPs and "
+                "lower or equal loss / KL.")
     figures.add("tasks", quality.tasks(runs, _of(tables["tasks"], ids)), "Task accuracy",
                 "Task scores against MoE FLOPs per token, one line per selector, points labelled by k.")
     figures.add("speed", quality.speed(runs), "Speed",
@@ -107,25 +111,60 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
                     f"Busiest rank's load over the mean rank load (1 = perfectly even) when the experts of "
                     f"{_describe(reference)} are spread over N ranks, per placement, mean over layers (band: the "
                     "least and most imbalanced layer).")
+    if reference is not None:
+        figures.add("cache", analyses.cache_curves(_of(tables["cache"], {reference["run_id"]})),
+                    "Expert-cache hit rate",
+                    f"Hit rate of a per-layer expert cache of C experts against C / E, replaying the routing trace of "
+                    f"{_describe(reference)} in serving order (prefill solid, decode dashed), per policy: LRU, LFU and "
+                    "Belady's OPT (the offline bound); mean over each group of consecutive layers, band: min-max layer.")
     if ok.empty:
         figures.section.notes.append("no job of this model finished ok: nothing to plot")
     return figures.section
 
 
 OPTIONAL = ("coactivation", "placement", "tasks")
+# the expert-id columns of a table, each in 0 .. its run's experts - 1
+EXPERT_IDS = {"experts": ("expert",), "coactivation": ("expert_a", "expert_b")}
+
+
+def _experts_per_run(layers) -> dict:
+    if layers is None or "num_experts" not in layers:
+        return {}
+    return layers.groupby("run_id")["num_experts"].max().dropna().astype(int).to_dict()
+
+
+def _without_bad_parts(name: str, frame, experts: dict):
+    """`frame` less the part files holding an expert id outside their run's experts (a damaged or foreign file),
+    each named once on stderr, as unreadable parts are: one bad file never fails the report."""
+    if frame is None:
+        return None
+    limit = frame["run_id"].map(experts) if experts else None
+    bad = None
+    for column in EXPERT_IDS.get(name, ()) if limit is not None else ():
+        ids = frame[column].astype(float)
+        out = (ids < 0) | (ids >= limit.astype(float))
+        bad = out if bad is None else bad | out
+    if bad is not None and bad.any():
+        for path in frame.loc[bad, "__filename"].unique():
+            rows = frame[bad & (frame["__filename"] == path)].iloc[0]
+            print(f"report: warning: skipping {path}: {name} row with an expert id outside the "
+                  f"{experts.get(rows['run_id'])} experts of its run ({', '.join(f'{c}={rows[c]}' for c in EXPERT_IDS[name])}); "
+                  "delete it or move it out of the results dir", file=sys.stderr, flush=True)
+        frame = frame[~frame["__filename"].isin(frame.loc[bad, "__filename"].unique())]
+    frame = frame.drop(columns="__filename")
+    return frame if len(frame) else None
 
 
 def write_report(selection, out_dir: str | os.PathLike | None = None, layer: int | None = None) -> Path:
     """Write report.html and its PNGs into out_dir (default: <sweep dir>/report); returns the report's path."""
-    out = Path(out_dir) if out_dir is not None else selection.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = user_directory(out_dir if out_dir is not None else selection.out_dir, "--out")
     runs = selection.runs.copy()
     runs["model"] = runs["model"].astype(str)
     runs["series"] = series_labels(runs)
-    tables = {name: _prefill(selection.table(name)) for name in ("layers", "experts", *OPTIONAL)}
+    tables = {"layers": _prefill(selection.table("layers"))}
+    experts = _experts_per_run(tables["layers"])
+    tables.update({name: _prefill(_without_bad_parts(name, selection.table(name, with_files=True), experts))
+                   for name in ("experts", *OPTIONAL)})
+    tables["cache"] = selection.table("cache")  # both phases: the figure draws decode too
     sections = [model_section(model, rows, tables, out, layer) for model, rows in runs.groupby("model", sort=False)]
-    path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page.render(selection.label, runs, sections), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(out / "report.html", page.render(selection.label, runs, sections), "the report")

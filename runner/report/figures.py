@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-DPI = 80  # modest: readable at 100 % zoom, small files, quick to render
-WIDTH = 12.0  # inches: 960 px at DPI
+DPI = 120  # tick labels ~14 px where the page shows a 12-inch figure 1,200 px wide (80 dpi gave ~6 px at 700 px)
+WIDTH = 12.0  # inches: 1,440 px at DPI
 from ..profiler.selector_registry import OWN_ROUTING
 
 
@@ -51,13 +51,11 @@ def plain_numbers(ax, flops: str = "") -> None:
 
 
 def save(fig, path: Path) -> Path:
-    """The PNG, written atomically (a temp file beside it, then renamed)."""
-    import os
+    """The PNG, written atomically (a temp file unique to this writer beside it, then renamed)."""
+    from ..files import write_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": None})
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": None}),
+                        "the figure")
 
 
 def selector_params(raw: Any) -> dict[str, Any]:
@@ -99,16 +97,20 @@ def flops_column(runs) -> tuple[str, str]:
     return FLOPS_COLUMNS[-1]
 
 
-def pareto(x, y) -> list[bool]:
-    """True where no other point is at least as good in both (lower x, lower y) and better in one."""
-    points = [(float(a), float(b)) for a, b in zip(x, y)]
-    out = []
-    for i, (a, b) in enumerate(points):
-        finite = math.isfinite(a) and math.isfinite(b)
-        out.append(finite and not any(
-            (c <= a and d <= b and (c < a or d < b)) for j, (c, d) in enumerate(points)
-            if j != i and math.isfinite(c) and math.isfinite(d)))
-    return out
+def pareto(x, y, low=None, high=None) -> list[bool]:
+    """True where a point is better than every cheaper point (lower x) beyond the uncertainty, its interval's upper end
+    `high` below the other's lower end `low`, and no point of the same x is better beyond it. Without intervals (None,
+    or NaN ends) the values themselves: the usual front (no other point at least as good in both and better in one;
+    exact ties both stay)."""
+    ys = [float(b) for b in y]
+
+    def ends(values) -> list[float]:
+        return ys if values is None else [float(e) if math.isfinite(float(e)) else v for e, v in zip(values, ys)]
+
+    xs, lows, highs = [float(a) for a in x], ends(low), ends(high)
+    kept = [j for j, (c, d) in enumerate(zip(xs, ys)) if math.isfinite(c) and math.isfinite(d)]
+    return [i in kept and all(highs[i] < lows[j] if xs[j] < xs[i] else not highs[j] < lows[i]
+                              for j in kept if j != i and xs[j] <= xs[i]) for i in range(len(xs))]
 
 
 def ok_runs(runs):
@@ -153,13 +155,35 @@ def layer_ticks(ax, layers, axis: str = "y", most: int = 16) -> None:
         ax.set_xticks(positions, labels)
 
 
+def series_order(labels) -> list[str]:
+    """The series in the order every legend lists them: own routing first, then by name (never the row order, which
+    differs between models and sweeps)."""
+    return sorted(set(labels), key=lambda s: (s != OWN_ROUTING, s))
+
+
+def by_series(frame, column: str = "series"):
+    """(label, rows) per series, in series_order: what each figure's lines are drawn from, so legends agree."""
+    groups = dict(list(frame.groupby(column, sort=False)))
+    return [(label, groups[label]) for label in series_order(groups)]
+
+
 def colours(labels: list[str]) -> dict[str, Any]:
     """One colour per series label, stable within a figure set (tab10, own routing first)."""
     import matplotlib
 
-    ordered = sorted(set(labels), key=lambda s: (s != OWN_ROUTING, s))
     cmap = matplotlib.colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(ordered)}
+    return {label: cmap(i % 10) for i, label in enumerate(series_order(labels))}
+
+
+def layer_axis(ax, layers, most: int = 16) -> None:
+    """An x axis of MoE layer ids: a tick at each id (at most `most`), half a layer of room either side, so one or two
+    layers read as layers and not as a span of -0.045..0.045."""
+    ids = sorted({int(x) for x in layers})
+    if not ids:
+        return
+    step = max(1, math.ceil(len(ids) / most))
+    ax.set_xticks(ids[::step], [str(i) for i in ids[::step]])
+    ax.set_xlim(ids[0] - 0.5, ids[-1] + 0.5)
 
 
 def plain_log(axis) -> None:

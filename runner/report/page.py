@@ -21,6 +21,8 @@ th, td { border: 1px solid #ddd; padding: 2px 6px; } td { white-space: nowrap; }
 th { background: #f3f3f3; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } tr.failed td { background: #fde8e8; }
 .meta { color: #555; font-size: 0.9em; } nav a { margin-right: 1em; }
+.warning { background: #fff3cd; border: 1px solid #e0b000; padding: 0.5em 0.8em; font-weight: 600; }
+#provenance tr.warning th, #provenance tr.warning td { background: #fff3cd; }
 """
 
 
@@ -42,14 +44,15 @@ class Section:
 TABLE_COLUMNS = (
     ("job", "job_num", "d"), ("model", "model", "s"), ("selector", "series", "s"), ("k", "topk", "d"),
     ("k_mean", "k_mean", ".3f"), ("MoE FLOPs/tok analytic", "flops_per_token_analytic", ",.0f"),
-    ("measured", "flops_per_token_measured", ",.0f"), ("routed", "flops_per_token_routed", ",.0f"),
+    ("MoE FLOPs/tok measured", "flops_per_token_measured", ",.0f"),
+    ("MoE FLOPs/tok routed", "flops_per_token_routed", ",.0f"),
     ("model FLOPs/tok analytic", "model_flops_per_token_analytic", ",.0f"),
-    ("model measured", "model_flops_per_token_measured", ",.0f"), ("loss", "loss", ".5f"), ("ppl", "ppl", ",.3f"),
+    ("model FLOPs/tok measured", "model_flops_per_token_measured", ",.0f"), ("loss", "loss", ".5f"), ("ppl", "ppl", ",.3f"),
     ("KL", "kl", ".4g"), ("top-1", "top1_agreement", ".4f"), ("tokens/s", "tokens_per_s", ",.0f"),
     ("TTFT ms", "ttft_ms", ".3f"), ("TPOT ms", "tpot_ms", ".3f"), ("MFU prefill", "s_mfu_prefill", ".3g"),
     ("MBU decode", "s_mbu_decode", ".3g"), ("wall s", "wall_s", ".2f"), ("status", "status", "s"),
 )
-PROVENANCE = (("runner", "runner_version"), ("torch", "torch_version"), ("transformers", "transformers_version"),
+PROVENANCE = (("weights", "weights"), ("runner", "runner_version"), ("torch", "torch_version"), ("transformers", "transformers_version"),
               ("python", "python_version"), ("git sha", "git_sha"), ("git dirty", "git_dirty"),
               ("device", "device_name"), ("dtype", "dtype"), ("host", "host"), ("dataset", "dataset_source"),
               ("seq_len", "seq_len"), ("batch_size", "batch_size"), ("max_batches", "max_batches"))
@@ -86,6 +89,24 @@ def summary_table(runs) -> str:
     return f'<div class="wide"><table id="summary"><tr>{head}</tr>\n' + "\n".join(body) + "</table></div>"
 
 
+RANDOM = "random"  # runner.config.schema.Weights.random (not imported: schema pulls in the config machinery)
+
+
+def random_weights(runs) -> str:
+    """A warning above everything when a job ran on seeded random weights: its routing, loss and KL describe an
+    untrained model, not the checkpoint it is named after. Empty when every job had real weights."""
+    if "weights" not in runs:
+        return ""
+    random = runs[runs["weights"] == RANDOM]
+    if random.empty:
+        return ""
+    which = "every job" if len(random) == len(runs) else f"{len(random)} of {len(runs)} jobs"
+    models = ", ".join(sorted({str(m) for m in random["model"]}))
+    return (f'<p class="warning" id="random-weights">Random weights: {which} ({html.escape(models)}) ran on seeded '
+            "random weights (model.weights=random), not a trained checkpoint. Routing, loss, KL and task scores "
+            "describe an untrained model; FLOPs, bytes and speed are those of the architecture.</p>")
+
+
 def provenance_table(runs) -> str:
     rows = []
     for label, column in PROVENANCE:
@@ -93,7 +114,8 @@ def provenance_table(runs) -> str:
             continue
         values = [str(v) for v in runs[column].dropna().unique()]
         if values:
-            rows.append(f"<tr><th>{html.escape(label)}</th><td>{html.escape(', '.join(values))}</td></tr>")
+            warn = ' class="warning"' if column == "weights" and RANDOM in values else ""
+            rows.append(f"<tr{warn}><th>{html.escape(label)}</th><td>{html.escape(', '.join(values))}</td></tr>")
     return '<table id="provenance">' + "".join(rows) + "</table>"
 
 
@@ -113,7 +135,7 @@ def render(label: str, runs, sections: list[Section]) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>MoE report: "
              f"{html.escape(label)}</title><style>{STYLE}</style></head><body>",
              f"<h1>MoE sweep report</h1><p class=\"meta\">{html.escape(label)} &middot; {len(runs)} job(s) "
-             f"({html.escape(counts)}) &middot; generated {now}</p>",
+             f"({html.escape(counts)}) &middot; generated {now}</p>", random_weights(runs),
              f"<nav>{nav}<a href=\"#summary-table\">summary table</a>"
              "<a href=\"#provenance-table\">provenance</a></nav>"]
     for section in sections:

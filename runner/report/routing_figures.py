@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .figures import colours, dress, figure, layer_ticks, plain_log, plain_numbers
+from .figures import by_series, colours, dress, figure, layer_axis, layer_ticks, plain_log, plain_numbers
 
 MAX_COLUMNS = 64
 FLOOR = 1e-2  # the smallest relative load the log colour scale shows; below it (no token at all): the `under` colour
@@ -106,10 +106,10 @@ def layer_metrics(layers, k: int | None):
     fig, axes = figure(3.4, len(LAYER_METRICS))
     palette = colours(list(layers["series"]))
     for ax, (metric, title) in zip(axes, LAYER_METRICS):
-        for label, rows in layers.sort_values("layer").groupby("series", sort=False):
-            ax.plot(rows["layer"], rows[metric].astype(float), marker="o", ms=3.5, lw=1.2, color=palette[label],
-                    label=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for label, rows in by_series(layers.sort_values("layer")):
+            ax.plot(rows["layer"], rows[metric].astype(float), marker="o", ms=5 if len(rows) < 3 else 3.5, lw=1.2,
+                    color=palette[label], label=label)
+        layer_axis(ax, layers["layer"])
         if metric == "dead_experts":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(-0.3, max(1.0, float(layers[metric].max())) + 0.3)

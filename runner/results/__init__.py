@@ -10,7 +10,7 @@
 """
 from .columns import coerce
 from .io import (check_writable, default_results_dir, find_ok, load, nullable_types, read_table,
-                 readable_parts, rows_from_frame, sweep_id_for, to_arrow, write_part, StreamedPart)
+                 readable_parts, remove_parts, rows_from_frame, sweep_id_for, to_arrow, write_part, StreamedPart)
 from .records import (KEY_COLUMNS, PARTITION, RECORDS, SCHEMA_VERSION, SCHEMAS, TABLES, ExpertRecord, KeyColumns,
                       LayerRecord, RunRecord, TaskRecord, full_schema, new_run_id)
 from .summaries import combine, fill_resumed, job_summary, render, skip_summary, sweep_runs, swept_keys
@@ -19,5 +19,5 @@ __all__ = [
     "KEY_COLUMNS", "PARTITION", "RECORDS", "SCHEMAS", "SCHEMA_VERSION", "TABLES", "ExpertRecord", "KeyColumns",
     "LayerRecord", "RunRecord", "TaskRecord", "check_writable", "coerce", "combine", "default_results_dir", "fill_resumed",
     "find_ok", "full_schema", "job_summary", "load", "new_run_id", "nullable_types", "read_table", "readable_parts",
-    "render", "rows_from_frame", "skip_summary", "StreamedPart", "sweep_id_for", "sweep_runs", "swept_keys", "to_arrow", "write_part",
+    "remove_parts", "render", "rows_from_frame", "skip_summary", "StreamedPart", "sweep_id_for", "sweep_runs", "swept_keys", "to_arrow", "write_part",
 ]

@@ -28,12 +28,51 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from ..errors import OutputError, ResultsNotFound, one_line
+from ..files import remove_stale_temps, temp_path, write_atomic
+from ..config.schema import MODEL_NAME_MAX
 from .columns import coerce
+from .resumed import latest_per_job
 from .records import PARTITION, SCHEMA_VERSION, SCHEMAS, TABLES, full_schema
 
 log = logging.getLogger(__name__)
 
 _warned: set[tuple[str, str]] = set()
+
+# environment values the running job's config read (runner/job/pipeline.py: environment_values) -> the `${oc.env:NAME}` the
+# results store in their place, in every string column of every table and in the partition names
+_redactions: dict[str, str] = {}
+# a value this short is replaced only where it is the whole string: "1" or "cpu" occur inside unrelated text
+WHOLE_ONLY = 6
+
+
+def redact_environment(values: dict[str, str]) -> None:
+    """From now on every string written to the results has these values replaced by their references."""
+    _redactions.clear()
+    _redactions.update({value: ref for value, ref in values.items() if value})
+
+
+def redact(value: Any) -> Any:
+    if not _redactions or not isinstance(value, str):
+        return value
+    for secret, ref in _redactions.items():
+        if value == secret or (len(secret) >= WHOLE_ONLY and secret in value):
+            value = value.replace(secret, ref)
+    return value
+
+
+def _redact_table(data: pa.Table) -> pa.Table:
+    if not _redactions:
+        return data
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(data.schema):
+        if pa.types.is_string(field.type):
+            column = data.column(i)
+            for secret, ref in _redactions.items():
+                column = pc.replace_substring(column, secret, ref) if len(secret) >= WHOLE_ONLY else \
+                    pc.if_else(pc.equal(column, secret), ref, column)
+            data = data.set_column(i, field, column)
+    return data
 
 
 def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
@@ -48,12 +87,22 @@ def to_arrow(table: str, rows: list[dict[str, Any] | Any]) -> pa.Table:
                 _warned.add((table, key))
                 log.warning("results: column %r of table %s is not in the schema (v%d); dropped", key, table,
                             SCHEMA_VERSION)
-    arrays = [pa.array([coerce(row.get(f.name), f.type) for row in rows], type=f.type) for f in schema]
+    arrays = [pa.array([redact(coerce(row.get(f.name), f.type)) for row in rows], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:40] or "x"
+def safe_name(text: Any, limit: int = 40) -> str:
+    """`text` as one path component: letters, digits, _ . - (a planted '../x' stays one harmless name)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(text)).lstrip(".")[:limit] or "x"
+
+
+def model_partition(model: str) -> str:
+    """The partition value of a model: the name itself when it is a path-safe slug that fits; otherwise (a lost job's
+    unvalidated name) a safe prefix and a hash of the whole name, which cannot merge with another name."""
+    safe = safe_name(model, MODEL_NAME_MAX)
+    if safe == model:
+        return model
+    return f"{safe[:MODEL_NAME_MAX - 13]}-{hashlib.sha1(str(model).encode()).hexdigest()[:12]}"
 
 
 def check_writable(results_dir: str | os.PathLike) -> Path:
@@ -64,6 +113,7 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
         probe = root / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         probe.write_bytes(b"")
         probe.unlink()
+        remove_stale_temps(root)  # the temp files of writers killed mid-write (kill -9 during a trace)
     except OSError as exc:
         raise OutputError(f"results_dir {str(root)!r} is not writable ({exc.strerror or exc}); "
                           "set results_dir=<a writable directory>") from None
@@ -71,8 +121,8 @@ def check_writable(results_dir: str | os.PathLike) -> Path:
 
 
 def _part(results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str) -> Path:
-    directory = Path(results_dir) / f"table={table}" / f"model={_safe(model)}"
-    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{_safe(socket.gethostname())}-{os.getpid()}.parquet"
+    directory = Path(results_dir) / f"table={table}" / f"model={model_partition(redact(model))}"
+    name = f"part-{(config_hash or 'nohash')[:12]}-{run_id[:12]}-{safe_name(socket.gethostname())}-{os.getpid()}.parquet"
     return directory / name
 
 
@@ -87,12 +137,32 @@ def write_part(results_dir: str | os.PathLike, table: str, model: str, rows: lis
     path = _part(results_dir, table, model, config_hash, run_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp"
-        pq.write_table(data, tmp)
-        os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write results to {path.parent} ({exc.strerror or exc})") from None
+    return _written(run_id, table, write_atomic(path, lambda tmp: pq.write_table(data, tmp), "results"))
+
+
+# the part files each run id of this process wrote (a failed job removes its own: only its `failed` row stays)
+_parts_by_run: dict[str, list[Path]] = {}
+
+
+def _written(run_id: str, table: str, path: Path) -> Path:
+    if table != "runs":
+        _parts_by_run.setdefault(run_id, []).append(path)
     return path
+
+
+def keep_parts(run_id: str) -> None:
+    """The job of `run_id` ended ok: its parts stay (and are no longer tracked)."""
+    _parts_by_run.pop(run_id, None)
+
+
+def remove_parts(run_id: str) -> None:
+    """Remove the table parts (not runs rows) this process wrote for `run_id`: a job that fails after writing some
+    (a trace, the analysis tables) leaves no rows that its runs row does not account for."""
+    for path in _parts_by_run.pop(run_id, []):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class StreamedPart:
@@ -101,7 +171,8 @@ class StreamedPart:
 
     def __init__(self, results_dir: str | os.PathLike, table: str, model: str, config_hash: str | None, run_id: str):
         self.path = _part(results_dir, table, model, config_hash, run_id)
-        self.tmp = self.path.parent / f".{self.path.name}.tmp"
+        self.run_id, self.table = run_id, table
+        self.tmp = temp_path(self.path)  # unique, naming this writer: a killed writer's is removed later
         self.schema = SCHEMAS[table]
         self.writer = None
         self.rows = 0
@@ -113,7 +184,7 @@ class StreamedPart:
             if self.writer is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-            self.writer.write_table(data.cast(self.schema))
+            self.writer.write_table(_redact_table(data.cast(self.schema)))
         except OSError as exc:
             raise OutputError(f"cannot write results to {self.path.parent} ({exc.strerror or exc})") from None
         self.rows += data.num_rows
@@ -124,7 +195,7 @@ class StreamedPart:
         self.writer.close()
         self.writer = None
         os.replace(self.tmp, self.path)
-        return self.path
+        return _written(self.run_id, self.table, self.path)
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -212,7 +283,9 @@ def default_results_dir() -> Path:
 
 def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: str | os.PathLike | None = None,
          filter: Any = None):
-    """Rows of one sweep (or one single run) as a pandas DataFrame.
+    """Rows of one sweep (or one single run) as a pandas DataFrame: each job's latest complete result (one runs row
+    per job, a resumed `skipped` one with the metrics of the run it reused; the other tables' rows of that result,
+    under the job's own run_id).
 
     table: runs | layers | experts | tasks, or summary (a sweep's summary.parquet: one row per job, its latest attempt).
     sweep: "latest" - what ran last: the sweep, or the single run, that wrote the newest row of results_dir;
@@ -238,6 +311,9 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
             raise ValueError("table 'summary' is one sweep's; pass sweep='latest', a sweep directory or a sweep_id")
         return _ordered(read_table(root, table, filter=filter), "timestamp", "job_num")
     index = read_table(root, "runs", columns=["run_id", "sweep_id", "sweep_dir", "timestamp"])
+    if index.empty:  # every runs part unreadable (each named on stderr) or none written yet
+        raise ResultsNotFound(f"no readable runs rows in {root}: run `python -m runner` first, or move the "
+                              "unreadable files named above out of the results dir")
     if sweep_dir is not None:
         key, value = "sweep_id", sweep_id_for(sweep_dir)
     elif str(sweep) == "latest":
@@ -258,8 +334,35 @@ def load(table: str = "runs", sweep: str | os.PathLike = "latest", results_dir: 
             return pd.read_parquet(Path(summary.iloc[0]) / "summary.parquet")
         table = "runs"  # a single run (or a sweep still running): its own rows
     selected = ds.field(key) == value
-    return _ordered(read_table(root, table, filter=selected if filter is None else selected & filter),
-                    "job_num", "timestamp")
+    jobs = latest_per_job(read_table(root, "runs", filter=selected),
+                          lambda ids: read_table(root, "runs", filter=ds.field("run_id").isin(ids)))
+    if table == "runs":
+        if filter is not None:  # the caller's filter, on the rows as returned (a resumed job's reused metrics)
+            jobs = jobs[jobs["run_id"].isin(read_table(root, "runs", filter=selected & filter)["run_id"])]
+        return _ordered(jobs, "job_num", "timestamp")
+    return _ordered(rows_of_jobs(root, table, jobs, filter), "job_num", "timestamp")
+
+
+def data_run_ids(jobs) -> list:
+    """Per runs row, the run id whose rows hold the job's data: a resumed (`skipped`) job's is the reused run's."""
+    return list(jobs["run_id"].where(jobs["status"] != "skipped", jobs["resumed_from"]))
+
+
+def rows_of_jobs(root: str | os.PathLike, table: str, jobs, filter: Any = None, with_files: bool = False):
+    """The rows of `table` holding these jobs' (runs rows) data, each under its job's own run_id (a resumed job's
+    are the reused run's rows); with_files: plus `__filename`, the part file of each row."""
+    import pyarrow.dataset as ds
+
+    data_ids = data_run_ids(jobs)
+    ids = list(dict.fromkeys(str(i) for i in data_ids if isinstance(i, str)))
+    wanted = ds.field("run_id").isin(ids)
+    columns = [*full_schema(table).names, "__filename"] if with_files else None
+    frame = read_table(root, table, filter=wanted if filter is None else wanted & filter, columns=columns)
+    alias = {data: own for own, data in zip(jobs["run_id"], data_ids) if isinstance(data, str) and data != own}
+    if alias and len(frame):
+        frame = frame.assign(run_id=frame["run_id"].replace(alias))
+    return frame
+
 
 
 def _ordered(frame, *first: str):

@@ -31,12 +31,29 @@ def runner_version() -> str:
     return "unknown"
 
 
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def git_environment() -> dict[str, str]:
+    """The fixed environment of the provenance's `git` calls: none of the job's variables (a config's
+    hydra.job.env_set, GIT_CONFIG_*, PATH) can change what git runs; HOME from the password database, for the user's
+    own ~/.gitconfig (safe.directory)."""
+    import pwd
+
+    env = {"PATH": SYSTEM_PATH, "LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        env["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid without an entry (some containers): no global git config
+        env["GIT_CONFIG_GLOBAL"] = os.devnull
+    return env
+
+
 @lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
     """(HEAD sha, dirty?) of the checkout the runner is imported from; (None, None) outside git."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(REPO), "-c", "core.fsmonitor=false", *args], capture_output=True,
+                              text=True, timeout=10, check=True, env=git_environment()).stdout.strip()
 
     try:
         sha = git("rev-parse", "HEAD")

@@ -1,6 +1,6 @@
 """One typed record per results table: `runs` (RunRecord), `layers` (LayerRecord), `experts` (ExpertRecord),
-`tasks` (TaskRecord); the routing-analysis tables (coactivation, transitions, placement, trace) are in
-analysis_records.py.
+`tasks` (TaskRecord, in analysis_records.py with the routing-analysis tables: coactivation, transitions, placement,
+trace).
 
 Each record is the one declaration of its table: the fields are the columns in file order, their annotations the
 arrow types and their `col(...)` the meanings (columns.py says how). SCHEMAS, the parquet files and the tables in
@@ -24,8 +24,8 @@ from typing import Any
 import pyarrow as pa
 
 from handlers.base import DIMENSIONS
-from .analysis_records import ANALYSIS_RECORDS
-from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
+from .analysis_records import ANALYSIS_RECORDS, TaskRecord
+from .columns import Bool, Double, Int32, Int64, Int64List, String, col, schema_of
 from .key_columns import SCHEMA_VERSION, KeyColumns
 
 
@@ -58,7 +58,13 @@ class RunRecord(KeyColumns):
     default_topk: Int32 = col("the model's own top-k, as the profiler resolved it")
     selector_params: String = col("JSON of the selector's parameters as applied (`k_max` included)")
     k_max: Int32 = col("the selector's `k_max`; null under `router`")
-    dataset_kind: String = col("`builtin`, `hf` or `local`")
+    target_k: Double = col("`selector.target_k`: the mean k the selector was calibrated to (router: the static k) (v4)")
+    calibration_batches: Int32 = col("leading batches held out of the evaluation to calibrate on (v4)")
+    calibration_slice: String = col("the blocks calibrated on (`blocks 0-N of <dataset_source> (batches 0-M)`) (v4)")
+    calibrated_param: String = col("the selector parameter calibrated (`threshold`, `alpha`, `ratio`, `keep`) (v4)")
+    calibrated_value: Double = col("its calibrated value (also in `selector_params`) (v4)")
+    calibration_k_mean: Double = col("the mean k it gave on the calibration batches; `k_mean` is the evaluation's (v4)")
+    dataset_kind: String = col("`builtin`, `pydoc`, `hf` or `local`")
     dataset_source: String = col("the full source: path, config, split, slice, data files (`json:train[:64] "
                                  "/data/eval.jsonl`)")
     seq_len: Int32 = col("tokens per block")
@@ -91,6 +97,17 @@ class RunRecord(KeyColumns):
     ref_ppl: Double = col("exp(ref_loss)")
     kl: Double = col("mean KL(P_ref ‖ P_job) of the next-token distributions")
     top1_agreement: Double = col("share of targets where the reference and the job predict the same next token")
+    ci_units: Int64 = col("documents the 95 % bootstrap intervals below resample (blocks without documents) (v4)")
+    loss_ci_low: Double = col("lower end of the 95 % interval of `loss` (v4)")
+    loss_ci_high: Double = col("upper end of the 95 % interval of `loss` (v4)")
+    ppl_ci_low: Double = col("exp(loss_ci_low) (v4)")
+    ppl_ci_high: Double = col("exp(loss_ci_high) (v4)")
+    kl_ci_low: Double = col("lower end of the 95 % interval of `kl` (v4)")
+    kl_ci_high: Double = col("upper end of the 95 % interval of `kl` (v4)")
+    top1_agreement_ci_low: Double = col("lower end of the 95 % interval of `top1_agreement` (v4)")
+    top1_agreement_ci_high: Double = col("upper end of the 95 % interval of `top1_agreement` (v4)")
+    loss_delta_ci_low: Double = col("lower end of the 95 % interval of loss − ref_loss, paired per document (v4)")
+    loss_delta_ci_high: Double = col("upper end of the 95 % interval of loss − ref_loss (v4)")
     # routing and FLOPs (MoE layers only)
     moe_layers: Int32 = col("number of MoE layers")
     k_mean: Double = col("mean over the MoE layers of their prefill `k_mean`")
@@ -111,16 +128,24 @@ class RunRecord(KeyColumns):
                                                  "`seq_len` (MoE layers at their routed count), no causal halving (v3)")
     model_flops_per_token_measured: Double = col("FlopCounterMode FLOPs of the whole forward over the measured tokens "
                                                  "(v3)")
-    model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture (v3)")
+    model_flops_exact: Bool = col("the whole-forward analytic count is exact for this architecture and, where "
+                                  "measured, equals the measured count of the same tokens (v3)")
+    flops_warning: String = col("why an MoE layer's FLOPs count marked exact is not: the layers whose measured count "
+                                "differs from the analytic count of the same tokens, with both numbers (`flops_exact` "
+                                "is then false); null when none (v4)")
+    model_flops_warning: String = col("the same for the whole forward (`model_flops_exact` is then false); null when "
+                                      "none (v4)")
     attention_flops_per_token_causal: Double = col("the attention-score term per token with causal halving (the "
                                                    "documented variant; the analytic total counts the full matrix) (v3)")
     model_flops_per_token_decode: Double = col("with `decode_tokens`: analytic FLOPs per generated token, a decode step "
-                                               "against the static cache's `seq_len + decode_tokens` keys, the MoE "
-                                               "layers at their decode routed count (v3)")
+                                               "through generate's static cache of `seq_len + decode_tokens - 1` "
+                                               "slots (MLA: the latent re-expanded at every slot), the MoE layers at "
+                                               "their decode routed count (v3)")
     param_bytes_per_token: Double = col("prefill: parameter bytes read per token (dense parameters and each routed "
                                         "expert a token of the batch chose, read once per batch) (v3)")
-    kv_cache_bytes_per_token: Double = col("KV-cache bytes per token of context at `seq_len + decode_tokens`, in the "
-                                           "model's dtype (v3)")
+    kv_cache_bytes_per_token: Double = col("bytes the KV cache holds per token of context (MLA: its latent), in the "
+                                           "model's dtype: generate's static cache of `seq_len + decode_tokens - 1` "
+                                           "slots (v3)")
     decode_bytes_per_step: Double = col("with `decode_tokens`: bytes read per decode step: parameters (activated "
                                         "experts once per step, expected from the decode loads) and the static KV "
                                         "cache (v3)")
@@ -128,13 +153,22 @@ class RunRecord(KeyColumns):
                               "null on CPU (v3)")
     peak_bandwidth_gbs: Double = col("the device's peak memory GB/s used for S-MBU; null on CPU (v3)")
     s_mfu_prefill: Double = col("sparse MFU of the prefill forwards: model_flops_per_token_analytic x tokens_per_s / "
-                                "peak (v3)")
-    s_mbu_decode: Double = col("sparse MBU of decode: decode_bytes_per_step / tpot / peak bandwidth (v3)")
+                                "(GPUs the model occupies x peak) (v3)")
+    s_mbu_decode: Double = col("sparse MBU of decode: decode_bytes_per_step / tpot / (GPUs x peak bandwidth) (v3)")
     # routing analyses (docs/metrics.md): the prefill phase, averaged over the MoE layers (v3)
     analysis: String = col("the `analysis` preset the job started from (`basic`, `full`, `none`)")
     drop_rate_cf1_25: Double = col("mean over the MoE layers of `layers.drop_rate_cf1_25`; null unless recorded")
     jaccard_mean: Double = col("mean over the pairs of consecutive MoE layers of `layers.jaccard_next`; null unless "
                                "transitions are recorded")
+    jaccard_random_mean: Double = col("mean of `layers.jaccard_random` over the same pairs: its random baseline (v4)")
+    load_max_mean_p50: Double = col("median over the MoE layers of the prefill `layers.load_max_mean` (v4)")
+    load_max_mean_p95: Double = col("its 95th percentile (v4)")
+    load_cv_p50: Double = col("median of `layers.load_cv` (v4)")
+    load_cv_p95: Double = col("its 95th percentile (v4)")
+    load_jain_p05: Double = col("5th percentile of `layers.load_jain` (its bad tail is low) (v4)")
+    load_jain_p50: Double = col("median of `layers.load_jain` (v4)")
+    load_entropy_p05: Double = col("5th percentile of `layers.load_entropy` (v4)")
+    load_entropy_p50: Double = col("median of `layers.load_entropy` (v4)")
     ep_size_max: Int32 = col("the largest EP size simulated (`analysis.placement`)")
     ep_imbalance_balanced: Double = col("mean over the MoE layers of the `balanced` placement's imbalance at "
                                         "`ep_size_max`, fitted on this run's loads")
@@ -254,11 +288,19 @@ class _LayerColumns(KeyColumns):
     top1_prob: Double = col("mean p₍₁₎")
     top1_margin: Double = col("mean p₍₁₎ − p₍₂₎")
     selected_mass: Double = col("mean router probability of the experts used")
-    load_cv: Double = col("std/mean of the expert loads")
+    load_cv: Double = col("std/mean of the expert loads (population std)")
+    load_jain: Double = col("Jain's index (Σc)²/(E·Σc²) of the expert loads (1 = balanced, 1/E = one expert) (v4)")
     load_gini: Double = col("Gini coefficient of the expert loads")
-    load_entropy: Double = col("normalised entropy of the expert loads (1 = perfectly balanced)")
+    load_entropy: Double = col("normalised entropy of the expert loads, nats / ln E (1 = perfectly balanced)")
     load_max_mean: Double = col("max/mean of the expert loads")
+    load_maxvio: Double = col("MaxVio = max/mean − 1 of the expert loads (v4)")
     dead_experts: Int64 = col("experts that got no token")
+    cold_experts: Int64 = col("experts with a share of the assignments below a tenth of the uniform share 1/E, dead "
+                              "ones included (v4)")
+    distinct_experts_per_call: Double = col("with capacity drops recorded: mean over router calls of the distinct "
+                                            "experts the call used (v4)")
+    distinct_experts_uniform: Double = col("the same under uniform routing: mean over calls of E(1 − (1 − k/E)^B), B "
+                                           "the call's tokens, k its mean k (v4)")
     topk_boundary_margin: Double = col("mean (lowest selected − highest unselected score) / lowest selected score, over "
                                        "tokens with a boundary (v2)")
     drop_rate_cf1_0: Double = col("share of the assignments a capacity factor 1.0 router would drop, per call; null unless capacity drops "
@@ -268,16 +310,24 @@ class _LayerColumns(KeyColumns):
     drop_rate_cf2_0: Double = col("the same at capacity factor 2.0 (v2)")
     jaccard_next: Double = col("with transitions on: mean per-token Jaccard similarity of the selected sets of this "
                                "layer and the next MoE layer (v2)")
+    jaccard_random: Double = col("with transitions on: the `jaccard_next` uniform random routing gives at the two "
+                                 "layers' k histograms, computed exactly (v4)")
     vocab_specialization: Double = col("with `analysis.vocab_specialization`: over the token ids seen at least "
                                        "`analysis.min_token_count` times, the mean share of their occurrences routed "
                                        "top-1 to the id's most frequent expert (v3)")
     vocab_ids: Int64 = col("the token ids that qualified for `vocab_specialization` (v3)")
     vocab_tokens: Int64 = col("the tokens paired with their input id for `vocab_specialization` (v3)")
-    latency_ms_mean: Double = col("with `latency=true`: mean block time per call")
-    latency_ms_p50: Double = col("with `latency=true`: median block time per call")
-    latency_calls: Int64 = col("with `latency=true`: calls timed (warm-up calls dropped)")
+    lookahead_recall: Double = col("with `analysis.lookahead`: mean per-token share of the next MoE layer's selected "
+                                   "experts that this layer's router input, sent through the next layer's router, "
+                                   "predicted (recall@k of a layer-ahead prefetcher); NaN on the last MoE layer (v4)")
+    latency_ms_mean: Double = col("with `latency=true`: mean block time per call in this row's phase")
+    latency_ms_p50: Double = col("with `latency=true`: median block time per call in this row's phase")
+    latency_calls: Int64 = col("with `latency=true`: calls timed in this row's phase (its first call dropped as warm-up)")
     exact: Bool = col("the analytic count is exact for this architecture")
     note: String = col("why it is not exact, or what the architecture cannot do")
+    flops_warning: String = col("the layer is marked exact but its measured FLOPs differ from the analytic count of "
+                                "the same tokens, with both numbers (`exact` is then false); null when they agree or "
+                                "nothing was measured (v4)")
     dims_warning: String = col("a config or `dims.override` value that contradicts the module's weights, with both "
                                "values; null when none")
 
@@ -324,22 +374,6 @@ class ExpertRecord(KeyColumns):
     gate_mass: Double = col("sum of the combine weights given to the expert")
     mean_prob: Double = col("mean router probability of the expert over the layer's tokens")
 
-
-@dataclasses.dataclass(slots=True)
-class TaskRecord(KeyColumns):
-    """One row of `tasks`: one job x lm-eval task x metric (`eval=lm_eval`; lm_eval.simple_evaluate's results, v3)."""
-
-    task: String = col("the lm-eval task (a group's subtasks each have their own rows; a group's aggregate is a row "
-                       "of its own)")
-    task_version: String = col("the task's version (its YAML's `metadata.version`): scores compare across versions "
-                               "only when equal")
-    metric: String = col("the metric: `acc`, `acc_norm`, ...")
-    filter: String = col("lm-eval's filter of the metric (`none` for multiple-choice tasks)")
-    value: Double = col("the metric's value over the scored examples")
-    stderr: Double = col("its standard error as lm-eval reports it; null when lm-eval gives none")
-    n: Int64 = col("examples scored (after `eval.limit`)")
-    num_fewshot: Int32 = col("few-shot examples per prompt that ran")
-    higher_is_better: Bool = col("the metric's direction")
 
 
 RECORDS: dict[str, type] = {"runs": RunRecord, "layers": LayerRecord, "experts": ExpertRecord, **ANALYSIS_RECORDS,

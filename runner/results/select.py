@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsNotFound, one_line
-from .io import default_results_dir, load, read_table
+from .io import data_run_ids, default_results_dir, load, read_table, rows_of_jobs, safe_name
 from .records import TABLES
 from .summaries import combine, fill_resumed
 
@@ -25,30 +25,16 @@ class Selection:
 
     def data_run_ids(self) -> list[str]:
         """The run ids whose rows hold the jobs' data: a resumed (`skipped`) job's are its reused run's."""
-        return list(dict.fromkeys(str(i) for i in self._data_ids() if isinstance(i, str)))
+        return list(dict.fromkeys(str(i) for i in data_run_ids(self.runs) if isinstance(i, str)))
 
-    def table(self, name: str):
-        """The rows of table `name` for these jobs (their `run_id` is the job's data run id), or None when the
-        table is not written here (unknown to this version, or no rows)."""
-        import pyarrow.dataset as ds
-
-        if name not in TABLES or not (self.root / f"table={name}").is_dir():
+    def table(self, name: str, with_files: bool = False):
+        """The rows of table `name` for these jobs (a resumed job's under its own run id, so they join its runs row),
+        or None when the table is not written here (unknown to this version, or no rows); with_files: plus
+        `__filename`, each row's part file."""
+        if name not in TABLES or not (self.root / f"table={name}").is_dir() or not self.data_run_ids():
             return None
-        ids = self.data_run_ids()
-        if not ids:
-            return None
-        frame = read_table(self.root, name, filter=ds.field("run_id").isin(ids))
-        if frame.empty:
-            return None
-        # a resumed job's rows under its own run id, so they join its runs row
-        alias = {data: own for own, data in zip(self.runs["run_id"], self._data_ids()) if data != own}
-        if alias:
-            frame = frame.assign(run_id=frame["run_id"].replace(alias))
-        return frame
-
-    def _data_ids(self) -> list[Any]:
-        skipped = self.runs["status"] == "skipped"
-        return list(self.runs["run_id"].where(~skipped, self.runs["resumed_from"]))
+        frame = rows_of_jobs(self.root, name, self.runs, with_files=with_files)
+        return None if frame.empty else frame
 
 
 def _sweep_results_dir(sweep_dir: Path) -> Path:
@@ -84,12 +70,12 @@ def select(source: str | os.PathLike, results_dir: str | os.PathLike | None = No
     root = Path(results_dir) if results_dir is not None else default_results_dir()
     runs = _read(lambda: load("runs", sweep=str(source), results_dir=root), root)
     sweep_ids = runs["sweep_id"].dropna().unique()
+    # the report goes under the results dir the command line named, never where a stored row points (sweep_dir)
     if len(sweep_ids) == 1:
-        sweep_dir = runs["sweep_dir"].dropna()
-        out = Path(sweep_dir.iloc[0]) / "report" if len(sweep_dir) else root / "reports" / sweep_ids[0]
-        return Selection(combine(runs, str(root)), root, f"sweep {sweep_ids[0]}", out)
+        return Selection(combine(runs, str(root)), root, f"sweep {sweep_ids[0]}",
+                         root / "reports" / safe_name(sweep_ids[0]))
     return Selection(fill_resumed(runs), root, f"run {runs['run_id'].iloc[0]}",
-                     root / "reports" / str(runs["run_id"].iloc[0])[:12])
+                     root / "reports" / safe_name(runs["run_id"].iloc[0]))
 
 
 def _results_dir(root: Path) -> Selection:

@@ -5,41 +5,14 @@ multirun is runner/cli/callbacks.py.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from .gpu_memory import NEAR_FULL, near_full
 from ..profiler.selector_registry import OWN_ROUTING
 from .io import read_table
-
-# the columns of a resumed (`skipped`) row that stay its own when it takes the metrics of the run it reused
-RESUMED_OWN = ("status", "run_id", "resumed_from", "sweep_id", "sweep_dir", "job_num", "job_dir", "timestamp",
-               "overrides")
-
-
-def fill_resumed(runs, reused=None):
-    """Each `skipped` row (a resumed job, `resumed_from=<run_id>`) with the metrics of the run it reused, found in
-    `reused` (runs rows; default: `runs` itself); the RESUMED_OWN columns stay the skipped row's. A row whose run is
-    not there stays as it is. Returns a new frame, same columns and dtypes, index 0..n-1."""
-    import pandas as pd
-
-    skipped = runs["status"] == "skipped" if len(runs) else None
-    if skipped is None or not skipped.any():
-        return runs.reset_index(drop=True)
-    reused = runs if reused is None else reused
-    by_id = reused.drop_duplicates("run_id", keep="last").set_index("run_id")
-    rows = []
-    for _, row in runs.iterrows():
-        prior = row["resumed_from"]
-        if row["status"] == "skipped" and isinstance(prior, str) and prior in by_id.index:
-            filled = by_id.loc[prior].copy()
-            for key in RESUMED_OWN:
-                filled[key] = row[key]
-            rows.append(filled)
-        else:
-            rows.append(row)
-    return pd.DataFrame(rows, columns=runs.columns).astype(runs.dtypes.to_dict()).reset_index(drop=True)
-
+from .resumed import RESUMED_OWN, fill_resumed, latest_per_job  # noqa: F401 - the results package's names
 
 def sweep_runs(results_dir: str, sweep_id: str):
     """Every runs row of one sweep (all attempts)."""
@@ -51,15 +24,9 @@ def sweep_runs(results_dir: str, sweep_id: str):
 def combine(runs, results_dir: str):
     """The sweep summary: the latest row per job, in job order; a `skipped` (resumed) job shows the metrics of the
     run it reused (fill_resumed, that run read from results_dir)."""
-    import pyarrow.dataset as ds
-
     if not len(runs):
         return runs
-    runs = runs.sort_values("timestamp").groupby("job_num", dropna=False, sort=False).tail(1)
-    resumed = list(runs.loc[runs["status"] == "skipped", "resumed_from"].dropna())
-    if resumed:
-        runs = fill_resumed(runs, read_table(results_dir, "runs", filter=ds.field("run_id").isin(resumed)))
-    runs = runs.copy()
+    runs = latest_per_job(runs, lambda ids: read_table(results_dir, "runs", filter=_run_ids(ids))).copy()
     runs["model"] = runs["model"].astype(str)
     return runs.sort_values(["job_num", "timestamp"], na_position="last").reset_index(drop=True)
 
@@ -87,6 +54,18 @@ def _cell_tail(value: str, width: int = 32) -> str:  # a table cell: the tail of
 ANALYSIS_COLUMNS = {"drop_rate_cf1_25": "drop@1.25", "jaccard_mean": "jaccard", "ep_imbalance_balanced": "EP imb"}
 
 
+# the FLOPs/token columns of the sweep summary: runs column -> (label, what it counts); every one is per token
+FLOPS_COLUMNS = {
+    "flops_per_token_analytic": ("MoE@k", "the MoE layers, analytic, at k (k_max for a dynamic selector)"),
+    "flops_per_token_measured": ("MoE_measured", "the MoE layers as FlopCounterMode counted them"),
+    "flops_per_token_routed": ("MoE_routed", "the MoE layers at the k each token was routed to"),
+    "model_flops_per_token_analytic": ("model_FLOPs", "the whole forward, analytic, its MoE part as routed "
+                                                      "(MoE_routed where recorded, else MoE@k)"),
+}
+# how the runner prints counts (parameters, bytes, FLOPs): SI prefixes; docs/results.md says the same
+UNITS = "Counts: k = 1e3, M = 1e6, G = 1e9, T = 1e12 (6.92G parameters = 6.92 billion; 1.2GB = 1.2e9 bytes)."
+
+
 def render(summary, state: dict[str, Any], path: Path) -> str:
     """The sweep's one-screen summary: a line of counts, a row per job (k vs FLOPs/token vs loss, one column per
     swept key), the failed jobs with their errors, where the summary and the results are."""
@@ -100,8 +79,7 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     counts = summary["status"].value_counts().to_dict()
     head += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     quality = {"job_num": "job", "model": "model", "selector": "selector", "topk": "k", "k_mean": "k_mean",
-               "flops_per_token_analytic": "MoE FLOPs/tok", "flops_per_token_measured": "measured",
-               "model_flops_per_token_analytic": "model FLOPs/tok", "moe_share": "MoE %",
+               **{column: label for column, (label, _) in FLOPS_COLUMNS.items()}, "moe_share": "MoE%",
                "loss": "loss", "ppl": "ppl", "kl": "KL", "top1_agreement": "top1"}
     speed = {"tokens_per_s": "tok/s", "s_mfu_prefill": "S-MFU", "s_mbu_decode": "S-MBU", "wall_s": "wall s",
              "status": "status"}
@@ -114,11 +92,12 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     for label in ANALYSIS_COLUMNS.values():
         if label in table:
             table[label] = table[label].map(lambda v: "-" if pd.isna(v) else format(v, ".3f"))
-    for col in ("MoE FLOPs/tok", "measured", "model FLOPs/tok", "tok/s"):
+    for col in (*(label for label, _ in FLOPS_COLUMNS.values()), "tok/s"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
-    for col in ("MoE %", "S-MFU", "S-MBU"):
+    for col in ("MoE%", "S-MFU", "S-MBU"):
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
-    table = table.drop(columns=[c for c in ("S-MFU", "S-MBU") if table[c].eq("-").all()])  # on CPU: no peaks
+    optional = ("MoE_measured", "MoE_routed", "S-MFU", "S-MBU")  # not measured, no dynamic k, on CPU (no peaks)
+    table = table.drop(columns=[c for c in optional if table[c].eq("-").all()])
     for col, fmt in (("k_mean", ".2f"), ("loss", ".4f"), ("ppl", ",.2f"), ("KL", ".4g"), ("top1", ".3f"),
                      ("wall s", ".1f")):
         table[col] = table[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else format(v, fmt))
@@ -126,7 +105,9 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
     table["job"] = table["job"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     for position, (key, values) in enumerate(swept_keys(summary).items(), start=4):  # after model, selector, k
         table.insert(position, key, values)
-    lines = [head, table.to_string(index=False)]
+    shown = [f"{label} = {meaning}" for label, meaning in FLOPS_COLUMNS.values() if label in table]
+    legend = f"FLOPs per token: {'; '.join(shown)}; MoE% = the MoE layers' share of model_FLOPs. {UNITS}"
+    lines = [head, table.to_string(index=False), *textwrap.wrap(legend, 118)]
     failed = summary[summary["status"] == "failed"]
     if len(failed):
         lines.append(f"FAILED ({len(failed)}):")
@@ -134,6 +115,12 @@ def render(summary, state: dict[str, Any], path: Path) -> str:
             job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
             overrides = " ".join(json.loads(row["overrides"])) if isinstance(row["overrides"], str) else ""
             lines.append(f"  job {job} [{overrides}]: {row['error']}")
+    for _, row in summary.iterrows():  # a FLOPs count marked exact that measured otherwise
+        warnings = [row.get(name) for name in ("flops_warning", "model_flops_warning")]
+        warnings = [w for w in warnings if isinstance(w, str) and w]
+        if warnings:
+            job = "-" if pd.isna(row["job_num"]) else int(row["job_num"])
+            lines.append(f"FLOPS NOT EXACT: job {job}: " + "; ".join(warnings))
     full = [(row["job_num"], near_full(row.get("memory_by_device"))) for _, row in summary.iterrows()]
     lines += [f"GPU MEMORY NEAR FULL (>{NEAR_FULL:.0%}): job {'-' if pd.isna(job) else int(job)}: {', '.join(gpus)}"
               for job, gpus in full if gpus]
@@ -150,10 +137,17 @@ def moe_share(runs):
     return (moe / runs["model_flops_per_token_analytic"]).astype(float)
 
 
+def forward_batch(batch_size: int, blocks: int | None) -> int:
+    """The batch of the forwards that ran: the configured batch, or fewer where the data held fewer blocks (a
+    `dataset.slice="[:1]"` of 2 blocks runs 2 x seq_len, not 8 x seq_len); the whole-model cost is computed at it."""
+    return min(batch_size, blocks) if blocks else batch_size
+
+
 def _whole_model(run, num) -> str:
     """The job's whole-model line: FLOPs per token and the MoE share, bytes per token, S-MFU / S-MBU when measured."""
     moe = run.flops_per_token_routed if run.flops_per_token_routed is not None else run.flops_per_token_analytic
-    line = (f"  whole model: {num(run.model_flops_per_token_analytic)} FLOPs/token at {run.batch_size}x{run.seq_len}"
+    line = (f"  whole model: {num(run.model_flops_per_token_analytic)} FLOPs/token at "
+            f"{forward_batch(run.batch_size, run.blocks)}x{run.seq_len}"
             f" (MoE {num(100 * moe / run.model_flops_per_token_analytic, '.1f')} %")
     line += f", measured {num(run.model_flops_per_token_measured)}" if run.model_flops_per_token_measured else ""
     line += ("" if run.model_flops_exact else ", not exact for this architecture") + "); "
@@ -216,7 +210,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
             quality += (f"  | default routing: loss {num(run.ref_loss, '.4f')}, KL {num(run.kl, '.4g')}, "
                         f"top-1 agreement {num(run.top1_agreement, '.3f')}")
         lines.append(f"  {run.tokens:,} tokens ({run.blocks} blocks x {run.seq_len}): {quality}")
-    flops = f"analytic {num(run.flops_per_token_analytic)}"
+    dynamic = run.selector not in (None, OWN_ROUTING)
+    flops = f"analytic {num(run.flops_per_token_analytic)}" + (f" at k_max={run.topk}" if dynamic else "")
     if run.flops_per_token_measured is not None:
         flops += f", measured {num(run.flops_per_token_measured)}"
     if run.k_mean is not None and run.selector != OWN_ROUTING:
@@ -234,6 +229,8 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
         lines.append("  routing: " + ", ".join(analyses))
     if run.model_flops_per_token_analytic:
         lines.append(_whole_model(run, num))
+    lines += [f"  WARNING: FLOPs not exact: {warning}" for warning in (run.flops_warning, run.model_flops_warning)
+              if warning]
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
                      f"TPOT {num(run.tpot_ms, '.2f')} ms")
@@ -272,3 +269,9 @@ def _count(value: Any, unit: str = "") -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}{unit}"
     return f"{value:.0f}{unit}"
+
+
+def _run_ids(ids):
+    import pyarrow.dataset as ds
+
+    return ds.field("run_id").isin(ids)

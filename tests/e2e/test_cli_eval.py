@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import ROOT, TINY_MODEL
 from helpers.cli import cli_env
 from runner import results
 
@@ -16,7 +16,7 @@ from runner import results
 def test_a_sweep_with_the_offline_task_prints_and_stores_accuracy_per_selector_and_k(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-         "eval=lm_eval", "eval.include_path=tests/data/tasks", "eval.tasks=[tiny_sums]", "eval.limit=8",
+         TINY_MODEL, "eval=lm_eval", "eval.include_path=tests/data/tasks", "eval.tasks=[tiny_sums]", "eval.limit=8",
          "topk=1,2", "selector=router,kneedle", "max_batches=1", "seq_len=32", "batch_size=2"],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stdout + out.stderr

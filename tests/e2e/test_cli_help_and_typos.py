@@ -106,7 +106,7 @@ def test_runner_log_holds_the_job_summary(cli_runs):
     code, out, err = runs["single_run"]
     assert code == 0, err
     log = (tmp / "single_run" / "run" / "runner.log").read_text()
-    summary = out[out.index("runner: olmoe_tiny"):].splitlines()
+    summary = out[out.index("runner: olmoe_pydoc"):].splitlines()  # the default: the trained model
     assert len(summary) == 7 and summary[-1].startswith("  results: ")  # with the whole-model and routing lines
     assert any(line.startswith("  routing: drop rate at cf 1.25 ") for line in summary)  # analysis=basic
     assert all(line in log for line in summary) and "MoE scan:" in log

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, TINY_MODEL, tiny_unless_named
 from helpers.cli import cli_env
 from helpers.config_dirs import config_dir
 from runner import results
 
 
 def start(tmp: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runner", *args, f"out_root={tmp}"], cwd=ROOT, env=cli_env(),
+    return subprocess.Popen([sys.executable, "-m", "runner", *tiny_unless_named(args), f"out_root={tmp}"], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -113,7 +113,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
     pq.write_table(pa.table({"text": [line] * 40_000}), files[5], row_group_size=1000)
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}", f"hydra.sweep.dir={sweep}", "dataset=local",
+        [sys.executable, "-m", "runner", "-m", TINY_MODEL, f"out_root={tmp_path}", f"hydra.sweep.dir={sweep}", "dataset=local",
          f"dataset.path={','.join(map(str, files))}", "max_batches=1", "batch_size=2", "seq_len=64"],
         cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import DATA, ROOT
+from helpers import DATA, ROOT, tiny_unless_named
 from helpers.cli import cli_env
 from helpers.jobs import runs_of
 
@@ -18,7 +18,7 @@ SMALL = ["max_batches=1", "seq_len=64"]
 
 def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}", *args], cwd=ROOT, env=cli_env(**env),
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny_unless_named(args)], cwd=ROOT, env=cli_env(**env),
                           capture_output=True, text=True, timeout=170)
 
 

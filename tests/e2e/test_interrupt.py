@@ -11,14 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from helpers import ROOT
+from helpers import ROOT, TINY_MODEL, tiny_unless_named
 from helpers.cli import cli_env
 
 MODELS = "model=olmoe_tiny,mixtral_tiny,qwen2_moe_tiny,deepseek_v3_tiny"
 
 
 def runner(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}", "seq_len=64", *args],
+    return subprocess.Popen([sys.executable, "-m", "runner", "-m", f"out_root={tmp_path}", "seq_len=64",
+                             *tiny_unless_named(args)],
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -62,7 +63,7 @@ def test_ctrl_c_mid_sweep_is_one_line_rc_130_and_the_job_is_recorded_interrupted
     big = tmp_path / "big.txt"  # ~1.2 MB: job 1 takes tens of seconds, job 0 (max_batches=1) a moment
     big.write_text("\n".join(" ".join(rng.choice(words) for _ in range(200)) for _ in range(1500)))
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "max_batches=1,null", "dataset=local",
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", TINY_MODEL, "max_batches=1,null", "dataset=local",
                              f"dataset.path={big}", "seq_len=64", f"out_root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
@@ -90,7 +91,8 @@ def test_ctrl_c_anywhere_in_a_sweep_of_quick_jobs_is_one_line(tmp_path):
     import pandas as pd
 
     delays = (0.0, 0.15)
-    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", "model.weights=meta", "topk=1,2,3,4,5,6,7,8",
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", TINY_MODEL, "model.weights=meta",
+                               "topk=1,2,3,4,5,6,7,8",
                                f"out_root={tmp_path / str(i)}", f"hydra.sweep.dir={tmp_path / str(i) / 'sweep'}"],
                               cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(len(delays))]

@@ -1,7 +1,8 @@
-"""The sweep report, the compare gate and sweep progress, as a user meets them: two real tiny sweeps run once
-(subprocesses, no TTY, started together). Sweep A (topk=1,2 x router,kneedle) writes its report at its end; sweep B
-(topk=2,4, own routing, narrower experts: other FLOPs and loss) runs with report=false. The report and compare CLIs
-then run in-process on those results."""
+"""The sweep report, the compare gate and sweep progress, as a user meets them: two real sweeps of the default trained
+model run once (subprocesses, no TTY, started together). Sweep A (topk=1,2 x router,kneedle) writes its report at its
+end; sweep B (topk=2,4, own routing) runs with report=false on a checkpoint of the same name and architecture with
+experts half as wide (written here, random weights: other FLOPs and loss). The report and compare CLIs then run
+in-process on those results."""
 from __future__ import annotations
 
 import json
@@ -13,15 +14,34 @@ import pytest
 
 from helpers.cli import finish, start
 
+MODEL = "model=olmoe_pydoc"  # the default, named: helpers.cli.start runs olmoe_tiny otherwise
 A_JOBS = ("topk=1,2", "selector=router,kneedle")
 SMALL = ("seq_len=64", "max_batches=2")  # both sweeps: the same settings, so their jobs match
+H, I, E, LAYERS = 128, 128, 8, 4  # the trained model (conf/model/olmoe_pydoc.yaml)
+
+
+def narrow_checkpoint(out: Path) -> Path:
+    """The trained model's config with experts of width I/2, random weights, and its tokenizer, saved as a checkpoint."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from runner.trained import TRAINED_DIR
+
+    trained = TRAINED_DIR / "olmoe_pydoc_bytes"
+    config = AutoConfig.from_pretrained(trained)
+    config.intermediate_size = I // 2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(trained).save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    procs = {"a": start(root, *A_JOBS, *SMALL, f"hydra.sweep.dir={root / 'a'}", "-m"),
-             "b": start(root, "topk=2,4", "model.config.intermediate_size=16", "report=false", *SMALL,
+    narrow = narrow_checkpoint(root / "narrow")
+    procs = {"a": start(root, MODEL, *A_JOBS, *SMALL, f"hydra.sweep.dir={root / 'a'}", "-m"),
+             "b": start(root, MODEL, f"model.hf_id={narrow}", "topk=2,4", "report=false", *SMALL,
                         f"hydra.sweep.dir={root / 'b'}", "-m")}
     done = {name: finish(proc) for name, proc in procs.items()}
     for name, (code, out, err) in done.items():
@@ -81,8 +101,8 @@ def test_the_sweep_report(sweeps):
     page = Page()
     page.feed(report.read_text())
     names = {Path(src).name for src in page.images}
-    assert {"olmoe_tiny-frontier.png", "olmoe_tiny-speed.png", "olmoe_tiny-expert-load.png",
-            "olmoe_tiny-k-histogram.png", "olmoe_tiny-layer-metrics.png"} <= names
+    assert {"olmoe_pydoc-frontier.png", "olmoe_pydoc-speed.png", "olmoe_pydoc-expert-load.png",
+            "olmoe_pydoc-k-histogram.png", "olmoe_pydoc-layer-metrics.png"} <= names
     from PIL import Image
 
     for src in page.images:
@@ -126,16 +146,17 @@ def test_compare_fails_on_other_flops_and_lists_unmatched_jobs(sweeps, capsys):
     root, _ = sweeps
     assert main([str(root / "a"), str(root / "b"), "--time-ratio", "1000"]) == 1
     out = capsys.readouterr().out
-    # k=2 own routing is the only job both have; B's experts are half as wide: 2 layers x 2 x 6 x 64 x 16 fewer FLOPs
+    # k=2 own routing is the only job both have; B's experts are half as wide: 4 layers x 2 x 6 x H x I/2 fewer FLOPs
     row = next(line for line in out.splitlines() if "MoE FLOPs/tok analytic" in line)
-    a, b = moe_flops(2), moe_flops(2) - 2 * 2 * 6 * 64 * 16
+    a = LAYERS * (2 * H * E + 2 * 6 * H * I)
+    b = a - LAYERS * 2 * 6 * H * (I // 2)
     assert row.split()[3:6] == [f"{a:,}", f"{b:,}", f"{b - a:+,d}"], row
     assert row.split()[-2:] == ["exact", "FAIL"]
     assert re.search(r"^\s+loss .* rtol 0\.001\s+FAIL$", out, re.M)
     assert re.search(r"^\s+tokens/s .* x1000\s+ok$", out, re.M)  # timing checked only when asked, as a ratio
     assert re.search(r"^\s+load CV \(mean of layers\) .* most at layer \d: ", out, re.M)
-    assert ("only in A (3):\n  olmoe_tiny k=1 router\n  olmoe_tiny k=1 kneedle(k_max=1,k_min=1)\n"
-            "  olmoe_tiny k=2 kneedle(k_max=2,k_min=1)\nonly in B (1):\n  olmoe_tiny k=4 router\n") in out
+    assert ("only in A (3):\n  olmoe_pydoc k=1 router\n  olmoe_pydoc k=1 kneedle(k_max=1,k_min=1)\n"
+            "  olmoe_pydoc k=2 kneedle(k_max=2,k_min=1)\nonly in B (1):\n  olmoe_pydoc k=4 router\n") in out
     assert out.rstrip().splitlines()[-1] == ("compare FAILED: 1 matched job(s), 3 difference(s) beyond tolerance, "
                                              "3 only in A, 1 only in B")  # analytic and measured FLOPs, loss
 

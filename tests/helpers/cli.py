@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import ROOT
+from . import ROOT, tiny_unless_named
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -17,7 +17,8 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def start(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runner", f"out_root={tmp_path}", *args], cwd=ROOT,
+    """`python -m runner out_root=tmp_path *args` (olmoe_tiny unless the args name a model)."""
+    return subprocess.Popen([sys.executable, "-m", "runner", f"out_root={tmp_path}", *tiny_unless_named(args)], cwd=ROOT,
                             env=env or cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

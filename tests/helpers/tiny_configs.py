@@ -31,6 +31,8 @@ MOE_MODEL_TYPES: list[str] = [
     "inkling2_loop_text", "jetmoe", "kimi_linear", "kolibri1", "laguna", "lara_mini", "lfm2_moe", "longcat_flash",
     "mellum", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "mistral4", "nemotron_h", "qwen3_5_moe_text",
     "qwen3_next", "qwen4_exp_text", "sarvam_moe", "sarvam_mla", "solar_open", "zaya",
+    # new in transformers 5.25
+    "ergo", "kolibri1_1", "minicpm5_moe", "param2moe",
 ]
 
 NUM_EXPERTS = 8
@@ -144,6 +146,13 @@ _PER_TYPE: dict[str, dict] = {
     ),
     # JetMoE mixture-of-attention: num_attention_heads = num_key_value_heads * top-k
     "jetmoe": dict(kv_channels=16),
+    # sliding layers 0, 2; indexed-attention layers 1, 3 (layer 1 holds the indexer, layer 3 reads its pool)
+    "kolibri1_1": dict(
+        layer_types=["sliding_attention", "indexed_attention", "sliding_attention", "indexed_attention"],
+        index_num_heads=2, index_topk=4, index_pool_size=8, index_compression=2, index_num_local_tokens=2,
+        index_num_sink_tokens=1, mlp_only_intermediate_size=96,
+    ),
+    "ergo": dict(first_dense_intermediate_size=96),
     "kimi_linear": dict(
         **_MLA, linear_head_dim=16, linear_num_heads=4,
         layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
@@ -257,8 +266,13 @@ EAGER_ONLY_EXPERTS: dict[str, str] = {
     "doge": "product-key retrieval over embedding experts (DogeCDMoE), no experts module",
     "jetmoe": "JetMoeParallelExperts take per-expert row counts, not (index, weight) pairs",
     "llama4_text": "Llama4TextExperts run one dense bmm over all experts",
-    "longcat_flash": "LongcatFlashExperts loop, with zero-computation identity experts",
 }
+TRANSFORMERS_RELEASE = tuple(int(v) for v in transformers.__version__.split(".")[:2])
+# Eager-only before a release: model_type -> (the first release whose experts take experts_implementation, why before).
+EAGER_ONLY_BEFORE: dict[str, tuple[tuple[int, int], str]] = {
+    "longcat_flash": ((5, 25), "LongcatFlashExperts loop, with zero-computation identity experts"),
+}
+EAGER_ONLY_EXPERTS.update({t: why for t, (first, why) in EAGER_ONLY_BEFORE.items() if TRANSFORMERS_RELEASE < first})
 
 # What older transformers releases do differently (the GPU machines run 5.17): model_type -> (the first release the
 # tests know it to work as on 5.24, and what happens before it). Checked on 5.17 and 5.24.
@@ -267,7 +281,6 @@ BEFORE_RELEASE: dict[str, tuple[tuple[int, int], str]] = {
     "doge": ((5, 24), "the tiny doge fails inside transformers' own forward (dropout() given a tuple)"),
     "longcat_flash": ((5, 24), "its router returns 2 outputs: the profiler refuses it with a ProfilerError"),
 }
-TRANSFORMERS_RELEASE = tuple(int(v) for v in transformers.__version__.split(".")[:2])
 
 
 def older_release(model_type: str) -> str | None:

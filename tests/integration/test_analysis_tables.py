@@ -128,6 +128,9 @@ def test_placement_rows_and_the_runs_summary_columns(tables):
     prefill = layers[layers["phase"] == "prefill"]
     assert runs["analysis"] == "full" and runs["ep_size_max"] == 8
     assert runs["drop_rate_cf1_25"] == pytest.approx(prefill["drop_rate_cf1_25"].mean())
+    assert runs["jaccard_random_mean"] == pytest.approx(prefill["jaccard_random"].dropna().mean())
+    assert runs["load_cv_p50"] == pytest.approx(np.median(prefill["load_cv"]))
+    assert runs["load_jain_p05"] == pytest.approx(np.percentile(prefill["load_jain"], 5))
     balanced = placed.query("phase == 'prefill' and placement == 'balanced' and ep_size == 8")
     assert runs["ep_imbalance_balanced"] == pytest.approx(balanced["imbalance"].mean())
 
@@ -206,3 +209,13 @@ def test_trace_true_is_short_for_trace_enabled():
 def test_analysis_config_errors_are_one_line(tmp_path, override, message):
     with pytest.raises(SystemExit, match=message.replace(".", r"\.").replace("[", r"\[")):
         run_job(tmp_path, override)
+
+
+def test_ablation_table_has_a_row_per_layer_and_expert(tmp_path):
+    run_job(tmp_path, "analysis.ablation=true", "seq_len=32", "batch_size=2", "max_batches=2")
+    ablation, runs = table(tmp_path, "ablation"), table(tmp_path, "runs").iloc[0]
+    assert sorted(zip(ablation["layer"], ablation["expert"])) == [(l, e) for l in (0, 1) for e in range(8)]
+    assert (ablation["targets"] == 2 * 31).all() and (ablation["kl"] >= 0).all()  # one batch of 2 blocks
+    assert (ablation["run_id"] == runs["run_id"]).all()
+    np.testing.assert_allclose(ablation["loss"] - ablation["delta_loss"], ablation["loss"].iloc[0]
+                               - ablation["delta_loss"].iloc[0])  # one own-routing loss for every row

@@ -25,6 +25,7 @@ STORED = BASELINES / "flops.csv"
 FULL_SIZE = ("deepseek_v2_lite", "deepseek_v3", "gpt_oss", "granite_moe", "mixtral", "olmoe", "phimoe", "qwen3_moe",
              "qwen_moe")
 TINY = ("deepseek_v3_tiny", "mixtral_tiny", "olmoe_tiny", "qwen2_moe_tiny")
+TRAINED = ("olmoe_pydoc",)  # shipped in the package: a real forward pass of the real weights, as for the tiny models
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,12 @@ def test_stored_file_holds_the_documented_numbers():
     k_mean = s[f"{knee}|k_mean"].value
     assert 1 < k_mean < 4
     assert s[f"{knee}|moe_flops_per_token_measured"].value == 2 * 1024 + 2 * k_mean * 12_288
+    # the trained default (H=I=128, E=8, 4 MoE layers): measured == analytic at fixed k; a loss far below ln(259)
+    per_layer = 2 * 128 * 8 + 2 * 6 * 128 * 128
+    assert s["olmoe_pydoc|k=2|flops_per_token[0-3]"].value == per_layer == 198_656
+    assert s[f"olmoe_pydoc|k=2|router|{bl.DATASET}|moe_flops_per_token_measured"].value == 4 * per_layer
+    assert s[f"olmoe_pydoc|k=2|router|{bl.DATASET}|loss"].value < 3.5
+    assert s[f"olmoe_pydoc|k=2|router|{bl.DATASET}|loss"].tolerance == bl.LOSS_RTOL
 
 
 def test_stored_file_shape_and_format():
@@ -125,7 +132,7 @@ def test_stored_file_shape_and_format():
     assert text.endswith("\n") and "\r" not in text
     assert bl.dumps(entries) == text  # canonical: sorted, ints as ints, floats as shortest repr
     assert not re.search(r",-?\d+\.0,", text)  # integers are written as integers
-    assert {e.model for e in entries} == set(FULL_SIZE) | set(TINY)
+    assert {e.model for e in entries} == set(FULL_SIZE) | set(TINY) | set(TRAINED)
     for e in entries:
         if e.metric == "loss":
             assert e.tolerance == bl.LOSS_RTOL
@@ -146,9 +153,11 @@ def test_stored_file_is_what_the_code_computes_now(now):
 
 def test_recomputing_on_one_machine_gives_identical_bytes(now):
     """Where determinism holds (one machine), two computations give the same file byte for byte. The models with a
-    forward pass (random weights) are the ones whose floats could vary; the meta-device entries are integers."""
+    forward pass (random weights, the shipped checkpoint) are the ones whose floats could vary; the meta-device entries
+    are integers."""
     documents = data.load_documents(DatasetConfig())
-    again = [e for cfg in bl.model_configs() if cfg.weights is Weights.random for e in bl.model_entries(cfg, documents)]
+    again = [e for cfg in bl.model_configs() if cfg.weights is Weights.random or cfg.name in TRAINED
+             for e in bl.model_entries(cfg, documents)]
     first = [e for e in now if e.model in {e.model for e in again}]
     assert again and bl.dumps(again) == bl.dumps(first)
 

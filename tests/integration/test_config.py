@@ -18,7 +18,9 @@ register_configs()
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 TINY = [m for m in MODELS if m.endswith("_tiny")]
-FULL = [m for m in MODELS if not m.endswith("_tiny")]
+# checkpoints shipped in the package (runner/trained), named by `${trained:NAME}`
+TRAINED = [m for m in MODELS if "${trained:" in (CONFIG_DIR / "model" / f"{m}.yaml").read_text()]
+FULL = [m for m in MODELS if not m.endswith("_tiny") and m not in TRAINED]
 DEVICES = sorted(p.stem for p in (CONFIG_DIR / "device").glob("*.yaml"))
 SELECTORS = sorted(p.stem for p in (CONFIG_DIR / "selector").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
@@ -48,16 +50,24 @@ def test_groups_are_complete():
     assert set(FULL) == set(SURVEY)
     assert {"olmoe_tiny", "mixtral_tiny", "qwen2_moe_tiny", "deepseek_v3_tiny"} <= set(TINY)
     assert set(DEVICES) == {"cpu", "cuda", "auto"}
-    assert set(SELECTORS) == {"router", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p"}
-    assert set(DATASETS) == {"builtin", "hf", "local", "wikitext2"}
+    assert set(SELECTORS) == {"router", "kneedle", "cumsum", "entropy", "gap_ratio", "min_p", "random_k", "layer_k"}
+    assert set(DATASETS) == {"builtin", "hf", "local", "pydoc_heldout", "wikitext2"}
+    assert TRAINED == ["olmoe_pydoc"]
     assert {"smoke", "paper_topk"} <= set(EXPERIMENTS)
 
 
 def test_default_config():
-    cfg = make()
+    from hydra import compose, initialize_config_dir
+
+    from runner.trained import TRAINED_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
+        cfg = compose("config")  # the true default (make() names olmoe_tiny)
     conf = validate(cfg)
     assert isinstance(conf, RunnerConfig)
-    assert conf.model.name == "olmoe_tiny" and conf.model.weights is Weights.random
+    # the trained model shipped in the package, by its absolute directory: offline from any working directory
+    assert conf.model.name == "olmoe_pydoc" and conf.model.weights is Weights.pretrained
+    assert conf.model.hf_id == str(TRAINED_DIR / "olmoe_pydoc_bytes") and (TRAINED_DIR / "olmoe_pydoc_bytes").is_dir()
     assert conf.topk == conf.model.default_topk == 2  # topk follows the model by interpolation
     assert conf.selector.name == "router" and conf.dataset.name == "builtin" and conf.device.name == "cpu"
     assert conf.results_dir.endswith("results")

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from helpers import DATA, ROOT
 from helpers.jobs import compose_config, compose_job, run_job, table
+from runner import results
 
 TASKS = DATA / "tasks"
 KNEEDLE = ("selector=kneedle", "topk=4")
@@ -52,7 +53,8 @@ def test_tasks_rows_are_long_format_with_the_join_keys(evaluated):
         assert stderr == pytest.approx((value * (1 - value) / 11) ** 0.5, rel=1e-9)
     run = runs.iloc[0]
     assert (first["selector"] == "kneedle").all() and (first["topk"] == 4).all()
-    assert (first["config_hash"] == run["config_hash"]).all() and (first["schema_version"] == 3).all()
+    assert (first["config_hash"] == run["config_hash"]).all()
+    assert (first["schema_version"] == results.SCHEMA_VERSION).all()
     assert run["eval_tasks"] == '["tiny_sums"]' and run["lm_eval_version"] == __import__("lm_eval").__version__
     joined = first.merge(runs[["run_id", "flops_per_token_analytic"]], on="run_id")
     assert len(joined) == 2 and joined["flops_per_token_analytic"].notna().all()
@@ -168,3 +170,61 @@ def test_the_documented_tasks_snippets_run_as_written(evaluated, monkeypatch, ca
     exec(compile(code, doc, "exec"), namespace)
     printed = capsys.readouterr().out
     assert "tiny_sums" in printed and len(namespace["tasks"]) == 2  # the latest run's acc and acc_norm
+
+
+def test_a_misspelt_task_is_refused_from_the_kept_index_without_indexing_lm_evals_tasks(tmp_path, monkeypatch):
+    """The first full index of lm-eval's tasks keeps their names (eval_checks.task_index_file); a later misspelt
+    task is refused from that list: no TaskManager over lm-eval's ~14,000 YAMLs is built (15-20 s on 2 cores)."""
+    import lm_eval.tasks
+
+    from runner.config import eval_checks
+    from runner.config.schema import EvalConfig, Weights
+    from runner.errors import ConfigError
+    from runner.job import eval_harness
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    eval_harness._task_manager.cache_clear()
+    manager = eval_harness.task_manager(EvalConfig(name="lm_eval", tasks=["arc_easy"]))  # the full index, once
+    kept = eval_checks.task_index_file()
+    assert kept.parent == tmp_path / "cache" / "moe-profiler" and "arc_easy" in kept.read_text()
+    assert set(manager.all_tasks) == eval_checks.cached_task_names()
+
+    real = lm_eval.tasks.TaskManager
+
+    def local_only(*args, include_defaults=True, **kwargs):
+        assert not include_defaults, "lm-eval's own tasks were indexed again"
+        return real(*args, include_defaults=include_defaults, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", local_only)
+    eval_harness._task_manager.cache_clear()
+    misspelt = EvalConfig(name="lm_eval", tasks=["arc_eazy"])
+    with pytest.raises(ConfigError, match=r"^eval\.tasks: unknown task 'arc_eazy' \(not in lm-eval's registry\)"):
+        eval_harness.task_manager(misspelt)
+    with pytest.raises(ConfigError, match=r"^eval\.tasks: unknown task 'arc_eazy'"):  # with the config's checks
+        eval_checks.check_eval(misspelt, Weights.random)
+    with pytest.raises(ConfigError, match=r"unknown task 'no_such_task' \(not in lm-eval's registry nor in eval"):
+        eval_harness.task_manager(EvalConfig(name="lm_eval", tasks=["tiny_sums", "no_such_task"],
+                                             include_path=str(TASKS)))
+    eval_harness._task_manager.cache_clear()
+
+
+def test_lm_eval_progress_bars_are_off_when_the_output_is_not_a_terminal():
+    """tqdm bars with an explicit disable=False (as lm-eval passes) write nothing inside no_progress_bars when the
+    stream is not a terminal, still draw on a terminal, and draw again after the block."""
+    import io
+
+    from tqdm import tqdm
+
+    from runner.job.eval_harness import no_progress_bars
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        with no_progress_bars(stream):
+            assert sum(tqdm(range(5), file=stream, disable=False, desc="requests")) == 10
+        assert ("requests" in stream.getvalue()) is drawn
+    after = io.StringIO()
+    list(tqdm(range(2), file=after, disable=False, desc="after"))
+    assert "after" in after.getvalue()

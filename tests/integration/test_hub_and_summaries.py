@@ -78,7 +78,7 @@ def test_readme_library_example_runs_offline(capsys):
 
 def test_readme_is_a_front_door():
     lines = README.read_text().splitlines()
-    assert len(lines) <= 160, f"README.md has {len(lines)} lines; move details to docs/"
+    assert len(lines) <= 180, f"README.md has {len(lines)} lines; move details to docs/"
 
 
 def _github_anchors(path: Path) -> set[str]:

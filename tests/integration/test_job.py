@@ -75,6 +75,12 @@ def test_topk_changes_flops_and_triggers_quality_reference(tmp_path, k):
     assert row["flops_measured_tokens"] == row["tokens"]  # measure_flops=true: every batch
     assert row["reference"] and row["kl"] >= 0 and 0 <= row["top1_agreement"] <= 1
     assert math.isclose(row["ref_ppl"], math.exp(row["ref_loss"]))
+    assert row["ci_units"] >= 2  # the documents of the builtin text
+    for stem in ("loss", "ppl", "kl", "top1_agreement"):  # 95 % bootstrap intervals over documents
+        assert row[f"{stem}_ci_low"] <= row[stem] <= row[f"{stem}_ci_high"], stem
+    delta = row["loss"] - row["ref_loss"]  # paired per document: inside the two losses' own intervals' spread
+    assert row["loss_delta_ci_low"] <= delta <= row["loss_delta_ci_high"]
+    assert row["loss_delta_ci_high"] - row["loss_delta_ci_low"] < row["loss_ci_high"] - row["loss_ci_low"]
     layers = table(tmp_path, "layers")
     assert (layers["top_k"] == k).all() and (layers["default_top_k"] == 2).all() and (layers["topk"] == k).all()
 
@@ -89,6 +95,17 @@ def test_selector_job_records_params_and_dynamic_k(tmp_path):
     assert row["flops_per_token_routed"] <= row["flops_per_token_analytic"] == moe_flops(4)
     # measured FLOPs follow the experts that really ran (dynamic k), not k_max
     assert row["flops_per_token_measured"] < moe_flops(4)
+    # measured on the first batch only: the guard holds it against the analytic count of that batch's routed tokens
+    # (like with like), not against the per-token analytic column, which covers both batches
+    assert row["flops_measured_tokens"] < row["tokens"] and row["model_flops_exact"] and row["flops_exact"]
+    assert row["model_flops_per_token_analytic"] != row["model_flops_per_token_measured"]
+
+
+def test_dynamic_k_job_measured_on_every_batch_compares_like_with_like(tmp_path):
+    run_job(tmp_path, "selector=cumsum", "selector.threshold=0.2", "topk=4", "measure_flops=true", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["flops_measured_tokens"] == row["tokens"] and row["model_flops_exact"]
+    assert row["model_flops_per_token_analytic"] == pytest.approx(row["model_flops_per_token_measured"], rel=1e-12)
 
 
 def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
@@ -123,9 +140,11 @@ def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
     decode_bytes = eager_layers.loc[eager_layers["phase"] == "decode", "param_bytes"]
     assert (decode_bytes > 0).all() and (decode_bytes < E * 3 * H * I * 4).all()  # fewer than all 8 experts a step
     assert pd.isna(compiled_row["s_mfu_prefill"])  # on CPU without a given peak
-    # a decode step attends over the static cache (64 + 3 keys) where a prefill token saw 64: 2 layers x 4 heads x
-    # (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2 in both phases)
-    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 3 * 32
+    # a decode step attends over generate's static cache, max_length - 1 = 64 + 3 - 1 slots, where a prefill token saw
+    # 64 keys: 2 layers x 4 heads x (16 + 16) dims x 2 FLOPs per extra key; the rest is the same per token (k=2)
+    assert eager_row["model_flops_per_token_decode"] - eager_row["model_flops_per_token_analytic"] == 2 * 2 * 4 * 2 * 32
+    # the bytes of that cache: 2 layers x 2 kv heads x (16 + 16) x fp32 per slot
+    assert eager_row["kv_cache_bytes_per_token"] == 2 * 2 * 32 * 4
     assert compiled_row["compile"] and not eager_row["compile"]
     assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-5)
     for column in ("tokens", "assignments", "flops", "flops_measured"):
@@ -299,3 +318,44 @@ def test_local_parquet_with_custom_field(tmp_path):
 def test_fixture_files_in_tests_data(tmp_path):
     run_job(tmp_path, "dataset=local", f"dataset.path={DATA / 'tiny.jsonl'}", *SMALL)
     assert latest_run(tmp_path)["status"] == "ok"
+
+
+def test_target_k_calibrates_on_held_out_batches_and_evaluates_the_rest(tmp_path):
+    """selector.target_k: the threshold bisected on the first 2 batches (blocks 0-3), the evaluation on the next 2;
+    the static top-k (router) with the same batches held out evaluates the same blocks."""
+    run_job(tmp_path, "selector=cumsum", "selector.target_k=1.5", "topk=4", "batch_size=2", *SMALL)
+    row = latest_run(tmp_path)
+    assert row["target_k"] == 1.5 and row["calibration_batches"] == 2 and row["calibrated_param"] == "threshold"
+    assert row["calibration_slice"].startswith("blocks 0-3 of ") and row["blocks"] == 4  # max_batches after them
+    assert abs(row["calibration_k_mean"] - 1.5) <= 0.02  # 128 tokens a layer on the calibration batches
+    assert abs(row["k_mean"] - 1.5) <= 0.25  # other blocks: near the target
+    assert json.loads(row["selector_params"])["threshold"] == row["calibrated_value"]
+    run_job(tmp_path, "selector=router", "selector.target_k=3", "selector.calibration_batches=2", "batch_size=2",
+            *SMALL)
+    static = latest_run(tmp_path)
+    assert static["topk"] == 3 and static["k_mean"] == 3 and pd.isna(static["calibrated_value"])
+    assert static["blocks"] == 4 and static["calibration_slice"] == row["calibration_slice"]
+    assert static["tokens"] == row["tokens"]
+
+
+def test_layer_k_target_splits_the_budget_over_the_layers(tmp_path):
+    run_job(tmp_path, "selector=layer_k", "selector.target_k=1.5", "topk=2", "batch_size=2", *SMALL)
+    row = latest_run(tmp_path)
+    ks = json.loads(row["selector_params"])["ks"]
+    assert sorted(ks) == [1, 2] and row["k_mean"] == 1.5 == row["calibration_k_mean"]
+    assert row["calibrated_param"] == "ks" and row["flops_per_token_measured"] == row["flops_per_token_routed"]
+    layers = table(tmp_path, "layers").query("phase == 'prefill'").sort_values("position")
+    assert layers["k_mean"].tolist() == ks
+
+
+@pytest.mark.parametrize("override, message", [
+    (("selector=kneedle", "selector.target_k=2"), "selector 'kneedle' has no parameter to calibrate"),
+    (("selector=router", "selector.target_k=1.5"), "target_k must be a whole k"),
+    (("selector=cumsum", "selector.target_k=0"), "must be a positive mean k"),
+    (("selector=cumsum", "analysis.ablation=true"), "expert ablation runs the model's own routing"),
+    (("selector=cumsum", "selector.target_k=2", "max_batches=null", "dataset.slice='[:1]'", "seq_len=64",
+      "selector.calibration_batches=50"), "leaves no batch to evaluate"),
+])
+def test_target_k_refusals_are_one_line(tmp_path, override, message):
+    with pytest.raises(SystemExit, match=message):
+        run_job(tmp_path, *override)

@@ -86,8 +86,8 @@ def test_capacity_factors_are_configurable_and_can_be_off():
     record_calls(off)
     assert "drops" not in off.snapshot() and drop_rates(off.snapshot(), 0) == {}
     assert [name for g in off.groups for name, t in g.named_buffers() if t.numel() == 0] == [
-        "drops", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens", "vocab",
-        "token_ids", "token_count"]  # all off
+        "drops", "distinct", "coactivation", "factors", "transitions", "jaccard", "selection", "selection_tokens",
+        "lookahead", "prediction", "prediction_tokens", "vocab", "token_ids", "token_count"]  # all off
 
 
 def test_analyses_names():
@@ -148,7 +148,7 @@ def test_tiny_model_columns_and_coactivation_invariant():
     assert df["topk_boundary_margin"].between(0, 1).all()  # native top-k: the selected are the most probable
     loads = p.experts_df().set_index(["phase", "layer", "expert"])["tokens"]
     co = p.coactivation_df()
-    assert list(co.columns) == ["phase", "layer", "expert_a", "expert_b", "count"]
+    assert list(co.columns) == ["phase", "layer", "expert_a", "expert_b", "count", "count_random", "lift"]
     assert (co["expert_a"] != co["expert_b"]).all() and (co["count"] > 0).all()
     row_sums = co.groupby(["phase", "layer", "expert_a"])["count"].sum()
     for (phase, layer, expert), total in row_sums.items():  # fixed k, no drops: sum_{b != a} C[a, b] = (k - 1) c_a
@@ -268,9 +268,41 @@ def test_transitions_on_a_tiny_model():
     df = p.layers_df()
     assert df["jaccard_next"].iloc[0] >= 0 and math.isnan(df["jaccard_next"].iloc[1])
     flow = p.transitions_df()
-    assert list(flow.columns) == ["phase", "layer", "next_layer", "expert_a", "expert_b", "count"]
+    assert list(flow.columns) == ["phase", "layer", "next_layer", "expert_a", "expert_b", "count", "count_random",
+                                  "lift"]
     assert set(zip(flow["layer"], flow["next_layer"])) == {(0, 1)} and (flow["count"] > 0).all()
     k = int(df["top_k"].iloc[0])
     assert flow["count"].sum() == k * k * df["tokens"].iloc[0]  # every token: k x k pairs
     with pytest.raises(ProfilerError, match="transitions are not recorded"):
         tiny_profile()[1].transitions_df()
+
+
+def test_lookahead_recall_equals_the_next_router_applied_by_hand():
+    """lookahead_recall of layer l: the next layer's router, called by hand on layer l's router input, against the
+    experts that layer selected, per token; the last MoE layer has none (NaN)."""
+    model = build_tiny_model("olmoe", num_hidden_layers=3)
+    routers = [layer.mlp.gate for layer in model.model.layers]
+    seen: list[list] = [[] for _ in routers]
+    handles = [r.register_forward_hook(lambda m, a, out, i=i: seen[i].append((a[0].detach(), out[2].detach())))
+               for i, r in enumerate(routers)]  # olmoe's router returns (logits, weights, indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = MOEProfiler(model, verbose=False, analyses=("lookahead",))
+    with torch.no_grad():
+        for seed, shape in ((0, (2, 8)), (1, (3, 1)), (2, (3, 5))):
+            model(input_ids=torch.randint(2, 128, shape, generator=torch.Generator().manual_seed(seed)))
+    for handle in handles:
+        handle.remove()
+    layers = p.layers_df().set_index("layer")
+    for l in range(len(routers) - 1):
+        recalls = []
+        with torch.no_grad():
+            for (hidden, _), (_, actual) in zip(seen[l], seen[l + 1]):
+                predicted = routers[l + 1].forward(hidden)[2]
+                predicted, actual = predicted.reshape(-1, predicted.shape[-1]), actual.reshape(-1, actual.shape[-1])
+                recalls += [len(set(a.tolist()) & set(b.tolist())) / len(set(a.tolist()))
+                            for a, b in zip(actual, predicted)]
+        assert layers.loc[l, "lookahead_recall"] == pytest.approx(np.mean(recalls), rel=1e-9)
+        assert 0 < layers.loc[l, "lookahead_recall"] < 1
+    assert math.isnan(layers.loc[len(routers) - 1, "lookahead_recall"])
+    assert "lookahead_recall" not in tiny_profile()[1].layers_df()  # off by default

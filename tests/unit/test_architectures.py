@@ -115,7 +115,7 @@ def test_expert_count_fields_cover_every_spelling():
     """Discovery sees only the spellings the handlers read: a config field that names a routed-expert count in
     another way would hide a new MoE type. Fields about experts that are not their count are named here."""
     not_a_count = ("shared", "share_", "per_tok", "top_k", "intermediate", "hidden", "capacity", "layer", "bias",
-                   "policy", "selection", "zero_expert", "sink", "overlap")
+                   "policy", "selection", "zero_expert", "sink", "overlap", "swiglu_limit")
     classes = {CONFIG_MAPPING[t] for names in MAPPINGS.values() for t in names}
     classes |= {language_config_class(c) for c in classes}
     fields = {f for c in classes for f in declared_fields(c) if "expert" in f and not any(n in f for n in not_a_count)}

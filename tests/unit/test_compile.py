@@ -158,7 +158,8 @@ def test_inductor_kneedle_equals_eager():
 
 # parameters that make each selector drop experts on the tiny model's near-uniform routers
 SELECTOR_PARAMS = {"topk": {"k": 2}, "kneedle": {}, "cumsum": {"threshold": 0.3}, "entropy": {},
-                   "gap_ratio": {"ratio": 1.05}, "min_p": {"alpha": 0.9}}
+                   "gap_ratio": {"ratio": 1.05}, "min_p": {"alpha": 0.9}, "random_k": {"keep": 0.4},
+                   "layer_k": {"ks": [1, 3]}}
 
 
 @pytest.mark.parametrize("name", sorted(SELECTOR_PARAMS))
@@ -187,12 +188,13 @@ def test_every_selector_traces_whole_and_equals_eager(name):
 @pytest.mark.parametrize("backend", [BACKEND, "inductor"])
 def test_analyses_trace_whole_and_equal_eager(backend):
     """Co-activation, transitions, capacity drops (per call), the vocabulary table (the ids captured by the top model's
-    pre-hook) and the routing trace under fullgraph compile equal eager, with a selector dropping slots; a second
+    pre-hook), the layer-ahead prediction (the next router called in the hook) and the routing trace under fullgraph
+    compile equal eager, with a selector dropping slots; a second
     shape (decode-like calls) re-traces once and still counts per call. The kept selection was sized by the eager
     calls (a compiled call cannot grow it)."""
     model = tiny("olmoe")
     params = dict(selector="kneedle", selector_params={"k_max": 4},
-                  analyses=("capacity", "coactivation", "transitions", "vocab"))
+                  analyses=("capacity", "coactivation", "transitions", "vocab", "lookahead"))
     calls = [inputs(), inputs(seed=1, batch=3, seq=1), inputs(seed=2, batch=3, seq=1)]
 
     def run(fn, p):
@@ -216,7 +218,9 @@ def test_analyses_trace_whole_and_equal_eager(backend):
             for name in ("experts", "weights", "phase", "probs"):
                 np.testing.assert_array_equal(layer_before[name], layer_after[name], err_msg=name)
     assert (eager_trace[0][0]["experts"] == -1).any()  # the selector dropped slots, written as -1
-    np.testing.assert_allclose(compiled["jaccard_next"], eager["jaccard_next"], rtol=1e-9)
+    for column in ("jaccard_next", "distinct_experts_per_call", "distinct_experts_uniform", "lookahead_recall"):
+        np.testing.assert_allclose(compiled[column], eager[column], rtol=1e-9, err_msg=column)
+    assert 0 < eager["lookahead_recall"].iloc[0] <= 1
     for before, after in zip(eager_pairs, compiled_pairs):
         pd.testing.assert_frame_equal(before, after)
         assert len(before)

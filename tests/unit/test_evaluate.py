@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
-from runner.profiler.evaluate import batch_sums, evaluate
+from runner.profiler.evaluate import UnitSums, batch_sums, bootstrap_ratio, evaluate, target_values
 
 
 def batches(n=3, seed=0):
@@ -71,3 +72,45 @@ def test_batch_sums_by_hand():
     assert sums["targets"] == 2 and math.isclose(sums["nll"], -math.log(0.25) - math.log(0.1), rel_tol=1e-6)
     assert sums["kl"] == 0.0 and sums["agree"] == 2
     assert batch_sums(logits, ids, None, pad_id=2)["targets"] == 1  # the pad target is not counted
+
+
+
+def test_bootstrap_ratio_is_seeded_and_brackets_the_ratio():
+    nll, targets = np.array([1.0, 2.0, 3.0, 10.0]), np.array([1.0, 1.0, 1.0, 2.0])
+    low, high = bootstrap_ratio(nll, targets)
+    assert (low, high) == bootstrap_ratio(nll, targets)  # fixed seed: the same interval every time
+    assert 1.0 <= low <= 16 / 5 <= high <= 5.0  # within the units' extreme ratios
+    # by hand, two units of ratio 1 and 3: a resample's ratio is 1, 2 or 3 with odds 1/4, 1/2, 1/4
+    two = np.array([1.0, 3.0]), np.array([1.0, 1.0])
+    assert bootstrap_ratio(*two, resamples=4000) == (1.0, 3.0)  # 2.5 % and 97.5 % quantiles
+    assert bootstrap_ratio(*two, level=0.4, resamples=4000) == (2.0, 2.0)  # 30 % and 70 %: inside the 1/2 of 2
+    assert np.isnan(bootstrap_ratio(np.array([1.0]), np.array([1.0]))[0])  # one unit: no interval
+
+
+def test_intervals_come_from_per_unit_sums_of_the_targets():
+    """Each unit's sums equal the per-target values recounted by hand; each interval brackets its estimate."""
+    model = build_tiny_model("olmoe")
+    xs = batches()
+    units = [np.repeat(np.arange(2 * i, 2 * i + 2)[:, None] // 3, 16, 1) for i in range(3)]  # blocks 0-2, 3-5
+    profiler = MOEProfiler(model, verbose=False)
+    try:
+        by_block = evaluate(model, profiler, xs, reference=True)
+        by_unit = evaluate(model, profiler, xs, reference=True, units=units)
+    finally:
+        profiler.detach()
+    assert by_block.intervals["ci_units"] == 6 and by_unit.intervals["ci_units"] == 2
+    for result in (by_block, by_unit):
+        row = result.row()
+        for stem in ("loss", "kl", "top1_agreement", "ppl"):
+            assert row[f"{stem}_ci_low"] <= row[stem] <= row[f"{stem}_ci_high"], stem
+        assert row["ppl_ci_low"] == math.exp(row["loss_ci_low"])
+        delta = row["loss"] - row["ref_loss"]  # the own routing: exactly 0 per target, so a point interval
+        assert row["loss_delta_ci_low"] <= delta <= row["loss_delta_ci_high"] and abs(delta) < 1e-6
+    sums = UnitSums()
+    with torch.no_grad():
+        for x, u in zip(xs, units):
+            sums.add(target_values(model(input_ids=x).logits, x), u)
+        per_block = -torch.cat([F.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1)
+                                .gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1) for x in xs]).double().numpy()
+    np.testing.assert_allclose(sums.sums["nll"], [per_block[:3].sum(), per_block[3:].sum()], rtol=1e-6)
+    assert sums.sums["targets"].tolist() == [45, 45] and "kl" not in sums.sums  # no reference: no KL

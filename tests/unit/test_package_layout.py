@@ -14,22 +14,23 @@ import pytest
 from helpers import ROOT
 
 # top to bottom: a module imports its own room and the rooms below it, never one above. The commands (python -m
-# runner / runner.compare / runner.baseline and the report's) sit on top; errors.py, runner/__init__.py and handlers/
-# are the floor everything may stand on.
+# runner / runner.compare / runner.cache / runner.baseline / runner.trained.train and the report's) sit on top; errors.py,
+# files.py (atomic writes, user directories: stdlib and errors.py only), runner/trained/__init__.py (where the shipped
+# checkpoints and their text are: stdlib only), runner/__init__.py and handlers/ are the floor everything may stand on.
 ROOMS = ("commands", "cli", "baseline", "job", "slurm", "report", "results", "config", "profiler", "floor")
 SOURCES = ("runner", "handlers", "hydra_plugins")
 
 
 def room_of(module: str) -> str:
     parts = module.split(".")
-    if module in ("runner.__main__", "runner.compare", "runner.compare.__main__", "runner.report.__main__",
-                  "runner.baseline.__main__"):
+    if module in ("runner.__main__", "runner.compare", "runner.compare.__main__", "runner.cache",
+                  "runner.cache.__main__", "runner.report.__main__", "runner.baseline.__main__", "runner.trained.train"):
         return "commands"
     if parts[0] == "hydra_plugins":
         return "slurm"  # the SLURM launcher (Hydra finds launchers only in the hydra_plugins package)
     if module == "runner":
         return "profiler"  # the package re-exports the library's facade (MOEProfiler), lazily
-    if parts[0] == "handlers" or module == "runner.errors":
+    if parts[0] == "handlers" or module in ("runner.errors", "runner.files", "runner.trained"):
         return "floor"
     return parts[1]
 

@@ -302,6 +302,23 @@ def test_latency_is_recorded_per_layer_after_warmup():
     assert (df["latency_calls"] == 2).all() and (df["latency_ms_p50"] > 0).all()
 
 
+def test_latency_is_kept_per_phase_not_pooled():
+    """A 2 x 64-token prefill call and a one-token decode call are timed apart: each phase has its own calls (after
+    its own warm-up call) and its own mean, so the decode rows are not the prefill rows repeated."""
+    model = olmoe()
+    p = MOEProfiler(model, latency=True, warmup=1, phases=("prefill", "decode"), verbose=False)
+    with torch.no_grad():
+        for _ in range(4):
+            model(input_ids=tokens(batch=2, seq=64))
+        with p.phase("decode"):
+            for _ in range(3):
+                model(input_ids=tokens(batch=1, seq=1))
+    df = p.layers_df().set_index(["phase", "layer"])
+    assert (df.loc["prefill", "latency_calls"] == 3).all()
+    assert (df.loc["decode", "latency_calls"] == 2).all()
+    assert (df.loc["prefill", "latency_ms_mean"].to_numpy() != df.loc["decode", "latency_ms_mean"].to_numpy()).all()
+
+
 def test_frames_after_inference_mode_forwards():
     model = olmoe()
     p = MOEProfiler(model, buffer_tokens=16, verbose=False)

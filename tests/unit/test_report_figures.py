@@ -10,8 +10,8 @@ import torch
 
 from helpers.tiny_configs import build_tiny_model
 from runner import MOEProfiler
-from runner.report import analysis_figures as analyses, routing_figures as routing
-from runner.report.figures import pareto, save
+from runner.report import analysis_figures as analyses, quality, routing_figures as routing
+from runner.report.figures import DPI, pareto, save
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_a_large_expert_load_heatmap_groups_ranks(tmp_path):
     assert np.all(np.diff(relative, axis=1) <= 0)  # ranked: busiest first
     assert relative.mean(axis=1) == pytest.approx(np.ones(58))  # relative to the layer's mean load
     width, height = decoded(routing.load_heatmap(experts, "256 experts"), tmp_path / "large.png")
-    assert (width, height) == (720, 760)  # 9 x 9.5 inches at 80 dpi: 64 columns, 58 rows
+    assert (width, height) == (9 * DPI, round(9.5 * DPI))  # 9 x 9.5 inches: 64 columns, 58 rows
 
 
 def test_pareto_front_by_hand():
@@ -69,6 +69,11 @@ def test_pareto_front_by_hand():
     loss = [5.0, 4.0, 4.5, 3.0, 4.0]
     assert pareto(flops, loss) == [True, True, False, True, True]  # (3, 4.5) is beaten by (2, 4.0); ties both stay
     assert pareto([1, float("nan")], [1, 0]) == [True, False]
+    # with intervals: (2, 4.0 ± 0.6) overlaps (1, 5.0 ± 0.5), so it is not shown to beat the cheaper point; (4, 3.0 ±
+    # 0.2) is below every cheaper interval; the last point's NaN interval falls back to its value 4.0, below 4.5
+    low, high = [4.5, 3.4, 4.0, 2.8, float("nan")], [5.5, 4.6, 5.0, 3.2, float("nan")]
+    assert pareto(flops, loss, low, high) == [True, False, False, True, True]
+    assert pareto([1, 2], [5.0, 4.0], [4.9, 3.9], [5.1, 4.1]) == [True, True]  # apart: both on the front
 
 
 def test_task_accuracy_and_decode_timing_figures(tmp_path):
@@ -80,10 +85,40 @@ def test_task_accuracy_and_decode_timing_figures(tmp_path):
                              topk=[2, 4, 2, 4], flops_per_token_routed=[51200.0, 100352.0, 48120.0, 78007.0],
                              tokens_per_s=[1e5, 8e4, 9e4, 7e4], ttft_ms=[3.0, 4.0, 3.5, 4.5],
                              tpot_ms=[1.0, 1.2, 1.1, 1.3]))
-    tasks = pd.DataFrame(dict(run_id=["a", "b", "c", "d"], task="arc_easy", metric="acc",
-                              value=[0.5, 0.6, 0.52, 0.58], stderr=0.01, n=100))
+    tasks = pd.DataFrame(dict(run_id=["a", "b", "c", "d"], task="arc_easy", metric="acc", topk=[2, 4, 2, 4],
+                              value=[0.5, 0.6, 0.52, 0.58], stderr=0.01, n=100))  # tasks rows carry the key columns
     assert decoded(quality.tasks(runs, tasks), tmp_path / "tasks.png")[0] >= 400
     fig = quality.speed(runs)
     assert [ax.get_title() for ax in fig.axes] == ["tokens/s (prefill)", "TTFT ms", "TPOT ms"]
     assert quality.tasks(runs, None) is None and quality.speed(runs.drop(columns=["tokens_per_s", "ttft_ms",
                                                                                     "tpot_ms"])) is None
+
+
+def test_cache_figure_one_panel_per_layer_group(tmp_path):
+    from runner.results import cache_replay as cache
+
+    rng = np.random.default_rng(0)
+    trace = pd.DataFrame([dict(phase=phase, layer=layer, batch=0, row=row, position=position,
+                               experts=rng.choice(8, 2, replace=False))
+                          for phase in ("prefill", "decode") for layer in range(6) for row in range(2)
+                          for position in range(12)])
+    rows = cache.cache_frame(trace, {layer: 8 for layer in range(6)})
+    assert analyses.layer_groups(list(range(6))) == [[0, 1], [2, 3], [4], [5]]
+    fig = analyses.cache_curves(rows)
+    assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 6  # 3 policies x 2 phases
+    width, height = decoded(fig, tmp_path / "cache.png")
+    assert width >= 400 and height >= 200
+    assert analyses.cache_curves(None) is None
+
+
+def test_frontier_draws_the_intervals_and_rings_by_them():
+    runs = pd.DataFrame(dict(status="ok", loss=[5.0, 4.0, 3.0], kl=[0.0, 0.1, 0.05], flops_per_token_routed=[1, 2, 4],
+                             topk=[1, 2, 4], series=["a", "a", "b"], loss_ci_low=[4.5, 3.4, 2.8],
+                             loss_ci_high=[5.5, 4.6, 3.2], kl_ci_low=[0.0, 0.05, 0.01], kl_ci_high=[0.0, 0.2, 0.1]),
+                        index=[7, 3, 5])
+    fig = quality.frontier(runs)
+    loss_panel = fig.axes[0]
+    bars = [c for c in loss_panel.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 2  # one per series
+    ringed = next(c for c in loss_panel.collections if c.get_label() == "Pareto-optimal").get_offsets()
+    assert sorted(map(tuple, np.asarray(ringed).tolist())) == [(1.0, 5.0), (4.0, 3.0)]  # (2, 4.0 ± 0.6) overlaps

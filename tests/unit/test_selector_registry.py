@@ -11,8 +11,8 @@ import yaml
 from helpers import ROOT
 from runner.config.schema import APP_SELECTORS, SelectorConfig
 from runner.profiler import selectors
-from runner.profiler.selector_registry import (OWN_ROUTING, SELECTOR_SPECS, SHARED_PARAMS, all_params,
-                                               register_selector)
+from runner.profiler.selector_registry import (CALIBRATION_PARAMS, OWN_ROUTING, PROFILER_KEYWORDS, SELECTOR_SPECS,
+                                               SHARED_PARAMS, all_params, register_selector)
 
 CONF = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((ROOT / "conf" / "selector").glob("*.yaml"))}
 
@@ -20,7 +20,8 @@ CONF = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((ROOT / "
 def test_every_declared_selector_has_its_function_and_no_other():
     assert set(selectors.SELECTORS) == set(SELECTOR_SPECS)
     for name, spec in SELECTOR_SPECS.items():
-        keywords = [k for k in inspect.signature(selectors.SELECTORS[name]).parameters if k != "probs"]
+        keywords = [k for k in inspect.signature(selectors.SELECTORS[name]).parameters
+                    if k not in ("probs", *PROFILER_KEYWORDS)]  # position= / index= come from the profiler
         assert keywords == [*SHARED_PARAMS, *spec.params]
 
 
@@ -35,7 +36,8 @@ def test_a_second_declaration_of_a_name_fails():
 
 
 def test_the_schema_fields_are_the_declared_parameters():
-    assert [f.name for f in dataclasses.fields(SelectorConfig)] == ["name", *all_params()]
+    # the policies' parameters, then the app's calibration keys (selector.target_k, selector.calibration_batches)
+    assert [f.name for f in dataclasses.fields(SelectorConfig)] == ["name", *all_params(), *CALIBRATION_PARAMS]
     assert APP_SELECTORS == (OWN_ROUTING, *(n for n in SELECTOR_SPECS if n != "topk"))
 
 

@@ -17,6 +17,8 @@ from runner.profiler.selectors import (
     kneedle,
     mask_from_k,
     min_p,
+    random_k,
+    layer_k,
     topk,
     validate_params,
 )
@@ -60,7 +62,7 @@ def test_mask_from_k_builds_prefix_masks():
 
 
 def test_registry_has_the_six_selectors_with_formula_docstrings():
-    assert ALL == ["cumsum", "entropy", "gap_ratio", "kneedle", "min_p", "topk"]
+    assert ALL == ["cumsum", "entropy", "gap_ratio", "kneedle", "layer_k", "min_p", "random_k", "topk"]
     for name, fn in SELECTORS.items():
         assert fn.__doc__ and len(fn.__doc__.strip()) > 20, name
 
@@ -270,7 +272,8 @@ def test_sharp_row_gives_one_for_mass_selectors():
 def test_uniform_rows_give_k_max_for_every_selector(k_max):
     u = P([1 / 8] * 8, [1 / 8] * 8)
     for name in ALL:
-        assert ks(SELECTORS[name](u, k_max)) == [k_max, k_max], name
+        if name != "random_k":  # the baseline draws k whatever the router says
+            assert ks(SELECTORS[name](u, k_max)) == [k_max, k_max], name
 
 
 def test_ties_do_not_depend_on_expert_order():
@@ -283,7 +286,8 @@ def test_ties_do_not_depend_on_expert_order():
     expected = {"topk": 6, "kneedle": 3, "cumsum": 6, "entropy": 6, "gap_ratio": 2, "min_p": 6}
     for name in ALL:
         out = SELECTORS[name](rows, 6)
-        assert ks(out) == [expected[name]] * 6, name
+        if name in expected:  # random_k: a draw, the same for every order (below)
+            assert ks(out) == [expected[name]] * 6, name
         assert (out == out[0]).all(), name
 
 
@@ -493,7 +497,7 @@ def test_get_selector_unknown_name_lists_valid_names():
     with pytest.raises(SelectorError) as ei:
         get_selector("knee")
     msg = str(ei.value)
-    assert msg == "unknown selector 'knee'; valid selectors: cumsum, entropy, gap_ratio, kneedle, min_p, topk"
+    assert msg == "unknown selector 'knee'; valid selectors: cumsum, entropy, gap_ratio, kneedle, layer_k, min_p, random_k, topk"
     assert "\n" not in msg
     with pytest.raises(SelectorError, match="must be a name .* or a callable, got int"):
         get_selector(3)
@@ -540,7 +544,43 @@ def test_validate_params_error_messages():
     assert _msg("min_p", {"alpha": "0.1"}) == "selector 'min_p': alpha must be a real number, got str '0.1'"
     assert _msg("topk", {"k_max": 8.5}) == "selector 'topk': k_max must be an int, got float 8.5"
     assert _msg("nope", {}) == (
-        "unknown selector 'nope'; valid selectors: cumsum, entropy, gap_ratio, kneedle, min_p, topk"
+        "unknown selector 'nope'; valid selectors: cumsum, entropy, gap_ratio, kneedle, layer_k, min_p, random_k, topk"
     )
     # without k_max, bounds are checked against num_experts
     assert _msg("kneedle", {"k_min": 9}, 8) == "selector 'kneedle': k_min=9 is greater than k_max=8"
+
+
+# --------------------------------------------------------------------------- random_k
+
+
+def test_random_k_by_hand():
+    """k = k_min + the slots after k_min whose draw is below keep; the draws are the documented hash."""
+    p = P(CURVE, [0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
+    q = p.double()  # rows already sorted
+    mix = (q * torch.arange(1, 7, dtype=torch.float64)).sum(1, keepdim=True)
+    draws = torch.frac(torch.sin(mix * 7919.0 + torch.arange(4, dtype=torch.float64) * 12.9898 + 3 * 78.233)
+                       * 43758.5453).abs()
+    expected = (1 + ((draws < 0.5) & (torch.arange(4) >= 1)).sum(1)).tolist()
+    assert ks(random_k(p, 4, keep=0.5, seed=3)) == expected
+    assert ks(random_k(p, 4, keep=0.0)) == [1, 1] and ks(random_k(p, 4, keep=1.0)) == [4, 4]
+    assert ks(random_k(p, 4, k_min=2, keep=0.0)) == [2, 2]
+    assert random_k(p, 4, keep=0.5, seed=3).tolist() == random_k(p, 4, keep=0.5, seed=3).tolist()  # no state
+    many = torch.softmax(torch.randn(4000, 16, generator=torch.Generator().manual_seed(0)), -1)
+    mean = random_k(many, 8, keep=0.25).sum(-1).double().mean().item()
+    assert mean == pytest.approx(1 + 0.25 * 7, abs=0.1)  # k_min + keep (k_max - k_min), 4000 tokens
+    assert is_prefix(random_k(many, 8, keep=0.25))
+    with pytest.raises(SelectorError, match="keep must be in"):
+        random_k(p, 4, keep=1.5)
+
+
+def test_layer_k_by_hand():
+    p = P(CURVE, CURVE)
+    assert ks(layer_k(p, 4, ks=[3, 1, 4], position=0)) == [3, 3]
+    assert ks(layer_k(p, 4, ks=[3, 1, 4], position=1)) == [1, 1]
+    assert ks(layer_k(p, 4)) == [4, 4]  # no ks: k_max everywhere
+    assert ks(layer_k(p, 4, k_min=2, ks=[1], position=0)) == [2, 2]  # clamped
+    validate_params("layer_k", {"k_max": 4, "ks": [1, 2]}, 6)
+    with pytest.raises(SelectorError, match="every k in ks must be >= 1"):
+        validate_params("layer_k", {"k_max": 4, "ks": [0, 2]}, 6)
+    with pytest.raises(SelectorError, match="ks must be a list"):
+        validate_params("layer_k", {"k_max": 4, "ks": 3}, 6)
