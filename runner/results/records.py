@@ -26,7 +26,7 @@ import pyarrow as pa
 from handlers.base import DIMENSIONS
 from .columns import Bool, Double, Int32, Int64, Int64List, String, Timestamp, col, schema_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def new_run_id() -> str:
@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the runs speed figures with the profiler paused)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -172,6 +172,10 @@ class RunRecord(KeyColumns):
                                "batch counted FLOPs)")
     ttft_ms: Double = col("with `decode_tokens`: time to first token (first token out minus start), mean over batches")
     tpot_ms: Double = col("with `decode_tokens`: mean time of each later decode step, for the whole batch")
+    tokens_per_s_paused: Double = col("tokens_per_s with the profiler paused (hooks off), the same batches timed again "
+                                      "in the same job: the model's speed without the profiler (v4)")
+    ttft_paused_ms: Double = col("ttft_ms with the profiler paused, a second generate per batch in the same job (v4)")
+    tpot_paused_ms: Double = col("tpot_ms with the profiler paused, a second generate per batch in the same job (v4)")
     decode_steps: Int64 = col("decode steps timed, over all batches")
     wall_s: Double = col("the job's wall time")
     peak_rss_bytes: Int64 = col("the process's peak RSS (it only grows across jobs run in one process)")

@@ -31,7 +31,9 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # 3: the analysis tables (coactivation, transitions, placement, trace), the tasks table, the whole-model cost
                 # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), layers.device,
                 # runs.memory_by_device, their runs columns
-                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6"}
+                3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
+                # 4: runs.tokens_per_s_paused, ttft_paused_ms, tpot_paused_ms (the speed without the profiler)
+                4: "c80849f6f59c433844ba86693488bf2f9e86ba509cc15c9cc6ca60cb7060f1ea"}
 
 
 def fingerprint() -> str:
