@@ -31,7 +31,7 @@ SCORING_CODES = {"softmax": 0, "sigmoid": 1, "probs": 2}
 MAX_PROGRAMS = 128  # enough to spread a 4,096-token prefill call over the SMs; atomics per program stay few
 TILE_ELEMENTS = 2048  # tokens x padded width per block: registers of 4 warps
 
-try:  # triton is optional: without it (or without CUDA) the recorder keeps its torch path
+try:  # optional: without triton, or without CUDA, the recorder keeps its torch path
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised where triton is missing
@@ -200,9 +200,9 @@ def launch(runner, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tens
         FP=padded(num_factors + 1), SCORING=scoring, BLOCK=block)
 
 
-@functools.lru_cache(maxsize=None)
-def op():
-    """The custom op `moe_profiler::route_stats` (defined once, on first use): what compiled code calls."""
+def _define_op():
+    """The custom op `moe_profiler::route_stats`, defined at import (dynamo traces a call of it, never its
+    definition): what compiled code calls."""
     from torch.library import triton_op, wrap_triton
 
     @triton_op("moe_profiler::route_stats", mutates_args=BUFFERS)
@@ -220,3 +220,6 @@ def op():
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+OP = _define_op() if triton is not None else None

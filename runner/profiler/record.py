@@ -80,6 +80,10 @@ class LayerAccumulators(nn.Module):
             # the fused kernel's per-call scratch (each row's expert counts and a ticket), left zeroed by the kernel
             self.register_buffer("call_counts", torch.zeros(L * fused.padded(W), **i64))
             self.register_buffer("tickets", torch.zeros(L, dtype=torch.int32, device=device))
+            # stand-ins for the drops buffer and the factors where there are none (the kernel reads neither then);
+            # distinct tensors, so no two arguments of the custom op alias
+            self.register_buffer("no_drops", torch.zeros(0 if F else 1, **i64))
+            self.register_buffer("no_factors", torch.zeros(0 if F else 1, **f64))
         # one Triton kernel per call on CUDA (fused.py); co-activation (opt-in) keeps the torch path
         self.fused = fused.available() and torch.device(device).type == "cuda" and not self.coactive
         for buffer in self.buffers():
@@ -136,13 +140,14 @@ class LayerAccumulators(nn.Module):
                  scoring: Scoring, traced: bool) -> None:
         """Add one router call ([n, w] logits, [n, slots] index and weight) of row `row` to the current phase: what
         accumulate and add_call_drops add, in one launch of the fused kernel (the custom op where traced)."""
-        spare = self.call_counts  # stands in for the buffers of analyses that are off (the kernel never reads them)
-        buffers = [getattr(self, name) if getattr(self, name).numel() else spare for name in fused.BUFFERS]
-        factors = self.factors if self.num_factors else spare
+        buffers = [getattr(self, name) for name in fused.BUFFERS]
+        factors = self.factors
+        if not self.num_factors:
+            buffers[fused.BUFFERS.index("drops")], factors = self.no_drops, self.no_factors
         args = (logits, index, weight, self.phase, factors)
         settings = (self.width, real, row, row * self.phases, fused.SCORING_CODES[scoring], self.num_factors)
         if traced:
-            fused.op()(*args, *buffers, *settings)
+            fused.OP(*args, *buffers, *settings)
         else:
             fused.launch(fused.kernel(fused.interpreting()), *args, buffers, *settings)
 
