@@ -148,7 +148,10 @@ class LayerAccumulators(nn.Module):
         settings = (self.width, real, row, row * self.phases, fused.SCORING_CODES[scoring], self.num_factors)
         if traced:
             fused.OP(*args, *buffers, *settings)
-        else:
+        elif logits.is_cuda:  # Triton launches on the current device: a split model's layer may be on another
+            with torch.cuda.device(logits.device):
+                fused.launch(fused.kernel(False), *args, buffers, *settings)
+        else:  # the CPU, through Triton's interpreter (tests)
             fused.launch(fused.kernel(fused.interpreting()), *args, buffers, *settings)
 
     def _add(self, name: str, rows: slice, delta: torch.Tensor, dense: bool) -> None:
