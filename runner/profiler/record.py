@@ -1,6 +1,10 @@
 """The routing recorder: fixed-size accumulators, registered buffers on each layer's device, updated in place.
 
-Two ways in, one set of accumulators:
+On CUDA (triton installed): every router call is reduced at once by one Triton kernel (fused.py), eager, traced
+and captured alike: no staging, no reference to the router's outputs, one launch per layer per call (co-activation,
+opt-in, keeps the torch path below). The torch path is the reference, and what runs on the CPU.
+
+Two ways in on the torch path, one set of accumulators:
   * traced (torch.compile) or captured (CUDA graphs): the hook reduces the call's routing at once with in-place
     tensor ops into the buffers (`index_add_`). No Python state changes, no reference to the router's outputs is
     kept, shapes are static: dynamo traces it without a graph break and CUDA graphs replay it (buffers are
@@ -24,6 +28,7 @@ from handlers.base import Scoring
 
 from .analyses import Analyses
 from .drops import add_call_drops, add_staged_drops
+from . import fused
 from .metrics import SUMS, boundary_margin, router_probs, top1_and_margin
 from .upstream import mark_static
 from . import lookahead, vocab
@@ -76,6 +81,15 @@ class LayerAccumulators(nn.Module):
             self.register_buffer("real", torch.tensor(num_experts, **i64).view(L, 1, 1))  # indices >= this: not computed
             entries = max(W * W if self.coactive else W, V * V, A, len(SUMS), P, F + 1)
             self.register_buffer("columns", torch.arange(entries, **i64))
+            # the fused kernel's per-call scratch (each row's expert counts and a ticket), left zeroed by the kernel
+            self.register_buffer("call_counts", torch.zeros(L * fused.padded(W), **i64))
+            self.register_buffer("tickets", torch.zeros(L, dtype=torch.int32, device=device))
+            # stand-ins for the drops buffer and the factors where there are none (the kernel reads neither then);
+            # distinct tensors, so no two arguments of the custom op alias
+            self.register_buffer("no_drops", torch.zeros(0 if F else 1, **i64))
+            self.register_buffer("no_factors", torch.zeros(0 if F else 1, **f64))
+        # one Triton kernel per call on CUDA (fused.py); co-activation (opt-in) keeps the torch path
+        self.fused = fused.available() and torch.device(device).type == "cuda" and not self.coactive
         for buffer in self.buffers():
             # in-place updates of static-address buffers are allowed inside CUDA graphs (inductor keeps cudagraphs)
             mark_static(buffer)
@@ -125,6 +139,24 @@ class LayerAccumulators(nn.Module):
             self.k_hist.index_add_(0, (k + (slot * (W + 1)).view(-1, 1)).flatten(), torch.ones_like(k).flatten())
         for name, delta in updates.items():
             self._add(name, rows, delta, dense)
+
+    def add_call(self, row: int, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, real: int,
+                 scoring: Scoring, traced: bool) -> None:
+        """Add one router call ([n, w] logits, [n, slots] index and weight) of row `row` to the current phase: what
+        accumulate and add_call_drops add, in one launch of the fused kernel (the custom op where traced)."""
+        buffers = [getattr(self, name) for name in fused.BUFFERS]
+        factors = self.factors
+        if not self.num_factors:
+            buffers[fused.BUFFERS.index("drops")], factors = self.no_drops, self.no_factors
+        args = (logits, index, weight, self.phase, factors)
+        settings = (self.width, real, row, row * self.phases, fused.SCORING_CODES[scoring], self.num_factors)
+        if traced:
+            fused.OP(*args, *buffers, *settings)
+        elif logits.is_cuda:  # Triton launches on the current device: a split model's layer may be on another
+            with torch.cuda.device(logits.device):
+                fused.launch(fused.kernel(False), *args, buffers, *settings)
+        else:  # the CPU, through Triton's interpreter (tests)
+            fused.launch(fused.kernel(fused.interpreting()), *args, buffers, *settings)
 
     def _add(self, name: str, rows: slice, delta: torch.Tensor, dense: bool) -> None:
         """Add [L', entries] to the current phase of rows `rows` of buffer `name`: through a phase mask (traced:
@@ -287,18 +319,14 @@ class RoutingRecorder:
         logits, index, weight = logits.detach().reshape(1, -1, width), index.reshape(1, -1, slots), \
             weight.detach().reshape(1, -1, slots)
         traced = torch.compiler.is_compiling() or _capturing()
+        if group.fused:  # CUDA: one kernel for this call, no staging (the analyses below stay per call)
+            self._per_call_analyses(group, layer, row, logits, index)
+            group.add_call(row, logits[0], index[0], weight[0], self.num_experts[layer], self.scoring,
+                           traced=torch.compiler.is_compiling())
+            return
         if group.num_factors and traced:  # per call (eager: at flush, from the staged calls, drops.py)
             add_call_drops(group, slice(row, row + 1), index, self.num_experts[layer], dense=torch.compiler.is_compiling())
-        if group.transition_width:  # per call: pairs this call's tokens with the previous MoE layer's last call
-            mask = group.selection_mask(index[0], group.transition_width, group.real[row],
-                                        dense=torch.compiler.is_compiling())
-            if layer > 0:
-                previous, previous_row = self._where[layer - 1]
-                previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
-            group.keep_selection(row, mask)
-        if group.lookahead_width and layer > 0:  # scores the previous MoE layer's prediction of this call's experts
-            lookahead.score(*self._where[layer - 1], group, index[0], self.num_experts[layer])
-        vocab.add_call(group, row, logits, index)  # per call (if on): the captured ids are this forward's
+        self._per_call_analyses(group, layer, row, logits, index)
         if traced:  # reduce now, in place (the `is_compiling` test is a constant under dynamo)
             group.accumulate(slice(row, row + 1), logits, index, weight, self.scoring,
                              dense=torch.compiler.is_compiling())
@@ -321,6 +349,21 @@ class RoutingRecorder:
         for staged, value in zip(stage, (logits[0], index[0], weight[0])):
             staged[row, start: start + tokens].copy_(value)
         self._fill[layer] = start + tokens
+
+    def _per_call_analyses(self, group: LayerAccumulators, layer: int, row: int, logits: torch.Tensor,
+                           index: torch.Tensor) -> None:
+        """Transitions, the layer-ahead prediction's score and the vocabulary table (opt-in) are per call on every
+        path."""
+        if group.transition_width:  # pairs this call's tokens with the previous MoE layer's last call
+            mask = group.selection_mask(index[0], group.transition_width, group.real[row],
+                                        dense=torch.compiler.is_compiling())
+            if layer > 0:
+                previous, previous_row = self._where[layer - 1]
+                previous.add_transition(previous_row, mask, dense=torch.compiler.is_compiling())
+            group.keep_selection(row, mask)
+        if group.lookahead_width and layer > 0:  # scores the previous MoE layer's prediction of this call's experts
+            lookahead.score(*self._where[layer - 1], group, index[0], self.num_experts[layer])
+        vocab.add_call(group, row, logits, index)  # (if on): the captured ids are this forward's
 
     def _staging(self, group: LayerAccumulators, logits, index, weight) -> list[torch.Tensor]:
         rows, device = len(group.positions), logits.device

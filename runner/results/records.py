@@ -38,7 +38,7 @@ def new_run_id() -> str:
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache, locality and ablation tables, layers.lookahead_recall, the standard balance family, distinct experts per call, the random-routing baselines, calibration and the confidence intervals)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache, locality and ablation tables, layers.lookahead_recall, the standard balance family, distinct experts per call, the random-routing baselines, calibration, the confidence intervals and the speed figures with the profiler paused)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",
@@ -206,6 +206,10 @@ class RunRecord(KeyColumns):
                                "batch counted FLOPs)")
     ttft_ms: Double = col("with `decode_tokens`: time to first token (first token out minus start), mean over batches")
     tpot_ms: Double = col("with `decode_tokens`: mean time of each later decode step, for the whole batch")
+    tokens_per_s_paused: Double = col("tokens_per_s with the profiler paused (hooks off): the first three timed batches "
+                                      "run again in the same job, interleaved (v4)")
+    ttft_paused_ms: Double = col("ttft_ms with the profiler paused: the first three batches generate again (v4)")
+    tpot_paused_ms: Double = col("tpot_ms with the profiler paused: the first three batches generate again (v4)")
     decode_steps: Int64 = col("decode steps timed, over all batches")
     wall_s: Double = col("the job's wall time")
     peak_rss_bytes: Int64 = col("the process's peak RSS (it only grows across jobs run in one process)")

@@ -34,8 +34,8 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
                 # 4: the FLOPs guard (layers.flops_warning, runs.flops_warning, runs.model_flops_warning), the cache,
                 # locality and ablation tables, layers.lookahead_recall, the standard balance family, the random-routing
-                # baselines, calibration columns, confidence intervals
-                4: "42defa42b9dfa7059d67fa67023bf8a9e54d42d52bf0d0c397b5b99f37f63b49"}
+                # baselines, calibration columns, confidence intervals, the speed with the profiler paused
+                4: "647135d5261387e918d4c6544e66254f5a564b9a119cda40e4ce6c51539aebd1"}
 
 
 def fingerprint() -> str:
