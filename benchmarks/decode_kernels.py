@@ -1,6 +1,9 @@
 """Static-cache decode on a full-width OLMoE with 4 layers: graphs, graph breaks, CUDA kernels and time per token.
 
-    python benchmarks/decode_kernels.py bare|routing|kneedle      # one GPU; prints, writes nothing
+    python benchmarks/decode_kernels.py bare|routing|kneedle [basic] [torch]   # one GPU; prints, writes nothing
+
+basic: the runner's default analyses (capacity drops; else none); torch: the recorder's torch path instead of its
+fused Triton kernel (runner/profiler/fused.py), to count the kernels each adds.
 
 Compares what the profiler adds inside the compiled, CUDA-graphed decode step of
 `generate(cache_implementation="static")`: the number of dynamo graphs and graph breaks (1 and 0 expected), the
@@ -16,14 +19,18 @@ from runner import MOEProfiler
 from benchmarks.common import OLMOE_1B_7B
 
 
-def main(variant: str) -> None:
+def main(variant: str, options: list[str]) -> None:
     warnings.filterwarnings("ignore")
+    if "torch" in options:
+        from runner.profiler import fused
+        fused.ENABLED = False
+    analyses = ("capacity",) if "basic" in options else ()
     cfg = AutoConfig.for_model("olmoe", **{**OLMOE_1B_7B, "num_hidden_layers": 4})
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
     if variant != "bare":
-        p = MOEProfiler(model, verbose=False, **({"selector": "kneedle", "selector_params": {"k_max": 8}} if variant == "kneedle" else {}))
+        p = MOEProfiler(model, verbose=False, analyses=analyses, **({"selector": "kneedle", "selector_params": {"k_max": 8}} if variant == "kneedle" else {}))
     x = torch.randint(3, 1000, (1, 64), device="cuda")
     def gen(n):
         with torch.no_grad():
@@ -41,9 +48,10 @@ def main(variant: str) -> None:
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             kern[e.name[:70]] += 1; dur[e.name[:70]] += e.device_time
-    print(variant, "cuda kernels in generate(12):", sum(kern.values()), f"total {sum(dur.values())/1e3:.2f} ms", flush=True)
+    label = " ".join([variant, *options])
+    print(label, "cuda kernels in generate(12):", sum(kern.values()), f"total {sum(dur.values())/1e3:.2f} ms", flush=True)
     for name, c in kern.most_common(25): print(f"   {c:5d} {dur[name]/1e3:8.3f} ms  {name}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -22,6 +22,9 @@ from .attach import input_device
 from .frames import cuda_devices
 
 from .phases import DECODE, PHASES, PREFILL, PROMPT  # noqa: F401 - the names callers of evaluate() use
+# timed batches (and decoded ones) run once more with the profiler paused, for the `*_paused` speed figures: a few,
+# interleaved with the profiled ones, so the comparison is fair without doubling the job
+PAUSED_BATCHES = 3
 
 
 @torch.no_grad()
@@ -140,6 +143,10 @@ class Evaluation:
     intervals: dict[str, float | int] = field(default_factory=dict)
     ttft_ms: float | None = None
     tpot_ms: float | None = None
+    # the same figures with the profiler paused (hooks off; the same compiled code, in its paused variant)
+    tokens_per_s_paused: float | None = None
+    ttft_paused_ms: float | None = None
+    tpot_paused_ms: float | None = None
     decode_steps: int | None = None
     times: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
@@ -147,6 +154,10 @@ class Evaluation:
         """The run-level numbers, by results column name."""
         return {**{k: v for k, v in self.__dict__.items() if k not in ("times", "measured_tokens", "intervals")},
                 **self.intervals}
+
+
+def _mean_ms(seconds: list[float]) -> float | None:
+    return 1e3 * sum(seconds) / len(seconds) if seconds else None
 
 
 def _ppl(loss: float) -> float:
@@ -167,6 +178,9 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
     shape outside the timed region. decode_tokens: after each batch, a greedy static-cache generate of that many
     tokens, timed as TTFT / TPOT, its routing recorded under the decode phase. units: per batch, a [B, T] array of
     the unit (e.g. document index) each token belongs to, for the confidence intervals; default each block its own.
+    Each timed forward and each generate is run again with the profiler paused (`*_paused`: what the same model runs
+    at without the profiler, in the same job; a paused compiled model runs its own compiled variant, warmed up with
+    the rest).
     """
     device = input_device(model)
     gpus = cuda_devices(model) if device.type == "cuda" else []  # a split model finishes on its last GPU
@@ -182,17 +196,23 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         with torch.no_grad():
             for warm in shapes:
                 forward(input_ids=warm.to(device), use_cache=False)
+                with profiler.paused():  # compiled code guards on the flag: the paused variant compiles here
+                    forward(input_ids=warm.to(device), use_cache=False)
                 if reference:  # the model's own routing compiles a variant of its own
                     with profiler.default_routing():
                         forward(input_ids=warm.to(device), use_cache=False)
         sync()
     times: dict[str, list[float]] = dict(ttft_s=[], tpot_s=[], steps=[])
-    if decode_tokens:  # generate compiles its decode step per batch shape (and per top-k)
+    paused_times: dict[str, list[float]] = dict(ttft_s=[], tpot_s=[], steps=[])
+    if decode_tokens:  # generate compiles its decode step per batch shape (and per top-k), paused and not
         for warm in shapes:
             decode(model, profiler, warm.to(device), decode_tokens, decode_pad_id, {})
+            with profiler.paused():
+                decode(model, profiler, warm.to(device), decode_tokens, decode_pad_id, {})
     profiler.reset()
     totals = dict(targets=0, nll=0.0, ref_nll=0.0, kl=0.0, agree=0)
-    forward_s = reference_s = timed_s = 0.0
+    forward_s = reference_s = timed_s = paused_s = 0.0
+    paused_tokens = paused_batches = 0
     tokens = measured_tokens = timed_tokens = 0
     unit_sums, blocks = UnitSums(), 0
     from tqdm.auto import tqdm
@@ -220,6 +240,14 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         else:
             timed_tokens += x.numel()
             timed_s += elapsed
+            if paused_batches < PAUSED_BATCHES:  # a few interleaved batches: the paused rate, not twice the job
+                t = time.perf_counter()
+                with torch.no_grad(), profiler.paused():
+                    forward(input_ids=x, use_cache=False)
+                sync()
+                paused_s += time.perf_counter() - t
+                paused_tokens += x.numel()
+                paused_batches += 1
         values = target_values(logits, x, ref_logits, pad_id)
         for key, value in _sums(values).items():
             totals[key] += value
@@ -229,6 +257,9 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         del values
         del logits, ref_logits
         sequences = decode(model, profiler, x, decode_tokens, decode_pad_id, times) if decode_tokens else None
+        if decode_tokens and len(paused_times["ttft_s"]) < PAUSED_BATCHES:
+            with profiler.paused():
+                decode(model, profiler, x, decode_tokens, decode_pad_id, paused_times)
         if after_batch is not None:
             after_batch(i, batch, sequences)
     n = max(totals["targets"], 1)
@@ -238,9 +269,10 @@ def evaluate(model: torch.nn.Module, profiler, batches: Sequence[torch.Tensor], 
         loss=loss, ppl=_ppl(loss), forward_s=forward_s, measured_tokens=measured_tokens, reference=reference,
         tokens_per_s=(timed_tokens / timed_s) if timed_s > 0 else (tokens / forward_s if forward_s else None),
         reference_s=reference_s if reference else None, times=times, intervals=unit_sums.intervals())
+    result.tokens_per_s_paused = paused_tokens / paused_s if paused_s > 0 else None
     if times["ttft_s"]:
-        result.ttft_ms = 1e3 * sum(times["ttft_s"]) / len(times["ttft_s"])
-        result.tpot_ms = 1e3 * sum(times["tpot_s"]) / len(times["tpot_s"]) if times["tpot_s"] else None
+        result.ttft_ms, result.tpot_ms = _mean_ms(times["ttft_s"]), _mean_ms(times["tpot_s"])
+        result.ttft_paused_ms, result.tpot_paused_ms = _mean_ms(paused_times["ttft_s"]), _mean_ms(paused_times["tpot_s"])
         result.decode_steps = int(sum(times["steps"]))
     if reference:
         result.ref_loss = totals["ref_nll"] / n

@@ -79,8 +79,8 @@ def model_section(model: str, runs, tables: dict[str, Any], out: Path, layer: in
         figures.add("expert-load", routing.load_heatmap(experts, f"expert load, {_describe(reference)}"),
                     "Expert load per layer",
                     f"Tokens per expert of {_describe(reference)} (prefill), experts ranked by load within each layer, "
-                    "relative to the layer's mean load on a log colour scale: 1 is a perfectly balanced layer; black: "
-                    "experts that got no token.")
+                    "relative to the layer's mean load on a log colour scale: 1 is a perfectly balanced layer, loads below "
+                    "0.01 of the mean show at the scale's floor; black: experts that got no token.")
     if layers is not None:
         dynamic = ok[ok["series"] != OWN_ROUTING].sort_values("topk").drop_duplicates("series", keep="last")
         by_series = {row.series: _of(layers, {row.run_id}) for row in dynamic.itertuples()}

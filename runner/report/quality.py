@@ -58,6 +58,8 @@ def with_reference_kl(runs):
     """The runs with KL 0 for the own-routing job at the model's own top-k: it is the reference every KL is taken
     against (its kl is not recorded, it would compare the model with itself), so the frontier draws it at 0 instead of
     jumping over it."""
+    if not {"selector", "topk", "default_topk", "kl", "loss"} <= set(runs.columns):
+        return runs
     runs = runs.copy()
     reference = ((runs["selector"].fillna(OWN_ROUTING) == OWN_ROUTING) & (runs["topk"] == runs["default_topk"])
                  & runs["kl"].isna() & runs["loss"].notna())

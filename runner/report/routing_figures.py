@@ -47,7 +47,8 @@ def load_heatmap(experts, title: str):
     layers, relative, group = ranked_loads(experts)
     fig, (ax,) = figure(_height(len(layers)), width=9.0, right=1.0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(under="black")
-    shown = np.where(relative > 0, relative, FLOOR / 2)
+    # a load below the scale's floor shows at the floor; only an expert with no token at all is black
+    shown = np.where(relative > 0, np.maximum(relative, FLOOR), FLOOR / 2)
     top = max(float(np.nanmax(relative)), 1.5)
     image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, norm=LogNorm(vmin=FLOOR, vmax=top))
     bar = fig.colorbar(image, ax=ax, extend="min", fraction=0.05, pad=0.02, label="load / layer mean")

@@ -13,7 +13,7 @@ SCHEMA_VERSION = 4
 class KeyColumns:
     """The columns every table starts with: they join a layers or experts row back to its run."""
 
-    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache, locality and ablation tables, layers.lookahead_recall, the standard balance family, distinct experts per call, the random-routing baselines, calibration and the confidence intervals)", default=SCHEMA_VERSION)
+    schema_version: Int32 = col("version of the results schemas (2 adds runs.slurm_job_id and the layers routing diagnostics; 3 the analysis tables, the tasks table, the whole-model cost, layers.device, runs.memory_by_device and their runs columns; 4 the FLOPs guard's warnings, the cache, locality and ablation tables, layers.lookahead_recall, the standard balance family, distinct experts per call, the random-routing baselines, calibration, the confidence intervals and the speed figures with the profiler paused)", default=SCHEMA_VERSION)
     run_id: String = col("id of this job attempt (every attempt has its own, a resumed one too)",
                          joined="the job's `run_id`")
     sweep_id: String = col("a hash of the sweep directory; null for single runs",

@@ -184,6 +184,10 @@ class RunRecord(KeyColumns):
                                "batch counted FLOPs)")
     ttft_ms: Double = col("with `decode_tokens`: time to first token (first token out minus start), mean over batches")
     tpot_ms: Double = col("with `decode_tokens`: mean time of each later decode step, for the whole batch")
+    tokens_per_s_paused: Double = col("tokens_per_s with the profiler paused (hooks off): the first three timed batches "
+                                      "run again in the same job, interleaved (v4)")
+    ttft_paused_ms: Double = col("ttft_ms with the profiler paused: the first three batches generate again (v4)")
+    tpot_paused_ms: Double = col("tpot_ms with the profiler paused: the first three batches generate again (v4)")
     decode_steps: Int64 = col("decode steps timed, over all batches")
     wall_s: Double = col("the job's wall time")
     peak_rss_bytes: Int64 = col("the process's peak RSS (it only grows across jobs run in one process)")

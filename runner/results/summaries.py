@@ -233,14 +233,15 @@ def job_summary(run, model: str, results_dir: str, job_dir: str | None = None, t
               if warning]
     if run.ttft_ms is not None:
         lines.append(f"  decode {run.decode_tokens} tokens/prompt (static cache): TTFT {num(run.ttft_ms, '.2f')} ms, "
-                     f"TPOT {num(run.tpot_ms, '.2f')} ms")
+                     f"TPOT {num(run.tpot_ms, '.2f')} ms (profiler paused: TTFT {num(run.ttft_paused_ms, '.2f')} ms, "
+                     f"TPOT {num(run.tpot_paused_ms, '.2f')} ms)")
     if tasks is not None and len(tasks):
         scores = "; ".join(f"{task} " + ", ".join(f"{r.metric} {_score(r.value, r.stderr)}" for r in rows.itertuples())
                            + f" (n={rows['n'].iloc[0]}, {rows['num_fewshot'].iloc[0]}-shot)"
                            for task, rows in tasks.groupby("task", sort=False))
         lines.append(f"  tasks (lm-eval {run.lm_eval_version}): {scores}")
     if run.tokens:
-        lines.append(f"  {num(run.tokens_per_s)} tokens/s, wall {num(run.wall_s, '.2f')} s "
+        lines.append(f"  {num(run.tokens_per_s)} tokens/s ({num(run.tokens_per_s_paused)} paused), wall {num(run.wall_s, '.2f')} s "
                      f"(model load {num(run.model_load_s, '.2f')} s{', reused' if run.model_reused else ''})"
                      f", peak RSS {_count(run.peak_rss_bytes, 'B')}")
     if run.memory_by_device:

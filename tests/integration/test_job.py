@@ -120,6 +120,8 @@ def test_decode_phase_and_compiled_job_equal_eager_prefill(tmp_path):
         row = latest_run(tmp_path / name)
         assert row["decode_tokens"] == 3 and row["decode_steps"] == 2 * 2  # 2 batches x (3 tokens - the first)
         assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0
+        # the same figures with the profiler paused, in the same job (the token counts below: none recorded)
+        assert row["ttft_paused_ms"] > 0 and row["tpot_paused_ms"] > 0 and row["tokens_per_s_paused"] > 0
         assert row["flops_per_token_measured"] == row["flops_per_token_analytic"] == moe_flops(2)  # prefill only
         layers = table(tmp_path / name, "layers").sort_values(["phase", "layer"]).reset_index(drop=True)
         assert list(layers["phase"]) == ["decode", "decode", "prefill", "prefill"]

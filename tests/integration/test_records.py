@@ -32,8 +32,10 @@ FINGERPRINTS = {1: "a08382542b524ae7a48418ada9023b85a15718b2447824c31248f80d754b
                 # (FLOPs, bytes, S-MFU/S-MBU, params_active_nonembedding, layers param_bytes), layers.device,
                 # runs.memory_by_device, their runs columns
                 3: "2a79ac46180c11e36615b20b91dbd12866313aa2cc57c15bb7ce9adc97e43cc6",
-                # 4: the FLOPs guard (layers.flops_warning, runs.flops_warning, runs.model_flops_warning)
-                4: "812109ac33469a9ce2a115abbd80b809294dd3d8c09a25a277be759ae8d1ac89"}
+                # 4: the FLOPs guard (layers.flops_warning, runs.flops_warning, runs.model_flops_warning), the cache,
+                # locality and ablation tables, layers.lookahead_recall, the standard balance family, the random-routing
+                # baselines, calibration columns, confidence intervals, the speed with the profiler paused
+                4: "647135d5261387e918d4c6544e66254f5a564b9a119cda40e4ce6c51539aebd1"}
 
 
 def fingerprint() -> str:
@@ -45,15 +47,16 @@ def fingerprint() -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the schemas come from the records
 def test_each_table_has_a_record_and_its_schema_is_generated_from_it():
-    from runner.results.analysis_records import (CacheRecord, CoactivationRecord, LocalityRecord, PlacementRecord,
-                                                 TraceRecord, TransitionRecord)
+    from runner.results.analysis_records import (AblationRecord, CacheRecord, CoactivationRecord, LocalityRecord,
+                                                 PlacementRecord, TraceRecord, TransitionRecord)
 
     assert results.TABLES == ("runs", "layers", "experts", "coactivation", "transitions", "placement", "trace", "cache",
-                              "locality", "tasks")
+                              "locality", "ablation", "tasks")
     assert results.RECORDS == {"runs": results.RunRecord, "layers": results.LayerRecord,
                                "experts": results.ExpertRecord, "coactivation": CoactivationRecord,
                                "transitions": TransitionRecord, "placement": PlacementRecord, "trace": TraceRecord,
-                               "cache": CacheRecord, "locality": LocalityRecord, "tasks": results.TaskRecord}
+                               "cache": CacheRecord, "locality": LocalityRecord, "ablation": AblationRecord,
+                               "tasks": results.TaskRecord}
     for table, record in results.RECORDS.items():
         schema = results.SCHEMAS[table]
         assert schema.names == [f.name for f in dataclasses.fields(record)], table

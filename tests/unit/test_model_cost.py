@@ -1,6 +1,7 @@
 """Whole-model cost: the analytic FLOPs of the whole forward equal FlopCounterMode's count over the whole forward for
 the tiny model of every supported architecture (eager and SDPA attention), or the architecture says why not; the
 causal variant and the parameter conventions by hand."""
+import inspect
 import warnings
 
 import pytest
@@ -97,12 +98,14 @@ def decode_step(model, slots: int | None):
         profiler = MOEProfiler(model, verbose=False)
     prompt = torch.randint(2, 100, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     step = torch.randint(2, 100, (BATCH, 1), generator=torch.Generator().manual_seed(1))
-    static = dict(past_key_values=StaticCache(config=model.config, max_cache_len=slots)) if slots else {}
+    # the cache's keyword: `past_key_values`, or `cache` where a model takes that name (ergo; transformers >= 5.25)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    static = {key: StaticCache(config=model.config, max_cache_len=slots)} if slots else {}
     try:
         with torch.no_grad():
             cache = model(input_ids=prompt, use_cache=True, **static).past_key_values
             with profiler.phase("decode"), profiler.measure_flops():
-                model(input_ids=step, past_key_values=cache, use_cache=True,
+                model(input_ids=step, use_cache=True, **{key: cache},
                       **(dict(cache_position=torch.tensor([SEQ])) if slots else {}))
         layers = profiler.layers_df().query("phase == 'decode'")
         routed, moe_measured = (float(layers[column].sum()) / BATCH for column in ("flops", "flops_measured"))
