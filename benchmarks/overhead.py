@@ -97,9 +97,11 @@ COMPILED_VARIANTS = ("bare", "routing", "routing_none", "kneedle")
 COMPILED_PHASES = ("compiled_prefill", "static_decode")
 # (variant, phase) -> maximal ratio to bare, from the issue
 _ROUTING_TARGETS = {"prefill": 1.02, "decode": 1.05, "compiled_prefill": 1.02, "static_decode": 1.03}
-TARGETS = {**{(v, p): t for v in ("routing", "routing_none") for p, t in _ROUTING_TARGETS.items()},
-           ("kneedle", "prefill"): 0.90, ("kneedle", "decode"): 1.10, ("kneedle", "compiled_prefill"): 1.00,
-           ("kneedle", "static_decode"): 1.05}
+_KNEEDLE_TARGETS = {"prefill": 0.90, "decode": 1.10, "compiled_prefill": 1.00, "static_decode": 1.05}
+# built without calls: nothing runs at import (tests/unit/test_benchmark_scripts.py)
+TARGETS = {**{("routing", p): _ROUTING_TARGETS[p] for p in _ROUTING_TARGETS},
+           **{("routing_none", p): _ROUTING_TARGETS[p] for p in _ROUTING_TARGETS},
+           **{("kneedle", p): _KNEEDLE_TARGETS[p] for p in _KNEEDLE_TARGETS}}
 MEMORY_TOKENS = (1_000, 100_000)
 
 
