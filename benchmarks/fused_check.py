@@ -2,7 +2,7 @@
 
     python benchmarks/fused_check.py [--out DIR]       # one CUDA GPU; writes DIR/fused-check.json
 
-1. Kernel against the torch reference on CUDA (random and adversarial calls, as tests/unit/test_fused_stats.py does
+1. Kernel against the torch reference on CUDA (random and adversarial calls, as tests/e2e/test_fused_stats.py does
    through the interpreter on the CPU): the largest relative difference of each float sum, counts equal.
 2. A tiny OLMoE with the profiler (analysis=basic: capacity drops): eager, torch.compile(fullgraph=True) and
    mode="reduce-overhead" give the same counts as the torch recorder; graph breaks, and whether inductor skipped

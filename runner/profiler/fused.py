@@ -67,7 +67,8 @@ def kernel(interpret: bool):
 
     @triton.jit
     def route_stats(logits_ptr, index_ptr, weight_ptr, phase_ptr, factors_ptr,
-                    counts_ptr, gate_ptr, importance_ptr, khist_ptr, sums_ptr, drops_ptr, scratch_ptr, ticket_ptr,
+                    counts_ptr, gate_ptr, importance_ptr, khist_ptr, sums_ptr, drops_ptr, distinct_ptr, scratch_ptr,
+                    ticket_ptr,
                     n, w, real, row, slot_base,
                     sl_n, sl_c, si_n, si_c, sw_n, sw_c,
                     SLOTS: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, KP: tl.constexpr, F: tl.constexpr,
@@ -177,11 +178,22 @@ def kernel(interpret: bool):
                 dropped = tl.where(f == F, assignments, dropped)
                 at_drops = drops_ptr + slot * (F + 1) + f
                 tl.store(at_drops, tl.load(at_drops, mask=f < F + 1, other=0) + dropped, mask=f < F + 1)
+                # the experts this call used, and E (1 - (1 - k/E)^B) at its mean k (drops.py's _distinct)
+                j = tl.arange(0, 4)
+                loads = tl.where(wmask, total, 0)  # lanes past W hold whatever the masked exchange returned
+                used = tl.sum((loads > 0).to(tl.float64), 0)
+                experts = tl.full([4], real, tl.float64)
+                tokens = tl.full([4], n, tl.float64)
+                k_mean = tl.sum(loads.to(tl.float64), 0) / tokens
+                uniform = experts * (1.0 - tl.exp(tokens * tl.log(1.0 - k_mean / experts)))
+                d = tl.where(j == 0, used, tl.where(j == 1, uniform, 1.0))
+                at_distinct = distinct_ptr + slot * 3 + j
+                tl.store(at_distinct, tl.load(at_distinct, mask=j < 3, other=0.0) + d, mask=j < 3)
 
     return route_stats
 
 
-BUFFERS = ("counts", "gate_mass", "importance", "k_hist", "sums", "drops", "call_counts", "tickets")
+BUFFERS = ("counts", "gate_mass", "importance", "k_hist", "sums", "drops", "distinct", "call_counts", "tickets")
 
 
 def launch(runner, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor,
@@ -208,11 +220,12 @@ def _define_op():
     @triton_op("moe_profiler::route_stats", mutates_args=BUFFERS)
     def route_stats(logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor,
                     factors: torch.Tensor, counts: torch.Tensor, gate_mass: torch.Tensor, importance: torch.Tensor,
-                    k_hist: torch.Tensor, sums: torch.Tensor, drops: torch.Tensor, call_counts: torch.Tensor,
-                    tickets: torch.Tensor, width: int, real: int, row: int, slot_base: int, scoring: int,
+                    k_hist: torch.Tensor, sums: torch.Tensor, drops: torch.Tensor, distinct: torch.Tensor,
+                    call_counts: torch.Tensor, tickets: torch.Tensor, width: int, real: int, row: int, slot_base: int,
+                    scoring: int,
                     num_factors: int) -> None:
         launch(wrap_triton(kernel(False)), logits, index, weight, phase, factors,
-               [counts, gate_mass, importance, k_hist, sums, drops, call_counts, tickets], width, real, row,
+               [counts, gate_mass, importance, k_hist, sums, drops, distinct, call_counts, tickets], width, real, row,
                slot_base, scoring, num_factors)
 
     return route_stats

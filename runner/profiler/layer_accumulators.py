@@ -70,6 +70,7 @@ class LayerAccumulators(nn.Module):
             # distinct tensors, so no two arguments of the custom op alias
             self.register_buffer("no_drops", torch.zeros(0 if F else 1, **i64))
             self.register_buffer("no_factors", torch.zeros(0 if F else 1, **f64))
+            self.register_buffer("no_distinct", torch.zeros(0 if F else 1, **f64))
         # one Triton kernel per call on CUDA (fused.py); co-activation (opt-in) keeps the torch path
         self.fused = fused.available() and torch.device(device).type == "cuda" and not self.coactive
         for buffer in self.buffers():
@@ -130,6 +131,7 @@ class LayerAccumulators(nn.Module):
         factors = self.factors
         if not self.num_factors:
             buffers[fused.BUFFERS.index("drops")], factors = self.no_drops, self.no_factors
+            buffers[fused.BUFFERS.index("distinct")] = self.no_distinct
         args = (logits, index, weight, self.phase, factors)
         settings = (self.width, real, row, row * self.phases, fused.SCORING_CODES[scoring], self.num_factors)
         if traced:
