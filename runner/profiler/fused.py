@@ -16,7 +16,7 @@ rounding; counts are integers: exact). Capacity drops need the whole call's per-
 counts to a per-row scratch and takes a ticket; the last one reads the scratch (and zeroes it, and the ticket, for the
 next call), so the kernel leaves no state behind and replays of a CUDA graph stay exact.
 
-Float tolerances against the reference (tests/unit/test_fused_stats.py): the per-token values are fp32 as in the
+Float tolerances against the reference (tests/e2e/test_fused_stats.py): the per-token values are fp32 as in the
 reference (Triton's exp / log differ from torch's by a few ulp), summed in fp64: relative 1e-5 per sum. NaN logits
 give NaN in the same sums as the reference; counts, k histogram and drops are equal.
 """
