@@ -77,7 +77,7 @@ def kernel_against_reference() -> list[dict]:
 
 def tiny_model():
     from transformers import AutoConfig, AutoModelForCausalLM
-    from benchmarks.overhead import TINY_OLMOE
+    from benchmarks.common import TINY_OLMOE
 
     cfg = AutoConfig.for_model("olmoe", **{**TINY_OLMOE, "num_experts": 12, "num_experts_per_tok": 3})
     torch.manual_seed(0)

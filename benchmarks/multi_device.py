@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks import common, overhead  # noqa: E402
+from benchmarks import common, overhead, overhead_variants  # noqa: E402
 
 SMOKE_BATCHES = dict(batches=2, batch=2, seq=32)
 EQUAL_BATCHES = dict(batches=4, batch=4, seq=512)
@@ -201,10 +201,10 @@ def run_overhead(args) -> dict[str, Any]:
           f"{load_s:.0f} s; map: {placement_of(model)['modules_per_place']}")
     preset = overhead.PRESETS["smoke" if args.smoke else "full"]
     shape = argparse.Namespace(**{**preset, **{k: v for k, v in vars(args).items() if v is not None and k in preset}})
-    work = overhead.Workload(model, loaded.device, shape)
+    work = overhead_variants.Workload(model, loaded.device, shape)
     reset_peaks()
-    samples, extras = overhead.run_timing(model, work, ["bare", "routing"], shape.reps, shape.warmup)
-    table = overhead.summarise(samples, extras, ["bare", "routing"], dict(gpus=gpus))
+    samples, extras = overhead_variants.run_timing(model, work, ["bare", "routing"], shape.reps, shape.warmup)
+    table = overhead_variants.summarise(samples, extras, ["bare", "routing"], dict(gpus=gpus))
     ratios = {row.phase: dict(bare_ms=samples[("bare", row.phase)], routing_ms=samples[("routing", row.phase)],
                               median_ms=row.median_ms, ratio_to_bare=row.ratio_to_bare)
               for row in table[table["variant"] == "routing"].itertuples()}

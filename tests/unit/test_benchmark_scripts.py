@@ -1,6 +1,7 @@
 """The benchmark scripts run only when started: at their top level nothing but imports, definitions, constants, the
 import-path and environment setup a script needs, and `if __name__ == "__main__":`. What they share is public
-(benchmarks/common.py): no script imports another's private names."""
+(benchmarks/common.py, and the modules a script is split into, e.g. overhead_variants.py): no script imports another's
+private names. No file in benchmarks/ is over MAX_LINES lines: a longer script is split by what it does."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +12,7 @@ from helpers import ROOT
 
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
 SETUP_CALLS = ("sys.path.insert", "os.environ.setdefault", "warnings.filterwarnings")
+MAX_LINES = 400
 
 
 def runs_at_import(source: str) -> list[str]:
@@ -61,5 +63,15 @@ def test_no_script_imports_private_names_of_another(path):
                for alias in node.names if alias.name.startswith("_")]
     private += [ast.unparse(node) for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in ("overhead", "common", "mfu", "gpu_matrix") and node.attr.startswith("_")]
+                and node.value.id in {p.stem for p in SCRIPTS} and node.attr.startswith("_")]
     assert not private, f"{path.name} uses private helpers of another script; share them in benchmarks/common.py"
+
+
+def test_the_benchmark_scripts_are_found():
+    assert {"overhead.py", "overhead_variants.py", "common.py"} <= {p.name for p in SCRIPTS}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_no_file_is_over_the_line_bound(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}): split it by what it does"
