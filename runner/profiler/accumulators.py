@@ -186,12 +186,13 @@ class RoutingRecorder:
                 self._calls[p] = []
 
     # -- read-out --------------------------------------------------------------------------------
-    def read_phases(self) -> dict[str, dict[str, np.ndarray]]:
-        """Host copies of every accumulator, per phase: {phase: {name: [L, entries]}} (one read of the device)."""
+    def read_phases(self, names: tuple[str, ...] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Host copies of every accumulator (or those `names`), per phase: {phase: {name: [L, entries]}} (one read of
+        the device)."""
         self.flush()
         out: dict[str, np.ndarray] = {}
         for group in self.groups:  # groups of narrower routers are padded with zeros to the widest
-            for name, values in group.read().items():
+            for name, values in group.read(names).items():
                 if name not in out:
                     full = [max(g.shapes()[name][d] for g in self.groups) for d in range(values.ndim - 2)]
                     out[name] = np.zeros((self.num_layers, len(self.phases), *full), values.dtype)
@@ -200,9 +201,10 @@ class RoutingRecorder:
         return {phase: {**{name: v[:, i] for name, v in out.items()}, "capacity_factors": factors}
                 for i, phase in enumerate(self.phases)}
 
-    def snapshot(self, phase: str | None = None) -> dict[str, np.ndarray]:
-        """Host copies of the accumulators, [L, ...] per layer: one phase, or summed over phases (the one sync)."""
-        phases = self.read_phases()
+    def snapshot(self, phase: str | None = None, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Host copies of the accumulators (or those `names`), [L, ...] per layer: one phase, or summed over phases
+        (the one sync)."""
+        phases = self.read_phases(names)
         if phase is not None:
             return phases[phase]
         first = next(iter(phases.values()))
@@ -211,7 +213,8 @@ class RoutingRecorder:
 
     def tokens_by_phase(self) -> dict[str, list[int]]:
         """Tokens seen per phase and layer: the k histogram sums to them."""
-        return {phase: [int(v) for v in values["k_hist"].sum(-1)] for phase, values in self.read_phases().items()}
+        return {phase: [int(v) for v in values["k_hist"].sum(-1)]
+                for phase, values in self.read_phases(("k_hist",)).items()}
 
     @property
     def tokens(self) -> list[int]:

@@ -155,11 +155,13 @@ class LayerAccumulators(nn.Module):
         at = ((self.row_slots[rows] + self.phase) * size).view(-1, 1) + self.columns[:size]
         buffer.index_add_(0, at.flatten(), delta.flatten().to(buffer.dtype))
 
-    def read(self) -> dict[str, np.ndarray]:
-        """Host copies shaped [L, P, ...] (the one sync)."""
+    def read(self, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Host copies shaped [L, P, ...] (the one sync): every accumulator, or those `names`."""
         L, P = len(self.positions), self.phases
         out = {}
         for name, shape in self.shapes().items():
+            if names is not None and name not in names:
+                continue
             buffer = getattr(self, name)
             if buffer.is_meta:  # a model built on the meta device records nothing
                 buffer = torch.zeros(buffer.shape, dtype=buffer.dtype)

@@ -187,8 +187,9 @@ class MOEProfiler:
         return self.cost.measure_flops(self.current_phase, self._routed_pairs if self.recorder is not None else None)
 
     def _routed_pairs(self) -> list[tuple[int, int]]:
-        """Per layer, (tokens, computed expert pairs) recorded so far over every phase: one read of the device."""
-        snapshot = self.recorder.snapshot()
+        """Per layer, (tokens, computed expert pairs) recorded so far over every phase: one read of the device, of the
+        two accumulators it needs (not the analyses' tables)."""
+        snapshot = self.recorder.snapshot(names=("k_hist", "counts"))
         out = []
         for layer in self.layers:
             tokens = int(snapshot["k_hist"][layer.position].sum())
