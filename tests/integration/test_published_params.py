@@ -3,6 +3,7 @@ config values in the conf: nothing is downloaded) equal the figure its authors p
 count it in: with the embeddings (`params_active`) or without the input embedding table
 (`params_active_nonembedding`). Authors round or truncate: the figures pinned are ours, in billions to 2 decimals,
 and the published one is in the comment."""
+import contextlib
 import warnings
 from dataclasses import replace
 
@@ -35,9 +36,9 @@ def test_every_shipped_checkpoint_is_pinned():
     assert ours and sorted(PUBLISHED) == sorted(c.name for c in model_configs() if c.name not in ours)
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_active_parameters_match_the_published_figure(name):
-    convention, billions = PUBLISHED[name]
+@contextlib.contextmanager
+def on_meta(name: str):
+    """(the loaded model, a profiler on it) of shipped conf `name`, built on the meta device from the conf's values."""
     config = next(c for c in model_configs() if c.name == name)
     models.clear_cache()
     loaded = models.load(replace(config, weights=Weights.meta), DeviceConfig(name="cpu", device="cpu"), 0)
@@ -45,10 +46,17 @@ def test_active_parameters_match_the_published_figure(name):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             profiler = MOEProfiler(loaded.model, verbose=False)
-        counts = profiler.param_counts()
+        yield loaded, profiler
         profiler.detach()
     finally:
         models.clear_cache()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_active_parameters_match_the_published_figure(name):
+    convention, billions = PUBLISHED[name]
+    with on_meta(name) as (_, profiler):
+        counts = profiler.param_counts()
     assert round(counts[convention] / 1e9, 2) == billions
 
 
@@ -58,19 +66,10 @@ def test_deepseek_v3_decode_and_cache_as_docs_flops_md_says():
     from helpers import ROOT
     from runner.profiler.cost_run import element_bytes
 
-    config = next(c for c in model_configs() if c.name == "deepseek_v3")
-    models.clear_cache()
-    loaded = models.load(replace(config, weights=Weights.meta), DeviceConfig(name="cpu", device="cpu"), 0)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            profiler = MOEProfiler(loaded.model, verbose=False)
+    with on_meta("deepseek_v3") as (loaded, profiler):
         cost, moe = profiler.forward_cost(), float(profiler.flops_per_token(8)["flops"].sum())
         kv, element = cost.kv_bytes_per_token(4096, element_bytes(loaded.model)), element_bytes(loaded.model)
         decode = cost.decode_per_token(1, 4096, moe_per_token=moe)
-        profiler.detach()
-    finally:
-        models.clear_cache()
     assert loaded.dtype == "bfloat16" and element == 2 and kv == 61 * (512 + 64) * 2
     doc = (ROOT / "docs" / "flops.md").read_text()
     assert f"{kv:,.0f} bytes per token in bf16" in doc and f"{decode / 1e9:,.0f} GFLOP per token at k=8" in doc
